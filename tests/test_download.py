@@ -1,0 +1,524 @@
+"""Tests for alexnet_gtsrb.data.download against tiny fake GTSRB zips served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from alexnet_gtsrb.data.download import (
+    OFFICIAL_ARCHIVES,
+    Archive,
+    DownloadError,
+    download_gtsrb,
+    layout_problems,
+    main,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN, TEST, GT = (a.filename for a in OFFICIAL_ARCHIVES)
+GT_CSV = "GTSRB/Final_Test/Images/GT-final_test.csv"
+
+
+# ------------------------------------------------------------------------------------------ fake data
+
+
+def _ppm(seed: int) -> bytes:
+    """A valid 2x2 binary PPM whose pixels depend on seed."""
+    return b"P6\n2 2\n255\n" + bytes((seed * 7 + i) % 256 for i in range(12))
+
+
+def _md5(path: Path) -> str:
+    """md5 hex digest of a file."""
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _write_zip(path: Path, entries: dict[str, bytes]) -> None:
+    """Write a zip with the given member names and contents (names ending in / become directories)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+
+
+def _train_entries(classes: range = range(43)) -> dict[str, bytes]:
+    """Members of a fake training zip in the official layout: one image per class (few files: slow disks)."""
+    entries = dict.fromkeys(["GTSRB/", "GTSRB/Final_Training/", "GTSRB/Final_Training/Images/"], b"")
+    for c in classes:
+        entries[f"GTSRB/Final_Training/Images/{c:05d}/00000_00000.ppm"] = _ppm(c)
+    entries["GTSRB/Final_Training/Images/00000/GT-00000.csv"] = b"Filename;ClassId\n00000_00000.ppm;0\n"
+    entries["GTSRB/Readme-Images.txt"] = b"fake training readme\n"
+    return entries
+
+
+def _test_entries() -> dict[str, bytes]:
+    """Members of a fake test-images zip (images plus the label-less CSV)."""
+    return {
+        "GTSRB/Final_Test/Images/00000.ppm": _ppm(100),
+        "GTSRB/Final_Test/Images/00001.ppm": _ppm(101),
+        "GTSRB/Final_Test/Images/GT-final_test.test.csv": b"Filename;Width;Height\n00000.ppm;2;2\n",
+    }
+
+
+GT_BYTES = b"Filename;Width;Height;ClassId\n00000.ppm;2;2;16\n00001.ppm;2;2;1\n"
+
+
+@dataclass
+class FakeGTSRB:
+    """Served directory, matching archive specs, and the files a correct install must produce."""
+
+    served: Path
+    archives: tuple[Archive, ...]
+    expected: dict[str, bytes]  # path relative to root -> bytes
+
+    def refresh_md5s(self) -> None:
+        """Recompute the archive specs' md5s from the served files."""
+        served = self.served
+        self.archives = tuple(Archive(a.filename, _md5(served / a.filename), a.dest) for a in self.archives)
+
+    def rebuild(self, filename: str, entries: dict[str, bytes]) -> None:
+        """Replace one served zip and update its md5 in the archive specs."""
+        _write_zip(self.served / filename, entries)
+        self.refresh_md5s()
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> FakeGTSRB:
+    """Build the three fake archives under their official names."""
+    served = tmp_path / "served"
+    served.mkdir()
+    train, test = _train_entries(), _test_entries()
+    _write_zip(served / TRAIN, train)
+    _write_zip(served / TEST, test)
+    _write_zip(served / GT, {"GT-final_test.csv": GT_BYTES})
+    expected = {k: v for k, v in {**train, **test}.items() if not k.endswith("/")}
+    expected[GT_CSV] = GT_BYTES
+    archives = tuple(Archive(a.filename, _md5(served / a.filename), a.dest) for a in OFFICIAL_ARCHIVES)
+    return FakeGTSRB(served, archives, expected)
+
+
+# -------------------------------------------------------------------------------------------- server
+
+
+class _Server(ThreadingHTTPServer):
+    """Test HTTP server that records requests and can honour Range or drop a transfer half-way."""
+
+    daemon_threads = True
+
+    def __init__(self, directory: Path) -> None:
+        """Serve files from directory on an ephemeral 127.0.0.1 port."""
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.directory = directory
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.support_range = False
+        self.truncate_once: set[str] = set()
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """Base URL with a trailing slash."""
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+    def paths(self) -> list[str]:
+        """Paths requested so far."""
+        with self.lock:
+            return [p for p, _ in self.requests]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """GET-only handler over _Server.directory (HTTP/1.0: one request per connection)."""
+
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        """Keep test output quiet."""
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        """Serve a file, a 206 range of it, or a 404; optionally cut the body short once."""
+        srv = self.server
+        path = unquote(urlsplit(self.path).path)
+        rng = self.headers.get("Range")
+        with srv.lock:
+            srv.requests.append((path, rng))
+        file = srv.directory / path.lstrip("/")
+        if not file.is_file():
+            self.send_error(404, "Not Found")
+            return
+        data = file.read_bytes()
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", rng or "")
+        if match and srv.support_range:
+            start = int(match.group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with srv.lock:
+            cut = path in srv.truncate_once
+            srv.truncate_once.discard(path)
+        self.wfile.write(body[: len(body) // 2] if cut else body)
+
+
+@pytest.fixture
+def server(fake: FakeGTSRB) -> Iterator[_Server]:
+    """Run the test server in a background thread; shut it down afterwards."""
+    srv = _Server(fake.served)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No mirror/root from the caller's environment, and never a proxy for 127.0.0.1."""
+    monkeypatch.delenv("GTSRB_MIRROR", raising=False)
+    monkeypatch.delenv("GTSRB_ROOT", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _snapshot(path: Path) -> set[str]:
+    """Every path (files and dirs, hidden included) under path, relative to it; empty if absent."""
+    if not path.exists():
+        return set()
+    return {p.relative_to(path).as_posix() for p in path.rglob("*")}
+
+
+def _assert_installed(root: Path, fake: FakeGTSRB) -> None:
+    """Every expected file is present and byte-identical, and the layout check is clean."""
+    for rel, data in fake.expected.items():
+        assert (root / rel).read_bytes() == data, rel
+    assert layout_problems(root) == []
+
+
+def _assert_no_leftovers(root: Path) -> None:
+    """No partial downloads and no temporary extraction directories."""
+    assert not list(root.glob(".extract-*"))
+    assert not list((root / ".downloads").glob("*.part"))
+
+
+def _get(fake: FakeGTSRB, server: _Server, root: Path, **kwargs: object) -> Path:
+    """download_gtsrb against the test server with the fake archives, quietly."""
+    return download_gtsrb(root, base_url=server.url, archives=fake.archives, progress=False, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+def test_download_installs_layout_and_rerun_fetches_nothing(tmp_path: Path, fake: FakeGTSRB,
+                                                            server: _Server) -> None:
+    """(a) Good archives: official layout, identical bytes, markers, cached zips; a rerun is offline."""
+    root = tmp_path / "data"
+    assert _get(fake, server, root) == root.resolve()
+    _assert_installed(root, fake)
+    _assert_no_leftovers(root)
+    for archive in fake.archives:
+        assert (root / ".downloads" / f"{archive.filename}.extracted").is_file()
+        assert _md5(root / ".downloads" / archive.filename) == archive.md5
+    assert sorted(server.paths()) == sorted(f"/{a.filename}" for a in fake.archives)
+    assert all(rng is None for _, rng in server.requests)
+
+    _get(fake, server, root)
+    assert len(server.requests) == 3  # nothing fetched again
+    _assert_installed(root, fake)
+
+
+def test_marker_detects_missing_files_and_reextracts_from_cache(tmp_path: Path, fake: FakeGTSRB,
+                                                                server: _Server) -> None:
+    """Deleted files are restored from the cached archives on rerun, without any download."""
+    root = tmp_path / "data"
+    _get(fake, server, root)
+    (root / GT_CSV).unlink()
+    (root / "GTSRB/Final_Training/Images/00007/00000_00000.ppm").unlink()
+    _get(fake, server, root)
+    assert len(server.requests) == 3
+    _assert_installed(root, fake)
+
+
+def test_cached_archives_are_verified_before_reuse(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
+    """Without markers, valid cached zips are reused; a corrupt cached zip is fetched again."""
+    root = tmp_path / "data"
+    _get(fake, server, root)
+    for marker in (root / ".downloads").glob("*.extracted"):
+        marker.unlink()
+    (root / ".downloads" / TEST).write_bytes(b"garbage")
+    (root / GT_CSV).unlink()
+    _get(fake, server, root)
+    assert server.paths()[3:] == [f"/{TEST}"]
+    _assert_installed(root, fake)
+    _assert_no_leftovers(root)
+
+
+def test_complete_hand_unpacked_layout_is_left_alone(tmp_path: Path, fake: FakeGTSRB,
+                                                      server: _Server) -> None:
+    """A root already holding the full layout (no markers) triggers no download at all."""
+    root = tmp_path / "data"
+    for rel, data in fake.expected.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    before = _snapshot(root)
+    _get(fake, server, root)
+    assert server.requests == []
+    assert _snapshot(root) == before
+
+
+@pytest.mark.parametrize("root_exists", [True, False])
+def test_checksum_mismatch_leaves_nothing_behind(tmp_path: Path, fake: FakeGTSRB, server: _Server,
+                                                 root_exists: bool) -> None:
+    """(b) Wrong md5: DownloadError naming file, expected and actual md5; root unchanged."""
+    root = tmp_path / "data"
+    if root_exists:
+        root.mkdir()
+        (root / "keep.txt").write_text("user file")
+    before = _snapshot(root)
+    wrong = "0" * 32
+    archives = (Archive(TRAIN, wrong, ""), *fake.archives[1:])
+    with pytest.raises(DownloadError) as info:
+        download_gtsrb(root, base_url=server.url, archives=archives, progress=False)
+    message = str(info.value)
+    assert "checksum" in message and TRAIN in message
+    assert wrong in message and fake.archives[0].md5 in message
+    assert _snapshot(root) == before
+    assert root.exists() == root_exists
+    assert not list(tmp_path.glob(".extract-*"))
+
+
+@pytest.mark.parametrize(
+    "member",
+    ["../evil.txt", "ABSOLUTE", "/tmp/evil.txt", "GTSRB/../../evil.txt", "..\\evil.txt", "C:/evil.txt",
+     "SYMLINK"],
+)
+def test_unsafe_members_are_rejected_before_extraction(tmp_path: Path, fake: FakeGTSRB, server: _Server,
+                                                       member: str) -> None:
+    """(c) Traversal, absolute, drive-letter and symlink members: error names the member, nothing written."""
+    root = tmp_path / "data"
+    outside = tmp_path / "outside" / "evil.txt"
+    outside.parent.mkdir()
+    tmp_evil = Path("/tmp/evil.txt")
+    tmp_evil_before = tmp_evil.exists() and tmp_evil.read_bytes()
+    entries = _train_entries()
+    if member == "ABSOLUTE":
+        member = outside.as_posix()
+    if member == "SYMLINK":
+        member = "GTSRB/Final_Training/Images/00000/link.ppm"
+        info = zipfile.ZipInfo(member)
+        info.create_system = 3
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        _write_zip(fake.served / TRAIN, entries)
+        with zipfile.ZipFile(fake.served / TRAIN, "a") as zf:
+            zf.writestr(info, str(outside))
+        fake.refresh_md5s()
+    else:
+        fake.rebuild(TRAIN, {**entries, member: b"pwned"})  # malicious member last
+    assert member in zipfile.ZipFile(fake.served / TRAIN).namelist()
+
+    with pytest.raises(DownloadError) as info_exc:
+        _get(fake, server, root)
+    assert member in str(info_exc.value) and "unsafe" in str(info_exc.value)
+    assert _snapshot(root) == set()  # no archive, no marker, no extracted files, no temp dir
+    assert not (tmp_path / "evil.txt").exists()
+    assert not outside.exists()
+    assert (tmp_evil.exists() and tmp_evil.read_bytes()) == tmp_evil_before
+
+
+def test_interrupted_run_leftovers_are_cleaned(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
+    """(d) A truncated .part and a stale .extract-* dir from a killed run: rerun succeeds, both gone."""
+    root = tmp_path / "data"
+    downloads = root / ".downloads"
+    downloads.mkdir(parents=True)
+    good = (fake.served / TRAIN).read_bytes()
+    (downloads / f"{TRAIN}.part").write_bytes(good[: len(good) // 3])
+    (downloads / f"{TEST}.part").write_bytes(b"not even a zip")
+    stale = root / ".extract-k1ll3d"
+    (stale / "GTSRB").mkdir(parents=True)
+    (stale / "GTSRB" / "half.ppm").write_bytes(b"P6")
+
+    _get(fake, server, root)  # this server ignores Range, so the .part files are replaced
+    _assert_installed(root, fake)
+    _assert_no_leftovers(root)
+    assert not stale.exists()
+
+
+def test_dropped_connection_keeps_part_and_resumes_with_range(tmp_path: Path, fake: FakeGTSRB,
+                                                              server: _Server) -> None:
+    """A transfer cut half-way raises, keeps the .part, and the rerun fetches only the rest."""
+    root = tmp_path / "data"
+    server.support_range = True
+    server.truncate_once = {f"/{TRAIN}"}
+    with pytest.raises(DownloadError, match="rerun to resume"):
+        _get(fake, server, root)
+    part = root / ".downloads" / f"{TRAIN}.part"
+    size = part.stat().st_size
+    assert 0 < size < (fake.served / TRAIN).stat().st_size
+    assert not list(root.glob(".extract-*"))
+
+    _get(fake, server, root)
+    assert (f"/{TRAIN}", f"bytes={size}-") in server.requests
+    _assert_installed(root, fake)
+    _assert_no_leftovers(root)
+
+
+def test_resume_onto_garbage_part_falls_back_to_full_download(tmp_path: Path, fake: FakeGTSRB,
+                                                              server: _Server) -> None:
+    """A stale .part that is not a prefix of the archive fails the md5 after resuming: restart from 0."""
+    root = tmp_path / "data"
+    server.support_range = True
+    (root / ".downloads").mkdir(parents=True)
+    (root / ".downloads" / f"{TRAIN}.part").write_bytes(b"\xff" * 100)
+    _get(fake, server, root)
+    train_requests = [r for r in server.requests if r[0] == f"/{TRAIN}"]
+    assert train_requests == [(f"/{TRAIN}", "bytes=100-"), (f"/{TRAIN}", None)]
+    _assert_installed(root, fake)
+    _assert_no_leftovers(root)
+
+
+def test_http_404_names_the_url(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
+    """(e) A missing file on the mirror: DownloadError with the URL and the status; nothing left behind."""
+    root = tmp_path / "data"
+    with pytest.raises(DownloadError) as info:
+        download_gtsrb(root, base_url=server.url + "missing/", archives=fake.archives, progress=False)
+    message = str(info.value)
+    assert f"{server.url}missing/{TRAIN}" in message and "404" in message and "--mirror" in message
+    assert not root.exists()
+
+
+def test_unreachable_server_names_the_url(tmp_path: Path, fake: FakeGTSRB) -> None:
+    """Connection refused is wrapped in a DownloadError mentioning the URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    with pytest.raises(DownloadError, match=re.escape(url + TRAIN)):
+        download_gtsrb(tmp_path / "data", base_url=url, archives=fake.archives, progress=False, timeout=5)
+
+
+def test_mirror_from_environment(tmp_path: Path, fake: FakeGTSRB, server: _Server,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """$GTSRB_MIRROR is used when no base_url is given (a missing trailing slash is fine)."""
+    monkeypatch.setenv("GTSRB_MIRROR", server.url.rstrip("/"))
+    download_gtsrb(tmp_path / "data", archives=fake.archives, progress=False)
+    assert len(server.requests) == 3
+    _assert_installed(tmp_path / "data", fake)
+
+
+def test_incomplete_layout_is_reported(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
+    """Archives that unpack fine but lack a class directory fail the final layout check."""
+    fake.rebuild(TRAIN, _train_entries(range(42)))
+    with pytest.raises(DownloadError, match="00042"):
+        _get(fake, server, tmp_path / "data")
+
+
+def test_progress_output_goes_to_stderr(tmp_path: Path, fake: FakeGTSRB, server: _Server,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """With progress on, status lines go to stderr and stdout stays clean."""
+    download_gtsrb(tmp_path / "data", base_url=server.url, archives=fake.archives, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert TRAIN in captured.err
+
+
+def test_text_progress_bar_without_tqdm(tmp_path: Path, fake: FakeGTSRB, server: _Server,
+                                        capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without tqdm the fallback text bar reaches 100% on stderr."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `from tqdm import tqdm` raise ImportError
+    download_gtsrb(tmp_path / "data", base_url=server.url, archives=fake.archives, progress=True)
+    assert "100.0%" in capsys.readouterr().err
+
+
+def test_file_in_the_way_keeps_archive_and_removes_temp_dir(tmp_path: Path, fake: FakeGTSRB,
+                                                            server: _Server) -> None:
+    """A file where a directory must go: clear error, the good archive is kept, no temp dir remains."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "GTSRB").write_text("not a directory")
+    with pytest.raises(DownloadError, match="in the way"):
+        _get(fake, server, root)
+    assert not list(root.glob(".extract-*"))
+    assert _md5(root / ".downloads" / TRAIN) == fake.archives[0].md5
+    assert not (root / ".downloads" / f"{TRAIN}.extracted").exists()
+    (root / "GTSRB").unlink()
+    _get(fake, server, root)  # the cached archive is reused after the user moves the file aside
+    assert server.paths().count(f"/{TRAIN}") == 1
+    _assert_installed(root, fake)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the module as a subprocess with a clean GTSRB environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GTSRB_MIRROR", "GTSRB_ROOT")}
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet_gtsrb.data.download", *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_cli_with_md5_overrides(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
+    """(f) `python -m ... --mirror --md5 F=H ...` exits 0 and prints the export line."""
+    root = tmp_path / "data"
+    overrides = [arg for a in fake.archives for arg in ("--md5", f"{a.filename}={a.md5}")]
+    result = _run_cli("--root", str(root), "--mirror", server.url, *overrides)
+    assert result.returncode == 0, result.stderr
+    assert f"export GTSRB_ROOT={root.resolve()}" in result.stdout.splitlines()
+    assert "Traceback" not in result.stderr
+    _assert_installed(root, fake)
+
+
+def test_cli_without_overrides_reports_checksum_error(tmp_path: Path, fake: FakeGTSRB,
+                                                      server: _Server) -> None:
+    """Without --md5 the official checksums reject the fake archives: exit 1, one-line error."""
+    result = _run_cli("--root", str(tmp_path / "data"), "--mirror", server.url, "--no-progress")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: checksum mismatch")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_404_is_one_line_without_traceback(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
+    """(f) A mirror without the files: non-zero exit, a single 'error:' line naming the URL."""
+    mirror = server.url + "missing/"
+    result = _run_cli("--root", str(tmp_path / "data"), "--mirror", mirror, "--no-progress")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    assert mirror + TRAIN in lines[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("override", ["nope", "unknown.zip=" + "0" * 32, f"{TRAIN}=xyz"])
+def test_cli_rejects_malformed_md5_override(tmp_path: Path, override: str) -> None:
+    """Malformed --md5 values are a usage error (exit 2) before any network access."""
+    with pytest.raises(SystemExit) as info:
+        main(["--root", str(tmp_path / "data"), "--md5", override, "--mirror", "http://127.0.0.1:9/"])
+    assert info.value.code == 2
+    assert not (tmp_path / "data").exists()
