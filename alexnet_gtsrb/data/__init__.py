@@ -1,0 +1,1 @@
+"""GTSRB data: indexing, splits, transforms, the DataModule, download and synthetic data."""
