@@ -1,0 +1,93 @@
+"""A map-style Dataset that decodes one GTSRB image per item (in DataLoader workers), uint8 throughout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from alexnet_gtsrb.data.gtsrb import Record
+from alexnet_gtsrb.data.transforms import flip_remap, roi_crop
+from alexnet_gtsrb.errors import BadDataError
+
+cv2.setNumThreads(0)  # parallelism comes from DataLoader workers; OpenCV threads would oversubscribe
+ON_BAD_IMAGE = ("error", "skip")
+
+
+def decode_rgb(path: str) -> np.ndarray:
+    """Read an image file as an HxWx3 uint8 RGB array; BadDataError naming the file if it can't be read."""
+    data = np.fromfile(path, dtype=np.uint8) if _exists(path) else None
+    if data is None:
+        raise BadDataError(f"{path}: image file is missing (it was indexed, then disappeared).")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise BadDataError(f"{path}: image cannot be decoded (corrupt or not an image). Replace or remove it.")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _exists(path: str) -> bool:
+    try:
+        with open(path, "rb"):
+            return True
+    except OSError:
+        return False
+
+
+class GTSRBDataset(Dataset):
+    """Records -> (uint8 HxWx3 tensor, label). ``records`` stays public so a split can be audited."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        transform: Callable | None = None,
+        roi: bool = True,
+        flip: bool = False,
+        on_bad_image: str = "error",
+    ) -> None:
+        self.records = tuple(records)
+        self.transform = transform
+        self.roi = roi
+        self.flip = flip
+        self.on_bad_image = on_bad_image
+        self._rng: np.random.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        """Decode, ROI-crop, augment; returns the uint8 image and the (possibly remapped) label."""
+        r = self.records[index]
+        image = decode_rgb(r.path)
+        if self.roi and r.roi is not None:
+            image = roi_crop(image, r.roi, (r.width, r.height))
+        label = r.label
+        if self.flip:
+            if self._rng is None:  # seeded per worker from torch's seed, which Lightning seeds
+                self._rng = np.random.default_rng(torch.initial_seed() % 2**32)
+            image, label = flip_remap(image, label, self._rng)
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        return image, label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        try:
+            image, label = self.load(index)
+        except BadDataError:
+            if self.on_bad_image == "skip":
+                return None
+            raise
+        return torch.from_numpy(np.ascontiguousarray(image)), label
+
+
+def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack (image, label) pairs; ``None`` items (bad images under on_bad_image=skip) are dropped and counted."""
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([g[0] for g in good])
+    labels = torch.tensor([g[1] for g in good], dtype=torch.long)
+    return images, labels, skipped
