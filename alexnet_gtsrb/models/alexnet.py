@@ -1,0 +1,466 @@
+"""AlexNet in three documented variants (paper, Keras "seed" script, torchvision) with exact, tested shapes.
+
+Why: "AlexNet" means different networks in different places. The variants here are spelled out layer by
+layer so that parameter counts, feature-map sizes and checkpoints are reproducible and comparable.
+
+Variants
+--------
+``paper``  Krizhevsky, Sutskever & Hinton (2012). Convs 96-256-384-384-256 (conv1 11x11/4 pad 0, conv2 5x5
+    pad 2, conv3-5 3x3 pad 1); conv2/conv4/conv5 split into ``groups`` (the two GPU "towers"), conv3 and the
+    FC layers see both towers; ReLU -> LRN(5, alpha=1e-4, beta=0.75, k=2) after conv1 and conv2; overlapping
+    MaxPool(3, 2) after both LRNs and after conv5; dropout before FC6 and FC7; FC 4096-4096-classes.
+    At 227 px: 96x55x55 -> 96x27x27 -> 256x27x27 -> 256x13x13 -> 384x13x13 -> 384x13x13 -> 256x13x13 ->
+    256x6x6 = 9216. 1000 classes: 60,965,224 parameters (62,378,344 with groups=1); 43 classes: 57,044,395.
+
+    LRN alpha: the paper prints ``b = a / (k + alpha * sum a^2)^beta`` with alpha un-divided, but its
+    reference code (cuda-convnet), Caffe and ``torch.nn.LocalResponseNorm`` all use ``alpha / n``. We follow
+    cuda-convnet/Caffe/torch (``alpha / n``, n = 5), i.e. the paper's alpha=1e-4 acts as 2e-5 per term.
+
+    ``batch_norm=True`` (a fast-converging, non-paper option) inserts BatchNorm2d after every conv's ReLU
+    (before LRN/pooling) and BatchNorm1d after the FC6 and FC7 ReLUs (before the next dropout).
+    ``conv_dropout > 0`` adds Dropout after each pooled block (after pool1, pool2, pool5).
+
+``seed``  The Keras "AlexNet" blog script this project started from, reconstructed from its printed
+    summary (10 classes: 30,029,898 trainable + 19,136 non-trainable = 30,049,034; conv1 35x35; flatten 2304).
+    Solving those numbers: 19,136 non-trainable = 2 x 9,568 BN channels, and the only subset of BN sites
+    summing to 9,568 is all 5 convs + both Dense(4096) (96+256+384+384+256+4096+4096); a hidden Dense(1000)
+    would overshoot the budget; the remaining 3,745,824 conv weights give kernels 11/5/3/3/3 (the only other
+    integer solutions, 11/3/3/1/5 and 11/3/5/1/3, are not AlexNet-shaped); flatten 2304 = 256x3x3 from a 35x35
+    conv1 map needs overlapping 3x3/2 pools after conv1, conv2, conv5 with 'same' convs (2x2 pools give 4x4).
+    BN-before-pool follows the script's description (the counts cannot tell the two orders apart)::
+
+        Conv(96, 11x11, stride 4, valid) ReLU BN MaxPool(3, 2) Dropout
+        Conv(256, 5x5, same)             ReLU BN MaxPool(3, 2) Dropout
+        Conv(384, 3x3, same)             ReLU BN
+        Conv(384, 3x3, same)             ReLU BN
+        Conv(256, 3x3, same)             ReLU BN MaxPool(3, 2) Dropout
+        Flatten  Dense(4096) ReLU BN Dropout  Dense(4096) ReLU BN Dropout  Dense(classes)
+
+    The printed summary corresponds to a 147-150 px input (150 -> 35 -> 17 -> 17 -> 8 -> 8 -> 3, flatten
+    256*3*3 = 2304) although the script's text says 227. No groups, no LRN. BatchNorm uses Keras' defaults
+    (eps=1e-3, momentum 0.99 == torch momentum 0.01). ``conv_dropout`` is the conv-block dropout and
+    ``dropout`` the FC dropout (the script used 0.5; set them in the config). The final softmax is left to the
+    loss (the model returns logits). At 227 px and 43 classes (flatten 9216) it has 58,476,651 trainable
+    parameters (weights, biases, BN gamma/beta) plus 19,136 BN running statistics: 58,495,787 Keras-style.
+
+``torchvision``  ``torchvision.models.alexnet`` (the "one weird trick" single-tower layout): convs
+    64-192-384-256-256, AdaptiveAvgPool2d(6x6), dropout before FC6/FC7; 61,100,840 parameters for 1000
+    classes; identical module names and indices, so ``state_dict()`` loads into torchvision and back.
+
+All variants derive the classifier input from ``image_size`` and reject sizes that shrink a feature map
+below 1x1. Works with channels_last and bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet_gtsrb.models.lrn import LRN
+
+__all__ = [
+    "VARIANTS",
+    "INITS",
+    "LRN_IMPLS",
+    "VARIANT_REQUIRED",
+    "AlexNet",
+    "conv1_kernel_grid",
+]
+
+VARIANTS = ("paper", "seed", "torchvision")
+INITS = ("paper", "kaiming", "keras", "torch")
+LRN_IMPLS = ("fast", "torch")
+GROUPS = (1, 2)
+
+# Constructor arguments a variant requires (the model raises ValueError otherwise); configs must set these.
+VARIANT_REQUIRED: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "seed": {"groups": 1, "lrn": False, "batch_norm": True},
+    "torchvision": {"groups": 1, "lrn": False, "batch_norm": False, "conv_dropout": 0.0},
+}
+
+_LRN_ARGS = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+_KERAS_BN = {"eps": 1e-3, "momentum": 0.01}
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _pair0(v: int | tuple[int, ...]) -> int:
+    return v[0] if isinstance(v, tuple) else int(v)
+
+
+def _spatial_trace(features: nn.Sequential, image_size: int) -> list[int] | None:
+    """Spatial size after each layer of ``features`` for a square input, or None if one drops below 1."""
+    size, trace = image_size, []
+    for layer in features:
+        if isinstance(layer, nn.Conv2d):
+            size = _out_size(
+                size, layer.kernel_size[0], layer.stride[0], _pair0(layer.padding), layer.dilation[0]
+            )
+        elif isinstance(layer, nn.MaxPool2d):
+            if layer.ceil_mode:
+                raise NotImplementedError("ceil_mode pooling is not used by any AlexNet variant")
+            size = _out_size(
+                size,
+                _pair0(layer.kernel_size),
+                _pair0(layer.stride),
+                _pair0(layer.padding),
+                _pair0(layer.dilation),
+            )
+        if size < 1:
+            return None
+        trace.append(size)
+    return trace
+
+
+class AlexNet(nn.Module):
+    """AlexNet for ``variant`` in ("paper", "seed", "torchvision"); see the module docstring for each layout.
+
+    Attributes: ``features`` (convs), ``avgpool`` (identity, or adaptive 6x6 for torchvision), ``flatten``,
+    ``classifier`` (FC layers); ``feature_shape`` (C, H, W) before flattening and ``flat_features``.
+    Optional layers (LRN, BatchNorm, conv dropout) that are switched off occupy their slot as ``nn.Identity``
+    so parameter names do not shift when they are toggled.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 43,
+        image_size: int = 227,
+        variant: str = "paper",
+        groups: int = 2,
+        lrn: bool = True,
+        batch_norm: bool = False,
+        dropout: float = 0.5,
+        conv_dropout: float = 0.0,
+        init: str = "paper",
+        lrn_impl: str = "fast",
+    ) -> None:
+        super().__init__()
+        self._validate(
+            num_classes, image_size, variant, groups, lrn, batch_norm, dropout, conv_dropout, init, lrn_impl
+        )
+        self.variant = variant
+        self.num_classes = int(num_classes)
+        self.image_size = int(image_size)
+        self.groups = int(groups)
+        self.lrn_impl = lrn_impl
+
+        if variant == "torchvision":
+            self.features = self._torchvision_features()
+            self.avgpool: nn.Module = nn.AdaptiveAvgPool2d((6, 6))
+        elif variant == "seed":
+            self.features = self._seed_features(conv_dropout)
+            self.avgpool = nn.Identity()
+        else:
+            self.features = self._paper_features(self.groups, lrn, lrn_impl, batch_norm, conv_dropout)
+            self.avgpool = nn.Identity()
+        self.flatten = nn.Flatten(1)
+
+        trace = _spatial_trace(self.features, self.image_size)
+        if trace is None:
+            raise ValueError(
+                f"model.net.image_size={image_size} is too small for the {variant} AlexNet: "
+                f"minimum is {self.min_image_size(self.features)}"
+            )
+        last_channels = self.conv_layers()[-1].out_channels
+        side = 6 if variant == "torchvision" else trace[-1]
+        self.feature_shape: tuple[int, int, int] = (last_channels, side, side)
+        self.flat_features = last_channels * side * side
+
+        if variant == "torchvision":
+            self.classifier = self._torchvision_classifier(dropout, num_classes)
+        elif variant == "seed":
+            self.classifier = self._seed_classifier(dropout, num_classes)
+        else:
+            self.classifier = self._paper_classifier(dropout, batch_norm, num_classes)
+        self.reset_parameters(init)
+
+    # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _validate(
+        num_classes: int,
+        image_size: int,
+        variant: str,
+        groups: int,
+        lrn: bool,
+        batch_norm: bool,
+        dropout: float,
+        conv_dropout: float,
+        init: str,
+        lrn_impl: str,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"model.net.variant={variant!r} is unknown: allowed values are {list(VARIANTS)}")
+        if init not in INITS:
+            raise ValueError(f"model.net.init={init!r} is unknown: allowed values are {list(INITS)}")
+        if lrn_impl not in LRN_IMPLS:
+            raise ValueError(
+                f"model.net.lrn_impl={lrn_impl!r} is unknown: allowed values are {list(LRN_IMPLS)}"
+            )
+        if groups not in GROUPS:
+            raise ValueError(f"model.net.groups={groups!r} is not allowed: allowed values are {list(GROUPS)}")
+        for name, (c_in, c_out) in {"conv2": (96, 256), "conv4": (384, 384), "conv5": (384, 256)}.items():
+            if c_in % groups or c_out % groups:
+                raise ValueError(
+                    f"model.net.groups={groups} does not divide {name}'s {c_in}->{c_out} channels: "
+                    f"allowed values are {list(GROUPS)}"
+                )
+        if int(num_classes) < 1:
+            raise ValueError(f"model.net.num_classes must be >= 1, got {num_classes}")
+        if int(image_size) < 1:
+            raise ValueError(f"model.net.image_size must be a positive integer, got {image_size}")
+        for name, p in (("dropout", dropout), ("conv_dropout", conv_dropout)):
+            if not 0.0 <= float(p) < 1.0:
+                raise ValueError(f"model.net.{name} must be in [0, 1), got {p}")
+        actual = {
+            "groups": groups,
+            "lrn": bool(lrn),
+            "batch_norm": bool(batch_norm),
+            "conv_dropout": float(conv_dropout),
+        }
+        for key, required in VARIANT_REQUIRED[variant].items():
+            if actual[key] != required:
+                raise ValueError(
+                    f"model.net.{key}={actual[key]!r} is not supported by the {variant} AlexNet: it requires "
+                    f"{key}={required!r} (set model.net.{key}={str(required).lower()} for this variant)"
+                )
+
+    @staticmethod
+    def min_image_size(features: nn.Sequential) -> int:
+        """Smallest square input for which no feature map of ``features`` drops below 1x1."""
+        for size in range(1, 4097):
+            if _spatial_trace(features, size) is not None:
+                return size
+        raise ValueError("no input size up to 4096 fits this network")
+
+    # ------------------------------------------------------------------ builders
+    @staticmethod
+    def _lrn(enabled: bool, impl: str) -> nn.Module:
+        if not enabled:
+            return nn.Identity()
+        return LRN(**_LRN_ARGS) if impl == "fast" else nn.LocalResponseNorm(**_LRN_ARGS)
+
+    @staticmethod
+    def _maybe(enabled: bool, factory: Any, *args: Any, **kwargs: Any) -> nn.Module:
+        return factory(*args, **kwargs) if enabled else nn.Identity()
+
+    def _paper_features(
+        self, groups: int, lrn: bool, lrn_impl: str, batch_norm: bool, conv_dropout: float
+    ) -> nn.Sequential:
+        bn = lambda c: self._maybe(batch_norm, nn.BatchNorm2d, c)
+        drop = lambda: self._maybe(conv_dropout > 0, nn.Dropout, conv_dropout)
+        return nn.Sequential(
+            nn.Conv2d(3, 96, 11, stride=4, padding=0),  # 0 conv1
+            nn.ReLU(inplace=True),
+            bn(96),
+            self._lrn(lrn, lrn_impl),
+            nn.MaxPool2d(3, 2),
+            drop(),
+            nn.Conv2d(96, 256, 5, padding=2, groups=groups),  # 6 conv2
+            nn.ReLU(inplace=True),
+            bn(256),
+            self._lrn(lrn, lrn_impl),
+            nn.MaxPool2d(3, 2),
+            drop(),
+            nn.Conv2d(256, 384, 3, padding=1),  # 12 conv3 (sees both towers)
+            nn.ReLU(inplace=True),
+            bn(384),
+            nn.Conv2d(384, 384, 3, padding=1, groups=groups),  # 15 conv4
+            nn.ReLU(inplace=True),
+            bn(384),
+            nn.Conv2d(384, 256, 3, padding=1, groups=groups),  # 18 conv5
+            nn.ReLU(inplace=True),
+            bn(256),
+            nn.MaxPool2d(3, 2),
+            drop(),
+        )
+
+    def _paper_classifier(self, dropout: float, batch_norm: bool, num_classes: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(self.flat_features, 4096),  # 1 FC6
+            nn.ReLU(inplace=True),
+            self._maybe(batch_norm, nn.BatchNorm1d, 4096),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),  # 5 FC7
+            nn.ReLU(inplace=True),
+            self._maybe(batch_norm, nn.BatchNorm1d, 4096),
+            nn.Linear(4096, num_classes),  # 8 FC8
+        )
+
+    def _seed_features(self, conv_dropout: float) -> nn.Sequential:
+        bn = lambda c: nn.BatchNorm2d(c, **_KERAS_BN)
+        drop = lambda: self._maybe(conv_dropout > 0, nn.Dropout, conv_dropout)
+        return nn.Sequential(
+            nn.Conv2d(3, 96, 11, stride=4, padding=0),  # 'valid'
+            nn.ReLU(inplace=True),
+            bn(96),
+            nn.MaxPool2d(3, 2),
+            drop(),
+            nn.Conv2d(96, 256, 5, padding=2),  # 'same'
+            nn.ReLU(inplace=True),
+            bn(256),
+            nn.MaxPool2d(3, 2),
+            drop(),
+            nn.Conv2d(256, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            bn(384),
+            nn.Conv2d(384, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            bn(384),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            bn(256),
+            nn.MaxPool2d(3, 2),
+            drop(),
+        )
+
+    def _seed_classifier(self, dropout: float, num_classes: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Linear(self.flat_features, 4096),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(4096, **_KERAS_BN),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(4096, **_KERAS_BN),
+            nn.Dropout(dropout),
+            nn.Linear(4096, num_classes),
+        )
+
+    @staticmethod
+    def _torchvision_features() -> nn.Sequential:
+        # Indices must match torchvision.models.AlexNet exactly (checkpoint compatibility).
+        return nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+
+    def _torchvision_classifier(self, dropout: float, num_classes: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Dropout(p=dropout),
+            nn.Linear(self.flat_features, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self, init: str = "paper") -> None:
+        """(Re-)initialise weights.
+
+        ``paper``: every conv/FC weight ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, FC6, FC7 (to give
+        ReLUs positive inputs early), 0 elsewhere. ``kaiming``: He-normal (fan_in, ReLU gain) weights, zero
+        biases, the last layer N(0, 0.01). ``keras``: Glorot-uniform weights and zero biases (Keras defaults,
+        the seed script's init). ``torch``: PyTorch's default layer init. BatchNorm: weight 1, bias 0.
+        """
+        if init not in INITS:
+            raise ValueError(f"model.net.init={init!r} is unknown: allowed values are {list(INITS)}")
+        convs = self.conv_layers()
+        linears = [m for m in self.classifier if isinstance(m, nn.Linear)]
+        for m in self.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.reset_parameters()
+        if init == "torch":
+            for m in [*convs, *linears]:
+                m.reset_parameters()
+            return
+        one_bias = {id(convs[1]), id(convs[3]), id(convs[4]), id(linears[0]), id(linears[1])}
+        for m in [*convs, *linears]:
+            if init == "paper":
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.constant_(m.bias, 1.0 if id(m) in one_bias else 0.0)
+            elif init == "kaiming":
+                if m is linears[-1]:
+                    nn.init.normal_(m.weight, 0.0, 0.01)
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            else:  # keras
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ API
+    def conv_layers(self) -> list[nn.Conv2d]:
+        """The five convolutions in order (conv1 ... conv5)."""
+        return [m for m in self.features if isinstance(m, nn.Conv2d)]
+
+    @property
+    def conv1(self) -> nn.Conv2d:
+        """The first convolution (a property, so it is not registered twice in ``state_dict``)."""
+        return self.conv_layers()[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = self.flatten(x)
+        return self.classifier(x)
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}, image_size={self.image_size}, num_classes={self.num_classes}"
+
+
+def _grid_columns(n: int) -> int:
+    """Columns for ``n`` tiles: the smallest divisor of n that is >= sqrt(n), else ceil(sqrt(n))."""
+    root = math.isqrt(n - 1) + 1 if n > 1 else 1
+    for cols in range(root, min(n, 2 * root) + 1):
+        if n % cols == 0:
+            return cols
+    return root
+
+
+@torch.no_grad()
+def conv1_kernel_grid(net: AlexNet, pad: int = 1, gap: int = 4) -> torch.Tensor:
+    """conv1's kernels as one (3, H, W) image in [0, 1], one block per conv2 group, blocks side by side.
+
+    With ``groups=2`` kernels 0-47 (feeding conv2's first group, "GPU 1" in the paper's Fig. 3) form the
+    left block and 48-95 the right block, separated by ``gap`` white columns. Each kernel is min-max
+    normalised on its own so that low-contrast kernels stay visible.
+    """
+    weight = net.conv1.weight.detach().float().cpu()
+    if weight.shape[1] not in (1, 3):
+        raise ValueError(
+            f"conv1 must have 1 or 3 input channels to render as an image, got {weight.shape[1]}"
+        )
+    weight = weight.expand(-1, 3, -1, -1) if weight.shape[1] == 1 else weight
+    lo = weight.amin(dim=(1, 2, 3), keepdim=True)
+    hi = weight.amax(dim=(1, 2, 3), keepdim=True)
+    weight = (weight - lo) / (hi - lo).clamp_min(1e-12)
+    n_groups = net.conv_layers()[1].groups
+    blocks = []
+    for block in weight.chunk(n_groups, dim=0):
+        n, _, kh, kw = block.shape
+        cols = _grid_columns(n)
+        rows = math.ceil(n / cols)
+        img = torch.ones(3, rows * (kh + pad) + pad, cols * (kw + pad) + pad)
+        for i in range(n):
+            r, c = divmod(i, cols)
+            top, left = pad + r * (kh + pad), pad + c * (kw + pad)
+            img[:, top : top + kh, left : left + kw] = block[i]
+        blocks.append(img)
+    height = max(b.shape[1] for b in blocks)
+    parts: list[torch.Tensor] = []
+    for i, b in enumerate(blocks):
+        if i:
+            parts.append(torch.ones(3, height, gap))
+        parts.append(torch.nn.functional.pad(b, (0, 0, 0, height - b.shape[1]), value=1.0))
+    return torch.cat(parts, dim=2)

@@ -1,0 +1,349 @@
+"""Fast local response normalisation: same maths as ``torch.nn.LocalResponseNorm``, far cheaper on CPU.
+
+Why: ``torch.nn.LocalResponseNorm`` builds the cross-channel window sum with ``avg_pool3d`` on a padded,
+unsqueezed copy, uses ``pow`` and lets autograd differentiate that chain (about 7 full-size temporaries in
+the forward pass, more in the backward); on CPU two such layers roughly halve the paper model's training
+throughput. Measured on the 2-core AMD EPYC (AVX2) dev box, fp32 + channels_last, batch 64, 227 px: 9.9 img/s
+without LRN, 9.3 with this LRN, 4.7-5.2 with torch's. This implementation:
+
+* computes the window sum as ``size - 1`` shifted adds over a channel-padded buffer (works for NCHW and
+  channels_last alike, no matmul, no pooling op);
+* computes ``s ** -0.75`` as ``rsqrt(s * sqrt(s))`` (``pow`` is several times slower on CPU);
+* uses a closed-form backward instead of an autograd chain, and saves only the input for it (``s`` is
+  recomputed in the backward pass, which is cheaper than writing and re-reading a full-size tensor);
+* on CPU works through the batch in cache-sized chunks with small reusable scratch buffers, so every
+  intermediate stays in cache and the only full-size allocations are the output and the input gradient;
+  the chunks are shared among ``torch.get_num_threads()`` worker threads that each run single-threaded
+  ops (no OpenMP barrier per small op, which stalls badly when the cores are shared with other jobs).
+
+Formulas (``n = size``; window as in torch):
+
+    s_c  = k + alpha/n * sum_{j in W(c)} x_j**2,     W(c) = [c - n//2, c + (n-1)//2]
+    y_c  = x_c * s_c**-beta
+    dx_j = g_j * s_j**-beta - (2 * alpha * beta / n) * x_j * sum_{c : j in W(c)} g_c * x_c * s_c**(-beta-1)
+
+Under ``torch.compile`` the same maths is expressed as plain tensor ops (``lrn_composite``) for Inductor to
+fuse, since the chunked eager kernel is opaque to it.
+
+Half/bfloat16 inputs are computed in float32 internally (``s`` is ``2 + tiny`` and would be quantised away in
+bf16) and results are returned in the input dtype; float32/float64 inputs are computed in their own dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import nn
+
+__all__ = ["LRN", "local_response_norm", "lrn_composite"]
+
+# Elements per chunk on CPU: ~1 MiB of float32 per scratch buffer keeps the working set of one chunk
+# (input, output, three scratch buffers) in L2/L3 cache. Whole samples are used up to 4x this size (one
+# AlexNet conv1 sample is 96x55x55 = 290k elements); only bigger samples are split along dim 2.
+_CPU_CHUNK_ELEMS = 1 << 18
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off inside the kernel (we choose dtypes ourselves); a no-op where autocast does not exist."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _empty_like_layout(ref: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
+    """Uninitialised tensor shaped like ``ref`` with ``channels`` channels, in ``ref``'s memory format."""
+    shape = (ref.shape[0], channels, *ref.shape[2:])
+    if ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous():
+        return torch.empty(shape, dtype=dtype, device=ref.device, memory_format=torch.channels_last)
+    if ref.dim() == 5 and ref.is_contiguous(memory_format=torch.channels_last_3d) and not ref.is_contiguous():
+        return torch.empty(shape, dtype=dtype, device=ref.device, memory_format=torch.channels_last_3d)
+    return torch.empty(shape, dtype=dtype, device=ref.device)
+
+
+def _chunks(x: torch.Tensor) -> Iterator[tuple[slice, ...]]:
+    """Index tuples covering ``x`` in cache-sized pieces (batch slices, or dim-2 rows of big samples)."""
+    if x.device.type != "cpu" or x.numel() <= _CPU_CHUNK_ELEMS:
+        yield (slice(None),)
+        return
+    n, per_sample = x.shape[0], x[0].numel()
+    if per_sample <= 4 * _CPU_CHUNK_ELEMS:
+        step = max(1, _CPU_CHUNK_ELEMS // per_sample)
+        for i in range(0, n, step):
+            yield (slice(i, i + step),)
+        return
+    rows = x.shape[2]
+    step = max(1, _CPU_CHUNK_ELEMS // (per_sample // rows))
+    for i in range(n):
+        for r in range(0, rows, step):
+            yield (slice(i, i + 1), slice(None), slice(r, r + step))
+
+
+def _scratch_view(buf: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The leading part of scratch buffer ``buf`` matching ``like``'s shape except for the channel dim."""
+    idx = tuple(slice(0, d) for d in like.shape)
+    return buf[(idx[0], slice(None), *idx[2:])]
+
+
+def _window_sum_into(padded: torch.Tensor, size: int, channels: int, out: torch.Tensor) -> torch.Tensor:
+    """``out[:, c] = sum(padded[:, c + i] for i in range(size))`` in ``size - 1`` elementwise passes."""
+    if size == 1:
+        return out.copy_(padded.narrow(1, 0, channels))
+    torch.add(padded.narrow(1, 0, channels), padded.narrow(1, 1, channels), out=out)
+    for i in range(2, size):
+        out.add_(padded.narrow(1, i, channels))
+    return out
+
+
+def _inv_pow_(s: torch.Tensor, beta: float, out: torch.Tensor) -> torch.Tensor:
+    """``out = s ** -beta`` using cheap sqrt/rsqrt for the common betas (``pow`` is slow on CPU)."""
+    if beta == 0.75:
+        torch.sqrt(s, out=out)
+        out.mul_(s)
+        return out.rsqrt_()
+    if beta == 0.5:
+        return torch.rsqrt(s, out=out)
+    if beta == 1.0:
+        return torch.reciprocal(s, out=out)
+    return torch.pow(s, -beta, out=out)
+
+
+class _Scratch:
+    """Per-call scratch buffers sized for the largest chunk, reused for every chunk."""
+
+    def __init__(self, first_chunk: torch.Tensor, size: int, k: float, dtype: torch.dtype) -> None:
+        channels = first_chunk.shape[1]
+        self.lo, self.hi = size // 2, (size - 1) // 2
+        # Padded squares: P[c + lo] = k/n + alpha/n * x_c**2 and k/n in the pad slots, so that every window of
+        # n slots sums to exactly s_c = k + alpha/n * sum(x**2), edge windows included.
+        self.sq = _empty_like_layout(first_chunk, channels + size - 1, dtype)
+        if self.lo:
+            self.sq.narrow(1, 0, self.lo).fill_(k / size)
+        if self.hi:
+            self.sq.narrow(1, self.lo + channels, self.hi).fill_(k / size)
+        self.s = _empty_like_layout(first_chunk, channels, dtype)
+        self.k_n = torch.tensor(k / size, dtype=dtype, device=first_chunk.device)
+
+    def norm(self, xc: torch.Tensor, size: int, alpha: float) -> torch.Tensor:
+        """``s = k + alpha/n * window_sum(x**2)`` for chunk ``xc`` (returned as a view of scratch memory)."""
+        channels = xc.shape[1]
+        padded = _scratch_view(self.sq, xc)
+        centre = padded.narrow(1, self.lo, channels)
+        if xc.dtype == centre.dtype:
+            torch.addcmul(self.k_n, xc, xc, value=alpha / size, out=centre)
+        else:  # upcast once, then square in the compute dtype
+            centre.copy_(xc)
+            torch.addcmul(self.k_n, centre, centre, value=alpha / size, out=centre)
+        return _window_sum_into(padded, size, channels, _scratch_view(self.s, xc))
+
+
+def _largest(x: torch.Tensor, chunks: list[tuple[slice, ...]]) -> torch.Tensor:
+    """The biggest chunk of ``x``: scratch buffers are sized for it (a group may start with a short chunk)."""
+    return max((x[idx] for idx in chunks), key=lambda t: t.numel())
+
+
+def _forward_chunks(
+    x: torch.Tensor, y: torch.Tensor, chunks: list[tuple[slice, ...]], hp: tuple[int, float, float, float]
+) -> None:
+    """``y[idx] = x[idx] * s**-beta`` for each chunk, with scratch buffers private to this call."""
+    size, alpha, beta, k = hp
+    with torch.no_grad():
+        first = _largest(x, chunks)
+        scratch = _Scratch(first, size, k, _compute_dtype(x.dtype))
+        for idx in chunks:
+            xc = x[idx]
+            s = scratch.norm(xc, size, alpha)
+            # p = s**-beta overwrites the squares' centre (no longer needed), then y = x * p.
+            p = _inv_pow_(s, beta, out=_scratch_view(scratch.sq, xc).narrow(1, scratch.lo, xc.shape[1]))
+            torch.mul(xc, p, out=y[idx])
+
+
+def _backward_chunks(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    dx: torch.Tensor,
+    chunks: list[tuple[slice, ...]],
+    hp: tuple[int, float, float, float],
+) -> None:
+    """``dx[idx] = g p - (2 alpha beta / n) x * window^T(g x s**(-beta-1))`` for each chunk (p = s**-beta)."""
+    size, alpha, beta, k = hp
+    coef = -2.0 * alpha * beta / size
+    cdt = _compute_dtype(x.dtype)
+    with torch.no_grad():
+        first = _largest(x, chunks)
+        scratch = _Scratch(first, size, k, cdt)
+        channels = first.shape[1]
+        lo, hi = scratch.lo, scratch.hi
+        # T[c + hi] = g_c * x_c * s_c**(-beta-1), zero padded; its window sum is sum_{c: j in W(c)} T_c.
+        tbuf = _empty_like_layout(first, channels + size - 1, cdt)
+        if hi:
+            tbuf.narrow(1, 0, hi).zero_()
+        if lo:
+            tbuf.narrow(1, hi + channels, lo).zero_()
+        pbuf = _empty_like_layout(first, channels, cdt)
+        for idx in chunks:
+            xc, gc = x[idx], grad[idx]
+            s = scratch.norm(xc, size, alpha)
+            p = _inv_pow_(s, beta, out=_scratch_view(pbuf, xc))
+            padded = _scratch_view(tbuf, xc)
+            t = torch.div(p, s, out=padded.narrow(1, hi, channels))  # s**(-beta-1), compute dtype
+            t.mul_(gc).mul_(xc)
+            w = _window_sum_into(padded, size, channels, s)  # s is no longer needed: reuse it
+            if dx.dtype == cdt:
+                out = dx[idx]
+                torch.mul(gc, p, out=out)
+                out.addcmul_(w, xc, value=coef)
+            else:  # accumulate in the compute dtype, round once
+                p.mul_(gc).addcmul_(w, xc, value=coef)
+                dx[idx].copy_(p)
+
+
+class _SingleThreadedPool:
+    """Python worker threads whose torch ops each run on one intra-op thread.
+
+    Why: the chunked kernel issues hundreds of small ops per call. Run through OpenMP, every op is a
+    fork/join barrier, and when another process holds one of the cores (a shared 2-core machine) each
+    barrier waits for a scheduler time slice: measured 50-100x slower. Splitting the chunks over plain
+    threads that run their ops serially has no barriers, yet uses all cores when they are free.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.pid = os.getpid()
+        self.workers = workers
+        main_threads = torch.get_num_threads()
+        started = threading.Barrier(workers + 1)
+
+        def init() -> None:
+            torch.get_num_threads()  # per-thread lazy init first, so it does not undo the next line later
+            torch.set_num_threads(1)
+            started.wait()
+
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="lrn", initializer=init)
+        warmups = [self.executor.submit(lambda: None) for _ in range(workers)]
+        started.wait()
+        torch.set_num_threads(main_threads)  # set_num_threads(1) also changed the process-wide default
+        for f in warmups:
+            f.result()
+
+
+_POOL: _SingleThreadedPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _run_chunks(x: torch.Tensor, work: Callable[[list[tuple[slice, ...]]], None]) -> None:
+    """Run ``work`` over the chunks of ``x``, split across ``torch.get_num_threads()`` workers on CPU."""
+    global _POOL
+    chunks = list(_chunks(x))
+    workers = min(torch.get_num_threads(), len(chunks)) if x.device.type == "cpu" else 1
+    if workers <= 1:
+        work(chunks)
+        return
+    with _POOL_LOCK:
+        if _POOL is None or _POOL.pid != os.getpid() or _POOL.workers < workers:
+            if _POOL is not None and _POOL.pid == os.getpid():
+                _POOL.executor.shutdown(wait=False)
+            _POOL = _SingleThreadedPool(workers)  # (re)created after a fork or a thread-count increase
+        pool = _POOL
+    # Grad/inference mode are thread-local: replay the caller's inference mode in the workers (writing into an
+    # inference tensor outside inference mode is an error), and never record autograd there.
+    inference = torch.is_inference_mode_enabled()
+
+    def task(group: list[tuple[slice, ...]]) -> None:
+        with torch.inference_mode(inference), torch.no_grad():
+            work(group)
+
+    bounds = [len(chunks) * i // workers for i in range(workers + 1)]
+    futures = [pool.executor.submit(task, chunks[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    for f in futures:
+        f.result()
+
+
+class _LRNFunction(torch.autograd.Function):
+    """Forward and closed-form backward of cross-channel LRN (see module docstring for the formulas)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float
+    ) -> torch.Tensor:
+        hp = (size, alpha, beta, k)
+        y = torch.empty_like(x)
+        with _no_autocast(x.device.type):
+            _run_chunks(x, lambda chunks: _forward_chunks(x, y, chunks, hp))
+        ctx.save_for_backward(x)
+        ctx.hparams = hp
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        dx = torch.empty_like(x)
+        with _no_autocast(x.device.type):
+            _run_chunks(x, lambda chunks: _backward_chunks(x, grad, dx, chunks, ctx.hparams))
+        return dx, None, None, None, None
+
+
+def lrn_composite(
+    x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
+) -> torch.Tensor:
+    """The same LRN as plain differentiable tensor ops: used under ``torch.compile`` (Inductor fuses it)."""
+    cdt = _compute_dtype(x.dtype)
+    xc = x.to(cdt)
+    channels = x.shape[1]
+    pad = [0, 0] * (x.dim() - 2) + [size // 2, (size - 1) // 2]
+    padded = nn.functional.pad(xc * xc, pad)
+    window = padded.narrow(1, 0, channels)
+    for i in range(1, size):
+        window = window + padded.narrow(1, i, channels)
+    return (xc * (window * (alpha / size) + k).pow(-beta)).to(x.dtype)
+
+
+def local_response_norm(
+    x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
+) -> torch.Tensor:
+    """Functional form of :class:`LRN` (same semantics as ``torch.nn.functional.local_response_norm``)."""
+    if x.dim() < 3:
+        raise ValueError(
+            f"LRN expects an input of shape (N, C, *) with at least 3 dims, got {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"LRN expects a floating point input, got {x.dtype}")
+    if x.numel() == 0:
+        return x.clone()
+    if torch.compiler.is_compiling():
+        return lrn_composite(x, size, alpha, beta, k)
+    return _LRNFunction.apply(x, size, alpha, beta, k)
+
+
+class LRN(nn.Module):
+    """Cross-channel local response normalisation, a fast drop-in for ``torch.nn.LocalResponseNorm``.
+
+    Same arguments and semantics as torch (``alpha`` is divided by ``size``, as in cuda-convnet/Caffe), same
+    outputs and gradients up to float rounding, a fraction of the CPU time. ``k`` must be positive (the
+    backward pass divides by ``s >= k``); AlexNet uses ``k = 2``.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"LRN size must be >= 1, got {size}")
+        if k <= 0:
+            raise ValueError(f"LRN k must be > 0, got {k}")
+        self.size = int(size)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.k = float(k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -1,0 +1,378 @@
+"""AlexNet variants: exact parameter counts and feature-map sizes, init, validation, torchvision round trip,
+conv1 kernel grid, channels_last/bf16, the Keras-style summary and the throughput helper."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from alexnet_gtsrb.models.alexnet import VARIANT_REQUIRED, AlexNet, conv1_kernel_grid
+from alexnet_gtsrb.models.bench_utils import measure_train_throughput
+from alexnet_gtsrb.models.lrn import LRN
+from alexnet_gtsrb.models.summary import SummaryRow, format_summary, main, summary_rows
+
+SEED = VARIANT_REQUIRED["seed"]  # groups=1, lrn=False, batch_norm=True
+TV = VARIANT_REQUIRED["torchvision"]
+
+
+def n_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def n_bn_stats(net: nn.Module) -> int:
+    return sum(b.numel() for k, b in net.named_buffers() if k.endswith(("running_mean", "running_var")))
+
+
+def meta(**kwargs) -> AlexNet:
+    """Build on the meta device: exact shapes and counts without allocating 60M parameters."""
+    with torch.device("meta"):
+        return AlexNet(**kwargs)
+
+
+def leaf_shapes(net: nn.Module, image_size: int, kind: type[nn.Module]) -> list[tuple[int, ...]]:
+    return [shape for name, shape, _ in summary_rows(net, image_size) if f"({kind.__name__})" in name]
+
+
+# --------------------------------------------------------------------------- paper variant
+@pytest.mark.parametrize(
+    "num_classes, groups, expected",
+    [(1000, 2, 60_965_224), (1000, 1, 62_378_344), (43, 2, 57_044_395)],
+)
+def test_paper_parameter_counts(num_classes, groups, expected):
+    assert n_params(meta(num_classes=num_classes, groups=groups)) == expected
+
+
+def test_paper_feature_maps_and_groups():
+    net = AlexNet(num_classes=43, image_size=227, init="torch")
+    assert [c.groups for c in net.conv_layers()] == [1, 2, 1, 2, 2]
+    assert leaf_shapes(net, 227, nn.Conv2d) == [
+        (96, 55, 55),
+        (256, 27, 27),
+        (384, 13, 13),
+        (384, 13, 13),
+        (256, 13, 13),
+    ]
+    assert leaf_shapes(net, 227, nn.MaxPool2d) == [(96, 27, 27), (256, 13, 13), (256, 6, 6)]
+    assert leaf_shapes(net, 227, nn.Flatten) == [(9216,)]
+    assert net.feature_shape == (256, 6, 6) and net.flat_features == 9216
+    c1, c2, c3, c4, c5 = net.conv_layers()
+    assert (c1.kernel_size, c1.stride, c1.padding) == ((11, 11), (4, 4), (0, 0))
+    assert (c2.kernel_size, c2.padding) == ((5, 5), (2, 2))
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in (c3, c4, c5))
+    assert [m.out_features for m in net.classifier if isinstance(m, nn.Linear)] == [4096, 4096, 43]
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 3, 227, 227)).shape == (2, 43)
+
+
+def test_paper_layer_order_lrn_pool_dropout():
+    net = meta()
+    f = list(net.features)
+    lrns = [i for i, m in enumerate(f) if isinstance(m, LRN)]
+    assert len(lrns) == 2
+    for i in lrns:  # conv -> ReLU -> (BN slot) -> LRN -> MaxPool(3, 2)
+        assert isinstance(f[i - 3], nn.Conv2d) and isinstance(f[i - 2], nn.ReLU)
+        assert isinstance(f[i + 1], nn.MaxPool2d) and (f[i + 1].kernel_size, f[i + 1].stride) == (3, 2)
+        assert (f[i].size, f[i].alpha, f[i].beta, f[i].k) == (5, 1e-4, 0.75, 2.0)
+    assert f[lrns[0] - 3] is net.conv_layers()[0] and f[lrns[1] - 3] is net.conv_layers()[1]
+    assert sum(isinstance(m, nn.MaxPool2d) for m in f) == 3
+    c = list(net.classifier)
+    drops = [i for i, m in enumerate(c) if isinstance(m, nn.Dropout)]
+    assert len(drops) == 2 and all(isinstance(c[i + 1], nn.Linear) for i in drops)  # before FC6 and FC7
+    assert c[drops[0] + 1].in_features == 9216 and c[drops[1] + 1].in_features == 4096
+    assert all(m.p == 0.5 for m in c if isinstance(m, nn.Dropout))
+    assert not any(isinstance(m, nn.Dropout) for m in f)  # conv_dropout=0 by default
+
+
+def test_lrn_switches():
+    assert sum(isinstance(m, nn.LocalResponseNorm) for m in meta(lrn_impl="torch").modules()) == 2
+    no_lrn = meta(lrn=False)
+    assert not any(isinstance(m, (LRN, nn.LocalResponseNorm)) for m in no_lrn.modules())
+    # Switched-off layers keep their slot, so parameter names do not depend on lrn.
+    assert list(no_lrn.state_dict()) == list(meta().state_dict())
+
+
+def test_paper_batch_norm_and_conv_dropout():
+    net = meta(batch_norm=True, conv_dropout=0.25)
+    f, c = list(net.features), list(net.classifier)
+    bn2 = [i for i, m in enumerate(f) if isinstance(m, nn.BatchNorm2d)]
+    assert len(bn2) == 5 and all(
+        isinstance(f[i - 1], nn.ReLU) and isinstance(f[i - 2], nn.Conv2d) for i in bn2
+    )
+    assert [f[i].num_features for i in bn2] == [96, 256, 384, 384, 256]
+    bn1 = [i for i, m in enumerate(c) if isinstance(m, nn.BatchNorm1d)]
+    assert len(bn1) == 2 and all(
+        isinstance(c[i - 1], nn.ReLU) and isinstance(c[i - 2], nn.Linear) for i in bn1
+    )
+    drops = [i for i, m in enumerate(f) if isinstance(m, nn.Dropout)]
+    assert len(drops) == 3 and all(isinstance(f[i - 1], nn.MaxPool2d) and f[i].p == 0.25 for i in drops)
+    bn_affine = 2 * (96 + 256 + 384 + 384 + 256) + 2 * 2 * 4096
+    assert n_params(net) == 57_044_395 + bn_affine
+
+
+def test_paper_init():
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=43, image_size=67)  # small image: the FC6 input is 256, init is quick
+    convs = net.conv_layers()
+    linears = [m for m in net.classifier if isinstance(m, nn.Linear)]
+    for m in [*convs, *linears]:
+        assert abs(m.weight.std().item() - 0.01) < 0.001 and abs(m.weight.mean().item()) < 0.001
+    ones = [convs[1], convs[3], convs[4], linears[0], linears[1]]
+    for m in [*convs, *linears]:
+        assert torch.all(m.bias == (1.0 if any(m is o for o in ones) else 0.0))
+
+
+def test_kaiming_and_keras_init():
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=43, image_size=67, init="kaiming")
+    conv3 = net.conv_layers()[2]
+    fan_in = conv3.weight[0].numel()
+    assert abs(conv3.weight.std().item() / math.sqrt(2 / fan_in) - 1) < 0.05
+    last = net.classifier[-1]
+    assert abs(last.weight.std().item() - 0.01) < 0.001
+    assert all(torch.all(m.bias == 0) for m in [*net.conv_layers(), *net.classifier] if hasattr(m, "bias"))
+    net.reset_parameters("keras")
+    conv2 = net.conv_layers()[1]
+    fan_in, fan_out = conv2.weight[0].numel(), conv2.weight.shape[0] * 25
+    bound = math.sqrt(6 / (fan_in + fan_out))
+    assert conv2.weight.abs().max() <= bound and conv2.weight.abs().max() > 0.95 * bound
+    assert torch.all(conv2.bias == 0)
+
+
+# --------------------------------------------------------------------------- seed variant
+def test_seed_matches_keras_summary_numbers():
+    net = meta(variant="seed", num_classes=10, image_size=150, **SEED)
+    assert n_params(net) == 30_029_898
+    assert n_bn_stats(net) == 19_136
+    assert n_params(net) + n_bn_stats(net) == 30_049_034
+    assert net.feature_shape == (256, 3, 3) and net.flat_features == 2304
+    assert [c.groups for c in net.conv_layers()] == [1] * 5
+    assert [c.kernel_size[0] for c in net.conv_layers()] == [11, 5, 3, 3, 3]
+    bns = [m for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert [m.num_features for m in bns] == [96, 256, 384, 384, 256, 4096, 4096]
+    assert all(m.eps == 1e-3 and m.momentum == 0.01 for m in bns)  # Keras defaults
+    assert not any(isinstance(m, (LRN, nn.LocalResponseNorm)) for m in net.modules())
+
+
+def test_seed_layer_shapes_at_150_px():
+    net = AlexNet(variant="seed", num_classes=10, image_size=150, conv_dropout=0.5, **SEED)
+    assert leaf_shapes(net, 150, nn.Conv2d)[0] == (96, 35, 35)
+    assert leaf_shapes(net, 150, nn.MaxPool2d) == [(96, 17, 17), (256, 8, 8), (256, 3, 3)]
+    assert leaf_shapes(net, 150, nn.Flatten) == [(2304,)]
+    f = list(net.features)
+    for i, m in enumerate(f):  # blocks: Conv -> ReLU -> BN [-> MaxPool -> Dropout]
+        if isinstance(m, nn.Conv2d):
+            assert isinstance(f[i + 1], nn.ReLU) and isinstance(f[i + 2], nn.BatchNorm2d)
+        if isinstance(m, nn.MaxPool2d):
+            assert (
+                isinstance(f[i - 1], nn.BatchNorm2d)
+                and isinstance(f[i + 1], nn.Dropout)
+                and f[i + 1].p == 0.5
+            )
+    # Every size that gives the summary's 35x35 conv1 map also gives flatten 2304.
+    for size in (147, 148, 149, 150):
+        assert meta(variant="seed", num_classes=10, image_size=size, **SEED).flat_features == 2304
+    assert meta(variant="seed", num_classes=10, image_size=146, **SEED).flat_features == 2304  # conv1 34x34
+
+
+def test_seed_at_227_px_43_classes():
+    net = meta(variant="seed", num_classes=43, image_size=227, **SEED)
+    assert net.flat_features == 9216
+    assert n_params(net) == 58_476_651 and n_params(net) + n_bn_stats(net) == 58_495_787
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ({"groups": 2}, r"model\.net\.groups=2 is not supported by the seed AlexNet"),
+        ({"lrn": True}, r"model\.net\.lrn=True is not supported by the seed AlexNet"),
+        ({"batch_norm": False}, r"model\.net\.batch_norm=False is not supported by the seed AlexNet"),
+    ],
+)
+def test_seed_rejects_paper_options(override, match):
+    with pytest.raises(ValueError, match=match):
+        AlexNet(variant="seed", **{**SEED, **override})
+
+
+# --------------------------------------------------------------------------- torchvision variant
+def test_torchvision_variant_round_trip():
+    ours = AlexNet(num_classes=1000, image_size=224, variant="torchvision", init="torch", **TV)
+    theirs = torchvision.models.alexnet()
+    assert n_params(ours) == n_params(theirs) == 61_100_840
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    other = torchvision.models.alexnet()
+    ours.load_state_dict(other.state_dict(), strict=True)
+    ours.eval()
+    other.eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), other(x))
+    assert [c.out_channels for c in ours.conv_layers()] == [64, 192, 384, 256, 256]
+    assert isinstance(ours.avgpool, nn.AdaptiveAvgPool2d)
+
+
+@pytest.mark.parametrize(
+    "override", [{"groups": 2}, {"lrn": True}, {"batch_norm": True}, {"conv_dropout": 0.3}]
+)
+def test_torchvision_rejects_incompatible_options(override):
+    key = next(iter(override))
+    with pytest.raises(ValueError, match=rf"model\.net\.{key}=.* not supported by the torchvision AlexNet"):
+        AlexNet(variant="torchvision", **{**TV, **override})
+
+
+# --------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "variant, kwargs, minimum",
+    [("paper", {}, 67), ("seed", SEED, 67), ("torchvision", TV, 63)],
+)
+def test_image_size_minimum(variant, kwargs, minimum):
+    with pytest.raises(
+        ValueError,
+        match=rf"model\.net\.image_size={minimum - 1} is too small for the {variant} AlexNet: "
+        rf"minimum is {minimum}",
+    ):
+        meta(variant=variant, image_size=minimum - 1, **kwargs)
+    net = AlexNet(variant=variant, image_size=minimum, num_classes=5, **kwargs).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, minimum, minimum)).shape == (1, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"groups": 3}, r"model\.net\.groups=3 .*allowed values are \[1, 2\]"),
+        ({"groups": 4}, r"model\.net\.groups=4 .*allowed values are \[1, 2\]"),
+        ({"variant": "vgg"}, r"model\.net\.variant='vgg' .*\['paper', 'seed', 'torchvision'\]"),
+        ({"init": "xavier"}, r"model\.net\.init='xavier' .*\['paper', 'kaiming', 'keras', 'torch'\]"),
+        ({"lrn_impl": "cuda"}, r"model\.net\.lrn_impl='cuda' .*\['fast', 'torch'\]"),
+        ({"dropout": 1.0}, r"model\.net\.dropout must be in \[0, 1\)"),
+        ({"num_classes": 0}, r"model\.net\.num_classes must be >= 1"),
+    ],
+)
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AlexNet(**kwargs)
+
+
+def test_hydra_instantiation_with_keyword_overrides():
+    from hydra.utils import instantiate
+
+    cfg = {
+        "_target_": "alexnet_gtsrb.models.alexnet.AlexNet",
+        "num_classes": 43,
+        "image_size": 99,
+        "groups": 1,
+    }
+    net = instantiate(cfg)
+    assert isinstance(net, AlexNet) and net.groups == 1 and net.image_size == 99
+
+
+# --------------------------------------------------------------------------- conv1 access and kernel grid
+def test_conv1_access_and_kernel_grid():
+    torch.manual_seed(0)
+    net = AlexNet(image_size=67)
+    assert len(net.conv_layers()) == 5 and all(isinstance(c, nn.Conv2d) for c in net.conv_layers())
+    assert net.conv1 is net.features[0]
+    assert not any(k.startswith("conv1") for k in net.state_dict())
+    grid = conv1_kernel_grid(net)
+    # Two blocks of 48 kernels (8 columns x 6 rows of 11x11 tiles, 1 px borders) with a 4 px gap.
+    block_w, block_h = 8 * 12 + 1, 6 * 12 + 1
+    assert grid.shape == (3, block_h, 2 * block_w + 4)
+    assert grid.min() >= 0 and grid.max() <= 1
+    assert torch.all(grid[:, :, block_w : block_w + 4] == 1)
+
+    def normalised(i: int) -> torch.Tensor:
+        w = net.conv1.weight[i].detach()
+        return (w - w.min()) / (w.max() - w.min())
+
+    torch.testing.assert_close(grid[:, 1:12, 1:12], normalised(0))
+    torch.testing.assert_close(grid[:, 1:12, 13:24], normalised(1))
+    torch.testing.assert_close(
+        grid[:, 1:12, block_w + 5 : block_w + 16], normalised(48)
+    )  # right block: 48-95
+    torch.testing.assert_close(grid[:, 61:72, block_w + 4 + 85 : block_w + 4 + 96], normalised(95))
+    single = conv1_kernel_grid(AlexNet(image_size=67, groups=1))
+    assert single.shape == (3, 8 * 12 + 1, 12 * 12 + 1)  # one block of 96: 12 columns x 8 rows
+
+
+# --------------------------------------------------------------------------- channels_last / bf16
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"lrn_impl": "torch"}, {"batch_norm": True, "lrn": False}, {"variant": "seed", **SEED}],
+)
+def test_channels_last_and_bf16_autocast(kwargs):
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=7, image_size=71, init="kaiming", **kwargs)
+    x = torch.randn(4, 3, 71, 71)
+    net.eval()
+    with torch.no_grad():
+        ref = net(x)
+        net_cl = net.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(
+            net_cl(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-4, rtol=1e-4
+        )
+    net.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x.contiguous(memory_format=torch.channels_last))
+    assert out.dtype == torch.bfloat16 and out.shape == (4, 7)
+    nn.functional.cross_entropy(out.float(), torch.randint(0, 7, (4,))).backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert net.conv1.weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- summary
+def test_summary_seed_matches_keras():
+    net = AlexNet(variant="seed", num_classes=10, image_size=150, **SEED)
+    rows = summary_rows(net, 150)
+    assert all(isinstance(r, SummaryRow) and len(r) == 3 for r in rows)
+    name, shape, params = rows[0]
+    assert name == "features.0 (Conv2d)" and shape == (96, 35, 35) and params == 3 * 96 * 121 + 96
+    assert [r.output_shape for r in rows if "Flatten" in r.layer_name] == [(2304,)]
+    assert sum(r.n_params for r in rows) == 30_029_898
+    assert sum(r.non_trainable for r in rows) == 19_136
+    text = format_summary(rows)
+    assert "96x35x35" in text and "2304" in text
+    assert "Total params: 30,049,034" in text
+    assert "Trainable params: 30,029,898" in text
+    assert "Non-trainable params: 19,136" in text
+    bn_line = next(line for line in text.splitlines() if line.startswith("features.2 (BatchNorm2d)"))
+    assert bn_line.split()[-1] == "384"  # Keras-style: gamma, beta, moving mean, moving variance
+
+
+def test_summary_paper_and_restores_mode():
+    net = meta()  # meta tensors: shapes only
+    net.train()
+    rows = summary_rows(net, 227)
+    assert net.training
+    assert sum(r.n_params for r in rows) == 57_044_395 and sum(r.non_trainable for r in rows) == 0
+    assert not any("Identity" in r.layer_name for r in rows)
+    assert "Total params: 57,044,395" in format_summary(rows)
+    plain = format_summary([("a (Linear)", (3,), 12)])
+    assert "Trainable params: 12" in plain and "Non-trainable params: 0" in plain
+
+
+def test_summary_cli(capsys):
+    main(["--variant", "seed", "--image-size", "150", "--num-classes", "10"])
+    out = capsys.readouterr().out
+    assert "96x35x35" in out and "Total params: 30,049,034" in out and "Non-trainable params: 19,136" in out
+    main(["--variant", "torchvision", "--image-size", "224", "--num-classes", "1000"])
+    assert "Total params: 61,100,840" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- throughput helper
+def test_measure_train_throughput_runs_and_keeps_weights():
+    net = AlexNet(num_classes=5, image_size=67, batch_norm=True)
+    before = net.conv1.weight.detach().clone()
+    ips = measure_train_throughput(
+        net, batch=4, image_size=67, steps=1, warmup=1, bf16=False, channels_last=True
+    )
+    assert ips > 0 and math.isfinite(ips)
+    assert net.training and net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(net.conv1.weight.detach().contiguous(), before)  # lr=0: no drift
+    with pytest.raises(ValueError, match="steps >= 1"):
+        measure_train_throughput(net, steps=0)
