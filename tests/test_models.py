@@ -357,11 +357,24 @@ def test_summary_paper_and_restores_mode():
 
 
 def test_summary_cli(capsys):
-    main(["--variant", "seed", "--image-size", "150", "--num-classes", "10"])
+    main(["model=alexnet_seed", "data.image_size=150", "data.num_classes=10"])
     out = capsys.readouterr().out
     assert "96x35x35" in out and "Total params: 30,049,034" in out and "Non-trainable params: 19,136" in out
-    main(["--variant", "torchvision", "--image-size", "224", "--num-classes", "1000"])
+    assert "2304" in out  # the origin script's flatten size
+    main(["model=alexnet_torchvision", "data.image_size=224", "data.num_classes=1000"])
     assert "Total params: 61,100,840" in capsys.readouterr().out
+
+
+def test_summary_cli_subprocess_bad_size():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet_gtsrb.models.summary", "model=alexnet_paper", "data.image_size=40"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "image_size" in proc.stderr and "67" in proc.stderr
 
 
 # --------------------------------------------------------------------------- throughput helper

@@ -7,7 +7,6 @@ the reconstruction checkable line by line. Run ``python -m alexnet_gtsrb.models.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
@@ -142,40 +141,30 @@ def format_summary(rows: Sequence[SummaryRow | tuple[str, tuple[int, ...], int]]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Print the summary of one AlexNet configuration (plain argparse; Hydra wiring comes later)."""
-    from alexnet_gtsrb.models.alexnet import INITS, LRN_IMPLS, VARIANT_REQUIRED, VARIANTS, AlexNet
+    """``python -m alexnet_gtsrb.models.summary [hydra overrides]``: the table for any model config.
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", choices=VARIANTS, default="paper")
-    parser.add_argument("--image-size", type=int, default=227)
-    parser.add_argument("--num-classes", type=int, default=43)
-    parser.add_argument("--groups", type=int, default=None, help="default: 2 for paper, 1 otherwise")
-    parser.add_argument("--lrn", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--dropout", type=float, default=0.5)
-    parser.add_argument("--conv-dropout", type=float, default=None)
-    parser.add_argument("--init", choices=INITS, default="paper")
-    parser.add_argument("--lrn-impl", choices=LRN_IMPLS, default="fast")
-    args = parser.parse_args(argv)
-    kwargs = {"groups": 2, "lrn": True, "batch_norm": False, "conv_dropout": 0.0}
-    kwargs.update(VARIANT_REQUIRED[args.variant])
-    for key in kwargs:
-        if getattr(args, key) is not None:
-            kwargs[key] = getattr(args, key)
-    net = AlexNet(
-        num_classes=args.num_classes,
-        image_size=args.image_size,
-        variant=args.variant,
-        dropout=args.dropout,
-        init=args.init,
-        lrn_impl=args.lrn_impl,
-        **kwargs,
-    )
-    title = (
-        f"AlexNet variant={args.variant} image_size={args.image_size} num_classes={args.num_classes} "
-        + " ".join(f"{k}={v}" for k, v in kwargs.items())
-    )
-    print(format_summary(summary_rows(net, args.image_size), title=title))
+    Takes the same overrides as training, e.g. ``model=alexnet_seed data.image_size=150 data.num_classes=10``.
+    """
+    import sys
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from alexnet_gtsrb.utils import exit_on_user_error
+
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    conf = Path(__file__).resolve().parents[2] / "conf"
+
+    @exit_on_user_error
+    def run() -> None:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+        net = instantiate(cfg.model.net)
+        spec = " ".join(f"{k}={v}" for k, v in cfg.model.net.items() if k != "_target_")
+        print(format_summary(summary_rows(net, int(cfg.model.net.image_size)), title=f"AlexNet {spec}"))
+
+    run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch/torchvision pinned to the builds this project is tested with (pip takes them from a local copy here)
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+GTSRB_ROOT ?= $(abspath ../shared/gtsrb)
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)  ## train on generated synthetic data, offline, on CPU
+	$(BIN)/python -m alexnet_gtsrb.train experiment=demo
+
+test: $(STAMP)  ## lint + the whole test suite (what CI runs)
+	$(BIN)/ruff check .
+	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## skip the slow (subprocess training) tests
+	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf logs .pytest_cache .ruff_cache

@@ -1,0 +1,172 @@
+"""GTSRBDataModule: find (or generate, or download) the data, split it by tracks, stream it from disk."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipping_bad
+from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
+from alexnet_gtsrb.data.split import split_records
+from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, normalize_uint8
+from alexnet_gtsrb.errors import BadDataError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class GTSRBDataModule(LightningDataModule):
+    """GTSRB train/val (track-aware split of the training images) and test (the official test images).
+
+    Items are decoded per sample in DataLoader workers and stay uint8 until ``on_after_batch_transfer``
+    normalises the batch on the device it trains on.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        layout: str = "auto",
+        num_classes: int = 43,
+        image_size: int = 227,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        val_fraction: float = 0.2,
+        split: str = "track",
+        split_seed: int = 0,
+        roi_crop: bool = True,
+        augment: Mapping[str, Any] | None = None,
+        flip_remap: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        channels_last: bool = False,
+        pin_memory: bool | str = "auto",
+        persistent_workers: bool = True,
+        verify: bool = True,
+        on_bad_image: str = "error",
+        download: bool = False,
+        synthetic: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if on_bad_image not in ON_BAD_IMAGE:
+            raise ConfigError(f"data.on_bad_image={on_bad_image!r}; allowed: {', '.join(ON_BAD_IMAGE)}.")
+        if int(batch_size) < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be a positive integer.")
+        if int(num_workers) < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be 0 or more.")
+        self.augment = dict(augment or {"preset": "none"})
+        self.index: GTSRBIndex | None = None
+        self.train_set: GTSRBDataset | None = None
+        self.val_set: GTSRBDataset | None = None
+        self.test_set: GTSRBDataset | None = None
+        # Fail on a bad preset now, not in a worker.
+        build_transform(self.augment.get("preset", "none"), image_size, train=True, params=self.augment)
+
+    # -- data on disk -------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Generate the synthetic tree or download the archives if asked; then make sure data is there."""
+        hp = self.hparams
+        if hp.synthetic:
+            from alexnet_gtsrb.data.synthetic import generate
+
+            generate(hp.data_dir, **dict(hp.synthetic))
+        elif hp.download:
+            from alexnet_gtsrb.data.download import download_gtsrb
+
+            try:
+                detect_layout(hp.data_dir, hp.layout)
+            except Exception:
+                download_gtsrb(hp.data_dir)
+        detect_layout(hp.data_dir, hp.layout)
+
+    def _checked_index(self) -> GTSRBIndex:
+        hp = self.hparams
+        index = index_gtsrb(hp.data_dir, hp.layout)
+        labels = {r.label for r in index.train}
+        if len(labels) != hp.num_classes or max(labels) >= hp.num_classes:
+            raise ConfigError(
+                f"data.num_classes={hp.num_classes} does not match the data in {index.root}: its training "
+                f"images carry {len(labels)} distinct labels (max {max(labels)}). Set data.num_classes={len(labels)} "
+                "or point data.data_dir at a complete GTSRB tree."
+            )
+        if hp.verify:
+            train = self._verified(index.train, "training")
+            test = self._verified(index.test, "test")
+            index = GTSRBIndex(index.root, index.layout, tuple(train), tuple(test))
+        return index
+
+    def _verified(self, records: Sequence[Record], what: str) -> list[Record]:
+        bad = verify_records(records)
+        if not bad:
+            return list(records)
+        if self.hparams.on_bad_image == "skip":
+            log.warning("Skipping %d bad %s image(s), e.g. %s", len(bad), what, bad[0][1])
+            bad_paths = {r.path for r, _ in bad}
+            return [r for r in records if r.path not in bad_paths]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise BadDataError(f"{bad[0][1]}{more} Or set data.on_bad_image=skip to leave bad files out.")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index, verify and split once; build the datasets with their pipelines."""
+        if self.index is not None:
+            return
+        hp = self.hparams
+        self.index = self._checked_index()
+        train, val = split_records(self.index.train, hp.split, hp.val_fraction, hp.split_seed)
+        preset = self.augment.get("preset", "none")
+        train_tf = build_transform(preset, hp.image_size, train=True, params=self.augment)
+        eval_tf = build_transform(preset, hp.image_size, train=False, params=self.augment)
+        common = {"roi": hp.roi_crop, "on_bad_image": hp.on_bad_image}
+        self.train_set = GTSRBDataset(train, train_tf, flip=hp.flip_remap, **common)
+        self.val_set = GTSRBDataset(val, eval_tf, **common)
+        self.test_set = GTSRBDataset(self.index.test, eval_tf, **common)
+        log.info(
+            "GTSRB (%s layout) at %s: %d train / %d val (%s split, %d vs %d tracks) / %d test images",
+            self.index.layout, self.index.root, len(train), len(val), hp.split,
+            len({r.track for r in train}), len({r.track for r in val}), len(self.index.test),
+        )
+
+    def class_counts(self) -> Counter:
+        """Training-split images per class (for reports and class weighting)."""
+        return Counter(r.label for r in self.train_set.records)
+
+    # -- loaders --------------------------------------------------------------------------------------
+    def _loader(self, dataset: GTSRBDataset, train: bool) -> DataLoader:
+        hp = self.hparams
+        pin = torch.cuda.is_available() if hp.pin_memory == "auto" else bool(hp.pin_memory)
+        workers = int(hp.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=int(hp.batch_size),
+            shuffle=train,
+            drop_last=train and len(dataset) > int(hp.batch_size),  # no 1-image BatchNorm batches
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=bool(hp.persistent_workers) and workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            collate_fn=collate_skipping_bad,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 (B, H, W, 3) on the device -> normalised float (B, 3, H, W); labels and skip count pass."""
+        images, labels, skipped = batch
+        if images.numel() == 0:
+            return images.float(), labels, skipped
+        images = normalize_uint8(images, self.hparams.mean, self.hparams.std, self.hparams.channels_last)
+        return images, labels, skipped
+
+

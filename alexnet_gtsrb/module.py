@@ -1,0 +1,153 @@
+"""GTSRBClassifier: the LightningModule that trains a network (``model.net``) with cross-entropy.
+
+The network, optimizer and scheduler arrive as Hydra configs and are built here, so the checkpoint's
+hyper-parameters are plain data and ``GTSRBClassifier.load_from_checkpoint(path)`` needs no arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning import LightningModule
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
+
+log = logging.getLogger(__name__)
+STAGES = ("train", "val", "test")
+
+
+def _plain(cfg: Any) -> Any:
+    """DictConfig -> plain containers (checkpoints then load with ``weights_only=True``)."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+class GTSRBClassifier(LightningModule):
+    """Cross-entropy classifier with torchmetrics accuracy per stage and config-built optimisation."""
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        num_classes: int = 43,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        decay_bias_and_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "net": _plain(net),
+                "optimizer": _plain(optimizer),
+                "scheduler": _plain(scheduler),
+                "num_classes": int(num_classes),
+                "label_smoothing": float(label_smoothing),
+                "channels_last": bool(channels_last),
+                "compile": bool(compile),
+                "mean": list(mean),
+                "std": list(std),
+                "decay_bias_and_norm": bool(decay_bias_and_norm),
+            }
+        )
+        self.net: torch.nn.Module = instantiate(self.hparams.net)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        # One metric object per stage (keys can't be "train": nn.Module.train exists).
+        self.metrics = torch.nn.ModuleDict()
+        for s in STAGES:
+            self.metrics[f"{s}_acc"] = MulticlassAccuracy(num_classes=int(num_classes), average="micro")
+            self.metrics[f"{s}_loss"] = MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self.skipped_images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalised float batch, or for raw uint8 (B, H, W, 3) images."""
+        if x.dtype == torch.uint8:
+            x = self.preprocess(x)
+        return self.net(x)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> the normalised float batch the network was trained on."""
+        return normalize_uint8(images, self.hparams.mean, self.hparams.std, self.hparams.channels_last)
+
+    def configure_model(self) -> None:
+        """Compile the network when asked (called once per process, after the strategy is set up)."""
+        if self.hparams.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+            self.net = torch.compile(self.net)
+
+    # -- steps ------------------------------------------------------------------------------------------
+    def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
+        x, y, skipped = batch
+        self.skipped_images += int(skipped)
+        if y.numel() == 0:
+            return None
+        logits = self(x)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+        acc, mean_loss = self.metrics[f"{stage}_acc"], self.metrics[f"{stage}_loss"]
+        mean_loss(loss.detach(), weight=y.numel())
+        acc(logits.detach(), y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", acc, on_step=on_step, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_train_start(self) -> None:
+        # Sanity-check validation must not count towards the best accuracy.
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.metrics["val_acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(x).float().softmax(dim=-1)
+
+    # -- optimisation -----------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        """Optimizer and scheduler from their ``_partial_`` configs; ``interval``/``monitor`` are Lightning's."""
+        hp = self.hparams
+        optimizer = instantiate(hp.optimizer)(self._param_groups())
+        if not hp.scheduler:
+            return optimizer
+        scheduler_cfg = dict(hp.scheduler)
+        interval = scheduler_cfg.pop("interval", "epoch")
+        monitor = scheduler_cfg.pop("monitor", "val/acc")
+        if scheduler_cfg.get("_target_", "").endswith("OneCycleLR"):
+            scheduler_cfg.setdefault("total_steps", int(self.trainer.estimated_stepping_batches))
+        scheduler = instantiate(scheduler_cfg)(optimizer)
+        lr_scheduler = {"scheduler": scheduler, "interval": interval, "monitor": monitor}
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """No weight decay on biases and normalisation parameters (1-D tensors), unless asked (paper)."""
+        if self.hparams.decay_bias_and_norm:
+            return [{"params": [p for p in self.net.parameters() if p.requires_grad]}]
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,78 @@
+"""Small helpers shared by the entry points: user-facing errors, rank-zero printing, checkpoint paths."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lightning.pytorch.utilities import rank_zero_only
+
+from alexnet_gtsrb.errors import UserError
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The UserError (or config ValueError raised while building objects) inside an exception chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UserError):
+            return exc
+        if type(exc).__name__ == "InstantiationException" and isinstance(exc.__cause__, ValueError):
+            return exc.__cause__
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc)
+    # Errors re-raised from DataLoader workers carry the worker's traceback in the message: keep the
+    # last line, which is the original message.
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def exit_on_user_error(fn: F) -> F:
+    """Run an entry point; a UserError prints one clear message and exits non-zero, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is the user's to fix
+            user = _user_error(exc)
+            if user is None:
+                raise
+            print(f"error: {_message(user)}", file=sys.stderr, flush=True)
+            sys.exit(getattr(user, "exit_code", 2))
+
+    return wrapper  # type: ignore[return-value]
+
+
+@rank_zero_only
+def print_rank_zero(*args: Any) -> None:
+    """print() on global rank zero only (DDP runs one process per device)."""
+    print(*args, flush=True)
+
+
+def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
+    """A checkpoint file, or ``last``/a run folder -> the newest last.ckpt found under it."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    path = Path(str(ckpt_path)).expanduser()
+    if path.is_dir():
+        found = sorted(path.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UserError(f"ckpt_path={ckpt_path}: no last.ckpt under this folder.")
+        return str(found[-1])
+    if not path.is_file():
+        raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
+    return str(path)

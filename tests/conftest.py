@@ -1,0 +1,56 @@
+"""Shared fixtures: the real GTSRB tree (from $GTSRB_ROOT, skipped when absent) and tiny synthetic trees."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(scope="session")
+def gtsrb_root() -> Path:
+    """The real GTSRB tree named by $GTSRB_ROOT (CI: ../shared/gtsrb); skip when unset or absent."""
+    value = os.environ.get("GTSRB_ROOT")
+    if not value or not Path(value).is_dir():
+        pytest.skip("real GTSRB data not available: set GTSRB_ROOT (CI uses ../shared/gtsrb)")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A tiny synthetic GTSRB tree (official layout), generated once per test session."""
+    from alexnet_gtsrb.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return generate(root, train_tracks_per_class=3, frames_per_track=3, test_per_class=2, seed=0)
+
+
+@pytest.fixture()
+def synthetic_copy(synthetic_root, tmp_path) -> Path:
+    """A writable copy of the tiny synthetic tree, for tests that break it."""
+    dst = tmp_path / "copy"
+    shutil.copytree(synthetic_root / "GTSRB", dst / "GTSRB")
+    return dst
+
+
+@pytest.fixture()
+def compose_cfg(tmp_path):
+    """compose_cfg(overrides) -> the composed train config with outputs redirected into tmp_path."""
+
+    def _compose(overrides: list[str], config_name: str = "train"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(
+                config_name=config_name,
+                overrides=[f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs", *overrides],
+            )
+
+    yield _compose
+    GlobalHydra.instance().clear()

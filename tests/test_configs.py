@@ -1,0 +1,74 @@
+"""Every experiment and config option composes, and the built objects match the config."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import CONF
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def test_the_experiments_users_asked_for_exist():
+    assert {"demo", "baseline", "paper"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_resolves(compose_cfg, experiment):
+    cfg = compose_cfg([f"experiment={experiment}"])
+    assert cfg.model.net.num_classes == cfg.data.num_classes == 43
+    assert cfg.model.net.image_size == cfg.data.image_size
+    assert cfg.optimizer._partial_ is True
+    from omegaconf import OmegaConf
+
+    OmegaConf.to_container(cfg.data, resolve=True)
+    OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def test_baseline_is_the_origin_recipe(compose_cfg):
+    cfg = compose_cfg(["experiment=baseline"])
+    assert cfg.model.net.variant == "seed" and cfg.model.net.batch_norm and not cfg.model.net.lrn
+    assert cfg.data.image_size == 227 and cfg.data.batch_size == 128 and cfg.data.split == "track"
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-3
+    assert cfg.trainer.max_epochs == 50
+
+
+def test_paper_experiment(compose_cfg):
+    cfg = compose_cfg(["experiment=paper"])
+    net = cfg.model.net
+    assert (net.variant, net.groups, net.lrn, net.init) == ("paper", 2, True, "paper")
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0.9
+    assert cfg.optimizer.weight_decay == 5e-4 and cfg.data.augment.preset == "paper"
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_trainer_variants_compose(compose_cfg, trainer):
+    cfg = compose_cfg([f"trainer={trainer}"])
+    assert cfg.trainer._target_.endswith("Trainer")
+    if trainer.startswith("ddp"):
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm is True
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_variants_build_a_module(compose_cfg, model):
+    cfg = compose_cfg([f"model={model}", "data.image_size=99"])
+    module = instantiate(cfg.model, _recursive_=False)
+    assert module.hparams.net["variant"] == cfg.model.net.variant
+    assert module.net.__class__.__name__ == "AlexNet"
+
+
+@pytest.mark.parametrize("debug", ["fdr", "limit", "overfit"])
+def test_debug_configs_compose(compose_cfg, debug):
+    cfg = compose_cfg([f"debug={debug}", "experiment=demo"])
+    t = cfg.trainer
+    assert t.get("fast_dev_run") or t.get("limit_train_batches") or t.get("overfit_batches")
+
+
+def test_unknown_key_fails_as_hydra_does(compose_cfg):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg(["data.no_such_key=1"])
