@@ -11,6 +11,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
+from alexnet_gtsrb.data.cache import ImageCache, cache_image_size, open_or_build
 from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipping_bad
 from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
 from alexnet_gtsrb.data.split import split_records
@@ -24,7 +25,9 @@ class GTSRBDataModule(LightningDataModule):
     """GTSRB train/val (track-aware split of the training images) and test (the official test images).
 
     Items are decoded per sample in DataLoader workers and stay uint8 until ``on_after_batch_transfer``
-    normalises the batch on the device it trains on.
+    normalises the batch on the device it trains on. With ``cache=True`` the training and test images are
+    decoded, ROI-cropped and resized once into memory-mapped uint8 files under ``cache_dir`` (see
+    :mod:`alexnet_gtsrb.data.cache`), built in ``setup`` and reused by later runs.
     """
 
     def __init__(
@@ -50,6 +53,8 @@ class GTSRBDataModule(LightningDataModule):
         on_bad_image: str = "error",
         download: bool = False,
         synthetic: Mapping[str, Any] | None = None,
+        cache: bool = False,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -64,6 +69,7 @@ class GTSRBDataModule(LightningDataModule):
         self.train_set: GTSRBDataset | None = None
         self.val_set: GTSRBDataset | None = None
         self.test_set: GTSRBDataset | None = None
+        self.caches: dict[str, ImageCache] = {}
         # Fail on a bad preset now, not in a worker.
         build_transform(self.augment.get("preset", "none"), image_size, train=True, params=self.augment)
 
@@ -112,19 +118,29 @@ class GTSRBDataModule(LightningDataModule):
         raise BadDataError(f"{bad[0][1]}{more} Or set data.on_bad_image=skip to leave bad files out.")
 
     def setup(self, stage: str | None = None) -> None:
-        """Index, verify and split once; build the datasets with their pipelines."""
+        """Index, verify, (with data.cache) open or build the image caches, and split once; build the datasets."""
         if self.index is not None:
             return
         hp = self.hparams
-        self.index = self._checked_index()
-        train, val = split_records(self.index.train, hp.split, hp.val_fraction, hp.split_seed)
         preset = self.augment.get("preset", "none")
+        index = self._checked_index()
+        if hp.cache:  # built on every rank under a file lock: the first builds, the others reuse
+            size = cache_image_size(preset, hp.image_size)
+            for part in ("train", "test"):
+                self.caches[part] = open_or_build(
+                    getattr(index, part), size, hp.roi_crop, hp.cache_dir, hp.on_bad_image
+                )
+            # images that failed to decode during the build (on_bad_image=skip) leave the split too
+            index = GTSRBIndex(index.root, index.layout, self.caches["train"].records, self.caches["test"].records)
+        self.index = index
+        train, val = split_records(self.index.train, hp.split, hp.val_fraction, hp.split_seed)
         train_tf = build_transform(preset, hp.image_size, train=True, params=self.augment)
         eval_tf = build_transform(preset, hp.image_size, train=False, params=self.augment)
         common = {"roi": hp.roi_crop, "on_bad_image": hp.on_bad_image}
-        self.train_set = GTSRBDataset(train, train_tf, flip=hp.flip_remap, **common)
-        self.val_set = GTSRBDataset(val, eval_tf, **common)
-        self.test_set = GTSRBDataset(self.index.test, eval_tf, **common)
+        train_cache, test_cache = self.caches.get("train"), self.caches.get("test")
+        self.train_set = GTSRBDataset(train, train_tf, flip=hp.flip_remap, cache=train_cache, **common)
+        self.val_set = GTSRBDataset(val, eval_tf, cache=train_cache, **common)
+        self.test_set = GTSRBDataset(self.index.test, eval_tf, cache=test_cache, **common)
         log.info(
             "GTSRB (%s layout) at %s: %d train / %d val (%s split, %d vs %d tracks) / %d test images",
             self.index.layout, self.index.root, len(train), len(val), hp.split,

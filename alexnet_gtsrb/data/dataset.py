@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -12,6 +13,9 @@ from torch.utils.data import Dataset
 from alexnet_gtsrb.data.gtsrb import Record
 from alexnet_gtsrb.data.transforms import flip_remap, roi_crop
 from alexnet_gtsrb.errors import BadDataError
+
+if TYPE_CHECKING:
+    from alexnet_gtsrb.data.cache import ImageCache
 
 cv2.setNumThreads(0)  # parallelism comes from DataLoader workers; OpenCV threads would oversubscribe
 ON_BAD_IMAGE = ("error", "skip")
@@ -37,7 +41,12 @@ def _exists(path: str) -> bool:
 
 
 class GTSRBDataset(Dataset):
-    """Records -> (uint8 HxWx3 tensor, label). ``records`` stays public so a split can be audited."""
+    """Records -> (uint8 HxWx3 tensor, label). ``records`` stays public so a split can be audited.
+
+    With an ``ImageCache`` (``data.cache=true``) an item starts from the cached, already ROI-cropped and
+    resized image instead of decode + crop; the flip and the transform are the same. Only the cache's path
+    and one row index per record are kept, so the dataset pickles small into DataLoader workers.
+    """
 
     def __init__(
         self,
@@ -46,8 +55,11 @@ class GTSRBDataset(Dataset):
         roi: bool = True,
         flip: bool = False,
         on_bad_image: str = "error",
+        cache: ImageCache | None = None,
     ) -> None:
         self.records = tuple(records)
+        self.cache = cache.reader() if cache is not None else None
+        self._rows = tuple(cache.row(r.path) for r in self.records) if cache is not None else ()
         self.transform = transform
         self.roi = roi
         self.flip = flip
@@ -60,9 +72,12 @@ class GTSRBDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, int]:
         """Decode, ROI-crop, augment; returns the uint8 image and the (possibly remapped) label."""
         r = self.records[index]
-        image = decode_rgb(r.path)
-        if self.roi and r.roi is not None:
-            image = roi_crop(image, r.roi, (r.width, r.height))
+        if self.cache is not None:
+            image = self.cache.image(self._rows[index])  # already cropped (if roi) and resized
+        else:
+            image = decode_rgb(r.path)
+            if self.roi and r.roi is not None:
+                image = roi_crop(image, r.roi, (r.width, r.height))
         label = r.label
         if self.flip:
             if self._rng is None:  # seeded per worker from torch's seed, which Lightning seeds

@@ -1,0 +1,281 @@
+"""Optional uint8 image cache (``data.cache=true``): decode + ROI crop + resize once, then read a memmap.
+
+Why: GTSRB files are tiny, but at 227 px decoding, cropping and up-scaling every image every epoch can
+become the data-loading bottleneck. The cache holds the ROI-cropped image already resized to the size the
+augmentation pipeline starts from (:func:`cache_image_size`), so the pipeline's first resize is a no-op and
+the dataset only copies one ``(H, W, 3)`` slice per item.
+
+Layout: ONE ``.npy`` file of shape ``(N, S, S, 3)`` uint8 per (record list, ROI flag, size), row ``i`` holding
+record ``i`` of the list it was built from, next to a JSON sidecar ``<name>.json``. The name carries a hash of
+the settings and of the record list (paths, annotations, file sizes and mtimes), so editing an image, the
+image size or ``data.roi_crop`` selects a new file. The folder is ``data.cache_dir``; by default
+``$ALEXNET_GTSRB_CACHE/images``, else ``~/.cache/alexnet_gtsrb/images`` (the synthetic demo data lives next
+to it). Old files are never deleted automatically: remove the folder to reclaim the space.
+
+Crash safety: the array is written to ``<name>.npy.tmp-<pid>`` and renamed into place, then the sidecar is
+written (also via a temp file); a cache counts as complete only when both exist and agree, so an interrupted
+build is simply rebuilt. Builds run in ``setup`` on every rank under an exclusive file lock: the first rank
+builds, the others wait and then open the finished file read-only.
+
+Memory: workers receive only the file path and shape; each opens the memmap lazily on first use, so pages
+come from the shared page cache and nothing large is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from alexnet_gtsrb.data.dataset import decode_rgb
+from alexnet_gtsrb.data.gtsrb import Record
+from alexnet_gtsrb.data.transforms import roi_crop
+from alexnet_gtsrb.errors import BadDataError, ConfigError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the cached pixels change for the same settings (it is part of the key)
+_PROGRESS_EVERY_S = 10.0
+
+
+def default_cache_dir() -> Path:
+    """``$ALEXNET_GTSRB_CACHE/images``, else ``~/.cache/alexnet_gtsrb/images`` (same rule as conf/data/gtsrb.yaml)."""
+    base = os.environ.get("ALEXNET_GTSRB_CACHE")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "alexnet_gtsrb") / "images"
+
+
+def cache_image_size(preset: str, image_size: int) -> int:
+    """Side of the cached images: the size the augmentation pipeline of ``preset`` starts from.
+
+    ``none``/``gtsrb`` end with a resize to ``image_size`` (a no-op on cached images); ``paper`` starts by
+    resizing to ``round(image_size * 256 / 227)`` before its random or centre crop.
+    """
+    s = int(image_size)
+    return round(s * 256 / 227) if preset == "paper" else s
+
+
+def cache_key(records: Sequence[Record], size: int, roi: bool) -> str:
+    """File stem for a cache: readable settings plus a hash of the settings and the record list.
+
+    Each record contributes its path, annotation (ROI and declared size, which decide the crop), and the
+    file's size and mtime, so a replaced image invalidates the cache. A missing file hashes as (-1, -1);
+    the build then reports it.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps({"version": CACHE_VERSION, "size": int(size), "roi": bool(roi)}).encode())
+    for r in records:
+        try:
+            st = os.stat(r.path)
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = (-1, -1)
+        h.update(repr((r.path, r.roi, r.width, r.height, stamp)).encode())
+        h.update(b"\0")
+    return f"{int(size)}px-{'roi' if roi else 'full'}-{len(records)}-{h.hexdigest()[:20]}"
+
+
+class CacheReader:
+    """Read-only access to one cache file; opens the memmap lazily so it pickles as a path and a shape."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int, int]) -> None:
+        self.path = Path(path)
+        self.shape = tuple(shape)
+        self._array: np.ndarray | None = None
+
+    def image(self, row: int) -> np.ndarray:
+        """A writable copy of cached image ``row`` (the memmap view itself is read-only)."""
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return np.array(self._array[row], copy=True)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_array"] = None  # each worker maps the file itself
+        return state
+
+
+@dataclass
+class ImageCache:
+    """A complete cache: its file, the records it serves (bad ones left out) and how it came to be."""
+
+    path: Path
+    shape: tuple[int, int, int, int]
+    records: tuple[Record, ...]  # the usable records, in the order of the list the cache was built from
+    skipped: tuple[str, ...] = ()  # paths left out under on_bad_image=skip
+    built: bool = False  # True when this call built the file, False when it reused it
+    build_s: float = 0.0
+    _rows: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def row(self, path: str) -> int:
+        """Row of the image of ``path``; KeyError for a record the cache was not built from (or skipped)."""
+        return self._rows[path]
+
+    def reader(self) -> CacheReader:
+        """A lightweight, picklable reader for datasets and DataLoader workers."""
+        return CacheReader(self.path, self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the cache file on disk, in bytes."""
+        return self.path.stat().st_size
+
+
+def _paths(stem: Path) -> tuple[Path, Path]:
+    return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
+
+
+def _load_complete(stem: Path, key: str, shape: tuple[int, int, int, int]) -> dict | None:
+    """The sidecar of a complete cache, or None if either file is missing, unreadable or disagrees."""
+    npy, meta_path = _paths(stem)
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != key or meta.get("version") != CACHE_VERSION or tuple(meta.get("shape", ())) != shape:
+            return None
+        array = np.load(npy, mmap_mode="r")  # raises on a truncated file
+        if array.shape != shape or array.dtype != np.uint8:
+            return None
+        return meta
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Exclusive advisory lock (POSIX ``flock``); without fcntl, atomic renames alone keep builds correct."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _load_cropped(r: Record, roi: bool) -> np.ndarray:
+    """Decode and ROI-crop exactly as the uncached dataset does."""
+    image = decode_rgb(r.path)
+    if roi and r.roi is not None:
+        image = roi_crop(image, r.roi, (r.width, r.height))
+    return image
+
+
+def build_cache(
+    records: Sequence[Record], size: int, roi: bool, stem: Path, key: str, on_bad_image: str = "error"
+) -> dict:
+    """Decode, crop and resize every record into ``<stem>.npy``; write ``<stem>.json`` last. Returns the sidecar.
+
+    Call under the cache's lock. Bad images raise BadDataError naming the file, or with ``skip`` leave a
+    zero row and are listed in the sidecar. Any failure removes the temp file.
+    """
+    npy, meta_path = _paths(stem)
+    n, s = len(records), int(size)
+    shape = (n, s, s, 3)
+    need = n * s * s * 3
+    for stale in stem.parent.glob(npy.name + ".tmp-*"):  # leftovers of killed builds (we hold the lock)
+        stale.unlink(missing_ok=True)
+    free = shutil.disk_usage(stem.parent).free
+    if need > free:
+        raise ConfigError(
+            f"data.cache=true needs {need / 1e9:.2f} GB for {n} images at {s} px in {stem.parent}, "
+            f"which has {free / 1e9:.2f} GB free. Point data.cache_dir elsewhere or set data.cache=false."
+        )
+    resize = A.Resize(s, s, interpolation=cv2.INTER_LINEAR)  # the same op as the pipelines' resize
+    tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
+    log.info("Building image cache: %d images at %dx%d px (%.2f GB) -> %s", n, s, s, need / 1e9, npy)
+    t0 = last = time.perf_counter()
+    skipped: list[str] = []
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        for i, r in enumerate(records):
+            try:
+                array[i] = resize(image=_load_cropped(r, roi))["image"]
+            except BadDataError as e:
+                if on_bad_image != "skip":
+                    raise BadDataError(
+                        f"{e} (found while building the image cache; "
+                        "or set data.on_bad_image=skip to leave bad files out)"
+                    ) from None
+                skipped.append(r.path)
+            now = time.perf_counter()
+            if now - last >= _PROGRESS_EVERY_S:
+                last = now
+                log.info("  image cache: %d/%d images (%.0f img/s)", i + 1, n, (i + 1) / (now - t0))
+        array.flush()
+        del array
+        meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the new file
+        os.replace(tmp, npy)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    build_s = time.perf_counter() - t0
+    meta = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "shape": list(shape),
+        "roi": bool(roi),
+        "skipped": skipped,
+        "build_s": round(build_s, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    meta_tmp = meta_path.with_name(f"{meta_path.name}.tmp-{os.getpid()}")
+    meta_tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(meta_tmp, meta_path)
+    if skipped:
+        log.warning("Image cache: skipped %d bad image(s), e.g. %s", len(skipped), skipped[0])
+    log.info(
+        "Built image cache in %.1f s (%.0f img/s, %.2f GB): %s",
+        build_s,
+        n / max(build_s, 1e-9),
+        npy.stat().st_size / 1e9,
+        npy,
+    )
+    return meta
+
+
+def open_or_build(
+    records: Sequence[Record],
+    size: int,
+    roi: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    on_bad_image: str = "error",
+) -> ImageCache:
+    """The complete cache for ``records`` at ``size`` px, building it first if needed (once, under a lock)."""
+    folder = Path(os.path.expanduser(str(cache_dir))) if cache_dir else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    records = tuple(records)
+    key = cache_key(records, size, roi)
+    stem = folder / key
+    shape = (len(records), int(size), int(size), 3)
+    meta, built = _load_complete(stem, key, shape), False
+    if meta is None:
+        with _locked(folder / f"{key}.lock"):
+            meta = _load_complete(stem, key, shape)  # another rank may have built it while we waited
+            if meta is None:
+                meta, built = build_cache(records, size, roi, stem, key, on_bad_image), True
+    if not built:
+        log.info("Using image cache %s (%d images at %d px)", _paths(stem)[0], len(records), int(size))
+    skipped = tuple(meta.get("skipped", ()))
+    if skipped and on_bad_image != "skip":
+        raise BadDataError(
+            f"{skipped[0]}: image cannot be decoded (recorded when the image cache was built with "
+            f"data.on_bad_image=skip; {len(skipped)} bad file(s)). Replace it or set data.on_bad_image=skip."
+        )
+    bad = set(skipped)
+    rows = {r.path: i for i, r in enumerate(records) if r.path not in bad}
+    kept = tuple(r for r in records if r.path not in bad)
+    return ImageCache(_paths(stem)[0], shape, kept, skipped, built, float(meta.get("build_s", 0.0)), rows)

@@ -1,0 +1,213 @@
+"""The optional uint8 image cache (data.cache=true): same items as without it, built once, crash-safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet_gtsrb.data import cache as cache_mod
+from alexnet_gtsrb.data.cache import cache_image_size, default_cache_dir
+from alexnet_gtsrb.data.datamodule import GTSRBDataModule
+from alexnet_gtsrb.errors import BadDataError
+
+SIZE = 32  # small, so the synthetic cache builds in well under a second
+
+
+def make_dm(root: Path, cache_dir: Path | None, preset: str = "none", **kw) -> GTSRBDataModule:
+    """A DataModule on a synthetic tree; cache_dir=None means no cache."""
+    kw.setdefault("image_size", SIZE)
+    return GTSRBDataModule(
+        data_dir=str(root),
+        augment={"preset": preset},
+        num_workers=0,
+        cache=cache_dir is not None,
+        cache_dir=str(cache_dir) if cache_dir is not None else None,
+        **kw,
+    )
+
+
+def ready(dm: GTSRBDataModule) -> GTSRBDataModule:
+    """setup() and return the DataModule."""
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture()
+def builds(monkeypatch) -> list[str]:
+    """Counts cache builds: one entry (the file stem) per build_cache call."""
+    calls: list[str] = []
+    real = cache_mod.build_cache
+
+    def counting(records, size, roi, stem, key, on_bad_image="error"):
+        calls.append(stem.name)
+        return real(records, size, roi, stem, key, on_bad_image)
+
+    monkeypatch.setattr(cache_mod, "build_cache", counting)
+    return calls
+
+
+def npy_files(folder: Path) -> list[Path]:
+    """The finished cache files in a folder."""
+    return sorted(folder.glob("*.npy"))
+
+
+def test_cache_image_size_follows_the_preset():
+    assert cache_image_size("none", 227) == cache_image_size("gtsrb", 227) == 227
+    assert cache_image_size("paper", 227) == 256
+
+
+def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALEXNET_GTSRB_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "images"
+    monkeypatch.delenv("ALEXNET_GTSRB_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "alexnet_gtsrb" / "images"
+
+
+@pytest.mark.parametrize("roi_crop", [True, False])
+def test_cached_items_equal_uncached_preset_none(synthetic_root, tmp_path, roi_crop):
+    plain = ready(make_dm(synthetic_root, None, roi_crop=roi_crop))
+    cached = ready(make_dm(synthetic_root, tmp_path, roi_crop=roi_crop))
+    for part in ("train_set", "val_set", "test_set"):
+        a, b = getattr(plain, part), getattr(cached, part)
+        assert a.records == b.records and b.cache is not None and a.cache is None
+        for i in range(len(a)):
+            (xa, ya), (xb, yb) = a[i], b[i]
+            assert ya == yb and xb.dtype == torch.uint8 and xb.shape == (SIZE, SIZE, 3)
+            assert torch.equal(xa, xb), f"{part}[{i}] differs"
+
+
+@pytest.mark.parametrize("preset", ["gtsrb", "paper"])
+def test_cached_eval_items_equal_uncached(synthetic_root, tmp_path, preset):
+    """Eval pipelines start with the resize the cache already did, so they match pixel for pixel too."""
+    plain = ready(make_dm(synthetic_root, None, preset))
+    cached = ready(make_dm(synthetic_root, tmp_path, preset))
+    assert cached.caches["train"].shape[1] == cache_image_size(preset, SIZE)
+    for part in ("val_set", "test_set"):
+        a, b = getattr(plain, part), getattr(cached, part)
+        for i in range(0, len(a), 7):
+            assert torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1]
+    x, _ = cached.train_set[0]  # augmented: random, but the same shape and dtype
+    assert x.shape == (SIZE, SIZE, 3) and x.dtype == torch.uint8
+
+
+def test_cache_is_built_once_and_reused(synthetic_root, tmp_path, builds):
+    dm = ready(make_dm(synthetic_root, tmp_path))
+    assert len(builds) == 2  # training images and test images
+    assert dm.caches["train"].built and dm.caches["train"].shape == (len(dm.index.train), SIZE, SIZE, 3)
+    files = npy_files(tmp_path)
+    assert len(files) == 2 and all(f.with_suffix(".json").is_file() for f in files)
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = ready(make_dm(synthetic_root, tmp_path, val_fraction=0.3, split_seed=5))  # split is not in the key
+    assert len(builds) == 2 and not again.caches["train"].built
+    assert npy_files(tmp_path) == files and [f.stat().st_mtime_ns for f in files] == mtimes
+    assert torch.equal(dm.test_set[3][0], again.test_set[3][0])
+
+
+def test_image_size_roi_and_file_changes_make_new_keys(synthetic_copy, tmp_path, builds):
+    ready(make_dm(synthetic_copy, tmp_path))
+    ready(make_dm(synthetic_copy, tmp_path, image_size=SIZE + 8))
+    ready(make_dm(synthetic_copy, tmp_path, roi_crop=False))
+    ready(make_dm(synthetic_copy, tmp_path, preset="paper"))  # caches at round(SIZE * 256 / 227)
+    assert len(builds) == len(set(builds)) == 8 and len(npy_files(tmp_path)) == 8
+    image = sorted((synthetic_copy / "GTSRB" / "Final_Training" / "Images" / "00005").glob("*.ppm"))[0]
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # an edited image: new training key
+    ready(make_dm(synthetic_copy, tmp_path))
+    assert len(builds) == 9 and len(set(builds)) == 9
+
+
+def test_interrupted_build_is_rebuilt(synthetic_root, tmp_path, builds, monkeypatch):
+    # 1) killed mid-build by an exception: no file that could look complete remains
+    real = cache_mod._load_cropped
+    count = {"n": 0}
+
+    def dying(record, roi):
+        count["n"] += 1
+        if count["n"] == 20:
+            raise KeyboardInterrupt
+        return real(record, roi)
+
+    monkeypatch.setattr(cache_mod, "_load_cropped", dying)
+    with pytest.raises(KeyboardInterrupt):
+        ready(make_dm(synthetic_root, tmp_path))
+    assert not npy_files(tmp_path) and not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.tmp-*"))
+    monkeypatch.setattr(cache_mod, "_load_cropped", real)
+
+    # 2) killed hard (SIGKILL): a leftover temp file and no sidecar -> rebuilt, leftovers removed
+    dm = ready(make_dm(synthetic_root, tmp_path))
+    assert len(builds) == 3  # the failed training build, then training and test
+    train_npy = dm.caches["train"].path
+    train_npy.with_suffix(".json").unlink()
+    leftover = train_npy.with_name(train_npy.name + ".tmp-999999")
+    leftover.write_bytes(b"half a cache")
+    again = ready(make_dm(synthetic_root, tmp_path))
+    assert len(builds) == 4 and again.caches["train"].built and not again.caches["test"].built
+    assert not leftover.exists() and train_npy.with_suffix(".json").is_file()
+
+    # 3) a truncated array with its sidecar still there is not trusted either
+    with open(train_npy, "r+b") as f:
+        f.truncate(train_npy.stat().st_size // 2)
+    ready(make_dm(synthetic_root, tmp_path))
+    assert len(builds) == 5
+
+
+def _undecodable_png(path: Path) -> None:
+    """A file whose PNG header is valid (so the header scan passes) but whose pixel data is garbage."""
+    ihdr = struct.pack(">IIBBBBB", 40, 40, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    path.write_bytes(data + b"garbage" * 10)
+
+
+def test_corrupt_image_during_build_names_the_file(synthetic_copy, tmp_path):
+    bad = sorted((synthetic_copy / "GTSRB" / "Final_Training" / "Images" / "00007").glob("*.ppm"))[1]
+    _undecodable_png(bad)
+    with pytest.raises(BadDataError, match=rf"{bad.name}.*cannot be decoded.*image cache"):
+        ready(make_dm(synthetic_copy, tmp_path))
+    assert not npy_files(tmp_path) and not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_skip_leaves_bad_images_out_consistently(synthetic_copy, tmp_path, builds):
+    bad = sorted((synthetic_copy / "GTSRB" / "Final_Training" / "Images" / "00007").glob("*.ppm"))[1]
+    _undecodable_png(bad)
+    dm = ready(make_dm(synthetic_copy, tmp_path, on_bad_image="skip"))
+    n_all = len(dm.caches["train"].records) + 1
+    assert dm.caches["train"].skipped == (str(bad),) and dm.caches["train"].shape[0] == n_all
+    used = [r.path for r in dm.train_set.records + dm.val_set.records]
+    assert str(bad) not in used and len(used) == n_all - 1 == len(dm.index.train)
+    assert all(dm.train_set[i] is not None for i in range(len(dm.train_set)))
+    meta = json.loads(dm.caches["train"].path.with_suffix(".json").read_text())
+    assert meta["skipped"] == [str(bad)]
+    again = ready(make_dm(synthetic_copy, tmp_path, on_bad_image="skip"))  # reused: same records
+    assert len(builds) == 2 and again.index.train == dm.index.train
+    with pytest.raises(BadDataError, match=bad.name):  # the file is still bad; with error it stops the run
+        ready(make_dm(synthetic_copy, tmp_path, on_bad_image="error"))
+
+
+def test_dataset_pickles_small_and_maps_lazily_in_workers(synthetic_root, tmp_path):
+    dm = ready(make_dm(synthetic_root, tmp_path, batch_size=16))
+    ds = dm.train_set
+    blob = pickle.dumps(ds)
+    assert len(blob) < dm.caches["train"].nbytes / 4
+    clone = pickle.loads(blob)
+    assert clone.cache._array is None  # opened on first use only
+    assert torch.equal(clone[0][0], ds[0][0]) and clone.cache._array is not None
+    assert pickle.loads(pickle.dumps(clone)).cache._array is None
+    dm.hparams.num_workers = 1
+    dm.hparams.persistent_workers = False
+    images, labels, skipped = next(iter(dm.val_dataloader()))
+    assert images.shape == (16, SIZE, SIZE, 3) and skipped == 0
+    assert torch.equal(images[0], dm.val_set[0][0])
+
+
+def test_config_defaults(compose_cfg):
+    cfg = compose_cfg([])
+    assert cfg.data.cache is False
+    assert Path(cfg.data.cache_dir).name == "images"  # $ALEXNET_GTSRB_CACHE/images or ~/.cache/alexnet_gtsrb/images
