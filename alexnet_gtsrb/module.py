@@ -98,9 +98,10 @@ class GTSRBClassifier(LightningModule):
         acc, mean_loss = self.metrics[f"{stage}_acc"], self.metrics[f"{stage}_loss"]
         mean_loss(loss.detach(), weight=y.numel())
         acc(logits.detach(), y)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/acc", acc, on_step=on_step, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        if stage == "train":  # a per-step curve too, under its own name
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -145,9 +146,9 @@ class GTSRBClassifier(LightningModule):
     def _param_groups(self) -> list[dict[str, Any]]:
         """No weight decay on biases and normalisation parameters (1-D tensors), unless asked (paper)."""
         if self.hparams.decay_bias_and_norm:
-            return [{"params": [p for p in self.net.parameters() if p.requires_grad]}]
+            return [{"params": [p for p in self.net.parameters() if p.requires_grad], "name": "all"}]
         decay, no_decay = [], []
         for p in self.net.parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [{"params": decay, "name": "weights"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]

@@ -72,3 +72,11 @@ def test_unknown_key_fails_as_hydra_does(compose_cfg):
 
     with pytest.raises(ConfigCompositionException):
         compose_cfg(["data.no_such_key=1"])
+
+
+def test_alexnet_bn_config_parameter_count(compose_cfg):
+    """The BatchNorm workhorse: paper layout (groups=2), BatchNorm after each ReLU, no LRN; count in the README."""
+    cfg = compose_cfg(["model=alexnet_bn", "data.image_size=227"])
+    net = instantiate(cfg.model.net)
+    assert sum(p.numel() for p in net.parameters()) == 57_063_531
+    assert [c.groups for c in net.conv_layers()] == [1, 2, 1, 2, 2]

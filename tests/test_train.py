@@ -95,3 +95,20 @@ def test_missing_data_fails_fast_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "/nonexistent" in proc.stderr and "GTSRB_ROOT" in proc.stderr and "download" in proc.stderr
     assert elapsed < 60
+
+
+@pytest.mark.parametrize("verify", ["true", "false"])
+def test_corrupt_image_stops_training_with_its_name(synthetic_copy, tmp_path, verify):
+    """Caught by the header scan before training (verify=true) or when a worker decodes it (verify=false).
+
+    The victim is an official test image: every one of them is evaluated, so the worker path is certain.
+    """
+    victim = synthetic_copy / "GTSRB" / "Final_Test" / "Images" / "00007.ppm"
+    victim.write_bytes(b"P6\n999 999\n255\n" + b"\0" * 10)
+    proc = _run([
+        "experiment=demo", f"data.data_dir={synthetic_copy}", "data.synthetic=null", f"data.verify={verify}",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+        "data.num_workers=1", f"hydra.run.dir={tmp_path}/run",
+    ])
+    assert proc.returncode != 0
+    assert victim.name in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
