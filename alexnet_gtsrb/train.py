@@ -31,7 +31,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")  # plain containers: weights_only checkpoints
     model = instantiate(cfg.model, _recursive_=False)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
@@ -47,7 +47,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not ckpt:
             log.warning("No best checkpoint (fast_dev_run or no validation?): testing the current weights.")
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     for name in ("val/acc_best", "test/acc"):
