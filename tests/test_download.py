@@ -522,3 +522,25 @@ def test_cli_rejects_malformed_md5_override(tmp_path: Path, override: str) -> No
         main(["--root", str(tmp_path / "data"), "--md5", override, "--mirror", "http://127.0.0.1:9/"])
     assert info.value.code == 2
     assert not (tmp_path / "data").exists()
+
+
+def test_datamodule_prepare_data_downloads_when_asked(tmp_path: Path, fake: FakeGTSRB, server: _Server,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.download=true: prepare_data fetches into data.data_dir (from $GTSRB_MIRROR), once."""
+    import functools
+
+    import alexnet_gtsrb.data.download as download_module
+    from alexnet_gtsrb.data.datamodule import GTSRBDataModule
+    from alexnet_gtsrb.data.gtsrb import detect_layout
+
+    monkeypatch.setenv("GTSRB_MIRROR", server.url)
+    real = download_module.download_gtsrb
+    monkeypatch.setattr(download_module, "download_gtsrb", functools.partial(real, archives=fake.archives))
+    root = tmp_path / "data"
+    dm = GTSRBDataModule(data_dir=str(root), download=True, image_size=67)
+    dm.prepare_data()
+    assert detect_layout(root) == (root.resolve(), "official")
+    _assert_installed(root, fake)
+    n = len(server.requests)
+    dm.prepare_data()  # data present: nothing fetched again
+    assert len(server.requests) == n
