@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 GTSRB_ROOT ?= $(abspath ../shared/gtsrb)
 PYTEST_ARGS ?=
+BENCH_ARGS ?= data.data_dir=$(GTSRB_ROOT) data.image_size=227 data.batch_size=64 model=alexnet_bn \
+	model.channels_last=true trainer.precision=32-true +bench.lrn_batch=32 +bench.out=logs/bench.json
 
 .PHONY: venv demo test test-fast lint format bench clean
 
@@ -28,6 +30,9 @@ test: $(STAMP)  ## lint + the whole test suite (what CI runs)
 
 test-fast: $(STAMP)  ## skip the slow (subprocess training) tests
 	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## throughput/memory table: compute ceiling, end to end, input pipeline, LRN, memory
+	$(BIN)/python -m alexnet_gtsrb.bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,123 @@
+"""The bench command: a real tiny run end to end (every section, table and JSON), skipping, option checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alexnet_gtsrb.bench import SECTIONS, bench_options, compose_config, main, roi_box, split_args
+from alexnet_gtsrb.data.transforms import roi_crop
+from tests.conftest import ROOT
+
+TINY = [
+    "data.synthetic=null",
+    "data.image_size=67",
+    "data.batch_size=4",
+    "data.num_workers=1",
+    "trainer.accelerator=cpu",
+    "+bench.steps=1",
+    "+bench.warmup=0",
+    "+bench.e2e_warmup=1",
+    "+bench.items=20",
+    "+bench.memory_records=12",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_tree(tmp_path_factory) -> Path:
+    """The smallest synthetic GTSRB tree that still has a track-aware train split (2 tracks x 2 frames)."""
+    from alexnet_gtsrb.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("bench_synthetic")
+    return generate(root, train_tracks_per_class=2, frames_per_track=2, test_per_class=1)
+
+
+def _table_rows(stdout: str) -> dict[str, list[float]]:
+    """section -> the numbers in the table's value column (the line after the dashes onwards)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(r"^-{7,}\s+-+", line)) + 1
+    values: dict[str, list[float]] = {}
+    for line in lines[start:]:
+        m = re.match(r"^(\w+)\s+.+?\s{2,}([\d,]+(?:\.\d+)?)\s{2}\S", line)
+        if not m:
+            break
+        values.setdefault(m.group(1), []).append(float(m.group(2).replace(",", "")))
+    return values
+
+
+@pytest.mark.slow
+def test_tiny_real_run_prints_every_section_and_writes_json(tiny_tree, tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet_gtsrb.bench", f"data.data_dir={tiny_tree}", *TINY, f"+bench.out={out}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("machine:"), proc.stdout[:500]
+    table = _table_rows(proc.stdout)
+    assert set(table) == set(SECTIONS), proc.stdout
+    for section, values in table.items():
+        assert values and all(math.isfinite(v) and v > 0 for v in values), (section, values)
+    assert "skipped" not in proc.stdout
+
+    result = json.loads(out.read_text())
+    assert {"machine", "config", "rows"} <= set(result)
+    assert result["machine"]["cores"] >= 1 and result["machine"]["torch"]
+    rows = result["rows"]
+    assert {r["section"] for r in rows} == set(SECTIONS)
+    for r in rows:
+        assert isinstance(r["value"], float) and math.isfinite(r["value"]) and r["value"] > 0, r
+    ratios = {(r["section"], r["what"]): r["ratio"] for r in rows if r["ratio"] is not None}
+    assert any(s == "e2e" for s, _ in ratios)  # e2e / ceiling
+    assert sum(s == "lrn" for s, _ in ratios) == 2  # fast / none and torch / none
+    assert any(s == "pipeline" for s, _ in ratios)  # project / torchvision
+    assert sum(s == "memory" for s, _ in ratios) == 2  # 3x / 1x, main process and workers
+    assert all(r > 0 for r in ratios.values())
+
+
+def test_sections_needing_data_are_skipped_without_data(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = main([f"data.data_dir={empty}", *TINY, "bench.sections=[e2e,pipeline,memory]"])
+    rows = result["rows"]
+    assert [r["section"] for r in rows if r["value"] is None] == ["e2e", "pipeline", "memory"]
+    assert all(r["what"] == f"skipped (no data at {empty})" for r in rows if r["value"] is None)
+    assert f"skipped (no data at {empty})" in capsys.readouterr().out
+
+
+def test_options_are_normalised_and_checked():
+    assert split_args(["bench.steps=2", "+bench.items=3", "data.batch_size=4"]) == [
+        "+bench.steps=2",
+        "+bench.items=3",
+        "data.batch_size=4",
+    ]
+    cfg = compose_config(["+bench.sections=[memory,ceiling]", "+bench.steps=2"])
+    opts = bench_options(cfg)
+    assert opts["sections"] == ["ceiling", "memory"]  # canonical order
+    assert opts["steps"] == 2 and opts["items"] == 1000
+    with pytest.raises(SystemExit):
+        main(["+bench.bogus=1"])
+    with pytest.raises(SystemExit):
+        main(["+bench.sections=[nope]"])
+
+
+@pytest.mark.parametrize("actual", [(35, 35), (36, 36), (70, 72)])
+def test_referenceroi_box_matches_the_project_crop(actual):
+    w, h = actual
+    image = np.arange(h * w * 3, dtype=np.int64).reshape(h, w, 3)
+    roi, declared = (5, 6, 30, 29), (36, 36)
+    left, top, right, bottom = roi_box(roi, (w, h), declared)
+    np.testing.assert_array_equal(roi_crop(image, roi, declared), image[top:bottom, left:right])
