@@ -79,6 +79,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from alexnet_gtsrb.data.transforms import roi_box
 from alexnet_gtsrb.errors import ConfigError, DataNotFoundError
 from alexnet_gtsrb.utils import exit_on_user_error
 
@@ -396,20 +397,6 @@ def bench_e2e(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
     return [
         Row("e2e", "Lightning fit, GTSRB from disk", value, "img/s", reference="ceiling", target=">= 0.90", note=note)
     ]
-
-
-def roi_box(roi: Sequence[int], actual: tuple[int, int], declared: tuple[int | None, int | None]) -> tuple:
-    """(left, top, right, bottom) of the ROI scaled from the declared to the actual size, clamped like roi_crop."""
-    w, h = actual
-    dw, dh = declared
-    sx = w / dw if dw else 1.0
-    sy = h / dh if dh else 1.0
-    x1, y1, x2, y2 = roi
-    left, top = int(round(x1 * sx)), int(round(y1 * sy))
-    right, bottom = int(round((x2 + 1) * sx)), int(round((y2 + 1) * sy))
-    left, top = min(max(left, 0), w - 1), min(max(top, 0), h - 1)
-    right, bottom = min(max(right, left + 1), w), min(max(bottom, top + 1), h)
-    return left, top, right, bottom
 
 
 def torchvision_reference(image_size: int, roi: bool) -> Callable[[Any], torch.Tensor]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alexnet_gtsrb.bench import SECTIONS, bench_options, compose_config, main, roi_box, split_args
-from alexnet_gtsrb.data.transforms import roi_crop
+from alexnet_gtsrb.bench import SECTIONS, bench_options, compose_config, main, split_args
+from alexnet_gtsrb.data.transforms import roi_box, roi_crop
 from tests.conftest import ROOT
 
 TINY = [
@@ -114,10 +114,14 @@ def test_options_are_normalised_and_checked():
         main(["+bench.sections=[nope]"])
 
 
-@pytest.mark.parametrize("actual", [(35, 35), (36, 36), (70, 72)])
-def test_referenceroi_box_matches_the_project_crop(actual):
+@pytest.mark.parametrize(
+    ("actual", "expected"), [((35, 35), (5, 6, 30, 29)), ((36, 36), (5, 6, 31, 30)), ((70, 72), (10, 12, 60, 60))]
+)
+def test_roi_box_scales_from_declared_to_actual_size(actual, expected):
+    """The box both the project's crop and the torchvision reference use (ROI given for a 36x36 original)."""
+    assert roi_box((5, 6, 30, 29), actual, (36, 36)) == expected
     w, h = actual
     image = np.arange(h * w * 3, dtype=np.int64).reshape(h, w, 3)
-    roi, declared = (5, 6, 30, 29), (36, 36)
-    left, top, right, bottom = roi_box(roi, (w, h), declared)
-    np.testing.assert_array_equal(roi_crop(image, roi, declared), image[top:bottom, left:right])
+    left, top, right, bottom = expected
+    np.testing.assert_array_equal(roi_crop(image, (5, 6, 30, 29), (36, 36)), image[top:bottom, left:right])
+    assert roi_box((-4, -4, 99, 99), actual, (36, 36)) == (0, 0, w, h)  # clamped to the image

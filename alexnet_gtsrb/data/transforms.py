@@ -24,14 +24,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _MIRROR = {a: b for a, b in MIRROR_PAIRS} | {b: a for a, b in MIRROR_PAIRS}
 
 
-def roi_crop(image: np.ndarray, roi: Sequence[int], declared_size: tuple[int | None, int | None]) -> np.ndarray:
-    """Crop the annotated sign box (inclusive corners) out of an HxWxC image.
+def roi_box(
+    roi: Sequence[int], actual: tuple[int, int], declared: tuple[int | None, int | None]
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom), exclusive, of an inclusive ROI scaled from the declared to the actual size.
 
-    The box is given in the coordinates of the annotation's Width/Height; when the file on disk is a
-    rescaled copy (as in some redistributed subsets), the box is scaled to the real image size.
+    When the file on disk is a rescaled copy (as in some redistributed subsets), the annotation's box is
+    scaled to the real image size; the box is clamped to the image and never empty.
     """
-    h, w = image.shape[:2]
-    dw, dh = declared_size
+    w, h = actual
+    dw, dh = declared
     sx = w / dw if dw else 1.0
     sy = h / dh if dh else 1.0
     x1, y1, x2, y2 = roi
@@ -39,6 +41,12 @@ def roi_crop(image: np.ndarray, roi: Sequence[int], declared_size: tuple[int | N
     right, bottom = int(round((x2 + 1) * sx)), int(round((y2 + 1) * sy))
     left, top = min(max(left, 0), w - 1), min(max(top, 0), h - 1)
     right, bottom = min(max(right, left + 1), w), min(max(bottom, top + 1), h)
+    return left, top, right, bottom
+
+
+def roi_crop(image: np.ndarray, roi: Sequence[int], declared_size: tuple[int | None, int | None]) -> np.ndarray:
+    """Crop the annotated sign box (inclusive corners, annotation coordinates) out of an HxWxC image."""
+    left, top, right, bottom = roi_box(roi, (image.shape[1], image.shape[0]), declared_size)
     return image[top:bottom, left:right]
 
 
