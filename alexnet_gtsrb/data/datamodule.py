@@ -16,7 +16,7 @@ from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipp
 from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
 from alexnet_gtsrb.data.split import split_records
 from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, normalize_uint8
-from alexnet_gtsrb.errors import BadDataError, ConfigError
+from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ class GTSRBDataModule(LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if synthetic and not data_dir:
+            from alexnet_gtsrb.data.synthetic import default_synthetic_root
+
+            data_dir = str(default_synthetic_root())
         self.save_hyperparameters(logger=False)
         if on_bad_image not in ON_BAD_IMAGE:
             raise ConfigError(f"data.on_bad_image={on_bad_image!r}; allowed: {', '.join(ON_BAD_IMAGE)}.")
@@ -86,7 +90,7 @@ class GTSRBDataModule(LightningDataModule):
 
             try:
                 detect_layout(hp.data_dir, hp.layout)
-            except Exception:
+            except DataNotFoundError:
                 download_gtsrb(hp.data_dir)
         detect_layout(hp.data_dir, hp.layout)
 
