@@ -23,7 +23,8 @@ Formulas (``n = size``; window as in torch):
     dx_j = g_j * s_j**-beta - (2 * alpha * beta / n) * x_j * sum_{c : j in W(c)} g_c * x_c * s_c**(-beta-1)
 
 Under ``torch.compile`` the same maths is expressed as plain tensor ops (``lrn_composite``) for Inductor to
-fuse, since the chunked eager kernel is opaque to it.
+fuse, since the chunked eager kernel is opaque to it; TorchScript tracing and ONNX export use that path too
+(traced, the kernel is one opaque Python op that ``torch.jit.save`` and the ONNX exporter cannot serialise).
 
 Half/bfloat16 inputs are computed in float32 internally (``s`` is ``2 + tiny`` and would be quantised away in
 bf16) and results are returned in the input dtype; float32/float64 inputs are computed in their own dtype.
@@ -318,7 +319,9 @@ def local_response_norm(
         raise TypeError(f"LRN expects a floating point input, got {x.dtype}")
     if x.numel() == 0:
         return x.clone()
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # Graph capture (Inductor, TorchScript tracing, ONNX export) must see plain ops: traced, the chunked
+        # kernel would be one opaque Python op that cannot be saved or exported.
         return lrn_composite(x, size, alpha, beta, k)
     return _LRNFunction.apply(x, size, alpha, beta, k)
 

@@ -1,0 +1,144 @@
+"""Entry point: ``python -m alexnet_gtsrb.export ckpt_path=PATH format=onnx|torchscript [output=FILE]``.
+
+Writes the checkpoint's network as ``model.onnx`` (ONNX, legacy TorchScript-based exporter, ``dynamo=False``:
+no onnxscript needed) or ``model.pt`` (TorchScript, traced) into the run folder, or to ``output``.
+
+Interface of the exported model (also stored in the ONNX ``metadata_props`` / the TorchScript extra file
+``metadata.json``):
+
+* input ``input``: float32 ``(batch, 3, S, S)``, RGB, NCHW, ``S`` = the checkpoint's image size, normalised
+  as ``(pixel / 255 - mean) / std`` with the checkpoint's per-channel ``mean``/``std`` (ImageNet's by
+  default); the batch axis is dynamic;
+* output ``logits``: float32 ``(batch, num_classes)``; softmax gives probabilities; class ids index
+  ``class_names`` in the metadata.
+
+Preprocessing before normalisation is the evaluation pipeline of the checkpoint's preset (see
+:func:`alexnet_gtsrb.evaluate.eval_settings`). The fast LRN switches to plain tensor ops while tracing or
+exporting (see :mod:`alexnet_gtsrb.models.lrn`). With ``check=true`` the export is compared with PyTorch on a
+random batch (onnxruntime for ONNX) and the maximum absolute difference is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from alexnet_gtsrb.data.classes import class_name
+from alexnet_gtsrb.errors import ConfigError
+from alexnet_gtsrb.evaluate import eval_settings, load_classifier
+from alexnet_gtsrb.utils import exit_on_user_error, print_rank_zero
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+
+
+def export_metadata(settings: dict[str, Any], fmt: str) -> dict[str, str]:
+    """String key/values describing the exported interface: normalisation, size, layout, class names."""
+    return {
+        "input": "input",
+        "output": "logits",
+        "input_layout": "NCHW float32 RGB, dynamic batch",
+        "image_size": str(settings["image_size"]),
+        "normalization": "(pixel / 255 - mean) / std, per RGB channel",
+        "mean": json.dumps(settings["mean"]),
+        "std": json.dumps(settings["std"]),
+        "preprocess": json.dumps({"augment": settings["augment"], "roi_crop": settings["roi_crop"]}),
+        "num_classes": str(settings["num_classes"]),
+        "class_names": json.dumps([class_name(c) for c in range(settings["num_classes"])]),
+        "format": fmt,
+        "producer": "alexnet_gtsrb.export",
+    }
+
+
+def exportable_net(ckpt_path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(the network in eval mode, contiguous NCHW weights on CPU; the checkpoint's eval settings)."""
+    model, data_hp = load_classifier(ckpt_path, "cpu")
+    settings = eval_settings(model, data_hp)
+    net = getattr(model.net, "_orig_mod", model.net)  # unwrap torch.compile
+    net = net.to(memory_format=torch.contiguous_format).eval()
+    return net, settings
+
+
+def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str], opset: int) -> None:
+    """ONNX with a dynamic batch axis (legacy exporter), then the metadata written into ``metadata_props``."""
+    import onnx
+
+    with torch.no_grad():
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def export_torchscript(net: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    """A traced TorchScript module (works for any batch size: the graph has no batch-dependent branches)."""
+    with torch.no_grad():
+        traced = torch.jit.trace(net, (example,), check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(metadata)})
+
+
+def max_abs_diff(fmt: str, path: Path, net: torch.nn.Module, x: torch.Tensor) -> float:
+    """Max |exported(x) - net(x)|: onnxruntime for ONNX, torch.jit.load for TorchScript."""
+    with torch.no_grad():
+        ref = net(x).float()
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
+    else:
+        with torch.no_grad():
+            out = torch.jit.load(str(path))(x).float()
+    return float((out - ref).abs().max())
+
+
+def export(cfg: DictConfig) -> Path:
+    """Export ``cfg.ckpt_path`` in ``cfg.format``; returns the written file."""
+    fmt = str(cfg.get("format", "onnx"))
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r}; allowed: {', '.join(FORMATS)}.")
+    net, settings = exportable_net(cfg.ckpt_path)
+    out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / FORMATS[fmt]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    size = settings["image_size"]
+    example = torch.randn(2, 3, size, size)
+    metadata = export_metadata(settings, fmt)
+    if fmt == "onnx":
+        export_onnx(net, example, out, metadata, int(cfg.get("opset", 17)))
+    else:
+        export_torchscript(net, example, out, metadata)
+    print_rank_zero(f"exported {fmt}: {out} (input float32 (batch, 3, {size}, {size}), normalised; output logits)")
+    if cfg.get("check", True):
+        x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))  # another batch size
+        print_rank_zero(f"check: max abs diff vs PyTorch = {max_abs_diff(fmt, out, net, x):.3e}")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    """Compose conf/export.yaml and export."""
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Entry point: ``python -m alexnet_gtsrb.predict ckpt_path=PATH images=[a.ppm,b.png] [top_k=3] [format=json]``.
+
+Prints the top-k classes (id, English name, probability) of each image, as an aligned table or as JSON on
+stdout. ``images`` is a file, a folder (all files under it, sorted) or a list of either. Files that are
+missing, not images, or fail to decode are reported by name on stderr and skipped; the exit code is 0 when at
+least one image was predicted, 2 (one-line message, no traceback) when none was.
+
+Preprocessing is the checkpoint's evaluation pipeline (its preset, CLAHE and image size; see
+:func:`alexnet_gtsrb.evaluate.eval_settings`) applied to the whole image: the GTSRB ROI crop needs the
+annotation's box, which an arbitrary image does not have, so give images that are already cropped around the
+sign (as GTSRB's are, with a ~10% margin) for results comparable to the test accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig
+
+from alexnet_gtsrb.data.classes import class_name
+from alexnet_gtsrb.data.dataset import decode_rgb
+from alexnet_gtsrb.data.transforms import build_transform
+from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError
+from alexnet_gtsrb.evaluate import eval_settings, load_classifier, pick_device
+from alexnet_gtsrb.utils import exit_on_user_error
+
+FORMATS = ("table", "json")
+
+
+def expand_paths(images: str | Sequence[str]) -> list[Path]:
+    """Files named by ``images``: a path or a list of paths; folders contribute every file under them."""
+    items = [images] if isinstance(images, str | Path) else list(images)
+    out: list[Path] = []
+    for item in items:
+        p = Path(str(item)).expanduser()
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file()))
+        else:
+            out.append(p)  # a missing file is reported when it is read
+    return out
+
+
+def _report_skip(message: str) -> None:
+    print(f"skipped: {message}", file=sys.stderr, flush=True)
+
+
+def load_images(paths: Iterable[Path], transform: Any) -> tuple[list[Path], list[np.ndarray]]:
+    """Decode and preprocess each file; those that fail are reported on stderr and left out."""
+    ok_paths: list[Path] = []
+    arrays: list[np.ndarray] = []
+    for p in paths:
+        if not p.is_file():
+            _report_skip(f"{p}: no such file.")
+            continue
+        try:
+            image = decode_rgb(str(p))
+        except BadDataError as exc:
+            _report_skip(str(exc))
+            continue
+        arrays.append(np.ascontiguousarray(transform(image=image)["image"]))
+        ok_paths.append(p)
+    return ok_paths, arrays
+
+
+@torch.inference_mode()
+def predict_arrays(model: torch.nn.Module, arrays: list[np.ndarray], batch_size: int, device: str) -> torch.Tensor:
+    """Softmax probabilities (N, classes) for preprocessed uint8 HxWx3 images, in batches."""
+    probs = []
+    for i in range(0, len(arrays), batch_size):
+        batch = torch.from_numpy(np.stack(arrays[i : i + batch_size])).to(device)
+        probs.append(model(batch).float().softmax(dim=-1).cpu())
+    return torch.cat(probs)
+
+
+def top_k_results(paths: list[Path], probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
+    """[{file, top_k: [{rank, class_id, name, prob}, ...]}, ...] in input order."""
+    k = max(1, min(int(k), probs.shape[1]))
+    values, indices = probs.topk(k, dim=-1)
+    results = []
+    for p, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
+        top = [
+            {"rank": r + 1, "class_id": int(c), "name": class_name(int(c)), "prob": float(v)}
+            for r, (v, c) in enumerate(zip(vals, idxs, strict=True))
+        ]
+        results.append({"file": str(p), "top_k": top})
+    return results
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """One row per image and rank: file, rank, class id, probability, name (file shown on rank 1 only)."""
+    width = max([len("file")] + [len(r["file"]) for r in results])
+    lines = [f"{'file':<{width}}  rank  class    prob  name", "-" * (width + 40)]
+    for r in results:
+        for t in r["top_k"]:
+            name = r["file"] if t["rank"] == 1 else ""
+            lines.append(f"{name:<{width}}  {t['rank']:>4}  {t['class_id']:>5}  {t['prob']:6.4f}  {t['name']}")
+    return "\n".join(lines)
+
+
+def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Predict ``cfg.images`` with ``cfg.ckpt_path``; prints and returns the top-k results."""
+    fmt = str(cfg.get("format", "table"))
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r}; allowed: {', '.join(FORMATS)}.")
+    images = cfg.images
+    images = list(images) if isinstance(images, ListConfig) else str(images)
+    paths = expand_paths(images)
+    if not paths:
+        raise UserError(f"images={images}: no files to predict.")
+    device = pick_device(cfg.get("device", "auto"))
+    model, data_hp = load_classifier(cfg.ckpt_path, device)
+    settings = eval_settings(model, data_hp)
+    augment = settings["augment"]
+    transform = build_transform(augment.get("preset", "none"), settings["image_size"], train=False, params=augment)
+    ok_paths, arrays = load_images(paths, transform)
+    if not arrays:
+        raise UserError(f"none of the {len(paths)} file(s) could be read as an image; nothing was predicted.")
+    probs = predict_arrays(model, arrays, max(1, int(cfg.get("batch_size", 64))), device)
+    results = top_k_results(ok_paths, probs, int(cfg.get("top_k", 3)))
+    text = json.dumps(results, indent=2) if fmt == "json" else format_table(results)
+    print(text, flush=True)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    """Compose conf/predict.yaml and predict."""
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
