@@ -114,8 +114,23 @@ class GTSRBClassifier(LightningModule):
         self._shared_step(batch, "test")
 
     def on_train_start(self) -> None:
-        # Sanity-check validation must not count towards the best accuracy.
+        # Sanity-check validation must not count towards the best accuracy; a resumed run keeps its best.
         self.val_acc_best.reset()
+        resumed = getattr(self, "_resumed_val_acc_best", None)
+        if resumed is not None:
+            self.val_acc_best(torch.tensor(resumed, device=self.device))
+            self._resumed_val_acc_best = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the best validation accuracy so far (torchmetrics states are not in the state_dict)."""
+        if self.val_acc_best.update_called:
+            checkpoint["val_acc_best"] = float(self.val_acc_best.compute())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Remember the stored best accuracy; ``on_train_start`` restores it when fitting resumes."""
+        best = checkpoint.get("val_acc_best")
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"  # not load_from_checkpoint/test
+        self._resumed_val_acc_best = float(best) if best is not None and fitting else None
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -1,22 +1,85 @@
 """Entry point: ``python -m alexnet_gtsrb.train experiment=baseline`` (Hydra composes conf/train.yaml).
 
 ``train(cfg)`` builds the DataModule, the LightningModule, callbacks, loggers and the Trainer from the
-config, fits, tests on the official test images with the best checkpoint, and returns the metrics.
+config, fits, tests on the official test images with the best checkpoint, writes ``metrics.json`` into the
+run folder and returns the metrics.
+
+Research workflows (all outputs of a run live in its Hydra run folder, ``logs/<task_name>/runs/<time>``):
+
+- **Resume a run in place** (same folder, same TensorBoard run, same epoch/step/optimizer/scheduler state
+  and best validation accuracy)::
+
+      python -m alexnet_gtsrb.train experiment=demo trainer.max_epochs=20 \\
+          ckpt_path=last hydra.run.dir=logs/demo/runs/2026-11-28_17-50-00
+
+  ``ckpt_path=last`` takes the newest ``last.ckpt`` under the run folder named by ``hydra.run.dir``.
+  Repeat the first run's overrides (or none that change the model); only ``trainer.max_epochs`` and the like
+  should differ. ``ckpt_path=<file.ckpt>`` also resumes the state, but into a new run folder.
+  ``checkpoints/last.ckpt`` is rewritten after every epoch (``callbacks.last_checkpoint``). The restored
+  scheduler keeps its own horizon: ``step``/``plateau`` extend to a larger ``max_epochs``; ``onecycle`` and
+  ``cosine`` (sized from the first run's ``max_epochs``) do not, so resume those with the same ``max_epochs``
+  (after an interruption), or OneCycleLR stops with "Tried to step N times".
+- **DDP on CPU** (two gloo processes; Lightning re-runs this command for rank 1 with the same
+  ``hydra.run.dir``, so both ranks share one run folder; only rank 0 logs and writes files;
+  ``sync_batchnorm`` is switched off on CPU, where torch's SyncBatchNorm does not run)::
+
+      python -m alexnet_gtsrb.train experiment=demo trainer=ddp_cpu trainer.devices=2
+
+  ``data.batch_size`` is per process: the global batch is ``batch_size x devices x num_nodes`` (printed at
+  start and logged as hyper-parameters). ``ALEXNET_GTSRB_DUMP_SHARDS=<dir>`` makes each rank write the sample
+  indices it draws in the first epoch to ``<dir>/rank<r>.json`` (a debugging aid).
+- **Sweeps**: ``python -m alexnet_gtsrb.train -m experiment=demo model.net.lrn=true,false optimizer.lr=1e-3,1e-2``
+  runs one job per sub-folder of ``logs/<task_name>/multiruns/<time>``; ``main`` returns ``optimized_metric``
+  and :class:`alexnet_gtsrb.sweep.SweepSummary` writes ``summary.csv``/``summary.md`` at the sweep root.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_gtsrb.utils import exit_on_user_error, print_rank_zero, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
+DUMP_SHARDS_ENV = "ALEXNET_GTSRB_DUMP_SHARDS"
+
+
+class ShardDump(Callback):
+    """Each rank writes the training-sample indices its sampler yields in epoch 0 to ``<out_dir>/rank<r>.json``."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch != 0:
+            return
+        loader = trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        if sampler is None:
+            return
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(0)  # what the loader iterates this epoch (Lightning sets it too)
+        indices = [int(i) for i in sampler]
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "dataset_len": len(loader.dataset),
+            "sampler": type(sampler).__name__,
+            "indices": indices,
+        }
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -26,33 +89,97 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def _cpu_sync_batchnorm_off(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """``sync_batchnorm=False`` when training on CPUs: torch's SyncBatchNorm needs GPU tensors.
+
+    ``trainer=ddp_cpu`` asks for it so the config mirrors ``trainer=ddp``; on CPU processes each rank then keeps
+    its own BatchNorm statistics (DDP still broadcasts rank 0's buffers before every training forward).
+    """
+    import torch
+
+    accel = str(trainer_cfg.get("accelerator", "auto"))
+    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
+    if trainer_cfg.get("sync_batchnorm") and on_cpu:
+        log.warning("trainer.sync_batchnorm=true ignored on CPU (SyncBatchNorm runs on GPUs only).")
+        return {"sync_batchnorm": False}
+    return {}
+
+
+def _batch_sizes(cfg: DictConfig, trainer: L.Trainer) -> dict[str, int]:
+    """Per-process and global batch size (data.batch_size is per process)."""
+    per_rank = int(cfg.data.batch_size)
+    world = int(trainer.world_size)
+    return {
+        "batch_size_per_rank": per_rank,
+        "world_size": world,
+        "batch_size_global": per_rank * world * int(trainer.accumulate_grad_batches),
+    }
+
+
+def _write_metrics(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float], extra: dict[str, Any]) -> None:
+    """``<output_dir>/metrics.json`` with every final metric, the wall time and the checkpoints (rank zero)."""
+    if trainer.global_rank != 0:
+        return
+    out_dir = cfg.get("paths", {}).get("output_dir")
+    if not out_dir:
+        return
+    path = Path(str(out_dir)) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+    path.write_text(json.dumps({"metrics": clean, **extra}, indent=2, sort_keys=True))
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test as the config says; returns (metrics, objects) for callers and tests."""
+    start = time.monotonic()
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")  # plain containers: weights_only checkpoints
     model = instantiate(cfg.model, _recursive_=False)
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if os.environ.get(DUMP_SHARDS_ENV):
+        callbacks.append(ShardDump(os.environ[DUMP_SHARDS_ENV]))
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **_cpu_sync_batchnorm_off(cfg.trainer)
+    )
+    sizes = _batch_sizes(cfg, trainer)
     for lg in trainer.loggers:
-        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
+        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **sizes})
+    print_rank_zero(
+        f"batch size: {sizes['batch_size_per_rank']} per rank x {sizes['world_size']} rank(s) "
+        f"= {sizes['batch_size_global']} global"
+    )
 
+    ckpt_path = None
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path")))
+        run_dir = cfg.get("paths", {}).get("output_dir")
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir=run_dir)
+        if ckpt_path:
+            print_rank_zero(f"resuming from {ckpt_path}")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
-        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not ckpt:
+        if not best:
             log.warning("No best checkpoint (fast_dev_run or no validation?): testing the current weights.")
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     for name in ("val/acc_best", "test/acc"):
         if name in metrics:
             print_rank_zero(f"{name}: {metrics[name]:.4f}")
+    extra = {
+        "wall_time_s": round(time.monotonic() - start, 3),
+        "epochs": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+        "best_checkpoint": best or None,
+        "resumed_from": ckpt_path,
+        **sizes,
+    }
+    _write_metrics(cfg, trainer, metrics, extra)
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 

@@ -63,16 +63,40 @@ def print_rank_zero(*args: Any) -> None:
     print(*args, flush=True)
 
 
-def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
-    """A checkpoint file, or ``last``/a run folder -> the newest last.ckpt found under it."""
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path | None = None) -> str | None:
+    """The checkpoint file to resume from.
+
+    - a ``.ckpt`` file: itself;
+    - a run folder: the newest ``last*.ckpt`` under it;
+    - ``last``: the newest ``last*.ckpt`` under ``run_dir`` (this run's output folder, i.e. the folder named by
+      ``hydra.run.dir=...``), so the run continues in place.
+    """
     if ckpt_path in (None, "", "null"):
         return None
+    if str(ckpt_path) == "last":
+        if run_dir is None:
+            raise UserError("ckpt_path=last needs the run folder: add hydra.run.dir=<the run folder to continue>.")
+        found = _newest_last(Path(run_dir))
+        if found is None:
+            raise UserError(
+                f"ckpt_path=last: no last.ckpt under {run_dir}. Name the run folder to continue with "
+                "hydra.run.dir=<folder>, or pass ckpt_path=<file.ckpt>."
+            )
+        return str(found)
     path = Path(str(ckpt_path)).expanduser()
     if path.is_dir():
-        found = sorted(path.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
+        found = _newest_last(path)
+        if found is None:
             raise UserError(f"ckpt_path={ckpt_path}: no last.ckpt under this folder.")
-        return str(found[-1])
+        return str(found)
     if not path.is_file():
         raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
     return str(path)
+
+
+def _newest_last(folder: Path) -> Path | None:
+    """The most recently written ``last*.ckpt`` under ``folder`` (None when there is none)."""
+    if not folder.is_dir():
+        return None
+    found = sorted(folder.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
