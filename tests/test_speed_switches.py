@@ -1,0 +1,36 @@
+"""The speed switches from the command line: trainer.precision, model.channels_last, model.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alexnet_gtsrb.train import train
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        ["trainer.precision=bf16-mixed", "model.channels_last=true"],
+        ["trainer.precision=32-true", "model.channels_last=false"],
+    ],
+)
+def test_precision_and_memory_format(compose_cfg, synthetic_root, switches):
+    cfg = compose_cfg(["experiment=demo", "debug=fdr", f"data.data_dir={synthetic_root}", "data.synthetic=null",
+                       "data.image_size=67", "data.batch_size=4", *switches])
+    metrics, objs = train(cfg)
+    trainer, model = objs["trainer"], objs["model"]
+    assert trainer.precision == cfg.trainer.precision
+    assert objs["trainer"].global_step == 1 and "test/acc" in metrics
+    conv1 = model.net.conv_layers()[0].weight
+    assert conv1.is_contiguous(memory_format=torch.channels_last) == cfg.model.channels_last
+
+
+@pytest.mark.slow
+def test_compile_switch_trains_a_step(compose_cfg, synthetic_root):
+    cfg = compose_cfg(["experiment=demo", "debug=fdr", f"data.data_dir={synthetic_root}", "data.synthetic=null",
+                       "data.image_size=67", "data.batch_size=4", "model.compile=true", "test=false"])
+    metrics, objs = train(cfg)
+    net = objs["model"].net
+    assert isinstance(net, torch._dynamo.eval_frame.OptimizedModule)
+    assert objs["trainer"].global_step == 1 and torch.isfinite(torch.tensor(metrics["train/loss"]))
