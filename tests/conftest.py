@@ -14,6 +14,21 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
+def read_event_tags(event_dir: Path) -> dict[str, list]:
+    """Every scalar and image tag in the TensorBoard event files under event_dir, with their events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: dict[str, list] = {}
+    for f in sorted(event_dir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            tags.setdefault(tag, []).extend(acc.Scalars(tag))
+        for tag in acc.Tags()["images"]:
+            tags.setdefault(tag, []).extend(acc.Images(tag))
+    return tags
+
+
 @pytest.fixture(scope="session")
 def gtsrb_root() -> Path:
     """The real GTSRB tree named by $GTSRB_ROOT (CI: ../shared/gtsrb); skip when unset or absent."""

@@ -6,30 +6,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from alexnet_gtsrb.module import GTSRBClassifier
 from alexnet_gtsrb.train import train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_event_tags
 
 SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"}
-
-
-def _scalar_tags(event_dir: Path) -> dict[str, list]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags: dict[str, list] = {}
-    for f in sorted(event_dir.rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            tags.setdefault(tag, []).extend(acc.Scalars(tag))
-        for tag in acc.Tags()["images"]:
-            tags.setdefault(tag, []).extend(acc.Images(tag))
-    return tags
 
 
 def _run(args: list[str], env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -55,7 +40,7 @@ def test_demo_subprocess_logs_scalars_and_checkpoints(tmp_path, synthetic_root):
         "trainer.max_epochs=2", "data.num_workers=0", f"hydra.run.dir={run_dir}",
     ])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tags = _scalar_tags(run_dir / "tensorboard")
+    tags = read_event_tags(run_dir / "tensorboard")
     assert set(tags) >= SCALARS, sorted(tags)
     assert any(t.startswith("lr") for t in tags), sorted(tags)
     assert "filters/conv1" in tags
@@ -77,7 +62,7 @@ def test_baseline_smoke_on_real_gtsrb(tmp_path, gtsrb_root):
         "trainer.num_sanity_val_steps=0", f"hydra.run.dir={run_dir}",
     ])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tags = _scalar_tags(run_dir / "tensorboard")
+    tags = read_event_tags(run_dir / "tensorboard")
     assert "test/acc" in tags
     # the official test images were all indexed, and test/acc is a fraction of 430
     log_text = "".join(p.read_text() for p in run_dir.glob("*.log"))

@@ -26,7 +26,7 @@ from alexnet_gtsrb.data.classes import NUM_CLASSES
 from alexnet_gtsrb.data.dataset import decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform, normalize_uint8
 from alexnet_gtsrb.evaluate import _flip_source_index, eval_settings, five_crops, load_classifier
-from tests.conftest import CONF, ROOT
+from tests.conftest import CONF, ROOT, read_event_tags
 
 IMAGE_SIZE = 67
 
@@ -87,20 +87,6 @@ def _assert_png(path: Path, min_side: int = 200) -> None:
     assert image is not None and min(image.shape[:2]) >= min_side, path
 
 
-def _tensorboard_tags(event_dir: Path) -> dict[str, list]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags: dict[str, list] = {}
-    for f in sorted(event_dir.rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            tags.setdefault(tag, []).extend(acc.Scalars(tag))
-        for tag in acc.Tags()["images"]:
-            tags.setdefault(tag, []).extend(acc.Images(tag))
-    return tags
-
-
 # -- evaluate ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
@@ -131,7 +117,7 @@ def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
 
     _assert_png(run_dir / "confusion_matrix.png")
     _assert_png(run_dir / "misclassified.png")
-    tags = _tensorboard_tags(run_dir / "tensorboard")
+    tags = read_event_tags(run_dir / "tensorboard")
     assert tags["test/acc"][-1].value == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert "test/confusion_matrix" in tags
 

@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from alexnet_gtsrb.errors import UserError
 from alexnet_gtsrb.schedules import warmup_cosine
 from alexnet_gtsrb.utils import resolve_ckpt_path
-from tests.test_train import _run, _scalar_tags
+from tests.conftest import read_event_tags
+from tests.test_train import _run
 
 
 def _tiny(synthetic_root: Path, batch_size: int = 16) -> list[str]:
@@ -109,7 +110,7 @@ def test_resume_last_continues_the_same_run_in_place(tmp_path, synthetic_root):
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (ckpt["epoch"], ckpt["global_step"]) == (1, 4)
     best_before = ckpt["val_acc_best"]
-    tags_before = _scalar_tags(run_dir / "tensorboard")
+    tags_before = read_event_tags(run_dir / "tensorboard")
 
     second = _run([*args, "trainer.max_epochs=3", "ckpt_path=last"])
     assert second.returncode == 0, second.stderr[-3000:]
@@ -125,7 +126,7 @@ def test_resume_last_continues_the_same_run_in_place(tmp_path, synthetic_root):
     # one TensorBoard folder; epoch-3 points come after the epoch-1/2 ones, on the continued step axis
     assert [p.name for p in (run_dir / "tensorboard").iterdir() if p.is_dir()] == []
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
-    tags = _scalar_tags(run_dir / "tensorboard")
+    tags = read_event_tags(run_dir / "tensorboard")
     assert len(tags_before["val/acc"]) == 2 and len(tags["val/acc"]) == 3
     steps = [e.step for e in tags["val/acc"]]
     assert steps == sorted(steps) and steps[-1] > max(e.step for e in tags_before["val/acc"])
@@ -198,7 +199,7 @@ def test_ddp_cpu_two_processes_share_one_run_and_split_the_data(tmp_path, synthe
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == per_rank // bs
     # val/acc is reduced over both ranks: it equals the checkpoint's accuracy over the whole (padded) val set
-    logged = _scalar_tags(run_dir / "tensorboard")["val/acc"][-1].value
+    logged = read_event_tags(run_dir / "tensorboard")["val/acc"][-1].value
     cfg = compose_cfg(data_args)
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
