@@ -53,9 +53,10 @@ def load_classifier(ckpt_path: str | None, device: str = "cpu") -> tuple[GTSRBCl
     path = resolve_ckpt_path(ckpt_path)
     if path is None:
         raise ConfigError("ckpt_path is required: ckpt_path=path/to/last.ckpt (or a run folder).")
-    try:
-        model = GTSRBClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    try:  # one read: the model's and the DataModule's hparams and the weights all come from it
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        model = GTSRBClassifier(**raw["hyper_parameters"])
+        model.load_state_dict(raw["state_dict"])
     except (RuntimeError, KeyError, EOFError, OSError) as exc:
         raise UserError(f"ckpt_path={path}: cannot load this checkpoint ({type(exc).__name__}: {exc}).") from exc
     data_hp = dict(raw.get("datamodule_hyper_parameters") or {})
