@@ -7,6 +7,12 @@ class UserError(Exception):
     """A problem the user can fix (missing data, bad file, bad config value); the message says how."""
 
     exit_code = 2
+    prefix = "error: "
+
+    def __init__(self, message: str = "", *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 class DataNotFoundError(UserError):
@@ -19,3 +25,14 @@ class BadDataError(UserError):
 
 class ConfigError(UserError):
     """A config value that cannot work; the message names the key and the allowed values."""
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite (the run diverged)."""
+
+
+class TrainingInterrupted(UserError):
+    """Training stopped on a signal after saving a checkpoint; exits with 128 + the signal number."""
+
+    exit_code = 143
+    prefix = ""

@@ -19,6 +19,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
+from alexnet_gtsrb.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
@@ -87,9 +88,19 @@ class GTSRBClassifier(LightningModule):
             self.net = torch.compile(self.net)
 
     # -- steps ------------------------------------------------------------------------------------------
-    def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         x, y, skipped = batch
-        self.skipped_images += int(skipped)
+        skipped = int(skipped)
+        self.skipped_images += skipped
+        if (
+            skipped
+            or self.trainer.datamodule is not None
+            and self.trainer.datamodule.hparams.get("on_bad_image") == "skip"
+        ):
+            # images dropped under data.on_bad_image=skip, summed per epoch (and over ranks)
+            self.log(
+                f"{stage}/skipped_images", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True
+            )
         if y.numel() == 0:
             return None
         logits = self(x)
@@ -102,13 +113,36 @@ class GTSRBClassifier(LightningModule):
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
         if stage == "train":  # a per-step curve too, under its own name
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        return loss, logits.detach(), y
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        out = self._shared_step(batch, "train")
+        if out is None:
+            return None
+        loss = out[0]
+        if not torch.isfinite(loss.detach()):  # one host sync per step; a diverged run must not go on
+            raise NonFiniteLossError(self._divergence_message(float(loss.detach())))
         return loss
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+    def _divergence_message(self, value: float) -> str:
+        lrs = sorted({g["lr"] for opt in self.trainer.optimizers for g in opt.param_groups})
+        lr_text = ", ".join(f"{lr:.3g}" for lr in lrs)
+        return (
+            f"training loss is {value} at epoch {self.current_epoch}, global step {self.global_step} "
+            f"(learning rate now {lr_text}; optimizer.lr={self.hparams.optimizer.get('lr')}). The run diverged: "
+            "the usual cause is a learning rate too high for this model/batch size (try optimizer.lr 10x lower), "
+            "or no normalisation (model=alexnet_bn), or fp16 overflow (trainer.precision=32-true or bf16-mixed); "
+            "trainer.gradient_clip_val=1.0 also helps. No checkpoint was written after the loss broke: "
+            "the best and last checkpoints are those of the last finite step."
+        )
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """Returns predictions and targets for callbacks (confusion matrix, per-class accuracy)."""
+        out = self._shared_step(batch, "val")
+        if out is None:
+            return None
+        loss, logits, y = out
+        return {"loss": loss, "preds": logits.argmax(dim=-1), "target": y}
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "test")
@@ -116,13 +150,22 @@ class GTSRBClassifier(LightningModule):
     def on_train_start(self) -> None:
         # Sanity-check validation must not count towards the best accuracy; a resumed run keeps its best.
         self.val_acc_best.reset()
+        if self.global_step:  # a resumed run: say where it continues (the restored loop position)
+            log.info("training continues at epoch %d, global step %d", self.current_epoch, self.global_step)
         resumed = getattr(self, "_resumed_val_acc_best", None)
         if resumed is not None:
             self.val_acc_best(torch.tensor(resumed, device=self.device))
             self._resumed_val_acc_best = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the best validation accuracy so far (torchmetrics states are not in the state_dict)."""
+        """Refuse to save NaN/inf weights; store the best validation accuracy (torchmetrics states are not saved)."""
+        bad = [n for n, p in self.net.named_parameters() if not torch.isfinite(p.detach()).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"parameters {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN/inf at epoch "
+                f"{self.current_epoch}, global step {self.global_step}: the run diverged (lower optimizer.lr, "
+                "or set trainer.gradient_clip_val); the checkpoint was not written, earlier ones are kept."
+            )
         if self.val_acc_best.update_called:
             checkpoint["val_acc_best"] = float(self.val_acc_best.compute())
 

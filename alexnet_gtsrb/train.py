@@ -49,6 +49,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from alexnet_gtsrb.errors import NonFiniteLossError
 from alexnet_gtsrb.utils import exit_on_user_error, print_rank_zero, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir=run_dir)
         if ckpt_path:
             print_rank_zero(f"resuming from {ckpt_path}")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except NonFiniteLossError as exc:
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            raise NonFiniteLossError(f"{exc} Best checkpoint: {best or 'none saved yet'}.") from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

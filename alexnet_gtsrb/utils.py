@@ -51,7 +51,7 @@ def exit_on_user_error(fn: F) -> F:
             user = _user_error(exc)
             if user is None:
                 raise
-            print(f"error: {_message(user)}", file=sys.stderr, flush=True)
+            print(f"{getattr(user, 'prefix', 'error: ')}{_message(user)}", file=sys.stderr, flush=True)
             sys.exit(getattr(user, "exit_code", 2))
 
     return wrapper  # type: ignore[return-value]

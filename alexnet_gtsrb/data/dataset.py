@@ -65,6 +65,7 @@ class GTSRBDataset(Dataset):
         self.flip = flip
         self.on_bad_image = on_bad_image
         self._rng: np.random.Generator | None = None
+        self._transform_seeded = False
 
     def __len__(self) -> int:
         return len(self.records)
@@ -84,6 +85,11 @@ class GTSRBDataset(Dataset):
                 self._rng = np.random.default_rng(torch.initial_seed() % 2**32)
             image, label = flip_remap(image, label, self._rng)
         if self.transform is not None:
+            if not self._transform_seeded and hasattr(self.transform, "set_random_seed"):
+                # albumentations keeps its own generator (OS entropy by default): seed it per process from
+                # torch's seed, so seed_everything(workers=True) makes augmentation reproducible too
+                self.transform.set_random_seed(torch.initial_seed() % 2**32)
+                self._transform_seeded = True
             image = self.transform(image=image)["image"]
         return image, label
 

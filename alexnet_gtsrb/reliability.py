@@ -1,0 +1,150 @@
+"""Crash safety: atomic checkpoint files, a graceful stop on SIGTERM/SIGINT, and no checkpoint with NaN weights.
+
+- :class:`AtomicCheckpointIO` writes every checkpoint (best, last, step-interval, on signal) to a temporary
+  file in the target folder, fsyncs it and renames it over the old one, so a crash or SIGKILL at any moment
+  leaves either the old complete file or the new complete file. Lightning's default writer stages the bytes
+  in the system temp folder and *moves* them, which is a copy (not atomic) when that folder is on another
+  file system.
+- :class:`GracefulStop` turns SIGTERM and SIGINT (Ctrl+C) into "finish the current training step, save
+  ``last.ckpt``, exit with 128 + signal number". A second Ctrl+C stops at once, without saving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from alexnet_gtsrb.errors import TrainingInterrupted
+
+log = logging.getLogger(__name__)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint writer, made atomic for local paths (remote URLs keep Lightning's way)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        fs = get_filesystem(path)
+        if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            super().save_checkpoint(checkpoint, path)
+            return
+        atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
+
+
+def _last_ckpt_path(trainer: L.Trainer) -> Path:
+    """Where ``ckpt_path=last`` looks: the ``last`` ModelCheckpoint's file, else ``<root>/checkpoints/last.ckpt``."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.filename == "last" and cb.dirpath:
+            return Path(cb.dirpath) / f"last{cb.FILE_EXTENSION}"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+class GracefulStop(L.Callback):
+    """On SIGTERM/SIGINT: finish the running training step, save ``last.ckpt`` (atomic), exit 128 + signum.
+
+    Lightning 2.6 on one process only reacts to SIGTERM at the end of an epoch (and not at all to SIGINT
+    beyond "attempting graceful shutdown" without a checkpoint), which can be an hour away at 227 px on a
+    CPU. The handlers are installed when training starts and chain to the SIGTERM handler already present
+    (Lightning's notifier), and are removed when training ends or fails. Under DDP the ranks agree at each
+    step boundary whether any of them was signalled, so all of them save together. SLURM pre-emption:
+    SLURM sends SIGTERM (after the ``--signal`` warning, if any) before it kills a job, which lands here.
+    """
+
+    def __init__(self, signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGINT")) -> None:
+        self.signals = [signal.Signals[s] if isinstance(s, str) else signal.Signals(s) for s in signals]
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        sig = signal.Signals(signum)
+        if self.received is not None and sig == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl+C: stop now, without a checkpoint
+        if self.received is None:
+            self.received = sig
+            print(
+                f"\n{sig.name} received: finishing the current step, then saving a checkpoint "
+                "(press Ctrl+C again to stop at once without saving)",
+                flush=True,
+            )
+        previous = self._previous.get(sig)
+        if callable(previous) and sig != signal.SIGINT:  # keep Lightning's/others' SIGTERM handling
+            previous(signum, frame)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Install the handlers (after Lightning installed its SIGTERM notifier, which they chain to)."""
+        self.received = None
+        for sig in self.signals:
+            try:
+                previous = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
+                self._previous[sig] = previous
+            except ValueError:  # not the main thread (e.g. some notebook runners): nothing installed
+                log.debug("cannot install a %s handler outside the main thread", sig.name)
+
+    def _restore(self) -> None:
+        for sig, previous in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def _stop_requested(self, trainer: L.Trainer) -> bool:
+        requested = self.received is not None
+        if trainer.world_size > 1:  # any rank signalled -> every rank stops at the same step
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        return requested
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if not self._stop_requested(trainer):
+            return
+        path = _last_ckpt_path(trainer)
+        trainer.save_checkpoint(path)
+        name = self.received.name if self.received is not None else "a signal on another rank"
+        code = 128 + int(self.received) if self.received is not None else 143
+        raise TrainingInterrupted(
+            f"stopped by {name} at epoch {trainer.current_epoch}, global step {trainer.global_step}; "
+            f"checkpoint saved to {path}. Resume in place with: python -m alexnet_gtsrb.train <same overrides> "
+            f"ckpt_path=last hydra.run.dir={path.parent.parent}",
+            exit_code=code,
+        )
