@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -53,6 +54,42 @@ def synthetic_copy(synthetic_root, tmp_path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(synthetic_root / "GTSRB", dst / "GTSRB")
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root, tmp_path_factory) -> SimpleNamespace:
+    """One short real training on the tiny synthetic tree, shared by the TensorBoard and results-notebook tests.
+
+    ``train(cfg)`` in-process with experiment=demo at 67 px: 2 epochs of 3 training batches of 32, the whole
+    validation split (every class), then the test with the best checkpoint. Returns ``dir`` (the run folder:
+    tensorboard/, checkpoints/, metrics.json), ``metrics`` and the ``datamodule``.
+    """
+    from alexnet_gtsrb.train import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(
+                config_name="train",
+                overrides=[
+                    f"paths.output_dir={run_dir}",
+                    f"paths.log_dir={run_dir}/logs",
+                    "experiment=demo",
+                    f"data.data_dir={synthetic_root}",
+                    "data.synthetic=null",
+                    "data.image_size=67",
+                    "data.batch_size=32",
+                    "data.num_workers=0",
+                    "trainer.max_epochs=2",
+                    "trainer.limit_train_batches=3",
+                    "trainer.log_every_n_steps=1",
+                ],
+            )
+    finally:
+        GlobalHydra.instance().clear()
+    metrics, objs = train(cfg)
+    return SimpleNamespace(dir=run_dir, metrics=metrics, datamodule=objs["datamodule"])
 
 
 @pytest.fixture()
