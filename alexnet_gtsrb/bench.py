@@ -17,13 +17,15 @@ without the ``+`` is accepted too) and are read back from the composed config:
 ==================  ==========================================  ================================================
 option              default                                     meaning
 ==================  ==========================================  ================================================
-sections            [ceiling,e2e,pipeline,lrn,memory]           which sections to run (always in this order)
+sections            [ceiling,e2e,pipeline,lrn,memory]           which sections to run (always in this order);
+                                                                ``precision`` is extra (it compiles)
 steps               3                                           timed training steps (ceiling, e2e, lrn)
 warmup              1                                           untimed steps first (ceiling, lrn)
 e2e_warmup          2                                           untimed batches before e2e timing starts
 items               1000                                        dataset items per pipeline (pipeline section)
 lrn_batch           null (= data.batch_size)                    batch size of the LRN section
 memory_records      null (= the whole training split)           base records for the memory section (then x3)
+precision_batch     null (= data.batch_size)                    batch size of the precision section
 out                 null                                        also write the table as JSON to this path
 ==================  ==========================================  ================================================
 
@@ -46,6 +48,10 @@ Sections (each row: section, what, value, unit, ratio vs its reference, target):
               DataLoader workers while iterating the project's training loader over the training records
               repeated 3x, after 1x and after 3x worth of items (flat = no per-item leak and no copy-on-read
               growth); plus the peak RSS (``ru_maxrss``) of the process and of its largest child.
+
+``precision`` bare training img/s of ``model.net`` in fp32 NCHW, fp32 channels_last, bf16 autocast +
+              channels_last and fp32 channels_last under ``torch.compile`` (ratios vs fp32 channels_last);
+              the notes name the ops with the most self CPU time in one profiled (torch.profiler) step.
 
 Sections that need data print ``skipped (no data at ...)`` when ``data.data_dir`` holds no GTSRB tree.
 The header names the machine (CPU, cores, load average, versions, date). Timed rows note how many cores
@@ -85,15 +91,17 @@ from alexnet_gtsrb.utils import exit_on_user_error
 
 __all__ = ["SECTIONS", "DEFAULTS", "Row", "compose_config", "run_bench", "main"]
 
-SECTIONS = ("ceiling", "e2e", "pipeline", "lrn", "memory")
+SECTIONS = ("ceiling", "e2e", "pipeline", "lrn", "memory", "precision")
+DEFAULT_SECTIONS = ["ceiling", "e2e", "pipeline", "lrn", "memory"]  # precision compiles: ask for it
 DEFAULTS: dict[str, Any] = {
-    "sections": list(SECTIONS),
+    "sections": DEFAULT_SECTIONS,
     "steps": 3,
     "warmup": 1,
     "e2e_warmup": 2,
     "items": 1000,
     "lrn_batch": None,
     "memory_records": None,
+    "precision_batch": None,
     "out": None,
 }
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -522,6 +530,62 @@ def bench_lrn(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _profile_step(net: torch.nn.Module, batch: int, size: int, bf16: bool, top: int = 3) -> str:
+    """torch.profiler over one training step: the ops with the most self CPU time, as 'op share%'."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from alexnet_gtsrb.models.bench_utils import measure_train_throughput
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        measure_train_throughput(net, batch=batch, image_size=size, steps=1, warmup=0, bf16=bf16)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return ", ".join(f"{e.key} {100 * e.self_cpu_time_total / total:.0f}%" for e in events[:top])
+
+
+def bench_precision(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:
+    """f. The configured network's bare training img/s in fp32 NCHW, fp32 channels_last, bf16 autocast +
+    channels_last, and fp32 channels_last under ``torch.compile``; bf16 and fp32 steps profiled."""
+    from hydra.utils import instantiate
+
+    from alexnet_gtsrb.models.bench_utils import measure_train_throughput
+
+    batch = int(opts["precision_batch"] or cfg.data.batch_size)
+    size = int(cfg.data.image_size)
+    rows: list[Row] = []
+    variants = (
+        ("fp32, NCHW", False, False, False),
+        ("fp32, channels_last", False, True, False),
+        ("bf16 autocast, channels_last", True, True, False),
+        ("fp32, channels_last, torch.compile", False, True, True),
+    )
+    for what, bf16, channels_last, compiled in variants:
+        torch.manual_seed(0)
+        net = instantiate(cfg.model.net).to(_device(cfg))
+        note = f"batch {batch}"
+        if not compiled:
+            prof_net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            if channels_last:  # profile the two precisions the question is about
+                note += "; top ops: " + _profile_step(prof_net, batch, size, bf16)
+        run_net = torch.compile(net) if compiled else net
+        warmup = max(1, opts["warmup"]) + (1 if compiled else 0)  # compile happens in the first steps
+        meter = CpuMeter()
+        value = measure_train_throughput(
+            run_net, batch=batch, image_size=size, steps=opts["steps"], warmup=warmup, bf16=bf16,
+            channels_last=channels_last,
+        )
+        note += f"; {_cores_note(meter.cores())}"
+        ref = None if what == "fp32, channels_last" else "fp32, channels_last"
+        rows.append(Row("precision", what, value, "img/s", reference=ref, note=note))
+        del net, run_net
+        gc.collect()
+    base = next(r.value for r in rows if r.reference is None)
+    for r in rows:
+        r.ratio = _ratio(r.value, base) if r.reference else None
+    return rows
+
+
 def _rss(pid: int | str = "self") -> int:
     """Resident set size of a process in bytes (0 when it is gone)."""
     try:
@@ -695,6 +759,7 @@ def run_bench(cfg: DictConfig, opts: dict[str, Any], echo: Callable[[str], None]
         "pipeline": lambda: bench_pipeline(cfg, opts, dm),
         "lrn": lambda: bench_lrn(cfg, opts),
         "memory": lambda: bench_memory(cfg, opts, dm),
+        "precision": lambda: bench_precision(cfg, opts),
     }
     for name in opts["sections"]:
         t = time.perf_counter()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alexnet_gtsrb.bench import SECTIONS, bench_options, compose_config, main, split_args
+from alexnet_gtsrb.bench import DEFAULT_SECTIONS, bench_options, compose_config, main, split_args
 from alexnet_gtsrb.data.transforms import roi_box, roi_crop
 from tests.conftest import ROOT
 
@@ -54,6 +54,24 @@ def _table_rows(stdout: str) -> dict[str, list[float]]:
 
 
 @pytest.mark.slow
+def test_precision_section_measures_bf16_and_compile_against_fp32(tmp_path):
+    """f. fp32 NCHW / channels_last / bf16 / torch.compile rows with ratios; profiled steps name real ops."""
+    out = tmp_path / "bench.json"
+    result = main([*TINY, "+bench.sections=[precision]", "+bench.precision_batch=2", f"+bench.out={out}"])
+    rows = result["rows"]
+    assert [r["what"] for r in rows] == [
+        "fp32, NCHW", "fp32, channels_last", "bf16 autocast, channels_last", "fp32, channels_last, torch.compile",
+    ]
+    for r in rows:
+        assert r["section"] == "precision" and r["value"] > 0 and math.isfinite(r["value"])
+        assert (r["ratio"] is None) == (r["what"] == "fp32, channels_last")
+    notes = {r["what"]: r["note"] for r in rows}
+    for what in ("fp32, channels_last", "bf16 autocast, channels_last"):
+        assert re.search(r"top ops: aten::\w+ \d+%", notes[what]), notes[what]
+    assert json.loads(out.read_text())["rows"] == rows
+
+
+@pytest.mark.slow
 def test_tiny_real_run_prints_every_section_and_writes_json(tiny_tree, tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -68,7 +86,7 @@ def test_tiny_real_run_prints_every_section_and_writes_json(tiny_tree, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("machine:"), proc.stdout[:500]
     table = _table_rows(proc.stdout)
-    assert set(table) == set(SECTIONS), proc.stdout
+    assert set(table) == set(DEFAULT_SECTIONS), proc.stdout
     for section, values in table.items():
         assert values and all(math.isfinite(v) and v > 0 for v in values), (section, values)
     assert "skipped" not in proc.stdout
@@ -77,7 +95,7 @@ def test_tiny_real_run_prints_every_section_and_writes_json(tiny_tree, tmp_path)
     assert {"machine", "config", "rows"} <= set(result)
     assert result["machine"]["cores"] >= 1 and result["machine"]["torch"]
     rows = result["rows"]
-    assert {r["section"] for r in rows} == set(SECTIONS)
+    assert {r["section"] for r in rows} == set(DEFAULT_SECTIONS)
     for r in rows:
         assert isinstance(r["value"], float) and math.isfinite(r["value"]) and r["value"] > 0, r
     ratios = {(r["section"], r["what"]): r["ratio"] for r in rows if r["ratio"] is not None}
