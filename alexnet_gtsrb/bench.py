@@ -572,7 +572,12 @@ def bench_precision(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:
         warmup = max(1, opts["warmup"]) + (1 if compiled else 0)  # compile happens in the first steps
         meter = CpuMeter()
         value = measure_train_throughput(
-            run_net, batch=batch, image_size=size, steps=opts["steps"], warmup=warmup, bf16=bf16,
+            run_net,
+            batch=batch,
+            image_size=size,
+            steps=opts["steps"],
+            warmup=warmup,
+            bf16=bf16,
             channels_last=channels_last,
         )
         note += f"; {_cores_note(meter.cores())}"

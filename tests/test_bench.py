@@ -60,7 +60,10 @@ def test_precision_section_measures_bf16_and_compile_against_fp32(tmp_path):
     result = main([*TINY, "+bench.sections=[precision]", "+bench.precision_batch=2", f"+bench.out={out}"])
     rows = result["rows"]
     assert [r["what"] for r in rows] == [
-        "fp32, NCHW", "fp32, channels_last", "bf16 autocast, channels_last", "fp32, channels_last, torch.compile",
+        "fp32, NCHW",
+        "fp32, channels_last",
+        "bf16 autocast, channels_last",
+        "fp32, channels_last, torch.compile",
     ]
     for r in rows:
         assert r["section"] == "precision" and r["value"] > 0 and math.isfinite(r["value"])

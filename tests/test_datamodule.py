@@ -11,8 +11,15 @@ from alexnet_gtsrb.errors import ConfigError
 
 @pytest.mark.parametrize("preset", ["none", "gtsrb", "paper"])
 def test_training_batch_is_normalised_float(synthetic_root, preset):
-    dm = GTSRBDataModule(str(synthetic_root), image_size=67, batch_size=8, num_workers=0,
-                         augment={"preset": preset}, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    dm = GTSRBDataModule(
+        str(synthetic_root),
+        image_size=67,
+        batch_size=8,
+        num_workers=0,
+        augment={"preset": preset},
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
     dm.setup("fit")
     raw = next(iter(dm.train_dataloader()))
     assert raw[0].dtype == torch.uint8 and raw[0].shape == (8, 67, 67, 3)  # uint8 until the device

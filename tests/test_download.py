@@ -235,8 +235,7 @@ def _get(fake: FakeGTSRB, server: _Server, root: Path, **kwargs: object) -> Path
 # --------------------------------------------------------------------------------------------- tests
 
 
-def test_download_installs_layout_and_rerun_fetches_nothing(tmp_path: Path, fake: FakeGTSRB,
-                                                            server: _Server) -> None:
+def test_download_installs_layout_and_rerun_fetches_nothing(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
     """(a) Good archives: official layout, identical bytes, markers, cached zips; a rerun is offline."""
     root = tmp_path / "data"
     assert _get(fake, server, root) == root.resolve()
@@ -253,8 +252,9 @@ def test_download_installs_layout_and_rerun_fetches_nothing(tmp_path: Path, fake
     _assert_installed(root, fake)
 
 
-def test_marker_detects_missing_files_and_reextracts_from_cache(tmp_path: Path, fake: FakeGTSRB,
-                                                                server: _Server) -> None:
+def test_marker_detects_missing_files_and_reextracts_from_cache(
+    tmp_path: Path, fake: FakeGTSRB, server: _Server
+) -> None:
     """Deleted files are restored from the cached archives on rerun, without any download."""
     root = tmp_path / "data"
     _get(fake, server, root)
@@ -279,8 +279,7 @@ def test_cached_archives_are_verified_before_reuse(tmp_path: Path, fake: FakeGTS
     _assert_no_leftovers(root)
 
 
-def test_complete_hand_unpacked_layout_is_left_alone(tmp_path: Path, fake: FakeGTSRB,
-                                                      server: _Server) -> None:
+def test_complete_hand_unpacked_layout_is_left_alone(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
     """A root already holding the full layout (no markers) triggers no download at all."""
     root = tmp_path / "data"
     for rel, data in fake.expected.items():
@@ -293,8 +292,9 @@ def test_complete_hand_unpacked_layout_is_left_alone(tmp_path: Path, fake: FakeG
 
 
 @pytest.mark.parametrize("root_exists", [True, False])
-def test_checksum_mismatch_leaves_nothing_behind(tmp_path: Path, fake: FakeGTSRB, server: _Server,
-                                                 root_exists: bool) -> None:
+def test_checksum_mismatch_leaves_nothing_behind(
+    tmp_path: Path, fake: FakeGTSRB, server: _Server, root_exists: bool
+) -> None:
     """(b) Wrong md5: DownloadError naming file, expected and actual md5; root unchanged."""
     root = tmp_path / "data"
     if root_exists:
@@ -315,11 +315,11 @@ def test_checksum_mismatch_leaves_nothing_behind(tmp_path: Path, fake: FakeGTSRB
 
 @pytest.mark.parametrize(
     "member",
-    ["../evil.txt", "ABSOLUTE", "/tmp/evil.txt", "GTSRB/../../evil.txt", "..\\evil.txt", "C:/evil.txt",
-     "SYMLINK"],
+    ["../evil.txt", "ABSOLUTE", "/tmp/evil.txt", "GTSRB/../../evil.txt", "..\\evil.txt", "C:/evil.txt", "SYMLINK"],
 )
-def test_unsafe_members_are_rejected_before_extraction(tmp_path: Path, fake: FakeGTSRB, server: _Server,
-                                                       member: str) -> None:
+def test_unsafe_members_are_rejected_before_extraction(
+    tmp_path: Path, fake: FakeGTSRB, server: _Server, member: str
+) -> None:
     """(c) Traversal, absolute, drive-letter and symlink members: error names the member, nothing written."""
     root = tmp_path / "data"
     outside = tmp_path / "outside" / "evil.txt"
@@ -369,8 +369,7 @@ def test_interrupted_run_leftovers_are_cleaned(tmp_path: Path, fake: FakeGTSRB, 
     assert not stale.exists()
 
 
-def test_dropped_connection_keeps_part_and_resumes_with_range(tmp_path: Path, fake: FakeGTSRB,
-                                                              server: _Server) -> None:
+def test_dropped_connection_keeps_part_and_resumes_with_range(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
     """A transfer cut half-way raises, keeps the .part, and the rerun fetches only the rest."""
     root = tmp_path / "data"
     server.support_range = True
@@ -388,8 +387,7 @@ def test_dropped_connection_keeps_part_and_resumes_with_range(tmp_path: Path, fa
     _assert_no_leftovers(root)
 
 
-def test_resume_onto_garbage_part_falls_back_to_full_download(tmp_path: Path, fake: FakeGTSRB,
-                                                              server: _Server) -> None:
+def test_resume_onto_garbage_part_falls_back_to_full_download(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
     """A stale .part that is not a prefix of the archive fails the md5 after resuming: restart from 0."""
     root = tmp_path / "data"
     server.support_range = True
@@ -422,8 +420,9 @@ def test_unreachable_server_names_the_url(tmp_path: Path, fake: FakeGTSRB) -> No
         download_gtsrb(tmp_path / "data", base_url=url, archives=fake.archives, progress=False, timeout=5)
 
 
-def test_mirror_from_environment(tmp_path: Path, fake: FakeGTSRB, server: _Server,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mirror_from_environment(
+    tmp_path: Path, fake: FakeGTSRB, server: _Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """$GTSRB_MIRROR is used when no base_url is given (a missing trailing slash is fine)."""
     monkeypatch.setenv("GTSRB_MIRROR", server.url.rstrip("/"))
     download_gtsrb(tmp_path / "data", archives=fake.archives, progress=False)
@@ -438,8 +437,9 @@ def test_incomplete_layout_is_reported(tmp_path: Path, fake: FakeGTSRB, server: 
         _get(fake, server, tmp_path / "data")
 
 
-def test_progress_output_goes_to_stderr(tmp_path: Path, fake: FakeGTSRB, server: _Server,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_output_goes_to_stderr(
+    tmp_path: Path, fake: FakeGTSRB, server: _Server, capsys: pytest.CaptureFixture[str]
+) -> None:
     """With progress on, status lines go to stderr and stdout stays clean."""
     download_gtsrb(tmp_path / "data", base_url=server.url, archives=fake.archives, progress=True)
     captured = capsys.readouterr()
@@ -447,17 +447,20 @@ def test_progress_output_goes_to_stderr(tmp_path: Path, fake: FakeGTSRB, server:
     assert TRAIN in captured.err
 
 
-def test_text_progress_bar_without_tqdm(tmp_path: Path, fake: FakeGTSRB, server: _Server,
-                                        capsys: pytest.CaptureFixture[str],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_text_progress_bar_without_tqdm(
+    tmp_path: Path,
+    fake: FakeGTSRB,
+    server: _Server,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Without tqdm the fallback text bar reaches 100% on stderr."""
     monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `from tqdm import tqdm` raise ImportError
     download_gtsrb(tmp_path / "data", base_url=server.url, archives=fake.archives, progress=True)
     assert "100.0%" in capsys.readouterr().err
 
 
-def test_file_in_the_way_keeps_archive_and_removes_temp_dir(tmp_path: Path, fake: FakeGTSRB,
-                                                            server: _Server) -> None:
+def test_file_in_the_way_keeps_archive_and_removes_temp_dir(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
     """A file where a directory must go: clear error, the good archive is kept, no temp dir remains."""
     root = tmp_path / "data"
     root.mkdir()
@@ -478,7 +481,12 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("GTSRB_MIRROR", "GTSRB_ROOT")}
     return subprocess.run(
         [sys.executable, "-m", "alexnet_gtsrb.data.download", *args],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -493,8 +501,7 @@ def test_cli_with_md5_overrides(tmp_path: Path, fake: FakeGTSRB, server: _Server
     _assert_installed(root, fake)
 
 
-def test_cli_without_overrides_reports_checksum_error(tmp_path: Path, fake: FakeGTSRB,
-                                                      server: _Server) -> None:
+def test_cli_without_overrides_reports_checksum_error(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
     """Without --md5 the official checksums reject the fake archives: exit 1, one-line error."""
     result = _run_cli("--root", str(tmp_path / "data"), "--mirror", server.url, "--no-progress")
     assert result.returncode == 1
@@ -524,8 +531,9 @@ def test_cli_rejects_malformed_md5_override(tmp_path: Path, override: str) -> No
     assert not (tmp_path / "data").exists()
 
 
-def test_datamodule_prepare_data_downloads_when_asked(tmp_path: Path, fake: FakeGTSRB, server: _Server,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_datamodule_prepare_data_downloads_when_asked(
+    tmp_path: Path, fake: FakeGTSRB, server: _Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """data.download=true: prepare_data fetches into data.data_dir (from $GTSRB_MIRROR), once."""
     import functools
 

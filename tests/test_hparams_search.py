@@ -44,7 +44,10 @@ def test_optuna_search_composes_with_its_space_seed_and_storage_in_the_sweep_dir
     assert get_class(sweeper._target_).__name__ == "OptunaSweeper"
     assert cfg.optimized_metric == "val/acc_best"
     assert (sweeper.direction, sweeper.study_name, sweeper.n_trials, sweeper.n_jobs) == (
-        "maximize", "alexnet_gtsrb", 20, 1,
+        "maximize",
+        "alexnet_gtsrb",
+        20,
+        1,
     )
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 42
     assert sweeper.storage == f"sqlite:///{sweep_dir}/optuna.db"
@@ -75,10 +78,20 @@ def test_optuna_sweep_stores_trials_in_the_sweep_dir_and_resumes(tmp_path, synth
     """Two real trials, then a re-run with the same sweep folder loads the study and adds one more trial."""
     sweep_dir = tmp_path / "sweep"
     args = [
-        "-m", "hparams_search=optuna", "experiment=demo", f"data.data_dir={synthetic_root}", "data.synthetic=null",
-        "data.image_size=67", "data.num_workers=0", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "callbacks.conv1_kernels=null",
-        "test=false", f"hydra.sweep.dir={sweep_dir}",
+        "-m",
+        "hparams_search=optuna",
+        "experiment=demo",
+        f"data.data_dir={synthetic_root}",
+        "data.synthetic=null",
+        "data.image_size=67",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.conv1_kernels=null",
+        "test=false",
+        f"hydra.sweep.dir={sweep_dir}",
     ]
     first = _run([*args, "hydra.sweeper.n_trials=2"], timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -88,7 +101,11 @@ def test_optuna_sweep_stores_trials_in_the_sweep_dir_and_resumes(tmp_path, synth
     for t in trials:
         assert t.value is not None and 0.0 <= t.value <= 1.0
         assert set(t.params) == {
-            "optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.net.dropout", "model.net.lrn",
+            "optimizer.lr",
+            "optimizer.weight_decay",
+            "data.batch_size",
+            "model.net.dropout",
+            "model.net.lrn",
         }
         assert 1e-4 <= t.params["optimizer.lr"] <= 1e-1 and t.params["data.batch_size"] in (32, 64, 128)
     # each trial's value is the val/acc_best its job folder recorded
@@ -111,10 +128,16 @@ def test_optuna_sweep_stores_trials_in_the_sweep_dir_and_resumes(tmp_path, synth
 # -- SLURM ----------------------------------------------------------------------------------------------------
 def test_slurm_cluster_config_sizes_the_job_from_the_trainer(compose_hydra, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    cfg = compose_hydra([
-        "cluster=slurm", "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4", "experiment=paper",
-        f"hydra.sweep.dir={sweep_dir}",
-    ])
+    cfg = compose_hydra(
+        [
+            "cluster=slurm",
+            "trainer=ddp",
+            "trainer.num_nodes=2",
+            "trainer.devices=4",
+            "experiment=paper",
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )
     launcher = cfg.hydra.launcher
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
     assert launcher.partition is None and launcher.timeout_min > 0 and launcher.mem_gb > 0

@@ -100,14 +100,10 @@ def test_paper_batch_norm_and_conv_dropout():
     net = meta(batch_norm=True, conv_dropout=0.25)
     f, c = list(net.features), list(net.classifier)
     bn2 = [i for i, m in enumerate(f) if isinstance(m, nn.BatchNorm2d)]
-    assert len(bn2) == 5 and all(
-        isinstance(f[i - 1], nn.ReLU) and isinstance(f[i - 2], nn.Conv2d) for i in bn2
-    )
+    assert len(bn2) == 5 and all(isinstance(f[i - 1], nn.ReLU) and isinstance(f[i - 2], nn.Conv2d) for i in bn2)
     assert [f[i].num_features for i in bn2] == [96, 256, 384, 384, 256]
     bn1 = [i for i, m in enumerate(c) if isinstance(m, nn.BatchNorm1d)]
-    assert len(bn1) == 2 and all(
-        isinstance(c[i - 1], nn.ReLU) and isinstance(c[i - 2], nn.Linear) for i in bn1
-    )
+    assert len(bn1) == 2 and all(isinstance(c[i - 1], nn.ReLU) and isinstance(c[i - 2], nn.Linear) for i in bn1)
     drops = [i for i, m in enumerate(f) if isinstance(m, nn.Dropout)]
     assert len(drops) == 3 and all(isinstance(f[i - 1], nn.MaxPool2d) and f[i].p == 0.25 for i in drops)
     bn_affine = 2 * (96 + 256 + 384 + 384 + 256) + 2 * 2 * 4096
@@ -168,11 +164,7 @@ def test_seed_layer_shapes_at_150_px():
         if isinstance(m, nn.Conv2d):
             assert isinstance(f[i + 1], nn.ReLU) and isinstance(f[i + 2], nn.BatchNorm2d)
         if isinstance(m, nn.MaxPool2d):
-            assert (
-                isinstance(f[i - 1], nn.BatchNorm2d)
-                and isinstance(f[i + 1], nn.Dropout)
-                and f[i + 1].p == 0.5
-            )
+            assert isinstance(f[i - 1], nn.BatchNorm2d) and isinstance(f[i + 1], nn.Dropout) and f[i + 1].p == 0.5
     # Every size that gives the summary's 35x35 conv1 map also gives flatten 2304.
     for size in (147, 148, 149, 150):
         assert meta(variant="seed", num_classes=10, image_size=size, **SEED).flat_features == 2304
@@ -215,9 +207,7 @@ def test_torchvision_variant_round_trip():
     assert isinstance(ours.avgpool, nn.AdaptiveAvgPool2d)
 
 
-@pytest.mark.parametrize(
-    "override", [{"groups": 2}, {"lrn": True}, {"batch_norm": True}, {"conv_dropout": 0.3}]
-)
+@pytest.mark.parametrize("override", [{"groups": 2}, {"lrn": True}, {"batch_norm": True}, {"conv_dropout": 0.3}])
 def test_torchvision_rejects_incompatible_options(override):
     key = next(iter(override))
     with pytest.raises(ValueError, match=rf"model\.net\.{key}=.* not supported by the torchvision AlexNet"):
@@ -291,9 +281,7 @@ def test_conv1_access_and_kernel_grid():
 
     torch.testing.assert_close(grid[:, 1:12, 1:12], normalised(0))
     torch.testing.assert_close(grid[:, 1:12, 13:24], normalised(1))
-    torch.testing.assert_close(
-        grid[:, 1:12, block_w + 5 : block_w + 16], normalised(48)
-    )  # right block: 48-95
+    torch.testing.assert_close(grid[:, 1:12, block_w + 5 : block_w + 16], normalised(48))  # right block: 48-95
     torch.testing.assert_close(grid[:, 61:72, block_w + 4 + 85 : block_w + 4 + 96], normalised(95))
     single = conv1_kernel_grid(AlexNet(image_size=67, groups=1))
     assert single.shape == (3, 8 * 12 + 1, 12 * 12 + 1)  # one block of 96: 12 columns x 8 rows
@@ -312,9 +300,7 @@ def test_channels_last_and_bf16_autocast(kwargs):
     with torch.no_grad():
         ref = net(x)
         net_cl = net.to(memory_format=torch.channels_last)
-        torch.testing.assert_close(
-            net_cl(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-4, rtol=1e-4
-        )
+        torch.testing.assert_close(net_cl(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-4, rtol=1e-4)
     net.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(x.contiguous(memory_format=torch.channels_last))
@@ -371,7 +357,9 @@ def test_summary_cli_subprocess_bad_size():
 
     proc = subprocess.run(
         [sys.executable, "-m", "alexnet_gtsrb.models.summary", "model=alexnet_paper", "data.image_size=40"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "image_size" in proc.stderr and "67" in proc.stderr
@@ -381,9 +369,7 @@ def test_summary_cli_subprocess_bad_size():
 def test_measure_train_throughput_runs_and_keeps_weights():
     net = AlexNet(num_classes=5, image_size=67, batch_norm=True)
     before = net.conv1.weight.detach().clone()
-    ips = measure_train_throughput(
-        net, batch=4, image_size=67, steps=1, warmup=1, bf16=False, channels_last=True
-    )
+    ips = measure_train_throughput(net, batch=4, image_size=67, steps=1, warmup=1, bf16=False, channels_last=True)
     assert ips > 0 and math.isfinite(ips)
     assert net.training and net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(net.conv1.weight.detach().contiguous(), before)  # lr=0: no drift

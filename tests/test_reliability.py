@@ -32,7 +32,11 @@ def _popen(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     return subprocess.Popen(
         [sys.executable, "-m", "alexnet_gtsrb.train", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -87,8 +91,12 @@ def test_trainer_uses_the_atomic_checkpoint_writer(compose_cfg, synthetic_root):
 def test_sigkill_mid_epoch_then_resume_continues_from_the_saved_step(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"
     args = [
-        *_tiny(synthetic_root), "trainer.max_epochs=2", "trainer.limit_train_batches=12",
-        "trainer.limit_val_batches=1", "callbacks.step_checkpoint.every_n_train_steps=5", "test=false",
+        *_tiny(synthetic_root),
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=12",
+        "trainer.limit_val_batches=1",
+        "callbacks.step_checkpoint.every_n_train_steps=5",
+        "test=false",
         f"hydra.run.dir={run_dir}",
     ]
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -123,8 +131,12 @@ def test_sigkill_mid_epoch_then_resume_continues_from_the_saved_step(tmp_path, s
 def test_signal_saves_a_checkpoint_and_exits_with_128_plus_signum(tmp_path, synthetic_root, sig):
     run_dir = tmp_path / "run"
     args = [
-        *_tiny(synthetic_root), "trainer.max_epochs=1", "trainer.limit_train_batches=60",
-        "trainer.limit_val_batches=1", "callbacks.step_checkpoint.every_n_train_steps=3", "test=false",
+        *_tiny(synthetic_root),
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=60",
+        "trainer.limit_val_batches=1",
+        "callbacks.step_checkpoint.every_n_train_steps=3",
+        "test=false",
         f"hydra.run.dir={run_dir}",
     ]
     proc = _popen(args)
@@ -148,10 +160,20 @@ def test_diverging_run_stops_with_a_clear_message_and_keeps_the_best_checkpoint(
     """Epoch 0 trains normally; the step scheduler then multiplies the SGD learning rate by 1e10."""
     run_dir = tmp_path / "run"
     args = [
-        *_tiny(synthetic_root), "model=alexnet_paper", "model.net.lrn=false", "optimizer=sgd", "optimizer.lr=0.01",
-        "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=1e10", "trainer.max_epochs=3",
-        "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "callbacks.step_checkpoint=null",
-        "test=false", f"hydra.run.dir={run_dir}",
+        *_tiny(synthetic_root),
+        "model=alexnet_paper",
+        "model.net.lrn=false",
+        "optimizer=sgd",
+        "optimizer.lr=0.01",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=1e10",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1",
+        "callbacks.step_checkpoint=null",
+        "test=false",
+        f"hydra.run.dir={run_dir}",
     ]
     proc = _run(args)
     out = proc.stdout + proc.stderr
@@ -215,10 +237,17 @@ def test_config_errors_from_the_command_line(tmp_path, synthetic_root):
 
 # -- 6. data faults during training: counted skips ------------------------------------------------------------
 def test_image_corrupted_after_indexing_is_skipped_and_counted(compose_cfg, synthetic_copy):
-    cfg = compose_cfg([
-        *_tiny(synthetic_copy), "data.on_bad_image=skip", "data.verify=false", "trainer.max_epochs=1",
-        "data.val_fraction=0.5", "test=false", "callbacks.step_checkpoint=null",
-    ])
+    cfg = compose_cfg(
+        [
+            *_tiny(synthetic_copy),
+            "data.on_bad_image=skip",
+            "data.verify=false",
+            "trainer.max_epochs=1",
+            "data.val_fraction=0.5",
+            "test=false",
+            "callbacks.step_checkpoint=null",
+        ]
+    )
     from hydra.utils import instantiate
 
     dm = instantiate(cfg.data, _convert_="all")
@@ -236,10 +265,18 @@ def test_image_corrupted_after_indexing_is_skipped_and_counted(compose_cfg, synt
 # -- 7. reproducibility ---------------------------------------------------------------------------------------
 def test_same_seed_and_config_give_identical_first_epoch_metrics(compose_cfg, synthetic_root, tmp_path):
     def run(out: str) -> dict[str, float]:
-        cfg = compose_cfg([
-            *_tiny(synthetic_root), "trainer.deterministic=true", "seed=7", "trainer.max_epochs=1",
-            "trainer.limit_train_batches=6", "data.num_workers=2", "test=false", f"paths.output_dir={tmp_path}/{out}",
-        ])
+        cfg = compose_cfg(
+            [
+                *_tiny(synthetic_root),
+                "trainer.deterministic=true",
+                "seed=7",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=6",
+                "data.num_workers=2",
+                "test=false",
+                f"paths.output_dir={tmp_path}/{out}",
+            ]
+        )
         metrics, _ = train(cfg)
         return metrics
 

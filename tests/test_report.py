@@ -32,7 +32,10 @@ def test_report_writes_curves_and_conv1_matching_the_event_files(tiny_run, tmp_p
 def test_report_on_a_folder_that_is_not_a_run_exits_2(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "alexnet_gtsrb.report", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "is not a run folder" in proc.stderr and "Traceback" not in proc.stderr

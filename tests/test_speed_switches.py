@@ -16,8 +16,17 @@ from alexnet_gtsrb.train import train
     ],
 )
 def test_precision_and_memory_format(compose_cfg, synthetic_root, switches):
-    cfg = compose_cfg(["experiment=demo", "debug=fdr", f"data.data_dir={synthetic_root}", "data.synthetic=null",
-                       "data.image_size=67", "data.batch_size=4", *switches])
+    cfg = compose_cfg(
+        [
+            "experiment=demo",
+            "debug=fdr",
+            f"data.data_dir={synthetic_root}",
+            "data.synthetic=null",
+            "data.image_size=67",
+            "data.batch_size=4",
+            *switches,
+        ]
+    )
     metrics, objs = train(cfg)
     trainer, model = objs["trainer"], objs["model"]
     assert trainer.precision == cfg.trainer.precision
@@ -28,8 +37,18 @@ def test_precision_and_memory_format(compose_cfg, synthetic_root, switches):
 
 @pytest.mark.slow
 def test_compile_switch_trains_a_step(compose_cfg, synthetic_root):
-    cfg = compose_cfg(["experiment=demo", "debug=fdr", f"data.data_dir={synthetic_root}", "data.synthetic=null",
-                       "data.image_size=67", "data.batch_size=4", "model.compile=true", "test=false"])
+    cfg = compose_cfg(
+        [
+            "experiment=demo",
+            "debug=fdr",
+            f"data.data_dir={synthetic_root}",
+            "data.synthetic=null",
+            "data.image_size=67",
+            "data.batch_size=4",
+            "model.compile=true",
+            "test=false",
+        ]
+    )
     metrics, objs = train(cfg)
     net = objs["model"].net
     assert isinstance(net, torch._dynamo.eval_frame.OptimizedModule)

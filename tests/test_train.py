@@ -21,7 +21,11 @@ def _run(args: list[str], env_extra: dict | None = None, timeout: int = 600) -> 
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
         [sys.executable, "-m", "alexnet_gtsrb.train", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -35,10 +39,16 @@ def test_fast_dev_run_in_process(compose_cfg, synthetic_root):
 @pytest.mark.slow
 def test_demo_subprocess_logs_scalars_and_checkpoints(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"
-    proc = _run([
-        "experiment=demo", f"data.data_dir={synthetic_root}", "data.synthetic=null",
-        "trainer.max_epochs=2", "data.num_workers=0", f"hydra.run.dir={run_dir}",
-    ])
+    proc = _run(
+        [
+            "experiment=demo",
+            f"data.data_dir={synthetic_root}",
+            "data.synthetic=null",
+            "trainer.max_epochs=2",
+            "data.num_workers=0",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     tags = read_event_tags(run_dir / "tensorboard")
     assert set(tags) >= SCALARS, sorted(tags)
@@ -56,11 +66,18 @@ def test_demo_subprocess_logs_scalars_and_checkpoints(tmp_path, synthetic_root):
 @pytest.mark.slow
 def test_baseline_smoke_on_real_gtsrb(tmp_path, gtsrb_root):
     run_dir = tmp_path / "run"
-    proc = _run([
-        "experiment=baseline", f"data.data_dir={gtsrb_root}", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "data.batch_size=16",
-        "trainer.num_sanity_val_steps=0", f"hydra.run.dir={run_dir}",
-    ])
+    proc = _run(
+        [
+            "experiment=baseline",
+            f"data.data_dir={gtsrb_root}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=2",
+            "data.batch_size=16",
+            "trainer.num_sanity_val_steps=0",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     tags = read_event_tags(run_dir / "tensorboard")
     assert "test/acc" in tags
@@ -90,10 +107,18 @@ def test_corrupt_image_stops_training_with_its_name(synthetic_copy, tmp_path, ve
     """
     victim = synthetic_copy / "GTSRB" / "Final_Test" / "Images" / "00007.ppm"
     victim.write_bytes(b"P6\n999 999\n255\n" + b"\0" * 10)
-    proc = _run([
-        "experiment=demo", f"data.data_dir={synthetic_copy}", "data.synthetic=null", f"data.verify={verify}",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-        "data.num_workers=1", f"hydra.run.dir={tmp_path}/run",
-    ])
+    proc = _run(
+        [
+            "experiment=demo",
+            f"data.data_dir={synthetic_copy}",
+            "data.synthetic=null",
+            f"data.verify={verify}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+            "data.num_workers=1",
+            f"hydra.run.dir={tmp_path}/run",
+        ]
+    )
     assert proc.returncode != 0
     assert victim.name in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

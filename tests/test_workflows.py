@@ -26,8 +26,13 @@ from tests.test_train import _run
 
 def _tiny(synthetic_root: Path, batch_size: int = 16) -> list[str]:
     return [
-        "experiment=demo", f"data.data_dir={synthetic_root}", "data.synthetic=null", "data.image_size=67",
-        f"data.batch_size={batch_size}", "data.num_workers=0", "trainer.num_sanity_val_steps=0",
+        "experiment=demo",
+        f"data.data_dir={synthetic_root}",
+        "data.synthetic=null",
+        "data.image_size=67",
+        f"data.batch_size={batch_size}",
+        "data.num_workers=0",
+        "trainer.num_sanity_val_steps=0",
         "callbacks.conv1_kernels=null",
     ]
 
@@ -102,8 +107,14 @@ def test_resume_last_continues_the_same_run_in_place(tmp_path, synthetic_root):
     """2 epochs, then ``trainer.max_epochs=3 ckpt_path=last`` into the same folder: one run, continued."""
     run_dir = tmp_path / "run"
     args = [
-        *_tiny(synthetic_root), "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
-        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false", f"hydra.run.dir={run_dir}",
+        *_tiny(synthetic_root),
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=0.5",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        f"hydra.run.dir={run_dir}",
     ]
     first = _run([*args, "trainer.max_epochs=2"])
     assert first.returncode == 0, first.stderr[-3000:]
@@ -142,11 +153,18 @@ def test_resume_last_continues_the_same_run_in_place(tmp_path, synthetic_root):
 @pytest.mark.slow
 def test_multirun_writes_job_folders_and_a_summary(tmp_path, synthetic_root):
     sweep_dir = tmp_path / "sweep"
-    proc = _run([
-        "-m", *_tiny(synthetic_root), "optimizer.lr=1e-3,1e-2", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-        f"hydra.sweep.dir={sweep_dir}",
-    ])
+    proc = _run(
+        [
+            "-m",
+            *_tiny(synthetic_root),
+            "optimizer.lr=1e-3,1e-2",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job in ("0", "1"):
         data = json.loads((sweep_dir / job / "metrics.json").read_text())
@@ -173,8 +191,7 @@ def test_ddp_cpu_two_processes_share_one_run_and_split_the_data(tmp_path, synthe
     data_args = [*_tiny(synthetic_root, batch_size=bs), "model.net.batch_norm=false"]  # no per-rank BN stats
     proc = _run(
         [*data_args, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=1", "test=false", "scheduler=step"],
-        env_extra={"ALEXNET_GTSRB_LOGS": str(logs), "ALEXNET_GTSRB_DUMP_SHARDS": str(shards),
-                   "OMP_NUM_THREADS": "1"},
+        env_extra={"ALEXNET_GTSRB_LOGS": str(logs), "ALEXNET_GTSRB_DUMP_SHARDS": str(shards), "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # one Hydra run folder (the child rank got the parent's hydra.run.dir, not a new ${now:...} folder)

@@ -173,8 +173,14 @@ class GTSRBDataModule(LightningDataModule):
         self.test_set = GTSRBDataset(self.index.test, eval_tf, cache=test_cache, **common)
         log.info(
             "GTSRB (%s layout) at %s: %d train / %d val (%s split, %d vs %d tracks) / %d test images",
-            self.index.layout, self.index.root, len(train), len(val), hp.split,
-            len({r.track for r in train}), len({r.track for r in val}), len(self.index.test),
+            self.index.layout,
+            self.index.root,
+            len(train),
+            len(val),
+            hp.split,
+            len({r.track for r in train}),
+            len({r.track for r in val}),
+            len(self.index.test),
         )
 
     def class_counts(self) -> Counter:
@@ -217,5 +223,3 @@ class GTSRBDataModule(LightningDataModule):
             return images.float(), labels, skipped
         images = normalize_uint8(images, self.hparams.mean, self.hparams.std, self.hparams.channels_last)
         return images, labels, skipped
-
-

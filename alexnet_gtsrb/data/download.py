@@ -227,8 +227,15 @@ def _make_bar(desc: str, total: int | None, initial: int, enabled: bool) -> Any:
     except ImportError:
         return _TextBar(desc, total, initial, sys.stderr)
     return tqdm(
-        total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-        file=sys.stderr, leave=True, dynamic_ncols=True,
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=True,
+        dynamic_ncols=True,
     )
 
 
@@ -286,8 +293,7 @@ def _stream_to_part(
             _check_free_space(downloads, length, url)
 
         received = 0
-        bar = _make_bar(part.name.removesuffix(".part"), None if length is None else offset + length,
-                        offset, progress)
+        bar = _make_bar(part.name.removesuffix(".part"), None if length is None else offset + length, offset, progress)
         try:
             with open(part, "ab" if resumed else "wb") as fh:
                 while True:
@@ -312,7 +318,12 @@ def _stream_to_part(
 
 
 def _download(
-    url: str, archive: Archive, part: Path, final: Path, progress: bool, timeout: float,
+    url: str,
+    archive: Archive,
+    part: Path,
+    final: Path,
+    progress: bool,
+    timeout: float,
     say: Callable[[str], None],
 ) -> None:
     """Fetch one archive into `final` via `part`, verifying its md5; a bad download leaves no file."""
@@ -410,8 +421,7 @@ def _extract(archive_path: Path, root: Path, dest: str) -> dict[str, list[str]]:
         zf = zipfile.ZipFile(archive_path)
     except (zipfile.BadZipFile, EOFError) as exc:
         raise _BadArchiveError(
-            f"{archive_path.name} is not a valid zip archive ({exc}); "
-            "it was deleted, rerun to download it again"
+            f"{archive_path.name} is not a valid zip archive ({exc}); it was deleted, rerun to download it again"
         ) from exc
     with zf:
         members = _checked_members(zf, archive_path.name)
@@ -498,12 +508,17 @@ def layout_problems(root: str | os.PathLike[str]) -> list[str]:
     if not train.is_dir():
         problems.append(f"missing directory {train}")
     else:
-        missing = [f"{c:05d}" for c in range(NUM_CLASSES)
-                   if not (train / f"{c:05d}").is_dir() or not _has_ppm(train / f"{c:05d}")]
+        missing = [
+            f"{c:05d}"
+            for c in range(NUM_CLASSES)
+            if not (train / f"{c:05d}").is_dir() or not _has_ppm(train / f"{c:05d}")
+        ]
         if missing:
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            problems.append(f"{train} has {NUM_CLASSES - len(missing)} of {NUM_CLASSES} class directories "
-                            f"with images (missing or empty: {shown})")
+            problems.append(
+                f"{train} has {NUM_CLASSES - len(missing)} of {NUM_CLASSES} class directories "
+                f"with images (missing or empty: {shown})"
+            )
     test = base / "Final_Test" / "Images"
     if not test.is_dir():
         problems.append(f"missing directory {test}")
@@ -531,7 +546,12 @@ def _validate_archives(archives: Sequence[Archive]) -> None:
 
 
 def _install_archive(
-    archive: Archive, root: Path, downloads: Path, base_url: str, progress: bool, timeout: float,
+    archive: Archive,
+    root: Path,
+    downloads: Path,
+    base_url: str,
+    progress: bool,
+    timeout: float,
     say: Callable[[str], None],
 ) -> None:
     """Make sure one archive is downloaded, verified and unpacked (skipping whatever is already done)."""
@@ -620,9 +640,7 @@ def _apply_md5_overrides(archives: Sequence[Archive], overrides: Sequence[str]) 
         name, sep, value = item.partition("=")
         name, value = name.strip(), value.strip()
         if not sep or name not in by_name:
-            raise ValueError(
-                f"--md5 expects FILENAME=HASH with FILENAME one of {', '.join(by_name)}; got {item!r}"
-            )
+            raise ValueError(f"--md5 expects FILENAME=HASH with FILENAME one of {', '.join(by_name)}; got {item!r}")
         if value.lower() == "none":
             md5 = None
         elif _MD5_RE.fullmatch(value):
@@ -644,14 +662,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m alexnet_gtsrb.data.download",
         description="Download, verify and unpack the official GTSRB archives (resumable, idempotent).",
     )
-    parser.add_argument("--root", default=os.environ.get(ROOT_ENV_VAR) or None,
-                        help=f"data root to fill (default: ${ROOT_ENV_VAR})")
-    parser.add_argument("--mirror", default=None,
-                        help=f"base URL holding the zip files (default: ${MIRROR_ENV_VAR}, "
-                        f"else {DEFAULT_BASE_URL})")
+    parser.add_argument(
+        "--root", default=os.environ.get(ROOT_ENV_VAR) or None, help=f"data root to fill (default: ${ROOT_ENV_VAR})"
+    )
+    parser.add_argument(
+        "--mirror",
+        default=None,
+        help=f"base URL holding the zip files (default: ${MIRROR_ENV_VAR}, else {DEFAULT_BASE_URL})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or status lines")
-    parser.add_argument("--md5", action="append", default=[], metavar="FILENAME=HASH",
-                        help="override an archive's expected md5 (repeatable; HASH 'none' skips the check)")
+    parser.add_argument(
+        "--md5",
+        action="append",
+        default=[],
+        metavar="FILENAME=HASH",
+        help="override an archive's expected md5 (repeatable; HASH 'none' skips the check)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
     args = parser.parse_args(argv)
     if not args.root:
@@ -662,8 +688,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
 
     try:
-        root = download_gtsrb(args.root, base_url=args.mirror, archives=archives,
-                              progress=not args.no_progress, timeout=args.timeout)
+        root = download_gtsrb(
+            args.root, base_url=args.mirror, archives=archives, progress=not args.no_progress, timeout=args.timeout
+        )
     except KeyboardInterrupt:
         print("error: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -186,8 +186,7 @@ def _official_train(images: Path, strict_folder_label: bool = True) -> list[Reco
 def _official_test(images: Path, gt_csv: Path) -> list[Record]:
     if not gt_csv.is_file():
         raise DataNotFoundError(
-            f"Official test ground truth not found: {gt_csv}. It comes in GTSRB_Final_Test_GT.zip; "
-            f"{GET_DATA_HELP}"
+            f"Official test ground truth not found: {gt_csv}. It comes in GTSRB_Final_Test_GT.zip; {GET_DATA_HELP}"
         )
     rows = _read_csv(gt_csv, ";")
     records = []

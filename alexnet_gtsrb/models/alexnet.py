@@ -99,9 +99,7 @@ def _spatial_trace(features: nn.Sequential, image_size: int) -> list[int] | None
     size, trace = image_size, []
     for layer in features:
         if isinstance(layer, nn.Conv2d):
-            size = _out_size(
-                size, layer.kernel_size[0], layer.stride[0], _pair0(layer.padding), layer.dilation[0]
-            )
+            size = _out_size(size, layer.kernel_size[0], layer.stride[0], _pair0(layer.padding), layer.dilation[0])
         elif isinstance(layer, nn.MaxPool2d):
             if layer.ceil_mode:
                 raise NotImplementedError("ceil_mode pooling is not used by any AlexNet variant")
@@ -141,9 +139,7 @@ class AlexNet(nn.Module):
         lrn_impl: str = "fast",
     ) -> None:
         super().__init__()
-        self._validate(
-            num_classes, image_size, variant, groups, lrn, batch_norm, dropout, conv_dropout, init, lrn_impl
-        )
+        self._validate(num_classes, image_size, variant, groups, lrn, batch_norm, dropout, conv_dropout, init, lrn_impl)
         self.variant = variant
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
@@ -199,9 +195,7 @@ class AlexNet(nn.Module):
         if init not in INITS:
             raise ValueError(f"model.net.init={init!r} is unknown: allowed values are {list(INITS)}")
         if lrn_impl not in LRN_IMPLS:
-            raise ValueError(
-                f"model.net.lrn_impl={lrn_impl!r} is unknown: allowed values are {list(LRN_IMPLS)}"
-            )
+            raise ValueError(f"model.net.lrn_impl={lrn_impl!r} is unknown: allowed values are {list(LRN_IMPLS)}")
         if groups not in GROUPS:
             raise ValueError(f"model.net.groups={groups!r} is not allowed: allowed values are {list(GROUPS)}")
         for name, (c_in, c_out) in {"conv2": (96, 256), "conv4": (384, 384), "conv5": (384, 256)}.items():
@@ -438,9 +432,7 @@ def conv1_kernel_grid(net: AlexNet, pad: int = 1, gap: int = 4) -> torch.Tensor:
     """
     weight = net.conv1.weight.detach().float().cpu()
     if weight.shape[1] not in (1, 3):
-        raise ValueError(
-            f"conv1 must have 1 or 3 input channels to render as an image, got {weight.shape[1]}"
-        )
+        raise ValueError(f"conv1 must have 1 or 3 input channels to render as an image, got {weight.shape[1]}")
     weight = weight.expand(-1, 3, -1, -1) if weight.shape[1] == 1 else weight
     lo = weight.amin(dim=(1, 2, 3), keepdim=True)
     hi = weight.amax(dim=(1, 2, 3), keepdim=True)

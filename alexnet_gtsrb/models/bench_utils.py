@@ -45,9 +45,7 @@ def measure_train_throughput(
     x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, num_classes, (batch,), device=device)
     opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    )
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def step() -> None:
         with autocast:

@@ -312,9 +312,7 @@ def local_response_norm(
 ) -> torch.Tensor:
     """Functional form of :class:`LRN` (same semantics as ``torch.nn.functional.local_response_norm``)."""
     if x.dim() < 3:
-        raise ValueError(
-            f"LRN expects an input of shape (N, C, *) with at least 3 dims, got {tuple(x.shape)}"
-        )
+        raise ValueError(f"LRN expects an input of shape (N, C, *) with at least 3 dims, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"LRN expects a floating point input, got {x.dtype}")
     if x.numel() == 0:
