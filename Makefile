@@ -26,6 +26,7 @@ demo: $(STAMP)  ## train on generated synthetic data, offline, on CPU
 
 test: $(STAMP)  ## lint + the whole test suite (what CI runs)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## skip the slow (subprocess training) tests
