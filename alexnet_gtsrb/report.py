@@ -21,13 +21,16 @@ from typing import Any
 __all__ = ["read_events", "epoch_table", "curves_figure", "conv1_figure", "best_checkpoint", "write_report"]
 
 
-def read_events(event_dir: Path) -> tuple[dict[str, list], dict[str, list]]:
-    """Scalars and images of every event file of a TensorBoard run folder, in the order they were written."""
+def read_events(event_dir: Path, recursive: bool = False) -> tuple[dict[str, list], dict[str, list]]:
+    """Scalars and images of every event file of a TensorBoard run folder (and its sub-folders if
+    ``recursive``), in the order they were written."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     scalars: dict[str, list] = {}
     images: dict[str, list] = {}
-    for f in sorted(Path(event_dir).glob("events.out.tfevents.*")):
+    pattern = "events.out.tfevents.*"
+    files = Path(event_dir).rglob(pattern) if recursive else Path(event_dir).glob(pattern)
+    for f in sorted(files):
         acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
         acc.Reload()
         for tag in acc.Tags()["scalars"]:

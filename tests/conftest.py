@@ -17,17 +17,10 @@ CONF = ROOT / "conf"
 
 def read_event_tags(event_dir: Path) -> dict[str, list]:
     """Every scalar and image tag in the TensorBoard event files under event_dir, with their events."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from alexnet_gtsrb.report import read_events
 
-    tags: dict[str, list] = {}
-    for f in sorted(event_dir.rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            tags.setdefault(tag, []).extend(acc.Scalars(tag))
-        for tag in acc.Tags()["images"]:
-            tags.setdefault(tag, []).extend(acc.Images(tag))
-    return tags
+    scalars, images = read_events(event_dir, recursive=True)
+    return {**scalars, **images}
 
 
 @pytest.fixture(scope="session")
