@@ -71,6 +71,12 @@ class GTSRBClassifier(LightningModule):
             self.metrics[f"{s}_loss"] = MeanMetric()
         self.val_acc_best = MaxMetric()
         self.skipped_images = 0
+        self._log_skipped = False  # set in setup() from the DataModule's on_bad_image
+
+    def setup(self, stage: str) -> None:
+        """Log skipped-image counts only where images can be skipped (data.on_bad_image=skip)."""
+        datamodule = self.trainer.datamodule
+        self._log_skipped = getattr(datamodule, "hparams", {}).get("on_bad_image") == "skip"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised float batch, or for raw uint8 (B, H, W, 3) images."""
@@ -92,12 +98,7 @@ class GTSRBClassifier(LightningModule):
         x, y, skipped = batch
         skipped = int(skipped)
         self.skipped_images += skipped
-        if (
-            skipped
-            or self.trainer.datamodule is not None
-            and self.trainer.datamodule.hparams.get("on_bad_image") == "skip"
-        ):
-            # images dropped under data.on_bad_image=skip, summed per epoch (and over ranks)
+        if self._log_skipped:  # images dropped under data.on_bad_image=skip, summed per epoch (and over ranks)
             self.log(
                 f"{stage}/skipped_images", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True
             )
