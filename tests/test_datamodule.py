@@ -51,3 +51,31 @@ def test_bad_config_values_name_the_key():
         GTSRBDataModule(on_bad_image="ignore")
     with pytest.raises(ConfigError, match="augment.preset"):
         GTSRBDataModule(augment={"preset": "autoaugment"})
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_class_balance_draws_classes_as_count_to_the_one_minus_alpha(gtsrb_root, alpha):
+    """Real GTSRB (102-1,665 images a class): one epoch of sampler draws follows count ** (1 - alpha)."""
+    torch.manual_seed(0)
+    dm = GTSRBDataModule(str(gtsrb_root), image_size=67, num_workers=0, verify=False, class_balance=alpha)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    counts = dm.class_counts()
+    labels = [r.label for r in dm.train_set.records]
+    if alpha == 0.0:
+        assert dm.train_sampler() is None and isinstance(loader.sampler, torch.utils.data.RandomSampler)
+        return
+    draws = list(iter(loader.sampler))
+    assert len(draws) == len(labels)  # an epoch is as long as without balancing
+    drawn = torch.bincount(torch.tensor([labels[i] for i in draws]), minlength=43).double()
+    expected = torch.tensor([counts[c] ** (1 - alpha) for c in range(43)], dtype=torch.double)
+    expected *= len(draws) / expected.sum()
+    assert torch.all((drawn - expected).abs() < 5 * expected.sqrt() + 1)  # within 5 sigma of the expectation
+    rarest, commonest = min(counts, key=counts.get), max(counts, key=counts.get)
+    natural_ratio = counts[commonest] / counts[rarest]
+    assert drawn[commonest] / drawn[rarest] < natural_ratio ** (1 - alpha) * 1.5 < natural_ratio
+
+
+def test_class_balance_must_lie_between_0_and_1():
+    with pytest.raises(ConfigError, match=r"data.class_balance=1.5 must lie in \[0, 1\]"):
+        GTSRBDataModule(class_balance=1.5)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from alexnet_gtsrb.data.cache import ImageCache, cache_image_size, open_or_build
 from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipping_bad
@@ -81,6 +81,7 @@ class GTSRBDataModule(LightningDataModule):
         synthetic: Mapping[str, Any] | None = None,
         cache: bool = False,
         cache_dir: str | None = None,
+        class_balance: float = 0.0,
     ) -> None:
         super().__init__()
         if synthetic and not data_dir:
@@ -94,6 +95,11 @@ class GTSRBDataModule(LightningDataModule):
             raise ConfigError(f"data.batch_size={batch_size} must be a positive integer.")
         if int(num_workers) < 0:
             raise ConfigError(f"data.num_workers={num_workers} must be 0 or more.")
+        if not 0.0 <= float(class_balance) <= 1.0:
+            raise ConfigError(
+                f"data.class_balance={class_balance} must lie in [0, 1]: 0 draws classes as often as they occur, "
+                "1 draws every class equally often, 0.5 in proportion to the square root of its count."
+            )
         self.augment = dict(augment or {"preset": "none"})
         self.index: GTSRBIndex | None = None
         self.train_set: GTSRBDataset | None = None
@@ -187,15 +193,31 @@ class GTSRBDataModule(LightningDataModule):
         """Training-split images per class (for reports and class weighting)."""
         return Counter(r.label for r in self.train_set.records)
 
+    def train_sampler(self) -> WeightedRandomSampler | None:
+        """With ``class_balance`` = a > 0: draw each training image with weight count(class) ** -a.
+
+        A class then appears in proportion to count ** (1 - a) per epoch (a = 1: all classes equally often),
+        drawn with replacement, ``len(train)`` draws per epoch. Under DDP Lightning wraps this sampler in its
+        ``DistributedSamplerWrapper`` (each rank takes its share of the draws). ``None`` = plain shuffling.
+        """
+        alpha = float(self.hparams.class_balance)
+        if alpha == 0.0:
+            return None
+        counts = self.class_counts()
+        weights = torch.tensor([counts[r.label] ** -alpha for r in self.train_set.records], dtype=torch.double)
+        return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
+
     # -- loaders --------------------------------------------------------------------------------------
     def _loader(self, dataset: GTSRBDataset, train: bool) -> DataLoader:
         hp = self.hparams
         pin = torch.cuda.is_available() if hp.pin_memory == "auto" else bool(hp.pin_memory)
         workers = int(hp.num_workers)
+        sampler = self.train_sampler() if train else None
         return DataLoader(
             dataset,
             batch_size=int(hp.batch_size),
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and len(dataset) > int(hp.batch_size),  # no 1-image BatchNorm batches
             num_workers=workers,
             pin_memory=pin,
