@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from alexnet_gtsrb.averaging import EMAWeights
 from alexnet_gtsrb.module import GTSRBClassifier
 from alexnet_gtsrb.train import train
 from tests.conftest import ROOT, read_event_tags
@@ -122,3 +123,40 @@ def test_corrupt_image_stops_training_with_its_name(synthetic_copy, tmp_path, ve
     )
     assert proc.returncode != 0
     assert victim.name in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_ema_weights_are_validated_checkpointed_tested_and_resumed(compose_cfg, synthetic_root):
+    """callbacks=ema: checkpoints hold the average as state_dict and the training weights beside it; the test
+    after training runs on the average from the best checkpoint (Lightning's WeightAveraging alone would
+    reload the raw weights there); a resumed run continues both."""
+    common = [
+        "experiment=demo",
+        "callbacks=ema",
+        "callbacks.ema.decay=0.9",
+        "scheduler=none",  # one-cycle fixes the step count: a resumed run could not add an epoch
+        f"data.data_dir={synthetic_root}",
+        "data.synthetic=null",
+        "data.image_size=67",
+        "data.batch_size=32",
+        "data.num_workers=0",
+        "trainer.limit_train_batches=3",
+    ]
+    metrics, objs = train(compose_cfg([*common, "trainer.max_epochs=2"]))
+    ckpt_dir = objs["trainer"].checkpoint_callback.dirpath
+    best = objs["trainer"].checkpoint_callback.best_model_path
+    last = torch.load(os.path.join(ckpt_dir, "last.ckpt"), map_location="cpu", weights_only=True)
+    assert int(last["averaging_state"]["n_averaged"]) == last["global_step"] == 6
+    avg, raw = last["state_dict"], last["current_model_state"]
+    assert avg.keys() == raw.keys()
+    assert any(not torch.equal(avg[k], raw[k]) for k in avg if avg[k].is_floating_point())
+    best_avg = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    tested = objs["model"].state_dict()
+    assert all(torch.equal(tested[k], best_avg[k]) for k in best_avg)  # the test ran on the average
+    reloaded = GTSRBClassifier.load_from_checkpoint(best, map_location="cpu", weights_only=True).state_dict()
+    assert all(torch.equal(reloaded[k], best_avg[k]) for k in best_avg)  # and so do evaluate/predict/export
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+    last_path = os.path.join(ckpt_dir, "last.ckpt")
+    _, objs = train(compose_cfg([*common, "trainer.max_epochs=3", f"ckpt_path={last_path}", "test=false"]))
+    ema = next(c for c in objs["trainer"].callbacks if isinstance(c, EMAWeights))
+    assert objs["trainer"].global_step == 9 and int(ema._average_model.n_averaged) == 9  # the average went on

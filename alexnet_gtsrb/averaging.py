@@ -1,0 +1,50 @@
+"""An exponential moving average of the weights, on Lightning's ``WeightAveraging`` callback.
+
+Two things differ from Lightning's own ``EMAWeightAveraging``, each for a measured reason:
+
+- The update is torch's foreach ``get_ema_multi_avg_fn``: 11 ms a step for BN AlexNet at 67 px on 2 CPU cores,
+  where ``EMAWeightAveraging``'s per-tensor ``avg_fn`` takes 153 ms (a quarter of the step).
+- A checkpoint loaded outside fitting (``trainer.test(ckpt_path="best")`` after ``fit``) keeps the averaged
+  weights. ``WeightAveraging.on_load_checkpoint`` runs for every stage once ``fit`` has created its averaged
+  model, and it reloads the module from ``current_model_state``: the test after training would then measure
+  the raw weights of the best epoch, not the averaged weights that were validated and selected.
+
+Checkpoints hold the average as ``state_dict`` (what evaluate, predict and export load) and the training
+weights as ``current_model_state``, so ``ckpt_path=last`` resumes both.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from alexnet_gtsrb.errors import ConfigError
+
+
+class EMAWeights(WeightAveraging):
+    """Average the weights (and BatchNorm statistics) with ``avg = decay * avg + (1 - decay) * w`` every step.
+
+    Validation, checkpoints and the weights left after training are the average; ``decay`` sets its horizon,
+    about ``1 / (1 - decay)`` optimizer steps.
+    """
+
+    def __init__(self, decay: float = 0.998) -> None:
+        if not 0.0 <= float(decay) < 1.0:
+            raise ConfigError(f"callbacks.ema.decay={decay} must lie in [0, 1) (e.g. 0.998: ~500 steps).")
+        super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(float(decay)))
+        self.decay = float(decay)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        with warnings.catch_warnings():  # our configure_model only compiles (model.compile): nothing is sharded
+            warnings.filterwarnings("ignore", message=".*overrides the configure_model callback")
+            super().setup(trainer, pl_module, stage)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return  # evaluating a checkpoint: its state_dict already is the average
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
