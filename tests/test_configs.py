@@ -80,3 +80,36 @@ def test_alexnet_bn_config_parameter_count(compose_cfg):
     net = instantiate(cfg.model.net)
     assert sum(p.numel() for p in net.parameters()) == 57_063_531
     assert [c.groups for c in net.conv_layers()] == [1, 2, 1, 2, 2]
+
+
+ABLATIONS = sorted(p.stem for p in (CONF / "ablation").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_each_ablation_changes_the_cpu_fast_recipe(compose_cfg, ablation):
+    from omegaconf import OmegaConf
+
+    def flat(cfg) -> dict:
+        out = {}
+        for key in ("data", "model", "optimizer", "scheduler", "trainer", "callbacks"):
+            node = OmegaConf.to_container(cfg[key], resolve=False)
+            out.update({f"{key}.{k}": str(v) for k, v in node.items()})
+        return out
+
+    recipe = flat(compose_cfg(["experiment=cpu_fast"]))
+    cfg = compose_cfg(["experiment=cpu_fast", f"+ablation={ablation}"])
+    changed = {k for k in recipe.keys() | flat(cfg).keys() if recipe.get(k) != flat(cfg).get(k)}
+    assert (changed == set()) == (ablation == "recipe"), changed
+    if ablation == "no_ema":
+        assert changed == {"callbacks.ema"}
+    if ablation == "no_balance":
+        assert changed == {"data.class_balance"} and cfg.data.class_balance == 0.0
+
+
+def test_cpu_fast_averages_weights_and_balances_classes(compose_cfg):
+    from alexnet_gtsrb.averaging import EMAWeights
+
+    cfg = compose_cfg(["experiment=cpu_fast"])
+    ema = instantiate(cfg.callbacks.ema)
+    assert isinstance(ema, EMAWeights) and ema.decay == cfg.callbacks.ema.decay == 0.998
+    assert cfg.data.class_balance == 0.5
