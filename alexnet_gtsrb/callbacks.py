@@ -17,6 +17,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from alexnet_gtsrb.averaging import EMAWeights
+
 HPARAMS_METRICS = ("val/acc_best", "test/acc", "test/loss")
 
 
@@ -291,6 +293,8 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "data/clahe": augment.get("clahe"),
         "data/roi_crop": dm_hp.get("roi_crop"),
         "data/split": dm_hp.get("split"),
+        "data/class_balance": dm_hp.get("class_balance"),
+        "ema/decay": next((cb.decay for cb in trainer.callbacks if isinstance(cb, EMAWeights)), None),
         "trainer/max_epochs": trainer.max_epochs,
         "trainer/precision": trainer.precision,
         "trainer/world_size": trainer.world_size,

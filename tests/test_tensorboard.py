@@ -117,6 +117,7 @@ def test_one_hparams_session_with_the_final_metrics(tiny_run, run_tags):
     assert hp["optimizer"] == "AdamW" and hp["optimizer/lr"] == pytest.approx(2e-3)
     assert hp["scheduler"] == "OneCycleLR" and hp["trainer/max_epochs"] == 2 and hp["seed"] == 42
     assert hp["trainer/precision"] == "32-true" and hp["task_name"] == "demo"
+    assert hp["data/class_balance"] == 0.0 and "ema/decay" not in hp  # demo: plain shuffling, no averaging
 
     experiment = metadata.parse_experiment_plugin_data(tags[metadata.EXPERIMENT_TAG])
     assert [m.name.tag for m in experiment.metric_infos] == HPARAMS_METRICS
