@@ -2,8 +2,8 @@
 
 Two things differ from Lightning's own ``EMAWeightAveraging``, each for a measured reason:
 
-- The update is torch's foreach ``get_ema_multi_avg_fn``: 11 ms a step for BN AlexNet at 67 px on 2 CPU cores,
-  where ``EMAWeightAveraging``'s per-tensor ``avg_fn`` takes 153 ms (a quarter of the step).
+- The update is torch's foreach ``get_ema_multi_avg_fn``: 14 ms a step for BN AlexNet at 67 px on 2 CPU cores,
+  where ``EMAWeightAveraging``'s per-tensor ``avg_fn`` takes 158 ms, a quarter of a step (``+bench.sections=[ema]``).
 - A checkpoint loaded outside fitting (``trainer.test(ckpt_path="best")`` after ``fit``) keeps the averaged
   weights. ``WeightAveraging.on_load_checkpoint`` runs for every stage once ``fit`` has created its averaged
   model, and it reloads the module from ``current_model_state``: the test after training would then measure

@@ -18,7 +18,7 @@ without the ``+`` is accepted too) and are read back from the composed config:
 option              default                                     meaning
 ==================  ==========================================  ================================================
 sections            [ceiling,e2e,pipeline,lrn,memory]           which sections to run (always in this order);
-                                                                ``precision`` is extra (it compiles)
+                                                                ``precision`` (it compiles) and ``ema`` are extra
 steps               3                                           timed training steps (ceiling, e2e, lrn)
 warmup              1                                           untimed steps first (ceiling, lrn)
 e2e_warmup          2                                           untimed batches before e2e timing starts
@@ -52,6 +52,11 @@ Sections (each row: section, what, value, unit, ratio vs its reference, target):
 ``precision`` bare training img/s of ``model.net`` in fp32 NCHW, fp32 channels_last, bf16 autocast +
               channels_last and fp32 channels_last under ``torch.compile`` (ratios vs fp32 channels_last);
               the notes name the ops with the most self CPU time in one profiled (torch.profiler) step.
+
+``ema``       milliseconds per update of an exponential moving average of ``model.net``'s weights and buffers
+              (torch's ``AveragedModel``, decay 0.998): the per-tensor ``avg_fn`` that Lightning's
+              ``EMAWeightAveraging`` uses against the foreach ``multi_avg_fn`` of ``callbacks=ema``
+              (ratio foreach / per-tensor; lower is faster). Runs once per optimizer step in training.
 
 Sections that need data print ``skipped (no data at ...)`` when ``data.data_dir`` holds no GTSRB tree.
 The header names the machine (CPU, cores, load average, versions, date). Timed rows note how many cores
@@ -91,7 +96,7 @@ from alexnet_gtsrb.utils import exit_on_user_error
 
 __all__ = ["SECTIONS", "DEFAULTS", "Row", "compose_config", "run_bench", "main"]
 
-SECTIONS = ("ceiling", "e2e", "pipeline", "lrn", "memory", "precision")
+SECTIONS = ("ceiling", "e2e", "pipeline", "lrn", "memory", "precision", "ema")
 DEFAULT_SECTIONS = ["ceiling", "e2e", "pipeline", "lrn", "memory"]  # precision compiles: ask for it
 DEFAULTS: dict[str, Any] = {
     "sections": DEFAULT_SECTIONS,
@@ -591,6 +596,37 @@ def bench_precision(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def bench_ema(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:
+    """g. One EMA update of ``model.net`` (weights and buffers): per-tensor ``avg_fn`` vs foreach."""
+    from hydra.utils import instantiate
+    from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
+
+    net = instantiate(cfg.model.net).to(_device(cfg))
+    values = sum(t.numel() for t in (*net.parameters(), *net.buffers()) if t.is_floating_point())
+    updates = max(5, 5 * opts["steps"])
+    per_tensor = "per-tensor avg_fn (EMAWeightAveraging)"
+    rows: list[Row] = []
+    for what, kwargs in (
+        (per_tensor, {"avg_fn": get_ema_avg_fn(0.998)}),
+        ("foreach multi_avg_fn (callbacks=ema)", {"multi_avg_fn": get_ema_multi_avg_fn(0.998)}),
+    ):
+        average = AveragedModel(net, use_buffers=True, **kwargs)
+        average.update_parameters(net)  # the first update only copies
+        meter = CpuMeter()
+        start = time.perf_counter()
+        for _ in range(updates):
+            average.update_parameters(net)
+        ms = (time.perf_counter() - start) / updates * 1000
+        note = f"{updates} updates of {values:,} values; {_cores_note(meter.cores())}"
+        ref = None if what == per_tensor else per_tensor
+        rows.append(Row("ema", f"EMA update, {what}", ms, "ms", reference=ref, note=note))
+        del average
+    rows[1].ratio = _ratio(rows[1].value, rows[0].value)
+    del net
+    gc.collect()
+    return rows
+
+
 def _rss(pid: int | str = "self") -> int:
     """Resident set size of a process in bytes (0 when it is gone)."""
     try:
@@ -765,6 +801,7 @@ def run_bench(cfg: DictConfig, opts: dict[str, Any], echo: Callable[[str], None]
         "lrn": lambda: bench_lrn(cfg, opts),
         "memory": lambda: bench_memory(cfg, opts, dm),
         "precision": lambda: bench_precision(cfg, opts),
+        "ema": lambda: bench_ema(cfg, opts),
     }
     for name in opts["sections"]:
         t = time.perf_counter()

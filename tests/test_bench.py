@@ -146,3 +146,16 @@ def test_roi_box_scales_from_declared_to_actual_size(actual, expected):
     left, top, right, bottom = expected
     np.testing.assert_array_equal(roi_crop(image, (5, 6, 30, 29), (36, 36)), image[top:bottom, left:right])
     assert roi_box((-4, -4, 99, 99), actual, (36, 36)) == (0, 0, w, h)  # clamped to the image
+
+
+def test_ema_section_times_both_updates():
+    """g. Per-tensor and foreach EMA updates of the configured net, in ms, the foreach one as a ratio."""
+    result = main([*TINY, "+bench.sections=[ema]"])
+    rows = result["rows"]
+    assert [r["what"] for r in rows] == [
+        "EMA update, per-tensor avg_fn (EMAWeightAveraging)",
+        "EMA update, foreach multi_avg_fn (callbacks=ema)",
+    ]
+    assert all(r["section"] == "ema" and r["unit"] == "ms" and r["value"] > 0 for r in rows)
+    assert rows[0]["ratio"] is None and rows[1]["ratio"] == pytest.approx(rows[1]["value"] / rows[0]["value"])
+    assert re.match(r"5 updates of [\d,]+ values", rows[0]["note"])
