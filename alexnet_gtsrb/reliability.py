@@ -75,14 +75,24 @@ def _last_ckpt_path(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
+def _chained_handlers(previous: Any) -> list[Any]:
+    """The callable handlers behind ``previous`` (Lightning composes several into one), less Lightning's
+    SIGTERM notifier (``_SignalConnector._sigterm_notifier_fn``)."""
+    handlers = getattr(previous, "signal_handlers", [previous])
+    return [h for h in handlers if callable(h) and getattr(h, "__name__", "") != "_sigterm_notifier_fn"]
+
+
 class GracefulStop(L.Callback):
     """On SIGTERM/SIGINT: finish the running training step, save ``last.ckpt`` (atomic), exit 128 + signum.
 
     Lightning 2.6 on one process only reacts to SIGTERM at the end of an epoch (and not at all to SIGINT
     beyond "attempting graceful shutdown" without a checkpoint), which can be an hour away at 227 px on a
-    CPU. The handlers are installed when training starts and chain to the SIGTERM handler already present
-    (Lightning's notifier), and are removed when training ends or fails. Under DDP the ranks agree at each
-    step boundary whether any of them was signalled, so all of them save together. SLURM pre-emption:
+    CPU. The handlers are installed when training starts and removed when training ends or fails. They chain
+    to the SIGTERM handlers already present except Lightning's notifier: that one makes the epoch loop raise
+    its own ``SIGTERMException`` (a ``SystemExit`` with status 0, no checkpoint) when the signal lands
+    between this callback's check and the loop's, and it forwards the signal to DDP children and broadcasts
+    from inside the handler. Under DDP the ranks agree at each step boundary whether any of them was
+    signalled, so all of them save together. SLURM pre-emption:
     SLURM sends SIGTERM (after the ``--signal`` warning, if any) before it kills a job, which lands here.
     """
 
@@ -90,6 +100,7 @@ class GracefulStop(L.Callback):
         self.signals = [signal.Signals[s] if isinstance(s, str) else signal.Signals(s) for s in signals]
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
+        self._chain: dict[signal.Signals, list[Any]] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         sig = signal.Signals(signum)
@@ -102,9 +113,9 @@ class GracefulStop(L.Callback):
                 "(press Ctrl+C again to stop at once without saving)",
                 flush=True,
             )
-        previous = self._previous.get(sig)
-        if callable(previous) and sig != signal.SIGINT:  # keep Lightning's/others' SIGTERM handling
-            previous(signum, frame)
+        if sig != signal.SIGINT:  # keep other SIGTERM handling (not Lightning's notifier, see above)
+            for handler in self._chain.get(sig, ()):
+                handler(signum, frame)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Install the handlers (after Lightning installed its SIGTERM notifier, which they chain to)."""
@@ -114,6 +125,7 @@ class GracefulStop(L.Callback):
                 previous = signal.getsignal(sig)
                 signal.signal(sig, self._handler)
                 self._previous[sig] = previous
+                self._chain[sig] = _chained_handlers(previous)
             except ValueError:  # not the main thread (e.g. some notebook runners): nothing installed
                 log.debug("cannot install a %s handler outside the main thread", sig.name)
 
@@ -121,7 +133,7 @@ class GracefulStop(L.Callback):
         for sig, previous in self._previous.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        self._previous = {}
+        self._previous, self._chain = {}, {}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
