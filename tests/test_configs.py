@@ -98,7 +98,8 @@ def test_each_ablation_changes_the_cpu_fast_recipe(compose_cfg, ablation):
 
     recipe = flat(compose_cfg(["experiment=cpu_fast"]))
     cfg = compose_cfg(["experiment=cpu_fast", f"+ablation={ablation}"])
-    changed = {k for k in recipe.keys() | flat(cfg).keys() if recipe.get(k) != flat(cfg).get(k)}
+    ablated = flat(cfg)
+    changed = {k for k in recipe.keys() | ablated.keys() if recipe.get(k) != ablated.get(k)}
     assert (changed == set()) == (ablation == "recipe"), changed
     if ablation == "no_ema":
         assert changed == {"callbacks.ema"}

@@ -144,7 +144,8 @@ def test_ema_weights_are_validated_checkpointed_tested_and_resumed(compose_cfg, 
     metrics, objs = train(compose_cfg([*common, "trainer.max_epochs=2"]))
     ckpt_dir = objs["trainer"].checkpoint_callback.dirpath
     best = objs["trainer"].checkpoint_callback.best_model_path
-    last = torch.load(os.path.join(ckpt_dir, "last.ckpt"), map_location="cpu", weights_only=True)
+    last_path = os.path.join(ckpt_dir, "last.ckpt")
+    last = torch.load(last_path, map_location="cpu", weights_only=True)
     assert int(last["averaging_state"]["n_averaged"]) == last["global_step"] == 6
     avg, raw = last["state_dict"], last["current_model_state"]
     assert avg.keys() == raw.keys()
@@ -156,7 +157,6 @@ def test_ema_weights_are_validated_checkpointed_tested_and_resumed(compose_cfg, 
     assert all(torch.equal(reloaded[k], best_avg[k]) for k in best_avg)  # and so do evaluate/predict/export
     assert 0.0 <= metrics["test/acc"] <= 1.0
 
-    last_path = os.path.join(ckpt_dir, "last.ckpt")
     _, objs = train(compose_cfg([*common, "trainer.max_epochs=3", f"ckpt_path={last_path}", "test=false"]))
     ema = next(c for c in objs["trainer"].callbacks if isinstance(c, EMAWeights))
     assert objs["trainer"].global_step == 9 and int(ema._average_model.n_averaged) == 9  # the average went on
