@@ -8,7 +8,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 GTSRB_ROOT ?= $(abspath ../shared/gtsrb)
 PYTEST_ARGS ?=
 BENCH_ARGS ?= data.data_dir=$(GTSRB_ROOT) data.image_size=227 data.batch_size=64 model=alexnet_bn \
-	model.channels_last=true trainer.precision=32-true +bench.lrn_batch=32 +bench.out=logs/bench.json
+	model.channels_last=true trainer.precision=32-true bench.lrn_batch=32 bench.out=logs/bench.json
 
 .PHONY: venv demo test test-fast lint format bench clean
 
@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## train on generated synthetic data, offline, on CPU
 	$(BIN)/python -m alexnet_gtsrb.train experiment=demo
 
-test: $(STAMP)  ## lint + the whole test suite (what CI runs)
+test: $(STAMP)  ## lint + type check + the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## skip the slow (subprocess training) tests
@@ -38,6 +39,7 @@ bench: $(STAMP)  ## throughput/memory table: compute ceiling, end to end, input 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .

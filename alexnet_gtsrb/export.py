@@ -13,7 +13,7 @@ Interface of the exported model (also stored in the ONNX ``metadata_props`` / th
   ``class_names`` in the metadata.
 
 Preprocessing before normalisation is the evaluation pipeline of the checkpoint's preset (see
-:func:`alexnet_gtsrb.evaluate.eval_settings`). The fast LRN switches to plain tensor ops while tracing or
+:func:`alexnet_gtsrb.inference.eval_settings`). The fast LRN switches to plain tensor ops while tracing or
 exporting (see :mod:`alexnet_gtsrb.models.lrn`). With ``check=true`` the export is compared with PyTorch on a
 random batch (onnxruntime for ONNX) and the maximum absolute difference is printed.
 """
@@ -31,8 +31,9 @@ from omegaconf import DictConfig
 
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.errors import ConfigError
-from alexnet_gtsrb.evaluate import eval_settings, load_classifier
-from alexnet_gtsrb.utils import exit_on_user_error, print_rank_zero
+from alexnet_gtsrb.inference import eval_settings, load_classifier
+from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero
+from alexnet_gtsrb.utils.nets import unwrap_compiled
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def exportable_net(ckpt_path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(the network in eval mode, contiguous NCHW weights on CPU; the checkpoint's eval settings)."""
     model, data_hp = load_classifier(ckpt_path, "cpu")
     settings = eval_settings(model, data_hp)
-    net = getattr(model.net, "_orig_mod", model.net)  # unwrap torch.compile
+    net = unwrap_compiled(model.net)
     net = net.to(memory_format=torch.contiguous_format).eval()
     return net, settings
 
@@ -133,7 +134,7 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Compose conf/export.yaml and export."""

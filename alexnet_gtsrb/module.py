@@ -33,6 +33,11 @@ def _plain(cfg: Any) -> Any:
 class GTSRBClassifier(LightningModule):
     """Cross-entropy classifier with torchmetrics accuracy per stage and config-built optimisation."""
 
+    @property
+    def hparams(self) -> Any:
+        """Lightning's saved hyper-parameters (an attribute dict), typed loosely so attribute access type-checks."""
+        return super().hparams
+
     def __init__(
         self,
         net: Mapping[str, Any],
@@ -69,13 +74,14 @@ class GTSRBClassifier(LightningModule):
         for s in STAGES:
             self.metrics[f"{s}_acc"] = MulticlassAccuracy(num_classes=int(num_classes), average="micro")
             self.metrics[f"{s}_loss"] = MeanMetric()
-        self.val_acc_best = MaxMetric()
+        self.val_acc_best: Any = MaxMetric()
+        self._resumed_val_acc_best: float | None = None
         self.skipped_images = 0
         self._log_skipped = False  # set in setup() from the DataModule's on_bad_image
 
     def setup(self, stage: str) -> None:
         """Log skipped-image counts only where images can be skipped (data.on_bad_image=skip)."""
-        datamodule = self.trainer.datamodule
+        datamodule = getattr(self.trainer, "datamodule", None)
         self._log_skipped = getattr(datamodule, "hparams", {}).get("on_bad_image") == "skip"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +97,7 @@ class GTSRBClassifier(LightningModule):
     def configure_model(self) -> None:
         """Compile the network when asked (called once per process, after the strategy is set up)."""
         if self.hparams.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net)  # type: ignore[assignment]
 
     # -- steps ------------------------------------------------------------------------------------------
     def _shared_step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -107,7 +113,8 @@ class GTSRBClassifier(LightningModule):
         logits = self(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
-        acc, mean_loss = self.metrics[f"{stage}_acc"], self.metrics[f"{stage}_loss"]
+        acc: Any = self.metrics[f"{stage}_acc"]
+        mean_loss: Any = self.metrics[f"{stage}_loss"]
         mean_loss(loss.detach(), weight=y.numel())
         acc(logits.detach(), y)
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage != "train")
@@ -153,7 +160,7 @@ class GTSRBClassifier(LightningModule):
         self.val_acc_best.reset()
         if self.global_step:  # a resumed run: say where it continues (the restored loop position)
             log.info("training continues at epoch %d, global step %d", self.current_epoch, self.global_step)
-        resumed = getattr(self, "_resumed_val_acc_best", None)
+        resumed = self._resumed_val_acc_best
         if resumed is not None:
             self.val_acc_best(torch.tensor(resumed, device=self.device))
             self._resumed_val_acc_best = None
@@ -179,7 +186,8 @@ class GTSRBClassifier(LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        self.val_acc_best(self.metrics["val_acc"].compute())
+        val_acc: Any = self.metrics["val_acc"]
+        self.val_acc_best(val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -206,7 +214,8 @@ class GTSRBClassifier(LightningModule):
         """No weight decay on biases and normalisation parameters (1-D tensors), unless asked (paper)."""
         if self.hparams.decay_bias_and_norm:
             return [{"params": [p for p in self.net.parameters() if p.requires_grad], "name": "all"}]
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for p in self.net.parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)

@@ -6,7 +6,7 @@ missing, not images, or fail to decode are reported by name on stderr and skippe
 least one image was predicted, 2 (one-line message, no traceback) when none was.
 
 Preprocessing is the checkpoint's evaluation pipeline (its preset, CLAHE and image size; see
-:func:`alexnet_gtsrb.evaluate.eval_settings`) applied to the whole image: the GTSRB ROI crop needs the
+:func:`alexnet_gtsrb.inference.eval_settings`) applied to the whole image: the GTSRB ROI crop needs the
 annotation's box, which an arbitrary image does not have, so give images that are already cropped around the
 sign (as GTSRB's are, with a ~10% margin) for results comparable to the test accuracy.
 """
@@ -25,11 +25,11 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from alexnet_gtsrb.data.classes import class_name
-from alexnet_gtsrb.data.dataset import decode_rgb
+from alexnet_gtsrb.data.io import decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform
 from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError
-from alexnet_gtsrb.evaluate import eval_settings, load_classifier, pick_device
-from alexnet_gtsrb.utils import exit_on_user_error
+from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
+from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error
 
 FORMATS = ("table", "json")
 
@@ -129,7 +129,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Compose conf/predict.yaml and predict."""

@@ -30,7 +30,7 @@ Research workflows (all outputs of a run live in its Hydra run folder, ``logs/<t
   indices it draws in the first epoch to ``<dir>/rank<r>.json`` (a debugging aid).
 - **Sweeps**: ``python -m alexnet_gtsrb.train -m experiment=demo model.net.lrn=true,false optimizer.lr=1e-3,1e-2``
   runs one job per sub-folder of ``logs/<task_name>/multiruns/<time>``; ``main`` returns ``optimized_metric``
-  and :class:`alexnet_gtsrb.sweep.SweepSummary` writes ``summary.csv``/``summary.md`` at the sweep root.
+  and :class:`alexnet_gtsrb.sweeps.SweepSummary` writes ``summary.csv``/``summary.md`` at the sweep root.
 """
 
 from __future__ import annotations
@@ -46,41 +46,17 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from alexnet_gtsrb.callbacks.debug import ShardDump
+from alexnet_gtsrb.checkpoints import resolve_ckpt_path
 from alexnet_gtsrb.errors import NonFiniteLossError
-from alexnet_gtsrb.utils import exit_on_user_error, print_rank_zero, resolve_ckpt_path
+from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero
+from alexnet_gtsrb.utils.nets import global_batch_size
 
 log = logging.getLogger(__name__)
 DUMP_SHARDS_ENV = "ALEXNET_GTSRB_DUMP_SHARDS"
-
-
-class ShardDump(Callback):
-    """Each rank writes the training-sample indices its sampler yields in epoch 0 to ``<out_dir>/rank<r>.json``."""
-
-    def __init__(self, out_dir: str | Path) -> None:
-        self.out_dir = Path(out_dir)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch != 0:
-            return
-        loader = trainer.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        if sampler is None:
-            return
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(0)  # what the loader iterates this epoch (Lightning sets it too)
-        indices = [int(i) for i in sampler]
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        record = {
-            "rank": trainer.global_rank,
-            "world_size": trainer.world_size,
-            "dataset_len": len(loader.dataset),
-            "sampler": type(sampler).__name__,
-            "indices": indices,
-        }
-        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -109,11 +85,10 @@ def _cpu_sync_batchnorm_off(trainer_cfg: DictConfig) -> dict[str, Any]:
 def _batch_sizes(cfg: DictConfig, trainer: L.Trainer) -> dict[str, int]:
     """Per-process and global batch size (data.batch_size is per process)."""
     per_rank = int(cfg.data.batch_size)
-    world = int(trainer.world_size)
     return {
         "batch_size_per_rank": per_rank,
-        "world_size": world,
-        "batch_size_global": per_rank * world * int(trainer.accumulate_grad_batches),
+        "world_size": int(trainer.world_size),
+        "batch_size_global": global_batch_size(per_rank, trainer),
     }
 
 
@@ -128,6 +103,12 @@ def _write_metrics(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
     path.write_text(json.dumps({"metrics": clean, **extra}, indent=2, sort_keys=True))
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str:
+    """The path of the best checkpoint so far ("" when none was saved)."""
+    callback = trainer.checkpoint_callback
+    return str(callback.best_model_path) if isinstance(callback, ModelCheckpoint) else ""
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -162,11 +143,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         except NonFiniteLossError as exc:
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            raise NonFiniteLossError(f"{exc} Best checkpoint: {best or 'none saved yet'}.") from None
+            raise NonFiniteLossError(
+                f"{exc} Best checkpoint: {_best_checkpoint(trainer) or 'none saved yet'}."
+            ) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = _best_checkpoint(trainer)
     if cfg.get("test", True):
         if not best:
             log.warning("No best checkpoint (fast_dev_run or no validation?): testing the current weights.")
@@ -188,7 +170,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     """Compose, train, and return the configured metric for a sweeper."""

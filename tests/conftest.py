@@ -11,16 +11,19 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+from tests.helpers import CONF
 
 
-def read_event_tags(event_dir: Path) -> dict[str, list]:
-    """Every scalar and image tag in the TensorBoard event files under event_dir, with their events."""
-    from alexnet_gtsrb.report import read_events
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``gpu`` are skipped where CUDA is absent (CI, this project's CPU machines)."""
+    import torch
 
-    scalars, images = read_events(event_dir, recursive=True)
-    return {**scalars, **images}
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (pytest -m gpu on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

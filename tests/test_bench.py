@@ -1,21 +1,23 @@
-"""The bench command: a real tiny run end to end (every section, table and JSON), skipping, option checks."""
+"""The bench command: a real tiny run end to end (every section, table and JSON), skipping, option checks.
+
+The command line is driven as a user runs it (``python -m alexnet_gtsrb.bench ...`` in a subprocess); the
+section tests call :func:`run_command` in-process on ``conf/bench.yaml`` composed by Hydra's compose API.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra.errors import ConfigCompositionException
 
-from alexnet_gtsrb.bench import DEFAULT_SECTIONS, bench_options, compose_config, main, split_args
-from alexnet_gtsrb.data.transforms import roi_box, roi_crop
-from tests.conftest import ROOT
+from alexnet_gtsrb.bench import bench_options, run_command
+from alexnet_gtsrb.data.io import roi_box, roi_crop
+from tests.helpers import run_module
 
 TINY = [
     "data.synthetic=null",
@@ -23,12 +25,18 @@ TINY = [
     "data.batch_size=4",
     "data.num_workers=1",
     "trainer.accelerator=cpu",
-    "+bench.steps=1",
-    "+bench.warmup=0",
-    "+bench.e2e_warmup=1",
-    "+bench.items=20",
-    "+bench.memory_records=12",
+    "bench.steps=1",
+    "bench.warmup=0",
+    "bench.e2e_warmup=1",
+    "bench.items=20",
+    "bench.memory_records=12",
 ]
+
+
+@pytest.fixture()
+def bench_cfg(compose_cfg):
+    """bench_cfg(overrides) -> conf/bench.yaml composed with overrides (outputs in the test's tmp_path)."""
+    return lambda overrides: compose_cfg(overrides, config_name="bench")
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +62,12 @@ def _table_rows(stdout: str) -> dict[str, list[float]]:
 
 
 @pytest.mark.slow
-def test_precision_section_measures_bf16_and_compile_against_fp32(tmp_path):
+def test_precision_section_measures_bf16_and_compile_against_fp32(tmp_path, bench_cfg):
     """f. fp32 NCHW / channels_last / bf16 / torch.compile rows with ratios; profiled steps name real ops."""
     out = tmp_path / "bench.json"
-    result = main([*TINY, "+bench.sections=[precision]", "+bench.precision_batch=2", f"+bench.out={out}"])
+    result = run_command(
+        bench_cfg([*TINY, "bench.sections=[precision]", "bench.precision_batch=2", f"bench.out={out}"])
+    )
     rows = result["rows"]
     assert [r["what"] for r in rows] == [
         "fp32, NCHW",
@@ -75,21 +85,21 @@ def test_precision_section_measures_bf16_and_compile_against_fp32(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_real_run_prints_every_section_and_writes_json(tiny_tree, tmp_path):
+def test_tiny_real_run_prints_every_section_and_writes_json(tiny_tree, tmp_path, bench_cfg):
     out = tmp_path / "bench.json"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "alexnet_gtsrb.bench", f"data.data_dir={tiny_tree}", *TINY, f"+bench.out={out}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "bench",
+        [f"data.data_dir={tiny_tree}", *TINY, f"bench.out={out}"],
+        env_extra={"PYTHONWARNINGS": "ignore"},
         timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no run folder, .hydra/ or log file
+    default_sections = list(bench_cfg([]).bench.sections)
     assert proc.stdout.startswith("machine:"), proc.stdout[:500]
     table = _table_rows(proc.stdout)
-    assert set(table) == set(DEFAULT_SECTIONS), proc.stdout
+    assert set(table) == set(default_sections), proc.stdout
     for section, values in table.items():
         assert values and all(math.isfinite(v) and v > 0 for v in values), (section, values)
     assert "skipped" not in proc.stdout
@@ -98,7 +108,7 @@ def test_tiny_real_run_prints_every_section_and_writes_json(tiny_tree, tmp_path)
     assert {"machine", "config", "rows"} <= set(result)
     assert result["machine"]["cores"] >= 1 and result["machine"]["torch"]
     rows = result["rows"]
-    assert {r["section"] for r in rows} == set(DEFAULT_SECTIONS)
+    assert {r["section"] for r in rows} == set(default_sections)
     for r in rows:
         assert isinstance(r["value"], float) and math.isfinite(r["value"]) and r["value"] > 0, r
     ratios = {(r["section"], r["what"]): r["ratio"] for r in rows if r["ratio"] is not None}
@@ -109,30 +119,29 @@ def test_tiny_real_run_prints_every_section_and_writes_json(tiny_tree, tmp_path)
     assert all(r > 0 for r in ratios.values())
 
 
-def test_sections_needing_data_are_skipped_without_data(tmp_path, capsys):
+def test_sections_needing_data_are_skipped_without_data(tmp_path, capsys, bench_cfg):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = main([f"data.data_dir={empty}", *TINY, "bench.sections=[e2e,pipeline,memory]"])
+    result = run_command(bench_cfg([f"data.data_dir={empty}", *TINY, "bench.sections=[e2e,pipeline,memory]"]))
     rows = result["rows"]
     assert [r["section"] for r in rows if r["value"] is None] == ["e2e", "pipeline", "memory"]
     assert all(r["what"] == f"skipped (no data at {empty})" for r in rows if r["value"] is None)
     assert f"skipped (no data at {empty})" in capsys.readouterr().out
 
 
-def test_options_are_normalised_and_checked():
-    assert split_args(["bench.steps=2", "+bench.items=3", "data.batch_size=4"]) == [
-        "+bench.steps=2",
-        "+bench.items=3",
-        "data.batch_size=4",
-    ]
-    cfg = compose_config(["+bench.sections=[memory,ceiling]", "+bench.steps=2"])
+def test_options_are_normalised_and_checked(bench_cfg):
+    cfg = bench_cfg(["bench.steps=2", "++bench.items=3", "data.batch_size=4"])  # plain and forced overrides
+    assert (cfg.bench.steps, cfg.bench["items"], cfg.data.batch_size) == (2, 3, 4)
+    cfg = bench_cfg(["bench.sections=[memory,ceiling]", "bench.steps=2"])
     opts = bench_options(cfg)
     assert opts["sections"] == ["ceiling", "memory"]  # canonical order
     assert opts["steps"] == 2 and opts["items"] == 1000
-    with pytest.raises(SystemExit):
-        main(["+bench.bogus=1"])
-    with pytest.raises(SystemExit):
-        main(["+bench.sections=[nope]"])
+    with pytest.raises(ConfigCompositionException):  # not a bench option: Hydra refuses it
+        bench_cfg(["bench.bogus=1"])
+    proc = run_module("bench", ["+bench.bogus=1"], timeout=120)
+    assert proc.returncode == 2 and "unknown bench option(s) ['bogus']" in proc.stderr, proc.stderr[-2000:]
+    proc = run_module("bench", ["bench.sections=[nope]"], timeout=120)
+    assert proc.returncode == 2 and "bench.sections=['nope']: choose from" in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -148,9 +157,9 @@ def test_roi_box_scales_from_declared_to_actual_size(actual, expected):
     assert roi_box((-4, -4, 99, 99), actual, (36, 36)) == (0, 0, w, h)  # clamped to the image
 
 
-def test_ema_section_times_both_updates():
+def test_ema_section_times_both_updates(bench_cfg):
     """g. Per-tensor and foreach EMA updates of the configured net, in ms, the foreach one as a ratio."""
-    result = main([*TINY, "+bench.sections=[ema]"])
+    result = run_command(bench_cfg([*TINY, "bench.sections=[ema]"]))
     rows = result["rows"]
     assert [r["what"] for r in rows] == [
         "EMA update, per-tensor avg_fn (EMAWeightAveraging)",

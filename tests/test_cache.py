@@ -137,7 +137,7 @@ def test_interrupted_build_is_rebuilt(synthetic_root, tmp_path, builds, monkeypa
     monkeypatch.setattr(cache_mod, "_load_cropped", dying)
     with pytest.raises(KeyboardInterrupt):
         ready(make_dm(synthetic_root, tmp_path))
-    assert not npy_files(tmp_path) and not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.tmp-*"))
+    assert not npy_files(tmp_path) and not list(tmp_path.glob("*.json")) and not list(tmp_path.glob(".*.tmp"))
     monkeypatch.setattr(cache_mod, "_load_cropped", real)
 
     # 2) killed hard (SIGKILL): a leftover temp file and no sidecar -> rebuilt, leftovers removed
@@ -145,7 +145,7 @@ def test_interrupted_build_is_rebuilt(synthetic_root, tmp_path, builds, monkeypa
     assert len(builds) == 3  # the failed training build, then training and test
     train_npy = dm.caches["train"].path
     train_npy.with_suffix(".json").unlink()
-    leftover = train_npy.with_name(train_npy.name + ".tmp-999999")
+    leftover = train_npy.with_name(f".{train_npy.name}.k1ll3d.tmp")  # what a SIGKILLed build leaves
     leftover.write_bytes(b"half a cache")
     again = ready(make_dm(synthetic_root, tmp_path))
     assert len(builds) == 4 and again.caches["train"].built and not again.caches["test"].built
@@ -210,4 +210,5 @@ def test_dataset_pickles_small_and_maps_lazily_in_workers(synthetic_root, tmp_pa
 def test_config_defaults(compose_cfg):
     cfg = compose_cfg([])
     assert cfg.data.cache is False
-    assert Path(cfg.data.cache_dir).name == "images"  # $ALEXNET_GTSRB_CACHE/images or ~/.cache/alexnet_gtsrb/images
+    assert cfg.data.cache_dir is None  # the default: <cache root>/images
+    assert default_cache_dir().name == "images"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra.utils import instantiate
 
-from tests.conftest import CONF
+from tests.helpers import CONF
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
@@ -108,7 +108,7 @@ def test_each_ablation_changes_the_cpu_fast_recipe(compose_cfg, ablation):
 
 
 def test_cpu_fast_averages_weights_and_balances_classes(compose_cfg):
-    from alexnet_gtsrb.averaging import EMAWeights
+    from alexnet_gtsrb.callbacks.ema import EMAWeights
 
     cfg = compose_cfg(["experiment=cpu_fast"])
     ema = instantiate(cfg.callbacks.ema)

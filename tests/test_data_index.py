@@ -10,8 +10,8 @@ import pytest
 
 from alexnet_gtsrb.data.dataset import GTSRBDataset
 from alexnet_gtsrb.data.gtsrb import detect_layout, index_gtsrb, verify_records
+from alexnet_gtsrb.data.io import roi_crop
 from alexnet_gtsrb.data.split import random_split, split_records, track_split
-from alexnet_gtsrb.data.transforms import roi_crop
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 
 

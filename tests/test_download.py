@@ -1,9 +1,8 @@
-"""Tests for alexnet_gtsrb.data.download against tiny fake GTSRB zips served on 127.0.0.1."""
+"""Tests for the alexnet_gtsrb.data.download package against tiny fake GTSRB zips served on 127.0.0.1."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import socket
 import stat
@@ -12,7 +11,7 @@ import sys
 import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -27,8 +26,8 @@ from alexnet_gtsrb.data.download import (
     layout_problems,
     main,
 )
+from tests.helpers import run_module
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN, TEST, GT = (a.filename for a in OFFICIAL_ARCHIVES)
 GT_CSV = "GTSRB/Final_Test/Images/GT-final_test.csv"
 
@@ -86,7 +85,7 @@ class FakeGTSRB:
     def refresh_md5s(self) -> None:
         """Recompute the archive specs' md5s from the served files."""
         served = self.served
-        self.archives = tuple(Archive(a.filename, _md5(served / a.filename), a.dest) for a in self.archives)
+        self.archives = tuple(replace(a, md5=_md5(served / a.filename)) for a in self.archives)
 
     def rebuild(self, filename: str, entries: dict[str, bytes]) -> None:
         """Replace one served zip and update its md5 in the archive specs."""
@@ -105,7 +104,7 @@ def fake(tmp_path: Path) -> FakeGTSRB:
     _write_zip(served / GT, {"GT-final_test.csv": GT_BYTES})
     expected = {k: v for k, v in {**train, **test}.items() if not k.endswith("/")}
     expected[GT_CSV] = GT_BYTES
-    archives = tuple(Archive(a.filename, _md5(served / a.filename), a.dest) for a in OFFICIAL_ARCHIVES)
+    archives = tuple(replace(a, md5=_md5(served / a.filename)) for a in OFFICIAL_ARCHIVES)
     return FakeGTSRB(served, archives, expected)
 
 
@@ -302,7 +301,7 @@ def test_checksum_mismatch_leaves_nothing_behind(
         (root / "keep.txt").write_text("user file")
     before = _snapshot(root)
     wrong = "0" * 32
-    archives = (Archive(TRAIN, wrong, ""), *fake.archives[1:])
+    archives = (replace(fake.archives[0], md5=wrong), *fake.archives[1:])
     with pytest.raises(DownloadError) as info:
         download_gtsrb(root, base_url=server.url, archives=archives, progress=False)
     message = str(info.value)
@@ -476,18 +475,77 @@ def test_file_in_the_way_keeps_archive_and_removes_temp_dir(tmp_path: Path, fake
     _assert_installed(root, fake)
 
 
+def test_official_archive_list_pins_the_published_md5s() -> None:
+    """The training zip carries its own md5 (not GTSRB-Training_fixed.zip's 513f3c79...), each archive its part."""
+    md5s = {a.filename: a.md5 for a in OFFICIAL_ARCHIVES}
+    assert md5s == {
+        "GTSRB_Final_Training_Images.zip": "f33fd80ac59bff73c82d25ab499e03a3",
+        "GTSRB_Final_Test_Images.zip": "c7e4e6327067d32654124b0fe9e82185",
+        "GTSRB_Final_Test_GT.zip": "fe31e9c9270bbcd7b84b7f21a9d9d9e5",
+    }
+    assert "513f3c79a4c5141765e10e952eaa2478" not in md5s.values()
+    assert {a.filename: a.part for a in OFFICIAL_ARCHIVES} == {TRAIN: "train", TEST: "test", GT: "test"}
+
+
+def _test_part(fake: FakeGTSRB) -> dict[str, bytes]:
+    """The expected files of the test part only (images, the label-less CSV, GT-final_test.csv)."""
+    return {rel: data for rel, data in fake.expected.items() if rel.startswith("GTSRB/Final_Test/")}
+
+
+def test_test_only_download_skips_training_archive_and_rerun_fetches_nothing(
+    tmp_path: Path, fake: FakeGTSRB, server: _Server
+) -> None:
+    """parts=("test",): test images + GT-final_test.csv installed, the training zip never requested."""
+    root = tmp_path / "data"
+    assert _get(fake, server, root, parts=("test",)) == root.resolve()
+    for rel, data in _test_part(fake).items():
+        assert (root / rel).read_bytes() == data, rel
+    assert (root / GT_CSV).read_bytes() == GT_BYTES
+    assert sorted(server.paths()) == sorted([f"/{TEST}", f"/{GT}"])
+    assert not (root / "GTSRB" / "Final_Training").exists()
+    assert not (root / ".downloads" / TRAIN).exists()
+    assert layout_problems(root, ("test",)) == []
+    assert any("Final_Training" in p for p in layout_problems(root))  # the full layout still lacks training
+    _assert_no_leftovers(root)
+
+    _get(fake, server, root, parts=("test",))
+    assert len(server.requests) == 2  # nothing fetched again
+    assert f"/{TRAIN}" not in server.paths()
+
+    _get(fake, server, root)  # later asking for everything fetches only the training zip
+    assert server.paths()[2:] == [f"/{TRAIN}"]
+    _assert_installed(root, fake)
+
+
+def test_already_complete_check_works_per_part(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
+    """A hand-unpacked test part (no markers) is left alone; only the missing training part is fetched."""
+    root = tmp_path / "data"
+    for rel, data in _test_part(fake).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    before = _snapshot(root)
+    _get(fake, server, root, parts=("test",))
+    assert server.requests == []
+    assert _snapshot(root) == before
+
+    _get(fake, server, root)
+    assert server.paths() == [f"/{TRAIN}"]
+    _assert_installed(root, fake)
+
+
+@pytest.mark.parametrize("parts", [(), ("validation",), ("test", "bogus")])
+def test_unknown_parts_are_rejected(tmp_path: Path, fake: FakeGTSRB, parts: tuple[str, ...]) -> None:
+    """An empty or unknown selection of parts is a ValueError, before anything is created."""
+    with pytest.raises(ValueError, match="parts"):
+        download_gtsrb(tmp_path / "data", base_url="http://127.0.0.1:9/", archives=fake.archives, parts=parts)
+    with pytest.raises(ValueError, match="parts"):
+        layout_problems(tmp_path, parts)
+    assert not (tmp_path / "data").exists()
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the module as a subprocess with a clean GTSRB environment."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GTSRB_MIRROR", "GTSRB_ROOT")}
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet_gtsrb.data.download", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    """Run `python -m alexnet_gtsrb.data.download` as a subprocess (the fixture cleared GTSRB_MIRROR/ROOT)."""
+    return run_module("data.download", list(args), timeout=60)
 
 
 def test_cli_with_md5_overrides(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
@@ -520,6 +578,29 @@ def test_cli_404_is_one_line_without_traceback(tmp_path: Path, fake: FakeGTSRB, 
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert mirror + TRAIN in lines[0]
     assert result.stdout == ""
+
+
+def test_cli_only_test_fetches_only_the_test_archives(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:
+    """`--only test`: exit 0, test images + GT-final_test.csv installed, the training zip never requested."""
+    root = tmp_path / "data"
+    overrides = [arg for a in fake.archives[1:] for arg in ("--md5", f"{a.filename}={a.md5}")]
+    result = _run_cli("--root", str(root), "--mirror", server.url, "--only", "test", "--no-progress", *overrides)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert f"export GTSRB_ROOT={root.resolve()}" in result.stdout.splitlines()
+    assert "test set is ready" in result.stdout
+    assert sorted(server.paths()) == sorted([f"/{TEST}", f"/{GT}"])
+    for rel, data in _test_part(fake).items():
+        assert (root / rel).read_bytes() == data, rel
+    assert not (root / "GTSRB" / "Final_Training").exists()
+
+
+def test_cli_rejects_unknown_only_choice(tmp_path: Path) -> None:
+    """--only accepts all or test; anything else is a usage error (exit 2) before any network access."""
+    with pytest.raises(SystemExit) as info:
+        main(["--root", str(tmp_path / "data"), "--only", "train", "--mirror", "http://127.0.0.1:9/"])
+    assert info.value.code == 2
+    assert not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize("override", ["nope", "unknown.zip=" + "0" * 32, f"{TRAIN}=xyz"])

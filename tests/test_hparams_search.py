@@ -15,8 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 
-from tests.conftest import CONF
-from tests.test_train import _run
+from tests.helpers import CONF, run_train
 
 
 @pytest.fixture()
@@ -93,7 +92,7 @@ def test_optuna_sweep_stores_trials_in_the_sweep_dir_and_resumes(tmp_path, synth
         "test=false",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    first = _run([*args, "hydra.sweeper.n_trials=2"], timeout=300)
+    first = run_train([*args, "hydra.sweeper.n_trials=2"], timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (sweep_dir / "optuna.db").is_file()
     trials = _completed(sweep_dir)
@@ -115,7 +114,7 @@ def test_optuna_sweep_stores_trials_in_the_sweep_dir_and_resumes(tmp_path, synth
     assert sorted(t.value for t in trials) == pytest.approx(recorded)
 
     # resume: the study is loaded from the sweep folder; n_trials is the total, so n_trials=3 adds one trial
-    second = _run([*args, "hydra.sweeper.n_trials=3"], timeout=300)
+    second = run_train([*args, "hydra.sweeper.n_trials=3"], timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Using an existing study" in second.stdout + second.stderr
     assert "2 trial(s) done, 1 to go of n_trials=3" in second.stdout + second.stderr

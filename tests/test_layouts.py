@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from alexnet_gtsrb.data.dataset import decode_rgb
 from alexnet_gtsrb.data.gtsrb import detect_layout, index_gtsrb
+from alexnet_gtsrb.data.io import decode_rgb
 
 
 def _rows(path: Path) -> list[dict]:

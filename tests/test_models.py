@@ -10,10 +10,12 @@ import torch
 import torchvision
 from torch import nn
 
-from alexnet_gtsrb.models.alexnet import VARIANT_REQUIRED, AlexNet, conv1_kernel_grid
-from alexnet_gtsrb.models.bench_utils import measure_train_throughput
+from alexnet_gtsrb.bench.throughput import measure_train_throughput
+from alexnet_gtsrb.models.alexnet import VARIANT_REQUIRED, AlexNet
 from alexnet_gtsrb.models.lrn import LRN
-from alexnet_gtsrb.models.summary import SummaryRow, format_summary, main, summary_rows
+from alexnet_gtsrb.models.summary import SummaryRow, format_summary, summary_rows
+from alexnet_gtsrb.plots import conv1_kernel_grid
+from tests.helpers import run_module
 
 SEED = VARIANT_REQUIRED["seed"]  # groups=1, lrn=False, batch_norm=True
 TV = VARIANT_REQUIRED["torchvision"]
@@ -342,25 +344,22 @@ def test_summary_paper_and_restores_mode():
     assert "Trainable params: 12" in plain and "Non-trainable params: 0" in plain
 
 
-def test_summary_cli(capsys):
-    main(["model=alexnet_seed", "data.image_size=150", "data.num_classes=10"])
-    out = capsys.readouterr().out
+def test_summary_cli(tmp_path):
+    """``python -m alexnet_gtsrb.models.summary`` (@hydra.main, conf/summary.yaml), run from an empty folder."""
+    proc = run_module(
+        "models.summary", ["model=alexnet_seed", "data.image_size=150", "data.num_classes=10"], cwd=tmp_path
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert "96x35x35" in out and "Total params: 30,049,034" in out and "Non-trainable params: 19,136" in out
     assert "2304" in out  # the origin script's flatten size
-    main(["model=alexnet_torchvision", "data.image_size=224", "data.num_classes=1000"])
-    assert "Total params: 61,100,840" in capsys.readouterr().out
+    proc = run_module("models.summary", ["model=alexnet_torchvision", "data.image_size=224", "data.num_classes=1000"])
+    assert "Total params: 61,100,840" in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # no run folder, .hydra/ or log file in the working directory
 
 
 def test_summary_cli_subprocess_bad_size():
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "alexnet_gtsrb.models.summary", "model=alexnet_paper", "data.image_size=40"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_module("models.summary", ["model=alexnet_paper", "data.image_size=40"], timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "image_size" in proc.stderr and "67" in proc.stderr
 

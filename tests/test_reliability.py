@@ -18,14 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from alexnet_gtsrb.checkpoints import AtomicCheckpointIO, atomic_torch_save
 from alexnet_gtsrb.errors import NonFiniteLossError, UserError
 from alexnet_gtsrb.module import GTSRBClassifier
-from alexnet_gtsrb.reliability import AtomicCheckpointIO, atomic_torch_save
 from alexnet_gtsrb.train import train
-from alexnet_gtsrb.utils import exit_on_user_error
-from tests.conftest import ROOT
-from tests.test_train import _run
-from tests.test_workflows import _tiny
+from alexnet_gtsrb.utils.cli import exit_on_user_error
+from tests.helpers import ROOT, run_train, tiny_overrides
 
 
 def _popen(args: list[str]) -> subprocess.Popen:
@@ -81,7 +79,7 @@ def test_atomic_save_replaces_whole_files_and_leaves_nothing_on_failure(tmp_path
 def test_trainer_uses_the_atomic_checkpoint_writer(compose_cfg, synthetic_root):
     from hydra.utils import instantiate
 
-    cfg = compose_cfg(_tiny(synthetic_root))
+    cfg = compose_cfg(tiny_overrides(synthetic_root))
     trainer = instantiate(cfg.trainer)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
@@ -91,7 +89,7 @@ def test_trainer_uses_the_atomic_checkpoint_writer(compose_cfg, synthetic_root):
 def test_sigkill_mid_epoch_then_resume_continues_from_the_saved_step(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"
     args = [
-        *_tiny(synthetic_root),
+        *tiny_overrides(synthetic_root),
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=12",
         "trainer.limit_val_batches=1",
@@ -113,7 +111,7 @@ def test_sigkill_mid_epoch_then_resume_continues_from_the_saved_step(tmp_path, s
     for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
         _load(ckpt)
 
-    resumed = _run([*args, "ckpt_path=last"])
+    resumed = run_train([*args, "ckpt_path=last"])
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
     assert f"training continues at epoch 0, global step {step}" in out
@@ -131,7 +129,7 @@ def test_sigkill_mid_epoch_then_resume_continues_from_the_saved_step(tmp_path, s
 def test_signal_saves_a_checkpoint_and_exits_with_128_plus_signum(tmp_path, synthetic_root, sig):
     run_dir = tmp_path / "run"
     args = [
-        *_tiny(synthetic_root),
+        *tiny_overrides(synthetic_root),
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=60",
         "trainer.limit_val_batches=1",
@@ -160,7 +158,7 @@ def test_diverging_run_stops_with_a_clear_message_and_keeps_the_best_checkpoint(
     """Epoch 0 trains normally; the step scheduler then multiplies the SGD learning rate by 1e10."""
     run_dir = tmp_path / "run"
     args = [
-        *_tiny(synthetic_root),
+        *tiny_overrides(synthetic_root),
         "model=alexnet_paper",
         "model.net.lrn=false",
         "optimizer=sgd",
@@ -175,7 +173,7 @@ def test_diverging_run_stops_with_a_clear_message_and_keeps_the_best_checkpoint(
         "test=false",
         f"hydra.run.dir={run_dir}",
     ]
-    proc = _run(args)
+    proc = run_train(args)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
     assert "Traceback" not in out
@@ -192,7 +190,7 @@ def test_diverging_run_stops_with_a_clear_message_and_keeps_the_best_checkpoint(
 def test_checkpoint_with_nan_weights_is_refused(compose_cfg, synthetic_root, tmp_path):
     from hydra.utils import instantiate
 
-    cfg = compose_cfg(_tiny(synthetic_root))
+    cfg = compose_cfg(tiny_overrides(synthetic_root))
     model = instantiate(cfg.model, _recursive_=False)
     with torch.no_grad():
         model.net.classifier[-1].weight[0, 0] = float("nan")
@@ -212,7 +210,9 @@ def test_checkpoint_with_nan_weights_is_refused(compose_cfg, synthetic_root, tmp
     ],
 )
 def test_impossible_config_values_exit_2_naming_the_key(compose_cfg, synthetic_root, capsys, override, message):
-    cfg = compose_cfg([*_tiny(synthetic_root), "trainer.max_epochs=1", "trainer.limit_train_batches=1", override])
+    cfg = compose_cfg(
+        [*tiny_overrides(synthetic_root), "trainer.max_epochs=1", "trainer.limit_train_batches=1", override]
+    )
     with pytest.raises(SystemExit) as exc:
         exit_on_user_error(train)(cfg)
     assert exc.value.code == 2
@@ -224,13 +224,13 @@ def test_impossible_config_values_exit_2_naming_the_key(compose_cfg, synthetic_r
 @pytest.mark.slow
 def test_config_errors_from_the_command_line(tmp_path, synthetic_root):
     """The real entry point: our error (exit 2, one line) and Hydra's for an unknown key or group option."""
-    common = [*_tiny(synthetic_root), f"hydra.run.dir={tmp_path}/run"]
-    bad_value = _run([*common, "model.net.groups=3"])
+    common = [*tiny_overrides(synthetic_root), f"hydra.run.dir={tmp_path}/run"]
+    bad_value = run_train([*common, "model.net.groups=3"])
     assert bad_value.returncode == 2
     assert "model.net.groups=3" in bad_value.stderr and "Traceback" not in bad_value.stderr
-    unknown_key = _run([*common, "data.bogus_key=1"])
+    unknown_key = run_train([*common, "data.bogus_key=1"])
     assert unknown_key.returncode != 0 and "bogus_key" in unknown_key.stderr
-    unknown_option = _run([*common, "augment=fancy"])
+    unknown_option = run_train([*common, "augment=fancy"])
     assert unknown_option.returncode != 0
     assert "Could not find 'augment/fancy'" in unknown_option.stderr and "gtsrb" in unknown_option.stderr
 
@@ -239,7 +239,7 @@ def test_config_errors_from_the_command_line(tmp_path, synthetic_root):
 def test_image_corrupted_after_indexing_is_skipped_and_counted(compose_cfg, synthetic_copy):
     cfg = compose_cfg(
         [
-            *_tiny(synthetic_copy),
+            *tiny_overrides(synthetic_copy),
             "data.on_bad_image=skip",
             "data.verify=false",
             "trainer.max_epochs=1",
@@ -267,7 +267,7 @@ def test_same_seed_and_config_give_identical_first_epoch_metrics(compose_cfg, sy
     def run(out: str) -> dict[str, float]:
         cfg = compose_cfg(
             [
-                *_tiny(synthetic_root),
+                *tiny_overrides(synthetic_root),
                 "trainer.deterministic=true",
                 "seed=7",
                 "trainer.max_epochs=1",
@@ -301,7 +301,7 @@ def test_sigterm_reaches_graceful_stop_but_not_lightnings_notifier():
     SIGTERM handlers only."""
     import lightning as L
 
-    from alexnet_gtsrb.reliability import GracefulStop
+    from alexnet_gtsrb.callbacks.signals import GracefulStop
 
     seen = []
     original = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append("earlier handler"))

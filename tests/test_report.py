@@ -10,7 +10,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from alexnet_gtsrb.report import write_report
-from tests.conftest import ROOT, read_event_tags
+from tests.helpers import ROOT, read_event_tags
 
 
 @pytest.mark.slow

@@ -53,3 +53,27 @@ def test_compile_switch_trains_a_step(compose_cfg, synthetic_root):
     net = objs["model"].net
     assert isinstance(net, torch._dynamo.eval_frame.OptimizedModule)
     assert objs["trainer"].global_step == 1 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+@pytest.mark.gpu
+def test_gpu_trainer_bf16_channels_last_with_pinned_uint8_batches(compose_cfg, synthetic_root):
+    """trainer=gpu: uint8 batches pinned by the loader, normalised on the GPU, a bf16-mixed channels_last step."""
+    cfg = compose_cfg(
+        [
+            "experiment=demo",
+            "debug=fdr",
+            "trainer=gpu",
+            "trainer.accelerator=gpu",
+            f"data.data_dir={synthetic_root}",
+            "data.synthetic=null",
+            "data.image_size=67",
+            "data.batch_size=4",
+            "model.channels_last=true",
+        ]
+    )
+    metrics, objs = train(cfg)
+    trainer, model, datamodule = objs["trainer"], objs["model"], objs["datamodule"]
+    assert trainer.precision == "bf16-mixed" and model.device.type == "cuda"
+    assert datamodule.train_dataloader().pin_memory
+    assert model.net.conv_layers()[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.global_step == 1 and torch.isfinite(torch.tensor(metrics["train/loss"]))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from alexnet_gtsrb.data import synthetic
-from alexnet_gtsrb.data.synthetic import CSV_HEADER, MARKER_NAME, default_synthetic_root, generate
+from alexnet_gtsrb.data.synthetic import CSV_HEADER, MARKER_NAME, default_synthetic_root, generate, tree
 
 SMALL = {"train_tracks_per_class": 2, "frames_per_track": 2, "test_per_class": 2, "seed": 0}
 N_CLASSES = 43
@@ -152,7 +152,7 @@ def test_cached_then_regenerated_when_params_change(tmp_path: Path) -> None:
 def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch) -> None:
     """A crash mid-way leaves no root and no temp tree; the next call generates normally."""
     root = tmp_path / "ds"
-    real_write = synthetic._write_image
+    real_write = tree._write_image
     calls = {"n": 0}
 
     def failing_write(path: Path, rgb: np.ndarray) -> None:
@@ -161,14 +161,14 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Pat
             raise RuntimeError("simulated interruption")
         real_write(path, rgb)
 
-    monkeypatch.setattr(synthetic, "_write_image", failing_write)
+    monkeypatch.setattr(tree, "_write_image", failing_write)
     with pytest.raises(RuntimeError, match="simulated"):
         generate(root, **SMALL)
     assert not root.exists()
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(synthetic, "_write_image", real_write)
+    monkeypatch.setattr(tree, "_write_image", real_write)
     generate(root, **SMALL)
-    assert synthetic._is_complete(root, SMALL)
+    assert tree._is_complete(root, SMALL)
 
 
 def test_partial_temp_tree_is_not_complete(tmp_path: Path) -> None:
@@ -179,14 +179,14 @@ def test_partial_temp_tree_is_not_complete(tmp_path: Path) -> None:
     (stale / MARKER_NAME).write_text(json.dumps({"format_version": synthetic.FORMAT_VERSION, "params": SMALL}))
     old = time.time() - 2 * 3600
     os.utime(stale, (old, old))
-    assert not synthetic._is_complete(root, SMALL)
+    assert not tree._is_complete(root, SMALL)
     generate(root, **SMALL)
-    assert synthetic._is_complete(root, SMALL)
+    assert tree._is_complete(root, SMALL)
     assert not stale.exists()
     # A root with data but without the marker is not complete, and is not ours to replace.
     foreign = tmp_path / "foreign"
     (foreign / "GTSRB" / "Final_Training" / "Images").mkdir(parents=True)
-    assert not synthetic._is_complete(foreign, SMALL)
+    assert not tree._is_complete(foreign, SMALL)
     with pytest.raises(FileExistsError):
         generate(foreign, **SMALL)
     assert (foreign / "GTSRB").is_dir()
@@ -198,7 +198,7 @@ def test_losing_a_race_keeps_the_winner(small_root: Path, tmp_path: Path) -> Non
     tmp.mkdir()
     (tmp / "GTSRB").mkdir()
     before = _mtimes(small_root)
-    assert synthetic._install(tmp, small_root, SMALL) is False
+    assert tree._install(tmp, small_root, SMALL) is False
     assert _mtimes(small_root) == before and tmp.exists()
 
 
@@ -246,9 +246,7 @@ def test_cli(tmp_path: Path, capsys) -> None:
     args = ["--root", str(root), "--tracks", "1", "--frames", "1", "--test", "1", "--seed", "3"]
     assert synthetic.main(args) == 0
     assert f"{N_CLASSES} train + {N_CLASSES} test images" in capsys.readouterr().out
-    assert synthetic._is_complete(
-        root, {"train_tracks_per_class": 1, "frames_per_track": 1, "test_per_class": 1, "seed": 3}
-    )
+    assert tree._is_complete(root, {"train_tracks_per_class": 1, "frames_per_track": 1, "test_per_class": 1, "seed": 3})
     res = subprocess.run(
         [sys.executable, "-m", "alexnet_gtsrb.data.synthetic", *args],
         capture_output=True,

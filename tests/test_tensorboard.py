@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from alexnet_gtsrb.callbacks import (
+from alexnet_gtsrb.callbacks.tensorboard import (
     HParamsSummary,
     TrainSampleGrid,
     ValClassAccuracy,
@@ -20,7 +20,7 @@ from alexnet_gtsrb.callbacks import (
     denormalize_to_uint8,
 )
 from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
-from tests.conftest import read_event_tags
+from tests.helpers import read_event_tags
 
 CLASS_PREFIX = "val_class_acc/"
 HPARAMS_METRICS = ["val/acc_best", "test/acc", "test/loss"]

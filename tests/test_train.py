@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from alexnet_gtsrb.averaging import EMAWeights
+from alexnet_gtsrb.callbacks.ema import EMAWeights
 from alexnet_gtsrb.module import GTSRBClassifier
 from alexnet_gtsrb.train import train
-from tests.conftest import ROOT, read_event_tags
+from tests.helpers import read_event_tags, run_train
 
 SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"}
-
-
-def _run(args: list[str], env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet_gtsrb.train", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_fast_dev_run_in_process(compose_cfg, synthetic_root):
@@ -40,7 +26,7 @@ def test_fast_dev_run_in_process(compose_cfg, synthetic_root):
 @pytest.mark.slow
 def test_demo_subprocess_logs_scalars_and_checkpoints(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"
-    proc = _run(
+    proc = run_train(
         [
             "experiment=demo",
             f"data.data_dir={synthetic_root}",
@@ -67,7 +53,7 @@ def test_demo_subprocess_logs_scalars_and_checkpoints(tmp_path, synthetic_root):
 @pytest.mark.slow
 def test_baseline_smoke_on_real_gtsrb(tmp_path, gtsrb_root):
     run_dir = tmp_path / "run"
-    proc = _run(
+    proc = run_train(
         [
             "experiment=baseline",
             f"data.data_dir={gtsrb_root}",
@@ -92,7 +78,7 @@ def test_baseline_smoke_on_real_gtsrb(tmp_path, gtsrb_root):
 
 def test_missing_data_fails_fast_without_traceback(tmp_path):
     start = time.monotonic()
-    proc = _run(["experiment=baseline", "data.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}/run"])
+    proc = run_train(["experiment=baseline", "data.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}/run"])
     elapsed = time.monotonic() - start
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
@@ -108,7 +94,7 @@ def test_corrupt_image_stops_training_with_its_name(synthetic_copy, tmp_path, ve
     """
     victim = synthetic_copy / "GTSRB" / "Final_Test" / "Images" / "00007.ppm"
     victim.write_bytes(b"P6\n999 999\n255\n" + b"\0" * 10)
-    proc = _run(
+    proc = run_train(
         [
             "experiment=demo",
             f"data.data_dir={synthetic_copy}",

@@ -12,8 +12,8 @@ image size or ``data.roi_crop`` selects a new file. The folder is ``data.cache_d
 ``$ALEXNET_GTSRB_CACHE/images``, else ``~/.cache/alexnet_gtsrb/images`` (the synthetic demo data lives next
 to it). Old files are never deleted automatically: remove the folder to reclaim the space.
 
-Crash safety: the array is written to ``<name>.npy.tmp-<pid>`` and renamed into place, then the sidecar is
-written (also via a temp file); a cache counts as complete only when both exist and agree, so an interrupted
+Crash safety: the array is written to a temporary file beside it and renamed into place, then the sidecar
+is written (also via a temporary file); a cache counts as complete only when both exist and agree, so an interrupted
 build is simply rebuilt. Builds run in ``setup`` on every rank under an exclusive file lock: the first rank
 builds, the others wait and then open the finished file read-only.
 
@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +37,10 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from alexnet_gtsrb.data.dataset import decode_rgb
 from alexnet_gtsrb.data.gtsrb import Record
-from alexnet_gtsrb.data.transforms import roi_crop
+from alexnet_gtsrb.data.io import decode_rgb, roi_crop
 from alexnet_gtsrb.errors import BadDataError, ConfigError
+from alexnet_gtsrb.utils.files import atomic_path, atomic_write, cache_root, require_free_space
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,8 @@ _PROGRESS_EVERY_S = 10.0
 
 
 def default_cache_dir() -> Path:
-    """``$ALEXNET_GTSRB_CACHE/images``, else ``~/.cache/alexnet_gtsrb/images`` (same rule as conf/data/gtsrb.yaml)."""
-    base = os.environ.get("ALEXNET_GTSRB_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "alexnet_gtsrb") / "images"
+    """``<cache root>/images``: ``$ALEXNET_GTSRB_CACHE/images``, else ``~/.cache/alexnet_gtsrb/images``."""
+    return cache_root() / "images"
 
 
 def cache_image_size(preset: str, image_size: int) -> int:
@@ -186,20 +184,21 @@ def build_cache(
     n, s = len(records), int(size)
     shape = (n, s, s, 3)
     need = n * s * s * 3
-    for stale in stem.parent.glob(npy.name + ".tmp-*"):  # leftovers of killed builds (we hold the lock)
+    for stale in stem.parent.glob(f".{npy.name}.*.tmp"):  # leftovers of killed builds (we hold the lock)
         stale.unlink(missing_ok=True)
-    free = shutil.disk_usage(stem.parent).free
-    if need > free:
-        raise ConfigError(
-            f"data.cache=true needs {need / 1e9:.2f} GB for {n} images at {s} px in {stem.parent}, "
-            f"which has {free / 1e9:.2f} GB free. Point data.cache_dir elsewhere or set data.cache=false."
-        )
+    require_free_space(
+        stem.parent,
+        need,
+        f"the image cache of {n} images at {s} px (data.cache=true)",
+        "point data.cache_dir elsewhere or set data.cache=false",
+        error=ConfigError,
+    )
     resize = A.Resize(s, s, interpolation=cv2.INTER_LINEAR)  # the same op as the pipelines' resize
-    tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
     log.info("Building image cache: %d images at %dx%d px (%.2f GB) -> %s", n, s, s, need / 1e9, npy)
     t0 = last = time.perf_counter()
     skipped: list[str] = []
-    try:
+    meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the new file
+    with atomic_path(npy) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         for i, r in enumerate(records):
             try:
@@ -217,11 +216,6 @@ def build_cache(
                 log.info("  image cache: %d/%d images (%.0f img/s)", i + 1, n, (i + 1) / (now - t0))
         array.flush()
         del array
-        meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the new file
-        os.replace(tmp, npy)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     build_s = time.perf_counter() - t0
     meta = {
         "version": CACHE_VERSION,
@@ -232,9 +226,8 @@ def build_cache(
         "build_s": round(build_s, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    meta_tmp = meta_path.with_name(f"{meta_path.name}.tmp-{os.getpid()}")
-    meta_tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(meta_tmp, meta_path)
+    with atomic_write(meta_path, "w") as f:
+        f.write(json.dumps(meta, indent=1))
     if skipped:
         log.warning("Image cache: skipped %d bad image(s), e.g. %s", len(skipped), skipped[0])
     log.info(

@@ -47,6 +47,13 @@ def worker_init(worker_id: int, rank: int = 0) -> None:
         pl_worker_init_function(worker_id, rank=rank)
 
 
+def _set_up(dataset: GTSRBDataset | None) -> GTSRBDataset:
+    """``dataset``, which exists once ``setup()`` has run."""
+    if dataset is None:
+        raise RuntimeError("GTSRBDataModule.setup() must run before its datasets are used")
+    return dataset
+
+
 class GTSRBDataModule(LightningDataModule):
     """GTSRB train/val (track-aware split of the training images) and test (the official test images).
 
@@ -55,6 +62,11 @@ class GTSRBDataModule(LightningDataModule):
     decoded, ROI-cropped and resized once into memory-mapped uint8 files under ``cache_dir`` (see
     :mod:`alexnet_gtsrb.data.cache`), built in ``setup`` and reused by later runs.
     """
+
+    @property
+    def hparams(self) -> Any:
+        """Lightning's saved hyper-parameters (an attribute dict), typed loosely so attribute access type-checks."""
+        return super().hparams
 
     def __init__(
         self,
@@ -191,7 +203,7 @@ class GTSRBDataModule(LightningDataModule):
 
     def class_counts(self) -> Counter:
         """Training-split images per class (for reports and class weighting)."""
-        return Counter(r.label for r in self.train_set.records)
+        return Counter(r.label for r in _set_up(self.train_set).records)
 
     def train_sampler(self) -> WeightedRandomSampler | None:
         """With ``class_balance`` = a > 0: draw each training image with weight count(class) ** -a.
@@ -204,7 +216,7 @@ class GTSRBDataModule(LightningDataModule):
         if alpha == 0.0:
             return None
         counts = self.class_counts()
-        weights = torch.tensor([counts[r.label] ** -alpha for r in self.train_set.records], dtype=torch.double)
+        weights = [counts[r.label] ** -alpha for r in _set_up(self.train_set).records]
         return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
 
     # -- loaders --------------------------------------------------------------------------------------
@@ -230,13 +242,13 @@ class GTSRBDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        return self._loader(_set_up(self.train_set), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        return self._loader(_set_up(self.val_set), train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+        return self._loader(_set_up(self.test_set), train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 (B, H, W, 3) on the device -> normalised float (B, 3, H, W); labels and skip count pass."""

@@ -5,39 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from alexnet_gtsrb.data.gtsrb import Record
-from alexnet_gtsrb.data.transforms import flip_remap, roi_crop
+from alexnet_gtsrb.data.io import decode_rgb, roi_crop
+from alexnet_gtsrb.data.transforms import flip_remap
 from alexnet_gtsrb.errors import BadDataError
 
 if TYPE_CHECKING:
     from alexnet_gtsrb.data.cache import ImageCache
 
-cv2.setNumThreads(0)  # parallelism comes from DataLoader workers; OpenCV threads would oversubscribe
 ON_BAD_IMAGE = ("error", "skip")
-
-
-def decode_rgb(path: str) -> np.ndarray:
-    """Read an image file as an HxWx3 uint8 RGB array; BadDataError naming the file if it can't be read."""
-    data = np.fromfile(path, dtype=np.uint8) if _exists(path) else None
-    if data is None:
-        raise BadDataError(f"{path}: image file is missing (it was indexed, then disappeared).")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise BadDataError(f"{path}: image cannot be decoded (corrupt or not an image). Replace or remove it.")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _exists(path: str) -> bool:
-    try:
-        with open(path, "rb"):
-            return True
-    except OSError:
-        return False
 
 
 class GTSRBDataset(Dataset):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import os
 import re
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet_gtsrb.data.classes import NUM_CLASSES
+from alexnet_gtsrb.data.io import image_size_from_header
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 
 LAYOUTS = ("auto", "official", "torchvision", "kaggle")
@@ -125,8 +125,8 @@ def _read_csv(path: Path, delimiter: str) -> list[tuple[int, dict]]:
 def _annotated(row: dict, where: str) -> tuple[tuple[int, int, int, int] | None, int | None, int | None]:
     if "Roi.X1" not in row:
         return None, None, None
-    roi = tuple(_int(row, k, where) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"))
-    return roi, _int(row, "Width", where), _int(row, "Height", where)
+    x1, y1, x2, y2 = (_int(row, k, where) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"))
+    return (x1, y1, x2, y2), _int(row, "Width", where), _int(row, "Height", where)
 
 
 def _label(row: dict, where: str) -> int:
@@ -235,51 +235,6 @@ def index_gtsrb(data_dir: str | os.PathLike, layout: str = "auto") -> GTSRBIndex
     if not train:
         raise BadDataError(f"{root}: no training images found. {GET_DATA_HELP}")
     return GTSRBIndex(root=root, layout=layout, train=tuple(train), test=tuple(test))
-
-
-def image_size_from_header(path: str) -> tuple[int, int]:
-    """Width and height read from a PPM or PNG header; raises BadDataError if missing or malformed.
-
-    Also checks that a binary PPM holds all its pixel bytes, so a truncated file is caught here.
-    """
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except FileNotFoundError:
-        raise BadDataError(f"{path}: listed in the annotations but missing on disk.") from None
-    except OSError as e:
-        raise BadDataError(f"{path}: cannot be read ({e}).") from None
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
-        w, h = struct.unpack(">II", head[16:24])
-        return w, h
-    if head[:2] == b"P6":
-        tokens, pos = [], 2
-        while len(tokens) < 3 and pos < len(head):
-            while pos < len(head) and head[pos : pos + 1].isspace():
-                pos += 1
-            if head[pos : pos + 1] == b"#":
-                while pos < len(head) and head[pos : pos + 1] != b"\n":
-                    pos += 1
-                continue
-            start = pos
-            while pos < len(head) and not head[pos : pos + 1].isspace():
-                pos += 1
-            tokens.append(head[start:pos])
-        try:
-            w, h, maxval = (int(t) for t in tokens)
-        except ValueError:
-            raise BadDataError(f"{path}: corrupt PPM header. Re-extract the file from its archive.") from None
-        need = pos + 1 + w * h * 3 * (2 if maxval > 255 else 1)
-        if size < need:
-            raise BadDataError(
-                f"{path}: truncated image ({size} bytes, its header needs {need}). "
-                "Re-extract the file from its archive."
-            )
-        return w, h
-    if head[:3] == b"\xff\xd8\xff":
-        return -1, -1  # JPEG: size not parsed cheaply; decode errors surface when loading
-    raise BadDataError(f"{path}: not a PPM, PNG or JPEG image (unknown header). Remove or replace it.")
 
 
 def verify_records(records: Sequence[Record]) -> list[tuple[Record, str]]:

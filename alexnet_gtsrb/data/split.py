@@ -48,7 +48,8 @@ def track_split(
         rng.shuffle(names)
         total = sum(len(by_track[n]) for n in names)
         target = val_fraction * total
-        chosen, count = [], 0
+        chosen: list[str] = []
+        count = 0
         # Take tracks until the next one would overshoot the target more than stopping short does.
         for n in names[:-1]:  # leave at least one track for training
             size = len(by_track[n])

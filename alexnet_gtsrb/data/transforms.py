@@ -1,4 +1,4 @@
-"""Image pipelines: decode, ROI crop and albumentations presets, all on uint8 until normalisation.
+"""Image pipelines: albumentations presets, the label-aware flip and normalisation, uint8 until the last step.
 
 Normalisation (uint8 -> float, mean/std) is the last step and runs on the batch after it reaches the
 device (:func:`normalize_uint8`), so workers, pinned memory and the host-to-device copy move 4x fewer bytes.
@@ -22,32 +22,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _MIRROR = {a: b for a, b in MIRROR_PAIRS} | {b: a for a, b in MIRROR_PAIRS}
-
-
-def roi_box(
-    roi: Sequence[int], actual: tuple[int, int], declared: tuple[int | None, int | None]
-) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom), exclusive, of an inclusive ROI scaled from the declared to the actual size.
-
-    When the file on disk is a rescaled copy (as in some redistributed subsets), the annotation's box is
-    scaled to the real image size; the box is clamped to the image and never empty.
-    """
-    w, h = actual
-    dw, dh = declared
-    sx = w / dw if dw else 1.0
-    sy = h / dh if dh else 1.0
-    x1, y1, x2, y2 = roi
-    left, top = int(round(x1 * sx)), int(round(y1 * sy))
-    right, bottom = int(round((x2 + 1) * sx)), int(round((y2 + 1) * sy))
-    left, top = min(max(left, 0), w - 1), min(max(top, 0), h - 1)
-    right, bottom = min(max(right, left + 1), w), min(max(bottom, top + 1), h)
-    return left, top, right, bottom
-
-
-def roi_crop(image: np.ndarray, roi: Sequence[int], declared_size: tuple[int | None, int | None]) -> np.ndarray:
-    """Crop the annotated sign box (inclusive corners, annotation coordinates) out of an HxWxC image."""
-    left, top, right, bottom = roi_box(roi, (image.shape[1], image.shape[0]), declared_size)
-    return image[top:bottom, left:right]
 
 
 def _clahe(params: Mapping[str, Any]) -> list[A.BasicTransform]:

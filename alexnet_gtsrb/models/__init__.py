@@ -1,4 +1,4 @@
-"""Network definitions: AlexNet variants and a fast LRN (see also `.summary` and `.bench_utils`)."""
+"""Network definitions: AlexNet variants and a fast LRN (see also `.summary`; throughput: `alexnet_gtsrb.bench`)."""
 
 from alexnet_gtsrb.models.alexnet import (
     INITS,
@@ -6,7 +6,6 @@ from alexnet_gtsrb.models.alexnet import (
     VARIANT_REQUIRED,
     VARIANTS,
     AlexNet,
-    conv1_kernel_grid,
 )
 from alexnet_gtsrb.models.lrn import LRN, local_response_norm
 
@@ -16,7 +15,6 @@ __all__ = [
     "VARIANTS",
     "VARIANT_REQUIRED",
     "AlexNet",
-    "conv1_kernel_grid",
     "LRN",
     "local_response_norm",
 ]

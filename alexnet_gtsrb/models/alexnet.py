@@ -53,13 +53,13 @@ below 1x1. Works with channels_last and bf16 autocast.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from alexnet_gtsrb.models.lrn import LRN
+from alexnet_gtsrb.models.shapes import min_image_size, spatial_trace
 
 __all__ = [
     "VARIANTS",
@@ -67,7 +67,6 @@ __all__ = [
     "LRN_IMPLS",
     "VARIANT_REQUIRED",
     "AlexNet",
-    "conv1_kernel_grid",
 ]
 
 VARIANTS = ("paper", "seed", "torchvision")
@@ -82,38 +81,8 @@ VARIANT_REQUIRED: dict[str, dict[str, Any]] = {
     "torchvision": {"groups": 1, "lrn": False, "batch_norm": False, "conv_dropout": 0.0},
 }
 
-_LRN_ARGS = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
-_KERAS_BN = {"eps": 1e-3, "momentum": 0.01}
-
-
-def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _pair0(v: int | tuple[int, ...]) -> int:
-    return v[0] if isinstance(v, tuple) else int(v)
-
-
-def _spatial_trace(features: nn.Sequential, image_size: int) -> list[int] | None:
-    """Spatial size after each layer of ``features`` for a square input, or None if one drops below 1."""
-    size, trace = image_size, []
-    for layer in features:
-        if isinstance(layer, nn.Conv2d):
-            size = _out_size(size, layer.kernel_size[0], layer.stride[0], _pair0(layer.padding), layer.dilation[0])
-        elif isinstance(layer, nn.MaxPool2d):
-            if layer.ceil_mode:
-                raise NotImplementedError("ceil_mode pooling is not used by any AlexNet variant")
-            size = _out_size(
-                size,
-                _pair0(layer.kernel_size),
-                _pair0(layer.stride),
-                _pair0(layer.padding),
-                _pair0(layer.dilation),
-            )
-        if size < 1:
-            return None
-        trace.append(size)
-    return trace
+_LRN_ARGS: dict[str, Any] = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+_KERAS_BN: dict[str, Any] = {"eps": 1e-3, "momentum": 0.01}
 
 
 class AlexNet(nn.Module):
@@ -157,7 +126,7 @@ class AlexNet(nn.Module):
             self.avgpool = nn.Identity()
         self.flatten = nn.Flatten(1)
 
-        trace = _spatial_trace(self.features, self.image_size)
+        trace = spatial_trace(self.features, self.image_size)
         if trace is None:
             raise ValueError(
                 f"model.net.image_size={image_size} is too small for the {variant} AlexNet: "
@@ -227,10 +196,7 @@ class AlexNet(nn.Module):
     @staticmethod
     def min_image_size(features: nn.Sequential) -> int:
         """Smallest square input for which no feature map of ``features`` drops below 1x1."""
-        for size in range(1, 4097):
-            if _spatial_trace(features, size) is not None:
-                return size
-        raise ValueError("no input size up to 4096 fits this network")
+        return min_image_size(features)
 
     # ------------------------------------------------------------------ builders
     @staticmethod
@@ -371,27 +337,30 @@ class AlexNet(nn.Module):
             raise ValueError(f"model.net.init={init!r} is unknown: allowed values are {list(INITS)}")
         convs = self.conv_layers()
         linears = [m for m in self.classifier if isinstance(m, nn.Linear)]
-        for m in self.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.reset_parameters()
+        for module in self.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                module.reset_parameters()
+        layers: list[nn.Conv2d | nn.Linear] = [*convs, *linears]
         if init == "torch":
-            for m in [*convs, *linears]:
-                m.reset_parameters()
+            for layer in layers:
+                layer.reset_parameters()
             return
         one_bias = {id(convs[1]), id(convs[3]), id(convs[4]), id(linears[0]), id(linears[1])}
-        for m in [*convs, *linears]:
+        for m in layers:
+            bias = m.bias
+            assert bias is not None  # every AlexNet conv and FC layer has a bias
             if init == "paper":
                 nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.constant_(m.bias, 1.0 if id(m) in one_bias else 0.0)
+                nn.init.constant_(bias, 1.0 if id(m) in one_bias else 0.0)
             elif init == "kaiming":
                 if m is linears[-1]:
                     nn.init.normal_(m.weight, 0.0, 0.01)
                 else:
                     nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                nn.init.zeros_(bias)
             else:  # keras
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                nn.init.zeros_(bias)
 
     # ------------------------------------------------------------------ API
     def conv_layers(self) -> list[nn.Conv2d]:
@@ -411,48 +380,3 @@ class AlexNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, image_size={self.image_size}, num_classes={self.num_classes}"
-
-
-def _grid_columns(n: int) -> int:
-    """Columns for ``n`` tiles: the smallest divisor of n that is >= sqrt(n), else ceil(sqrt(n))."""
-    root = math.isqrt(n - 1) + 1 if n > 1 else 1
-    for cols in range(root, min(n, 2 * root) + 1):
-        if n % cols == 0:
-            return cols
-    return root
-
-
-@torch.no_grad()
-def conv1_kernel_grid(net: AlexNet, pad: int = 1, gap: int = 4) -> torch.Tensor:
-    """conv1's kernels as one (3, H, W) image in [0, 1], one block per conv2 group, blocks side by side.
-
-    With ``groups=2`` kernels 0-47 (feeding conv2's first group, "GPU 1" in the paper's Fig. 3) form the
-    left block and 48-95 the right block, separated by ``gap`` white columns. Each kernel is min-max
-    normalised on its own so that low-contrast kernels stay visible.
-    """
-    weight = net.conv1.weight.detach().float().cpu()
-    if weight.shape[1] not in (1, 3):
-        raise ValueError(f"conv1 must have 1 or 3 input channels to render as an image, got {weight.shape[1]}")
-    weight = weight.expand(-1, 3, -1, -1) if weight.shape[1] == 1 else weight
-    lo = weight.amin(dim=(1, 2, 3), keepdim=True)
-    hi = weight.amax(dim=(1, 2, 3), keepdim=True)
-    weight = (weight - lo) / (hi - lo).clamp_min(1e-12)
-    n_groups = net.conv_layers()[1].groups
-    blocks = []
-    for block in weight.chunk(n_groups, dim=0):
-        n, _, kh, kw = block.shape
-        cols = _grid_columns(n)
-        rows = math.ceil(n / cols)
-        img = torch.ones(3, rows * (kh + pad) + pad, cols * (kw + pad) + pad)
-        for i in range(n):
-            r, c = divmod(i, cols)
-            top, left = pad + r * (kh + pad), pad + c * (kw + pad)
-            img[:, top : top + kh, left : left + kw] = block[i]
-        blocks.append(img)
-    height = max(b.shape[1] for b in blocks)
-    parts: list[torch.Tensor] = []
-    for i, b in enumerate(blocks):
-        if i:
-            parts.append(torch.ones(3, height, gap))
-        parts.append(torch.nn.functional.pad(b, (0, 0, 0, height - b.shape[1]), value=1.0))
-    return torch.cat(parts, dim=2)

@@ -3,8 +3,8 @@
 Why: ``torch.nn.LocalResponseNorm`` builds the cross-channel window sum with ``avg_pool3d`` on a padded,
 unsqueezed copy, uses ``pow`` and lets autograd differentiate that chain (about 7 full-size temporaries in
 the forward pass, more in the backward); on CPU two such layers roughly halve the paper model's training
-throughput. Measured on the 2-core AMD EPYC (AVX2) dev box, fp32 + channels_last, batch 64, 227 px: 9.9 img/s
-without LRN, 9.3 with this LRN, 4.7-5.2 with torch's. This implementation:
+throughput (README "Fast LRN" has the measured numbers; ``bench.sections=[lrn]`` measures them). This
+implementation:
 
 * computes the window sum as ``size - 1`` shifted adds over a channel-padded buffer (works for NCHW and
   channels_last alike, no matmul, no pooling op);
@@ -271,9 +271,7 @@ class _LRNFunction(torch.autograd.Function):
     """Forward and closed-form backward of cross-channel LRN (see module docstring for the formulas)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float
-    ) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
         hp = (size, alpha, beta, k)
         y = torch.empty_like(x)
         with _no_autocast(x.device.type):
@@ -284,7 +282,7 @@ class _LRNFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
         dx = torch.empty_like(x)
         with _no_autocast(x.device.type):

@@ -2,15 +2,21 @@
 
 Why: the seed Keras script is known only through its printed ``model.summary()``; printing the same table for
 our PyTorch models (counting BatchNorm running statistics as non-trainable parameters, as Keras does) makes
-the reconstruction checkable line by line. Run ``python -m alexnet_gtsrb.models.summary --help``.
+the reconstruction checkable line by line. Run ``python -m alexnet_gtsrb.models.summary --help`` (Hydra's
+help: the config groups; the overrides are training's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import hydra
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
+
+from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error
 
 __all__ = ["SummaryRow", "summary_rows", "format_summary", "main"]
 
@@ -140,31 +146,17 @@ def format_summary(rows: Sequence[SummaryRow | tuple[str, tuple[int, ...], int]]
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="summary")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
     """``python -m alexnet_gtsrb.models.summary [hydra overrides]``: the table for any model config.
 
-    Takes the same overrides as training, e.g. ``model=alexnet_seed data.image_size=150 data.num_classes=10``.
+    ``conf/summary.yaml`` composes the training config, so the overrides are training's, e.g.
+    ``model=alexnet_seed data.image_size=150 data.num_classes=10``. Nothing is written to disk.
     """
-    import sys
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from alexnet_gtsrb.utils import exit_on_user_error
-
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    conf = Path(__file__).resolve().parents[2] / "conf"
-
-    @exit_on_user_error
-    def run() -> None:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
-        net = instantiate(cfg.model.net)
-        spec = " ".join(f"{k}={v}" for k, v in cfg.model.net.items() if k != "_target_")
-        print(format_summary(summary_rows(net, int(cfg.model.net.image_size)), title=f"AlexNet {spec}"))
-
-    run()
+    net = instantiate(cfg.model.net)
+    spec = " ".join(f"{k}={v}" for k, v in cfg.model.net.items() if k != "_target_")
+    print(format_summary(summary_rows(net, int(cfg.model.net.image_size)), title=f"AlexNet {spec}"))
 
 
 if __name__ == "__main__":

@@ -1,70 +1,21 @@
-"""Crash safety: atomic checkpoint files, a graceful stop on SIGTERM/SIGINT, and no checkpoint with NaN weights.
-
-- :class:`AtomicCheckpointIO` writes every checkpoint (best, last, step-interval, on signal) to a temporary
-  file in the target folder, fsyncs it and renames it over the old one, so a crash or SIGKILL at any moment
-  leaves either the old complete file or the new complete file. Lightning's default writer stages the bytes
-  in the system temp folder and *moves* them, which is a copy (not atomic) when that folder is on another
-  file system.
-- :class:`GracefulStop` turns SIGTERM and SIGINT (Ctrl+C) into "finish the current training step, save
-  ``last.ckpt``, exit with 128 + signal number". A second Ctrl+C stops at once, without saving.
+"""Signals: :class:`GracefulStop` turns SIGTERM and SIGINT (Ctrl+C) into "finish the current training step,
+save ``last.ckpt``, exit with 128 + signal number". A second Ctrl+C stops at once, without saving.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from alexnet_gtsrb.errors import TrainingInterrupted
 
 log = logging.getLogger(__name__)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint writer, made atomic for local paths (remote URLs keep Lightning's way)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        fs = get_filesystem(path)
-        if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-            super().save_checkpoint(checkpoint, path)
-            return
-        atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
 
 
 def _last_ckpt_path(trainer: L.Trainer) -> Path:

@@ -2,8 +2,8 @@
 
 Two things differ from Lightning's own ``EMAWeightAveraging``, each for a measured reason:
 
-- The update is torch's foreach ``get_ema_multi_avg_fn``: 14 ms a step for BN AlexNet at 67 px on 2 CPU cores,
-  where ``EMAWeightAveraging``'s per-tensor ``avg_fn`` takes 158 ms, a quarter of a step (``+bench.sections=[ema]``).
+- The update is torch's foreach ``get_ema_multi_avg_fn``, about 10x faster than ``EMAWeightAveraging``'s
+  per-tensor ``avg_fn`` on CPU (``python -m alexnet_gtsrb.bench bench.sections=[ema]``; numbers in the README).
 - A checkpoint loaded outside fitting (``trainer.test(ckpt_path="best")`` after ``fit``) keeps the averaged
   weights. ``WeightAveraging.on_load_checkpoint`` runs for every stage once ``fit`` has created its averaged
   model, and it reloads the module from ``current_model_state``: the test after training would then measure

@@ -10,31 +10,16 @@ import csv
 import json
 import math
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
+from alexnet_gtsrb.checkpoints import resolve_ckpt_path
 from alexnet_gtsrb.errors import UserError
 from alexnet_gtsrb.schedules import warmup_cosine
-from alexnet_gtsrb.utils import resolve_ckpt_path
-from tests.conftest import read_event_tags
-from tests.test_train import _run
-
-
-def _tiny(synthetic_root: Path, batch_size: int = 16) -> list[str]:
-    return [
-        "experiment=demo",
-        f"data.data_dir={synthetic_root}",
-        "data.synthetic=null",
-        "data.image_size=67",
-        f"data.batch_size={batch_size}",
-        "data.num_workers=0",
-        "trainer.num_sanity_val_steps=0",
-        "callbacks.conv1_kernels=null",
-    ]
+from tests.helpers import read_event_tags, run_train, tiny_overrides
 
 
 # -- schedules ------------------------------------------------------------------------------------------
@@ -78,7 +63,7 @@ def test_cosine_warmup_curve_starts_low_peaks_after_warmup_and_decays():
     assert fresh.lr_lambdas[0].total == 10 and fresh.last_epoch == scheduler.last_epoch
 
 
-def test_cosine_warmup_in_a_short_run_warms_up_over_the_whole_run(compose_cfg):
+def test_cosine_warmup_in_a_short_run_warms_up_over_the_wholerun_train(compose_cfg):
     cfg = compose_cfg(["model=alexnet_bn", "scheduler=cosine", "trainer.max_epochs=2"])
     assert cfg.model.scheduler.total_epochs == 2  # follows trainer.max_epochs
     param = torch.nn.Parameter(torch.zeros(1))
@@ -107,7 +92,7 @@ def test_resume_last_continues_the_same_run_in_place(tmp_path, synthetic_root):
     """2 epochs, then ``trainer.max_epochs=3 ckpt_path=last`` into the same folder: one run, continued."""
     run_dir = tmp_path / "run"
     args = [
-        *_tiny(synthetic_root),
+        *tiny_overrides(synthetic_root),
         "scheduler=step",
         "scheduler.step_size=1",
         "scheduler.gamma=0.5",
@@ -116,14 +101,14 @@ def test_resume_last_continues_the_same_run_in_place(tmp_path, synthetic_root):
         "test=false",
         f"hydra.run.dir={run_dir}",
     ]
-    first = _run([*args, "trainer.max_epochs=2"])
+    first = run_train([*args, "trainer.max_epochs=2"])
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (ckpt["epoch"], ckpt["global_step"]) == (1, 4)
     best_before = ckpt["val_acc_best"]
     tags_before = read_event_tags(run_dir / "tensorboard")
 
-    second = _run([*args, "trainer.max_epochs=3", "ckpt_path=last"])
+    second = run_train([*args, "trainer.max_epochs=3", "ckpt_path=last"])
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Restored all states" in second.stdout + second.stderr
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -153,10 +138,10 @@ def test_resume_last_continues_the_same_run_in_place(tmp_path, synthetic_root):
 @pytest.mark.slow
 def test_multirun_writes_job_folders_and_a_summary(tmp_path, synthetic_root):
     sweep_dir = tmp_path / "sweep"
-    proc = _run(
+    proc = run_train(
         [
             "-m",
-            *_tiny(synthetic_root),
+            *tiny_overrides(synthetic_root),
             "optimizer.lr=1e-3,1e-2",
             "trainer.max_epochs=1",
             "trainer.limit_train_batches=2",
@@ -188,8 +173,8 @@ def test_multirun_writes_job_folders_and_a_summary(tmp_path, synthetic_root):
 def test_ddp_cpu_two_processes_share_one_run_and_split_the_data(tmp_path, synthetic_root, compose_cfg):
     """``trainer=ddp_cpu trainer.devices=2``: two gloo ranks, one run folder, disjoint shards, synced metrics."""
     logs, shards, bs = tmp_path / "logs", tmp_path / "shards", 32
-    data_args = [*_tiny(synthetic_root, batch_size=bs), "model.net.batch_norm=false"]  # no per-rank BN stats
-    proc = _run(
+    data_args = [*tiny_overrides(synthetic_root, batch_size=bs), "model.net.batch_norm=false"]  # no per-rank BN stats
+    proc = run_train(
         [*data_args, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=1", "test=false", "scheduler=step"],
         env_extra={"ALEXNET_GTSRB_LOGS": str(logs), "ALEXNET_GTSRB_DUMP_SHARDS": str(shards), "OMP_NUM_THREADS": "1"},
     )
@@ -239,7 +224,7 @@ def test_sweep_summary_reads_job_folders(tmp_path):
     """The summary also works from the folders alone (launchers that run jobs in other processes)."""
     from omegaconf import OmegaConf
 
-    from alexnet_gtsrb.sweep import SweepSummary
+    from alexnet_gtsrb.sweeps import SweepSummary
 
     for num, (acc, lr) in enumerate([(0.5, "1e-3"), (0.75, "1e-2")]):
         job = tmp_path / str(num)

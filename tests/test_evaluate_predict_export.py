@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -23,10 +20,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from alexnet_gtsrb.data.classes import NUM_CLASSES
-from alexnet_gtsrb.data.dataset import decode_rgb
+from alexnet_gtsrb.data.io import decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform, normalize_uint8
-from alexnet_gtsrb.evaluate import _flip_source_index, eval_settings, five_crops, load_classifier
-from tests.conftest import CONF, ROOT, read_event_tags
+from alexnet_gtsrb.evaluation.tta import _flip_source_index, five_crops
+from alexnet_gtsrb.inference import eval_settings, load_classifier
+from tests.helpers import CONF, read_event_tags, run_module
 
 IMAGE_SIZE = 67
 
@@ -65,17 +63,6 @@ def tiny_ckpt(synthetic_root, tmp_path_factory) -> Path:
     return ckpt
 
 
-def _run(module: str, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"alexnet_gtsrb.{module}", *args],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def _test_images(root: Path) -> list[Path]:
     return sorted((root / "GTSRB" / "Final_Test" / "Images").glob("*.ppm"))
 
@@ -91,7 +78,9 @@ def _assert_png(path: Path, min_side: int = 200) -> None:
 @pytest.mark.slow
 def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
     run_dir = tmp_path / "eval"
-    proc = _run("evaluate", [f"ckpt_path={tiny_ckpt}", f"data.data_dir={synthetic_root}", f"hydra.run.dir={run_dir}"])
+    proc = run_module(
+        "evaluate", [f"ckpt_path={tiny_ckpt}", f"data.data_dir={synthetic_root}", f"hydra.run.dir={run_dir}"]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = float(re.search(r"^test/acc: ([0-9.]+)", proc.stdout, re.M).group(1))
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -125,7 +114,7 @@ def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
 @pytest.mark.slow
 def test_evaluate_tta(tiny_ckpt, synthetic_root, tmp_path):
     run_dir = tmp_path / "eval_tta"
-    proc = _run(
+    proc = run_module(
         "evaluate",
         [
             f"ckpt_path={tiny_ckpt}",
@@ -164,7 +153,7 @@ def test_predict_json_matches_model_and_skips_bad_files(tiny_ckpt, synthetic_roo
     text = tmp_path / "notes.txt"
     text.write_text("not an image\n")
     listed = ",".join(str(p) for p in [images[0], corrupt, *images[1:], text])
-    proc = _run(
+    proc = run_module(
         "predict",
         [f"ckpt_path={tiny_ckpt}", f"images=[{listed}]", "format=json", "top_k=3", f"hydra.run.dir={tmp_path}/p"],
     )
@@ -194,11 +183,11 @@ def test_predict_folder_table_and_nothing_readable(tiny_ckpt, synthetic_root, tm
     for p in _test_images(synthetic_root)[:2]:
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "readme.txt").write_text("hello")
-    proc = _run("predict", [f"ckpt_path={tiny_ckpt}", f"images={folder}", f"hydra.run.dir={tmp_path}/p1"])
+    proc = run_module("predict", [f"ckpt_path={tiny_ckpt}", f"images={folder}", f"hydra.run.dir={tmp_path}/p1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count(".ppm") == 2 and "rank" in proc.stdout and "readme.txt" in proc.stderr
 
-    proc = _run(
+    proc = run_module(
         "predict", [f"ckpt_path={tiny_ckpt}", f"images=[{folder / 'readme.txt'}]", f"hydra.run.dir={tmp_path}/p2"]
     )
     assert proc.returncode != 0
@@ -224,7 +213,9 @@ def test_export_onnx_matches_pytorch(tiny_ckpt, tmp_path):
     import onnxruntime as ort
 
     out = tmp_path / "exported.onnx"
-    proc = _run("export", [f"ckpt_path={tiny_ckpt}", "format=onnx", f"output={out}", f"hydra.run.dir={tmp_path}/e"])
+    proc = run_module(
+        "export", [f"ckpt_path={tiny_ckpt}", "format=onnx", f"output={out}", f"hydra.run.dir={tmp_path}/e"]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     x, ref, settings = _reference(tiny_ckpt, batch=5)  # the export used batch 2: the batch axis is dynamic
@@ -240,7 +231,7 @@ def test_export_onnx_matches_pytorch(tiny_ckpt, tmp_path):
 @pytest.mark.slow
 def test_export_torchscript_matches_pytorch(tiny_ckpt, tmp_path):
     run_dir = tmp_path / "e"
-    proc = _run("export", [f"ckpt_path={tiny_ckpt}", "format=torchscript", f"hydra.run.dir={run_dir}"])
+    proc = run_module("export", [f"ckpt_path={tiny_ckpt}", "format=torchscript", f"hydra.run.dir={run_dir}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     extra = {"metadata.json": ""}
     scripted = torch.jit.load(str(run_dir / "model.pt"), _extra_files=extra)

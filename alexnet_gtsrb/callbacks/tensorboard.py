@@ -17,7 +17,10 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from alexnet_gtsrb.averaging import EMAWeights
+from alexnet_gtsrb.callbacks.ema import EMAWeights
+from alexnet_gtsrb.data.classes import class_name
+from alexnet_gtsrb.plots import confusion_figure, conv1_kernel_grid
+from alexnet_gtsrb.utils.nets import global_batch_size
 
 HPARAMS_METRICS = ("val/acc_best", "test/acc", "test/loss")
 
@@ -48,11 +51,8 @@ class Conv1KernelGrid(L.Callback):
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tb = _tensorboard(trainer)
         net = getattr(pl_module, "net", None)
-        net = getattr(net, "_orig_mod", net)  # torch.compile wrapper
         if tb is None or net is None or not trainer.is_global_zero:
             return
-        from alexnet_gtsrb.models.alexnet import conv1_kernel_grid
-
         with torch.no_grad():
             grid = conv1_kernel_grid(net)
         tb.add_image("filters/conv1", grid.float().cpu(), global_step=trainer.global_step)
@@ -63,19 +63,6 @@ class Conv1KernelGrid(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._log(trainer, pl_module)
-
-
-class LayerSummary(L.Callback):
-    """Prints the Keras-style table (layer, output shape, params) once at fit start, on rank zero."""
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        from alexnet_gtsrb.models.summary import format_summary, summary_rows
-
-        net = getattr(pl_module.net, "_orig_mod", pl_module.net)
-        size = int(pl_module.hparams.net.get("image_size", 227))
-        print(format_summary(summary_rows(net, size), title=f"{type(net).__name__} at {size}x{size}"), flush=True)
 
 
 # -- augmented training samples --------------------------------------------------------------------------------
@@ -144,8 +131,6 @@ def _mean_std(trainer: L.Trainer, pl_module: L.LightningModule, mean: Any, std: 
 # -- validation confusion matrix and per-class accuracy -----------------------------------------------------
 def class_tag(class_id: int) -> str:
     """``NN_<short name>`` for a class: ``14_stop``, ``01_speed_limit_30km_h``."""
-    from alexnet_gtsrb.data.classes import class_name
-
     slug = re.sub(r"[^a-z0-9]+", "_", class_name(class_id).lower()).strip("_")
     return f"{class_id:02d}_{slug[:32].rstrip('_')}"
 
@@ -157,7 +142,7 @@ class _ValConfusion(L.Callback):
 
     def __init__(self, num_classes: int | None = None) -> None:
         self.num_classes = num_classes
-        self.confmat = None
+        self.confmat: Any = None  # a MulticlassConfusionMatrix once setup() knows the class count
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.confmat is not None:
@@ -205,14 +190,12 @@ class _ValConfusion(L.Callback):
 
 class ValConfusionMatrix(_ValConfusion):
     """Logs ``val/confusion_matrix`` after every validation epoch: the row-normalised matrix drawn by
-    :func:`alexnet_gtsrb.evaluate.confusion_figure` (rows: true class, columns: predicted)."""
+    :func:`alexnet_gtsrb.plots.confusion_figure` (rows: true class, columns: predicted)."""
 
     def _log(self, trainer: L.Trainer, cm: torch.Tensor) -> None:
         tb = _tensorboard(trainer)
         if tb is None:
             return
-        from alexnet_gtsrb.evaluate import confusion_figure
-
         tb.add_figure("val/confusion_matrix", confusion_figure(cm), global_step=_log_step(trainer), close=True)
 
 
@@ -270,6 +253,7 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
     dm_hp = getattr(getattr(trainer, "datamodule", None), "hparams", None) or {}
     augment = dm_hp.get("augment") or {}
     batch = dm_hp.get("batch_size")
+    callbacks: list[Any] = getattr(trainer, "callbacks", [])
     return {
         "model/variant": net.get("variant"),
         "model/groups": net.get("groups"),
@@ -286,15 +270,13 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "optimizer/momentum": opt.get("momentum"),
         "scheduler": _short_target(sched.get("_target_")) or "none",
         "data/batch_size": batch,
-        "data/batch_size_global": (
-            int(batch) * trainer.world_size * trainer.accumulate_grad_batches if batch is not None else None
-        ),
+        "data/batch_size_global": global_batch_size(batch, trainer) if batch is not None else None,
         "data/augment": augment.get("preset"),
         "data/clahe": augment.get("clahe"),
         "data/roi_crop": dm_hp.get("roi_crop"),
         "data/split": dm_hp.get("split"),
         "data/class_balance": dm_hp.get("class_balance"),
-        "ema/decay": next((cb.decay for cb in trainer.callbacks if isinstance(cb, EMAWeights)), None),
+        "ema/decay": next((cb.decay for cb in callbacks if isinstance(cb, EMAWeights)), None),
         "trainer/max_epochs": trainer.max_epochs,
         "trainer/precision": trainer.precision,
         "trainer/world_size": trainer.world_size,

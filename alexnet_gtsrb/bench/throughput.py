@@ -1,14 +1,18 @@
-"""Training-throughput measurement on synthetic data, shared by the tests and a ``bench`` command."""
+"""Timing helpers: bare training steps on random tensors, and the steady-state timer of a Lightning ``fit``."""
 
 from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-__all__ = ["measure_train_throughput"]
+from alexnet_gtsrb.bench.proc import CpuMeter
+
+__all__ = ["SteadyStateTimer", "measure_train_throughput", "timed_train_throughput"]
 
 
 def _sync(device: torch.device) -> None:
@@ -62,3 +66,44 @@ def measure_train_throughput(
         step()
     _sync(device)
     return batch * steps / (time.perf_counter() - start)
+
+
+def timed_train_throughput(net: nn.Module, **kwargs: Any) -> tuple[float, float]:
+    """:func:`measure_train_throughput` (same keywords) and the cores this process tree kept busy meanwhile."""
+    meter = CpuMeter()
+    value = measure_train_throughput(net, **kwargs)
+    return value, meter.cores()
+
+
+class SteadyStateTimer(Callback):
+    """Times training from the end of batch ``warmup`` to the end of the last batch, counting the images.
+
+    Worker start-up, the first prefetch and one-off allocations fall in the warm-up batches; what remains is
+    the steady state a long run sees.
+    """
+
+    def __init__(self, warmup: int, device: torch.device) -> None:
+        self.warmup = warmup
+        self.device = device
+        self.t0: float | None = None
+        self.t1: float | None = None
+        self.images = 0
+        self.meter = CpuMeter()
+        self.cores: float | None = None
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        _sync(self.device)
+        now = time.perf_counter()
+        if batch_idx + 1 == self.warmup:
+            self.t0 = now
+            self.meter.start()
+        elif batch_idx + 1 > self.warmup:
+            self.images += int(batch[1].numel())
+            self.t1 = now
+            self.cores = self.meter.cores()
+
+    def rate(self) -> float | None:
+        """Images per second over the timed batches, or None when there were none."""
+        if self.t0 is None or self.t1 is None or self.images == 0:
+            return None
+        return self.images / (self.t1 - self.t0)

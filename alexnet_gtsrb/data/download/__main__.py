@@ -1,0 +1,122 @@
+"""Command line: ``python -m alexnet_gtsrb.data.download --root DIR [--only {all,test}] ...``.
+
+Downloads, verifies and unpacks GTSRB into --root, then prints the ``export GTSRB_ROOT=...`` line.
+``main`` also serves as a console-script entry point (``alexnet_gtsrb.data.download:main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from alexnet_gtsrb.data.download import (
+    DEFAULT_BASE_URL,
+    MIRROR_ENV_VAR,
+    OFFICIAL_ARCHIVES,
+    PARTS,
+    ROOT_ENV_VAR,
+    Archive,
+    DownloadError,
+    download_gtsrb,
+)
+from alexnet_gtsrb.data.download.archive import MD5_RE
+
+#: --only choices and the parts of the dataset each one fetches.
+ONLY_CHOICES: dict[str, tuple[str, ...]] = {"all": PARTS, "test": ("test",)}
+
+
+def _apply_md5_overrides(archives: Sequence[Archive], overrides: Sequence[str]) -> tuple[Archive, ...]:
+    """Apply FILENAME=HASH overrides (HASH 'none' disables the check) to a set of archives."""
+    by_name = {a.filename: a for a in archives}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or name not in by_name:
+            raise ValueError(f"--md5 expects FILENAME=HASH with FILENAME one of {', '.join(by_name)}; got {item!r}")
+        if value.lower() == "none":
+            md5 = None
+        elif MD5_RE.fullmatch(value):
+            md5 = value.lower()
+        else:
+            raise ValueError(f"--md5 {name}: HASH must be 32 hex digits or 'none', got {value!r}")
+        by_name[name] = replace(by_name[name], md5=md5)
+    return tuple(by_name[a.filename] for a in archives)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Collapse an exception message onto a single line for the CLI."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The argument parser (defaults for --root come from $GTSRB_ROOT)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m alexnet_gtsrb.data.download",
+        description="Download, verify and unpack the official GTSRB archives (resumable, idempotent).",
+    )
+    parser.add_argument(
+        "--root", default=os.environ.get(ROOT_ENV_VAR) or None, help=f"data root to fill (default: ${ROOT_ENV_VAR})"
+    )
+    parser.add_argument(
+        "--only",
+        choices=tuple(ONLY_CHOICES),
+        default="all",
+        help="what to fetch: all (training + test archives, default) or test (only the test images and "
+        "GT-final_test.csv, enough to evaluate a checkpoint; skips the 263 MB training archive)",
+    )
+    parser.add_argument(
+        "--mirror",
+        default=None,
+        help=f"base URL holding the zip files (default: ${MIRROR_ENV_VAR}, else {DEFAULT_BASE_URL})",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or status lines")
+    parser.add_argument(
+        "--md5",
+        action="append",
+        default=[],
+        metavar="FILENAME=HASH",
+        help="override an archive's expected md5 (repeatable; HASH 'none' skips the check)",
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: download GTSRB into --root and print the GTSRB_ROOT export line."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.root:
+        parser.error(f"--root is required (or set ${ROOT_ENV_VAR})")
+    try:
+        archives = _apply_md5_overrides(OFFICIAL_ARCHIVES, args.md5)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    try:
+        root = download_gtsrb(
+            args.root,
+            base_url=args.mirror,
+            archives=archives,
+            progress=not args.no_progress,
+            timeout=args.timeout,
+            parts=ONLY_CHOICES[args.only],
+        )
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (DownloadError, OSError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    what = "GTSRB" if args.only == "all" else "The GTSRB test set"
+    print(f"{what} is ready in {root / 'GTSRB'}")
+    print("Point the training code at it with:")
+    print(f"export {ROOT_ENV_VAR}={shlex.quote(str(root))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

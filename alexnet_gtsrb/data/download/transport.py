@@ -1,0 +1,254 @@
+"""Getting the archives over HTTP: the mirror URL, streaming into ``.part`` files with HTTP Range resume,
+md5 verification of what arrived (and of archives cached by an earlier run), network-error messages that
+say what to do, and the progress bars on stderr."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from alexnet_gtsrb.data.download.archive import CHUNK_SIZE, NO_SPACE_FIX, Archive, DownloadError
+from alexnet_gtsrb.utils.files import require_free_space
+
+DEFAULT_BASE_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"
+MIRROR_ENV_VAR = "GTSRB_MIRROR"
+_USER_AGENT = "alexnet_gtsrb-downloader/1.0 (Python urllib)"
+
+
+def resolve_base_url(base_url: str | None = None) -> str:
+    """Pick the mirror (argument, else $GTSRB_MIRROR, else the official server), with a trailing slash."""
+    url = (base_url or os.environ.get(MIRROR_ENV_VAR, "") or DEFAULT_BASE_URL).strip()
+    return url if url.endswith("/") else url + "/"
+
+
+def archive_url(base: str, filename: str) -> str:
+    """Join the mirror base URL and an archive file name (URL-quoted)."""
+    return base + urllib.parse.quote(filename)
+
+
+def _network_error(url: str, exc: BaseException, downloads: Path) -> DownloadError:
+    """Turn a urllib/socket failure into a DownloadError that names the URL and the ways out."""
+    if isinstance(exc, urllib.error.HTTPError):
+        what = f"HTTP {exc.code} {exc.reason}"
+    elif isinstance(exc, urllib.error.URLError):
+        what = str(exc.reason)
+    else:
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return DownloadError(
+        f"could not fetch {url} ({what}). Check the network, use another mirror with --mirror URL "
+        f"(or ${MIRROR_ENV_VAR}), or download the file manually into {downloads}/ and rerun"
+    )
+
+
+def _hash_file(path: Path, digest: Any) -> Any:
+    """Feed a file into a hashlib digest in chunks and return the digest."""
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK_SIZE), b""):
+            digest.update(chunk)
+    return digest
+
+
+def _new_md5() -> Any:
+    """An md5 digest marked as not used for security (it only detects corrupt transfers)."""
+    return hashlib.md5(usedforsecurity=False)
+
+
+# ------------------------------------------------------------------------------------------ progress bars
+
+
+class _TextBar:
+    """Minimal stderr progress bar for when tqdm is not installed."""
+
+    def __init__(self, desc: str, total: int | None, initial: int, stream: IO[str]) -> None:
+        """Remember what to draw; nothing is printed until the first update."""
+        self.desc, self.total, self.n, self.stream = desc, total, initial, stream
+        self._last = 0.0
+
+    def update(self, n: int) -> None:
+        """Advance by n bytes and redraw at most ~10 times a second."""
+        self.n += n
+        now = time.monotonic()
+        if now - self._last >= 0.1:
+            self._last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        """Write one carriage-return line: bar, percentage and MiB counts."""
+        mib = self.n / 2**20
+        if self.total:
+            frac = min(self.n / self.total, 1.0)
+            bar = "#" * int(30 * frac)
+            line = f"\r{self.desc} [{bar:<30}] {100 * frac:5.1f}% {mib:.1f}/{self.total / 2**20:.1f} MiB"
+        else:
+            line = f"\r{self.desc} {mib:.1f} MiB"
+        self.stream.write(line)
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Draw the final state and end the line."""
+        self._draw()
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+class _NullBar:
+    """Progress bar that shows nothing (progress=False)."""
+
+    def update(self, n: int) -> None:
+        """Ignore progress."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _make_bar(desc: str, total: int | None, initial: int, enabled: bool) -> Any:
+    """Return a progress bar on stderr: tqdm when available, a plain text bar otherwise."""
+    if not enabled:
+        return _NullBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _TextBar(desc, total, initial, sys.stderr)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=True,
+        dynamic_ncols=True,
+    )
+
+
+# -------------------------------------------------------------------------------------------- streaming
+
+
+def _content_range_start(value: str | None) -> int | None:
+    """First byte position of a 'Content-Range: bytes START-END/TOTAL' header, or None."""
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value or "")
+    return int(match.group(1)) if match else None
+
+
+def _stream_to_part(
+    url: str, part: Path, offset: int, downloads: Path, progress: bool, timeout: float
+) -> tuple[str, bool]:
+    """Stream url into part, resuming at byte `offset` if the server honours Range.
+
+    Returns (md5 hex of the whole .part, whether it was a resumed transfer). Network failures raise
+    DownloadError and keep the .part so that the next run can resume; HTTP errors leave no file.
+    """
+    headers = {"User-Agent": _USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if offset and exc.code == 416:  # our .part is not a prefix the server recognises: start over
+            part.unlink(missing_ok=True)
+            return _stream_to_part(url, part, 0, downloads, progress, timeout)
+        raise _network_error(url, exc, downloads) from exc
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise _network_error(url, exc, downloads) from exc
+
+    with response:
+        status = getattr(response, "status", None) or 200
+        resumed = bool(offset) and status == 206
+        if resumed and _content_range_start(response.headers.get("Content-Range")) != offset:
+            response.close()  # a range we did not ask for: do not trust it, start over
+            part.unlink(missing_ok=True)
+            return _stream_to_part(url, part, 0, downloads, progress, timeout)
+        if status == 206 and not resumed:
+            raise DownloadError(f"unexpected partial content (HTTP 206) from {url}; try another --mirror")
+        length_header = response.headers.get("Content-Length")
+        length = int(length_header) if length_header and length_header.isdigit() else None
+
+        digest = _hash_file(part, _new_md5()) if resumed else _new_md5()
+        if not resumed:
+            offset = 0
+        if length is not None:
+            require_free_space(downloads, length, url, NO_SPACE_FIX, error=DownloadError)
+
+        received = 0
+        bar = _make_bar(part.name.removesuffix(".part"), None if length is None else offset + length, offset, progress)
+        try:
+            with open(part, "ab" if resumed else "wb") as fh:
+                while True:
+                    try:
+                        chunk = response.read(CHUNK_SIZE)
+                    except (http.client.HTTPException, OSError) as exc:
+                        raise _network_error(url, exc, downloads) from exc
+                    if not chunk:
+                        break
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+        finally:
+            bar.close()
+    if length is not None and received < length:
+        raise DownloadError(
+            f"connection to {url} closed after {offset + received} of {offset + length} bytes; "
+            f"rerun to resume (partial file kept as {part})"
+        )
+    return digest.hexdigest(), resumed
+
+
+def download(
+    url: str,
+    archive: Archive,
+    part: Path,
+    final: Path,
+    progress: bool,
+    timeout: float,
+    say: Callable[[str], None],
+) -> None:
+    """Fetch one archive into `final` via `part`, verifying its md5; a bad download leaves no file."""
+    downloads = part.parent
+    offset = part.stat().st_size if part.is_file() else 0
+    if offset and archive.md5 is None:
+        say(f"{archive.filename}: discarding partial download (no checksum to validate a resume)")
+        part.unlink()
+        offset = 0
+    elif offset:
+        say(f"{archive.filename}: found partial download ({offset} bytes), trying to resume")
+    say(f"downloading {url}")
+    actual, resumed = _stream_to_part(url, part, offset, downloads, progress, timeout)
+    expected = archive.md5.lower() if archive.md5 else None
+    if expected and actual != expected and resumed:
+        say(f"{archive.filename}: resumed download failed its checksum; downloading from scratch")
+        part.unlink(missing_ok=True)
+        actual, _ = _stream_to_part(url, part, 0, downloads, progress, timeout)
+    if expected and actual != expected:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"checksum mismatch for {archive.filename} from {url}: expected md5 {expected}, got {actual}. "
+            "The corrupt file was deleted; rerun, or try another --mirror"
+        )
+    os.replace(part, final)
+
+
+def cached_archive_ok(final: Path, archive: Archive, say: Callable[[str], None]) -> bool:
+    """True if a complete archive from an earlier run can be reused; a corrupt one is deleted."""
+    if not final.is_file():
+        return False
+    if archive.md5 is None:
+        return True
+    actual = _hash_file(final, _new_md5()).hexdigest()
+    if actual == archive.md5.lower():
+        return True
+    say(f"{archive.filename}: cached copy is corrupt (md5 {actual}, expected {archive.md5}); re-downloading")
+    final.unlink()
+    return False

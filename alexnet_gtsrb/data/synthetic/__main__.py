@@ -1,0 +1,10 @@
+"""``python -m alexnet_gtsrb.data.synthetic --root DIR [--preview grid.png]``: see :func:`.cli.main`."""
+
+from __future__ import annotations
+
+import sys
+
+from alexnet_gtsrb.data.synthetic.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

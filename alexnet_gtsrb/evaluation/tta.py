@@ -1,0 +1,85 @@
+"""Flip-safe test-time augmentation: five crops, each with a horizontal flip used only through the label mapping
+under which it is valid (GTSRB has left/right sign pairs)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import albumentations as A
+import torch
+
+from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
+from alexnet_gtsrb.data.transforms import build_transform
+from alexnet_gtsrb.module import GTSRBClassifier
+
+TTA_CROPS = 5
+
+
+def _flip_source_index(num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(source class per class for a flipped view, mask of classes that may use the flipped view).
+
+    ``src[c]`` is the class whose flipped-view probability stands for class ``c``: its mirror twin for the
+    mirror pairs, itself for flip-invariant classes; ``mask[c]`` is False for every other class.
+    """
+    src = torch.arange(num_classes)
+    mask = torch.zeros(num_classes, dtype=torch.bool)
+    for a, b in MIRROR_PAIRS:
+        if a < num_classes and b < num_classes:
+            src[a], src[b] = b, a
+            mask[a] = mask[b] = True
+    for c in FLIP_INVARIANT:
+        if c < num_classes:
+            mask[c] = True
+    return src, mask
+
+
+def five_crops(images: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Centre and four corner ``size``x``size`` crops of a uint8 (B, H, W, 3) batch (Krizhevsky et al. 2012)."""
+    h, w = images.shape[1], images.shape[2]
+    if h < size or w < size:
+        raise ValueError(f"TTA: images of {h}x{w} are smaller than the crop size {size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
+    return [images[:, y : y + size, x : x + size] for y, x in [(top, left), *corners]]
+
+
+@torch.inference_mode()
+def tta_probabilities(model: GTSRBClassifier, images: torch.Tensor, size: int) -> torch.Tensor:
+    """Flip-safe TTA: softmax averaged over 5 crops, each with a label-mapped horizontal flip.
+
+    The paper averages 10 views (5 crops and their flips); on GTSRB a flip changes the meaning of some
+    signs, and at test time the class is unknown, so a flipped view is used only through the label mapping
+    under which it is valid. Per crop, with ``p`` the softmax of the crop and ``p'`` that of its mirror image:
+
+    * mirror-pair classes (19/20, 33/34, 36/37, 38/39): ``q[c] = p'[twin(c)]`` (a flipped "curve left" is a
+      "curve right");
+    * flip-invariant classes (11, 12, 13, 15, 17, 18, 22, 26, 30, 35): ``q[c] = p'[c]``;
+    * every other class (digits, one-sided signs without a twin): ``q[c] = p[c]``; the flipped view says
+      nothing valid about them;
+    * ``q`` is renormalised to sum to 1, and the crop's distribution is ``(p + q) / 2``.
+
+    The result is the mean over the 5 crops: ``(B, num_classes)`` probabilities. For a model and an image
+    where only the un-flipped view counts this reduces to the paper's 5-crop average.
+    """
+    crops = five_crops(images, size)
+    num_classes = int(model.hparams.num_classes)
+    src, mask = _flip_source_index(num_classes)
+    src, mask = src.to(images.device), mask.to(images.device)
+    total = torch.zeros(images.shape[0], num_classes, device=images.device)
+    for crop in crops:
+        both = torch.cat([crop, crop.flip(2)])  # (2B, s, s, 3): the crop and its mirror image
+        probs = model(both.contiguous()).float().softmax(dim=-1)
+        p, p_flip = probs.chunk(2)
+        q = torch.where(mask, p_flip[:, src], p)
+        q = q / q.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        view = (p + q) / 2
+        total = total + view
+    return total / len(crops)
+
+
+def tta_transform(image_size: int, augment: Mapping[str, Any]) -> A.Compose:
+    """The pipeline feeding TTA: the paper preset's evaluation pipeline (CLAHE if set, resize to 256/227 of
+    the size) without its centre crop, so that the 5 crops are cut from the same enlarged image."""
+    full = build_transform("paper", image_size, train=False, params=augment)
+    return A.Compose(list(full.transforms)[:-1])

@@ -1,0 +1,158 @@
+"""Every figure the project draws, and the one way they are saved.
+
+Matplotlib figures (confusion matrix, misclassified grid, training curves, conv1 kernels) for reports and
+TensorBoard, and :func:`conv1_kernel_grid`, the kernels as one image tensor (TensorBoard's ``filters/conv1``).
+Matplotlib runs headless (the Agg backend), so figures work on servers, in CI and under ``nohup``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from alexnet_gtsrb.data.classes import class_name
+from alexnet_gtsrb.utils.nets import unwrap_compiled
+
+DPI = 110
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG (tight bounding box) and close it; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    pyplot().close(fig)
+    return path
+
+
+def confusion_figure(confmat: torch.Tensor) -> Any:
+    """A matplotlib figure of the row-normalised confusion matrix (rows: true class, columns: predicted)."""
+    plt = pyplot()
+    counts = confmat.float()
+    rows = counts.sum(dim=1, keepdim=True)
+    norm = torch.where(rows > 0, counts / rows.clamp_min(1), torch.zeros_like(counts)).numpy()
+    n = norm.shape[0]
+    fig, ax = plt.subplots(figsize=(12, 11))
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(range(n), fontsize=6)
+    ax.set_yticklabels([f"{c} {class_name(c)[:28]}" for c in range(n)], fontsize=6)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (rows normalised to 1)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_figure(items: list[tuple[np.ndarray, int, int, float]], max_items: int = 64) -> Any:
+    """A grid (up to 8x8) of misclassified images titled with true and predicted names and the probability."""
+    plt = pyplot()
+    cols = 8
+    rows = max(1, (len(items) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, true, pred, prob) in zip(axes.flat, items, strict=False):
+        ax.imshow(image)
+        ax.set_title(f"T: {class_name(true)[:24]}\nP: {class_name(pred)[:24]} ({prob:.2f})", fontsize=6)
+    if not items:
+        axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    fig.suptitle(f"{len(items)} misclassified test images (first {max_items} at most)")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
+def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
+    """Accuracy and loss against epoch, training and validation (matplotlib figure)."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, (metric, name) in zip(axes, [("acc", "accuracy"), ("loss", "loss")], strict=True):
+        for stage in ("train", "val"):
+            points = [(r["epoch"], r[f"{stage}_{metric}"]) for r in rows if f"{stage}_{metric}" in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=stage)
+        ax.set_title(f"model {name}" + (f" ({title})" if title else ""))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def conv1_figure(net: nn.Module, title: str = "") -> Any:
+    """conv1's kernels as one matplotlib image (two halves for a two-group network)."""
+    plt = pyplot()
+    grid = conv1_kernel_grid(net).permute(1, 2, 0).numpy()
+    fig, ax = plt.subplots(figsize=(12, 5))
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_title(f"conv1 kernels{f' ({title})' if title else ''}: 0-47 | 48-95")
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def _grid_columns(n: int) -> int:
+    """Columns for ``n`` tiles: the smallest divisor of n that is >= sqrt(n), else ceil(sqrt(n))."""
+    root = math.isqrt(n - 1) + 1 if n > 1 else 1
+    for cols in range(root, min(n, 2 * root) + 1):
+        if n % cols == 0:
+            return cols
+    return root
+
+
+@torch.no_grad()
+def conv1_kernel_grid(net: nn.Module, pad: int = 1, gap: int = 4) -> torch.Tensor:
+    """conv1's kernels as one (3, H, W) image in [0, 1], one block per conv2 group, blocks side by side.
+
+    With ``groups=2`` kernels 0-47 (feeding conv2's first group, "GPU 1" in the paper's Fig. 3) form the
+    left block and 48-95 the right block, separated by ``gap`` white columns. Each kernel is min-max
+    normalised on its own so that low-contrast kernels stay visible.
+    """
+    convs = [m for m in unwrap_compiled(net).modules() if isinstance(m, nn.Conv2d)]
+    weight = convs[0].weight.detach().float().cpu()
+    if weight.shape[1] not in (1, 3):
+        raise ValueError(f"conv1 must have 1 or 3 input channels to render as an image, got {weight.shape[1]}")
+    weight = weight.expand(-1, 3, -1, -1) if weight.shape[1] == 1 else weight
+    lo = weight.amin(dim=(1, 2, 3), keepdim=True)
+    hi = weight.amax(dim=(1, 2, 3), keepdim=True)
+    weight = (weight - lo) / (hi - lo).clamp_min(1e-12)
+    n_groups = convs[1].groups if len(convs) > 1 else 1
+    blocks = []
+    for block in weight.chunk(n_groups, dim=0):
+        n, _, kh, kw = block.shape
+        cols = _grid_columns(n)
+        rows = math.ceil(n / cols)
+        img = torch.ones(3, rows * (kh + pad) + pad, cols * (kw + pad) + pad)
+        for i in range(n):
+            r, c = divmod(i, cols)
+            top, left = pad + r * (kh + pad), pad + c * (kw + pad)
+            img[:, top : top + kh, left : left + kw] = block[i]
+        blocks.append(img)
+    height = max(b.shape[1] for b in blocks)
+    parts: list[torch.Tensor] = []
+    for i, b in enumerate(blocks):
+        if i:
+            parts.append(torch.ones(3, height, gap))
+        parts.append(nn.functional.pad(b, (0, 0, 0, height - b.shape[1]), value=1.0))
+    return torch.cat(parts, dim=2)

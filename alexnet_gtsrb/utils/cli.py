@@ -1,0 +1,78 @@
+"""What every entry point shares: user errors as one line (exit 2), rank-zero printing, where ``conf/`` is."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lightning.pytorch.utilities import rank_zero_only
+
+from alexnet_gtsrb.errors import UserError
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The UserError (or config ValueError raised while building objects) inside an exception chain."""
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, UserError):
+            return current
+        if type(current).__name__ == "InstantiationException" and isinstance(current.__cause__, ValueError):
+            return current.__cause__
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc)
+    # Errors re-raised from DataLoader workers carry the worker's traceback in the message: keep the
+    # last line, which is the original message.
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def exit_on_user_error(fn: F) -> F:
+    """Run an entry point; a UserError prints one clear message and exits non-zero, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is the user's to fix
+            user = _user_error(exc)
+            if user is None:
+                raise
+            print(f"{getattr(user, 'prefix', 'error: ')}{_message(user)}", file=sys.stderr, flush=True)
+            sys.exit(getattr(user, "exit_code", 2))
+
+    return wrapper  # type: ignore[return-value]
+
+
+@rank_zero_only
+def print_rank_zero(*args: Any) -> None:
+    """print() on global rank zero only (DDP runs one process per device)."""
+    print(*args, flush=True)
+
+
+def config_dir() -> Path:
+    """The folder holding ``train.yaml``: the copy shipped inside the installed package (a wheel), else the
+    top-level ``conf/`` of a source checkout (``pip install -e .``)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"alexnet_gtsrb's configs are missing: neither {package / 'conf'} nor {package.parent / 'conf'}")
+
+
+#: ``config_path`` for ``@hydra.main`` (an absolute path, so it works from any working directory).
+CONFIG_PATH = str(config_dir())

@@ -1,0 +1,52 @@
+"""Helpers shared by the test modules (no test module imports another): paths, subprocess runs, readers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+
+
+def run_module(
+    module: str, args: list[str], env_extra: dict | None = None, timeout: int = 600, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
+    """``python -m alexnet_gtsrb.<module> *args`` in a subprocess (the way a user runs it); output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", f"alexnet_gtsrb.{module}", *args],
+        cwd=cwd,
+        env={**os.environ, **(env_extra or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_event_tags(event_dir: Path) -> dict[str, list]:
+    """Every scalar and image tag in the TensorBoard event files under event_dir, with their events."""
+    from alexnet_gtsrb.run_folder import read_events
+
+    scalars, images = read_events(event_dir, recursive=True)
+    return {**scalars, **images}
+
+
+def run_train(args: list[str], env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m alexnet_gtsrb.train *args`` in a subprocess."""
+    return run_module("train", args, env_extra=env_extra, timeout=timeout)
+
+
+def tiny_overrides(synthetic_root: Path, batch_size: int = 16) -> list[str]:
+    """experiment=demo shrunk to seconds: 67 px images from the tiny synthetic tree, no workers, no sanity steps."""
+    return [
+        "experiment=demo",
+        f"data.data_dir={synthetic_root}",
+        "data.synthetic=null",
+        "data.image_size=67",
+        f"data.batch_size={batch_size}",
+        "data.num_workers=0",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.conv1_kernels=null",
+    ]

@@ -1,0 +1,120 @@
+"""The package's shape, checked: entry points only at the top and imported by nobody, no import cycles,
+no oversized modules, and every module and package named in the README's layout section."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "alexnet_gtsrb"
+ENTRY_POINTS = {"train", "evaluate", "predict", "export", "report", "bench"}
+MAX_LINES = 400
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """Every alexnet_gtsrb module ``path`` imports, at any depth of the file (lazy and TYPE_CHECKING ones too)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for t in targets:
+            while t and t not in known:  # `from pkg import name` where name is not a module
+                t = t.rsplit(".", 1)[0] if "." in t else ""
+            if t and t.startswith("alexnet_gtsrb") and t != name:
+                found.add(t)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, name, set(modules)) for name, path in modules.items()}
+
+
+def _entry_point(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ENTRY_POINTS else None
+
+
+def test_no_module_imports_an_entry_point():
+    offenders = []
+    for module, imported in _graph().items():
+        for target in imported:
+            ep = _entry_point(target)
+            if ep and _entry_point(module) != ep and target not in ("alexnet_gtsrb",):
+                offenders.append(f"{module} imports {target}")
+    assert not offenders, offenders
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            # a package's __init__ importing its own submodules is not a cycle of concern
+            if nxt.startswith(node + "."):
+                continue
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles
+
+
+def test_the_graph_sees_real_imports():
+    """The checks above would pass vacuously if the walker found nothing: it must see known edges."""
+    graph = _graph()
+    assert "alexnet_gtsrb.inference" in graph["alexnet_gtsrb.predict"]
+    assert "alexnet_gtsrb.data.io" in graph["alexnet_gtsrb.data.cache"]
+    assert "alexnet_gtsrb.data.cache" in graph["alexnet_gtsrb.data.dataset"]  # TYPE_CHECKING imports count too
+
+
+def test_no_module_over_400_lines():
+    long = {
+        str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, long
+
+
+def test_readme_layout_names_every_module_and_package():
+    """The README's layout block lists every module file and package folder of alexnet_gtsrb/ by name."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Layout\n.*?```\n(.*?)```", text, re.S)
+    assert block, "README.md has no '## Layout' section with a code block"
+    listed = set(re.findall(r"[\w]+(?:\.py|/)", block.group(1)))
+    missing = []
+    for p in sorted(PACKAGE.rglob("*")):
+        if "__pycache__" in p.parts or (p.is_file() and p.suffix != ".py"):
+            continue
+        name = p.name + "/" if p.is_dir() else p.name
+        if name not in listed:
+            missing.append(str(p.relative_to(ROOT)))
+    assert not missing, f"modules or packages missing from README's layout: {missing}"
