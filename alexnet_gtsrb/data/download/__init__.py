@@ -10,19 +10,28 @@ official 12,630 test images without the 263 MB training archive.
 
 Why the care: the archives are large (~350 MB) and come from a single academic server, so runs get
 interrupted, mirrors get used, and a half-written or tampered archive must never turn into a silently
-broken dataset. Hence: streamed downloads into ``.part`` files (resumed with HTTP Range when possible),
-md5 verification, path-traversal/symlink checks on every zip member, extraction into a temporary
-directory followed by renames into place, and per-archive ``.extracted`` markers so reruns are cheap.
+broken dataset, and a hostile mirror or archive must never fill the disk, hang the run or write outside
+the root. Hence: streamed downloads into ``.part`` files (resumed with HTTP Range when possible), capped in
+size (1.25x the official size) and in time (an overall deadline per archive, 6 h by default), md5
+verification, checks of every zip member before anything is written (path traversal, symlinks, members
+that conflict with each other or with what is already in the root, zip-bomb caps on the member count and
+on the declared uncompressed size, by default 20x the archive's size), extraction into a temporary
+directory (each member cut off past its declared size) followed by renames into place, per-archive
+``.extracted`` markers so reruns are cheap, and one-line errors that remove partial files (a ``.part`` is
+kept only where a rerun can resume it).
 
-Modules: :mod:`.transport` (HTTP, resume, md5, progress bars), :mod:`.archive` (the archive list, safe
-extraction, markers, layout check), :mod:`.__main__` (the command line)::
+Modules: :mod:`.transport` (HTTP, resume, md5, size cap, progress bars), :mod:`.deadline` (the overall time
+limit), :mod:`.archive` (the archive list, sizes, markers, layout check), :mod:`.unpack` (member checks,
+safe extraction), :mod:`.__main__` (the command line)::
 
     python -m alexnet_gtsrb.data.download --root DIR [--only {all,test}] [--mirror URL] [--no-progress]
-                                          [--md5 FILE=HASH] [--timeout SECONDS]
+                                          [--md5 FILE=HASH] [--size FILE=BYTES] [--timeout SECONDS]
+                                          [--deadline SECONDS] [--max-unpacked BYTES]
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -31,21 +40,22 @@ from typing import Any
 
 from alexnet_gtsrb.data.download.archive import (
     DOWNLOADS_DIR,
+    NO_SPACE_FIX,
     OFFICIAL_ARCHIVES,
     PARTS,
     Archive,
     BadArchiveError,
     DownloadError,
     check_parts,
-    extract,
+    is_no_space,
     layout_problems,
     marker_complete,
     marker_path,
-    remove_if_empty,
-    remove_stale_extract_dirs,
+    os_error_text,
     validate_archives,
     write_marker,
 )
+from alexnet_gtsrb.data.download.deadline import DEFAULT_DEADLINE
 from alexnet_gtsrb.data.download.transport import (
     DEFAULT_BASE_URL,
     MIRROR_ENV_VAR,
@@ -54,9 +64,11 @@ from alexnet_gtsrb.data.download.transport import (
     download,
     resolve_base_url,
 )
+from alexnet_gtsrb.data.download.unpack import extract, remove_if_empty, remove_stale_extract_dirs
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_DEADLINE",
     "MIRROR_ENV_VAR",
     "OFFICIAL_ARCHIVES",
     "PARTS",
@@ -88,10 +100,13 @@ def _install_archive(
     downloads: Path,
     base_url: str,
     progress: bool,
-    timeout: float,
+    limits: tuple[float, float, int | None],
     say: Callable[[str], None],
 ) -> None:
-    """Make sure one archive is downloaded, verified and unpacked (skipping whatever is already done)."""
+    """Make sure one archive is downloaded, verified and unpacked (skipping whatever is already done).
+
+    `limits` is (network timeout, overall download deadline, cap on the declared uncompressed size)."""
+    timeout, deadline, max_unpacked = limits
     marker = marker_path(downloads, archive)
     if marker.is_file():
         if marker_complete(marker, root, archive):
@@ -105,14 +120,22 @@ def _install_archive(
         say(f"{archive.filename}: reusing verified archive {final}")
         part.unlink(missing_ok=True)
     else:
-        download(archive_url(base_url, archive.filename), archive, part, final, progress, timeout, say)
+        download(archive_url(base_url, archive.filename), archive, part, final, progress, timeout, say, deadline)
     say(f"{archive.filename}: unpacking")
     try:
-        installed = extract(final, root, archive.dest)
+        installed = extract(final, root, archive.dest, max_unpacked)
     except BadArchiveError:
         final.unlink(missing_ok=True)
         raise
     write_marker(marker, archive, installed)
+
+
+def _os_error(exc: OSError, root: Path) -> DownloadError:
+    """A one-line DownloadError for a filesystem failure not handled where it happened."""
+    if is_no_space(exc):
+        folder = Path(exc.filename).parent if exc.filename else root
+        return DownloadError(f"no space left on device in {folder} while installing GTSRB into {root}; {NO_SPACE_FIX}")
+    return DownloadError(f"could not install GTSRB into {root} ({os_error_text(exc)})")
 
 
 def _parts_to_fetch(
@@ -137,6 +160,8 @@ def download_gtsrb(
     progress: bool = True,
     timeout: float = 60,
     parts: Sequence[str] = PARTS,
+    deadline: float = DEFAULT_DEADLINE,
+    max_unpacked: int | None = None,
 ) -> Path:
     """Download, verify and unpack the GTSRB archives of the given parts into root; return the absolute root.
 
@@ -146,9 +171,20 @@ def download_gtsrb(
     reused after an md5 check, and a part whose layout is already complete without any marker (unpacked
     by hand) is left alone. `base_url` defaults to $GTSRB_MIRROR, then to the official server.
     Status messages and progress bars go to stderr when `progress` is true.
+
+    Limits against a broken or hostile mirror: `timeout` seconds per network read; `deadline` seconds for
+    each archive's whole transfer (passing it raises, keeping the ``.part`` for a resume); at most
+    ``Archive.size`` x 1.25 bytes per archive (2 GiB when the size is None); and a cap on the uncompressed
+    size an archive's members declare: `max_unpacked` bytes, or by default 20x the archive's size (at least
+    16 MiB, at most 2 GiB). Every failure is a DownloadError with a one-line message.
     """
     validate_archives(archives)
     parts = check_parts(parts)
+    for name, value in (("timeout", timeout), ("deadline", deadline), ("max_unpacked", max_unpacked)):
+        if name == "max_unpacked" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     root_path = Path(root).expanduser().resolve()
     base = resolve_base_url(base_url)
 
@@ -157,19 +193,26 @@ def download_gtsrb(
         if progress:
             print(f"[gtsrb] {message}", file=sys.stderr, flush=True)
 
-    root_created = not root_path.exists()
-    root_path.mkdir(parents=True, exist_ok=True)
     downloads = root_path / DOWNLOADS_DIR
+    for folder in (root_path, downloads):
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise DownloadError(f"{folder} exists but is not a directory; move it aside or choose another --root")
+    root_created = not root_path.exists()
     downloads_created = not downloads.exists()
     try:
-        remove_stale_extract_dirs(root_path, say)
-        todo = _parts_to_fetch(root_path, downloads, archives, parts, say)
-        if not todo:
-            return root_path
-        downloads.mkdir(exist_ok=True)
-        for archive in archives:
-            if archive.part in todo:
-                _install_archive(archive, root_path, downloads, base, progress, timeout, say)
+        try:
+            root_path.mkdir(parents=True, exist_ok=True)
+            remove_stale_extract_dirs(root_path, say)
+            todo = _parts_to_fetch(root_path, downloads, archives, parts, say)
+            if not todo:
+                return root_path
+            downloads.mkdir(exist_ok=True)
+            limits = (timeout, deadline, max_unpacked)
+            for archive in archives:
+                if archive.part in todo:
+                    _install_archive(archive, root_path, downloads, base, progress, limits, say)
+        except OSError as exc:  # anything the steps above did not already turn into a message
+            raise _os_error(exc, root_path) from exc
         problems = layout_problems(root_path, parts)
         if problems:
             raise DownloadError(

@@ -1,20 +1,23 @@
 """Command line: ``python -m alexnet_gtsrb.data.download --root DIR [--only {all,test}] ...``.
 
 Downloads, verifies and unpacks GTSRB into --root, then prints the ``export GTSRB_ROOT=...`` line.
+Any failure prints one ``error: ...`` line on stderr and exits 1 (130 on Ctrl-C, 2 for a usage error).
 ``main`` also serves as a console-script entry point (``alexnet_gtsrb.data.download:main``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from alexnet_gtsrb.data.download import (
     DEFAULT_BASE_URL,
+    DEFAULT_DEADLINE,
     MIRROR_ENV_VAR,
     OFFICIAL_ARCHIVES,
     PARTS,
@@ -23,20 +26,33 @@ from alexnet_gtsrb.data.download import (
     DownloadError,
     download_gtsrb,
 )
-from alexnet_gtsrb.data.download.archive import MD5_RE
+from alexnet_gtsrb.data.download.archive import (
+    DEFAULT_MAX_DOWNLOAD,
+    DEFAULT_MAX_UNPACKED,
+    MAX_RATIO,
+    MD5_RE,
+    RATIO_FLOOR,
+    SIZE_MARGIN,
+)
 
 #: --only choices and the parts of the dataset each one fetches.
 ONLY_CHOICES: dict[str, tuple[str, ...]] = {"all": PARTS, "test": ("test",)}
+
+
+def _split_override(flag: str, item: str, names: Sequence[str], what: str) -> tuple[str, str]:
+    """Split a FILENAME=VALUE override of `flag`, checking that FILENAME names an archive."""
+    name, sep, value = item.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or name not in names:
+        raise ValueError(f"{flag} expects FILENAME={what} with FILENAME one of {', '.join(names)}; got {item!r}")
+    return name, value
 
 
 def _apply_md5_overrides(archives: Sequence[Archive], overrides: Sequence[str]) -> tuple[Archive, ...]:
     """Apply FILENAME=HASH overrides (HASH 'none' disables the check) to a set of archives."""
     by_name = {a.filename: a for a in archives}
     for item in overrides:
-        name, sep, value = item.partition("=")
-        name, value = name.strip(), value.strip()
-        if not sep or name not in by_name:
-            raise ValueError(f"--md5 expects FILENAME=HASH with FILENAME one of {', '.join(by_name)}; got {item!r}")
+        name, value = _split_override("--md5", item, tuple(by_name), "HASH")
         if value.lower() == "none":
             md5 = None
         elif MD5_RE.fullmatch(value):
@@ -45,6 +61,36 @@ def _apply_md5_overrides(archives: Sequence[Archive], overrides: Sequence[str]) 
             raise ValueError(f"--md5 {name}: HASH must be 32 hex digits or 'none', got {value!r}")
         by_name[name] = replace(by_name[name], md5=md5)
     return tuple(by_name[a.filename] for a in archives)
+
+
+def _apply_size_overrides(archives: Sequence[Archive], overrides: Sequence[str]) -> tuple[Archive, ...]:
+    """Apply FILENAME=BYTES overrides of the expected archive size ('none': unknown) to a set of archives."""
+    by_name = {a.filename: a for a in archives}
+    for item in overrides:
+        name, value = _split_override("--size", item, tuple(by_name), "BYTES")
+        if value.lower() == "none":
+            size = None
+        elif value.isdigit() and int(value) > 0:
+            size = int(value)
+        else:
+            raise ValueError(f"--size {name}: BYTES must be a positive whole number or 'none', got {value!r}")
+        by_name[name] = replace(by_name[name], size=size)
+    return tuple(by_name[a.filename] for a in archives)
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """argparse type: a positive int or float."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
 
 
 def _one_line(exc: BaseException) -> str:
@@ -79,9 +125,36 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILENAME=HASH",
-        help="override an archive's expected md5 (repeatable; HASH 'none' skips the check)",
+        help="override an archive's expected md5 (repeatable; HASH 'none' skips the check). A mirror that "
+        "repackages the archives needs --size too",
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
+    parser.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="FILENAME=BYTES",
+        help=f"override an archive's expected size (repeatable): a download is stopped and deleted once it passes "
+        f"{SIZE_MARGIN:g}x this size; BYTES 'none' caps it at {DEFAULT_MAX_DOWNLOAD // 2**30} GiB instead",
+    )
+    parser.add_argument(
+        "--timeout", type=_positive(float), default=60.0, help="network timeout in seconds, per read (default 60)"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=_positive(float),
+        default=DEFAULT_DEADLINE,
+        help=f"overall time limit per archive download, in seconds (default {DEFAULT_DEADLINE:g} = "
+        f"{DEFAULT_DEADLINE / 3600:g} h); past it the download stops, keeping its partial file for a rerun to resume",
+    )
+    parser.add_argument(
+        "--max-unpacked",
+        type=_positive(int),
+        default=None,
+        metavar="BYTES",
+        help=f"refuse an archive whose members declare more than BYTES uncompressed (zip-bomb guard; default: "
+        f"{MAX_RATIO}x the archive's size, at least {RATIO_FLOOR // 2**20} MiB, at most "
+        f"{DEFAULT_MAX_UNPACKED // 2**30} GiB)",
+    )
     return parser
 
 
@@ -92,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.root:
         parser.error(f"--root is required (or set ${ROOT_ENV_VAR})")
     try:
-        archives = _apply_md5_overrides(OFFICIAL_ARCHIVES, args.md5)
+        archives = _apply_size_overrides(_apply_md5_overrides(OFFICIAL_ARCHIVES, args.md5), args.size)
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -104,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             timeout=args.timeout,
             parts=ONLY_CHOICES[args.only],
+            deadline=args.deadline,
+            max_unpacked=None if args.max_unpacked is None else int(args.max_unpacked),
         )
     except KeyboardInterrupt:
         print("error: interrupted; rerun the same command to resume", file=sys.stderr)

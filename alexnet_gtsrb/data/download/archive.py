@@ -1,25 +1,20 @@
-"""The GTSRB archives and how they are unpacked: which zips exist, which part of the dataset each one
-carries, member safety checks, extraction through a temporary directory, the ``.extracted`` markers and
-the final layout check."""
+"""The GTSRB archives: which zips exist, which part of the dataset each one carries, their official sizes
+and the caps derived from them, the errors, the ``.extracted`` markers and the final layout check.
+Unpacking lives in :mod:`.unpack`."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import re
-import shutil
-import stat
-import tempfile
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from alexnet_gtsrb.data.classes import NUM_CLASSES
 from alexnet_gtsrb.errors import UserError
-from alexnet_gtsrb.utils.files import atomic_write, require_free_space
+from alexnet_gtsrb.utils.files import atomic_write
 
 DOWNLOADS_DIR = ".downloads"
 EXTRACT_PREFIX = ".extract-"
@@ -29,6 +24,25 @@ PARTS: tuple[str, ...] = ("train", "test")
 NO_SPACE_FIX = "free some space or choose another --root"
 MD5_RE = re.compile(r"[0-9a-fA-F]{32}")
 SEPARATORS = re.compile(r"[\\/]+")
+
+#: A download may exceed its archive's official size by this factor before it is cut off (a mirror that
+#: repackages the archive declares its own size with --size; see `download_cap`).
+SIZE_MARGIN = 1.25
+#: The download cap of an archive whose size is not known (``size=None``).
+DEFAULT_MAX_DOWNLOAD = 2 * 2**30
+#: Zip-bomb caps on the total uncompressed size an archive's members declare. By default: MAX_RATIO times the
+#: archive's own size (at least RATIO_FLOOR, at most DEFAULT_MAX_UNPACKED); --max-unpacked BYTES sets a fixed
+#: cap instead. The official archives come nowhere near: estimated from the Width/Height columns of the
+#: ground-truth CSVs (a PPM is 3 bytes a pixel plus a short header), the 25,087 later (larger) training frames
+#: of a real subset sum to 273 MB, so all 39,209 training images come to at most ~430 MB (1.6x the 276 MB
+#: zip); 430 test images average 11.9 KB, so the 12,630 test images come to ~150 MB (1.7x the 89 MB zip);
+#: GT-final_test.csv is 377,382 bytes (3.8x its 99,620-byte zip). A zip of zeros unpacks to ~1000x its size.
+MAX_RATIO = 20
+RATIO_FLOOR = 16 * 2**20
+DEFAULT_MAX_UNPACKED = 2 * 2**30
+#: At most this many members per archive (the training zip has about 39,300: 39,209 images, 43 CSVs, dirs):
+#: a zip of millions of empty files would exhaust inodes without tripping any byte cap.
+MAX_MEMBERS = 200_000
 
 
 class DownloadError(UserError, RuntimeError):
@@ -42,15 +56,36 @@ class BadArchiveError(DownloadError):
     """The archive itself is unusable (corrupt zip or unsafe member): it gets deleted."""
 
 
+def is_no_space(exc: BaseException) -> bool:
+    """True for 'no space left on device' (and 'disk quota exceeded') errors."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as 'reason: path' (no '[Errno N]' prefix), for one-line messages."""
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason}: {exc.filename}" if exc.filename else reason
+
+
 @dataclass(frozen=True)
 class Archive:
     """One zip on the mirror: file name, expected md5 (None = not checked), the part of the dataset it
-    carries ("train" or "test"), and the sub-path of the data root where its members land ("" = the root)."""
+    carries ("train" or "test"), the sub-path of the data root where its members land ("" = the root), and
+    its size in bytes (None = unknown), which only caps the download (see `download_cap`)."""
 
     filename: str
     md5: str | None
     part: str
     dest: str = ""
+    size: int | None = None
+
+
+def download_cap(archive: Archive) -> int:
+    """Bytes a download of this archive may reach before it is cut off: its size times SIZE_MARGIN, or
+    DEFAULT_MAX_DOWNLOAD when its size is unknown."""
+    if archive.size is None:
+        return DEFAULT_MAX_DOWNLOAD
+    return int(archive.size * SIZE_MARGIN)
 
 
 # Checksums. No md5 published by the dataset's authors was found (their download page,
@@ -59,21 +94,30 @@ class Archive:
 # named beside it; two independent loaders agree on each of the test md5s. Not 513f3c79a4c5141765e10e952eaa2478:
 # that is the md5 of GTSRB-Training_fixed.zip, a different archive (the one torchvision fetches), so no
 # download of GTSRB_Final_Training_Images.zip could ever match it.
+#
+# Sizes: the Content-Length the sid.erda.dk server sends for each file, as recorded in public wget logs of these
+# exact URLs ("Length: 276294756 (263M) [application/zip]", "Length: 88978620 (85M)", "Length: 99620 (97K)",
+# each followed by "saved [N/N]"); an independent public table of GTSRB file sizes lists the same two test
+# sizes. The server itself could not be checked from here. They only cap downloads, generously (SIZE_MARGIN,
+# 1.25x), so that a hostile or broken mirror cannot fill the disk; the md5 is what checks the content. A
+# mirror that repackages the archives needs --md5 FILE=HASH and --size FILE=BYTES together.
 OFFICIAL_ARCHIVES: tuple[Archive, ...] = (
     # md5: github.com/google-deepmind/dm_nevis, dm_nevis/datasets_storage/handlers/german_tsr.py
     # (german_tsr_dataset.download_urls). torchvision pins no md5 for this file.
-    Archive("GTSRB_Final_Training_Images.zip", "f33fd80ac59bff73c82d25ab499e03a3", "train"),
+    Archive("GTSRB_Final_Training_Images.zip", "f33fd80ac59bff73c82d25ab499e03a3", "train", size=276_294_756),
     # md5: github.com/pytorch/vision, torchvision/datasets/gtsrb.py (GTSRB.download, split="test");
     # dm_nevis german_tsr.py (above) pins the same value.
-    Archive("GTSRB_Final_Test_Images.zip", "c7e4e6327067d32654124b0fe9e82185", "test"),
+    Archive("GTSRB_Final_Test_Images.zip", "c7e4e6327067d32654124b0fe9e82185", "test", size=88_978_620),
     # md5: github.com/pytorch/vision, torchvision/datasets/gtsrb.py (GTSRB.download, split="test");
     # dm_nevis german_tsr.py (above) pins the same value.
     # GT-final_test.csv sits at the top level of this zip; it belongs next to the test images.
-    Archive("GTSRB_Final_Test_GT.zip", "fe31e9c9270bbcd7b84b7f21a9d9d9e5", "test", "GTSRB/Final_Test/Images"),
+    Archive(
+        "GTSRB_Final_Test_GT.zip", "fe31e9c9270bbcd7b84b7f21a9d9d9e5", "test", "GTSRB/Final_Test/Images", size=99_620
+    ),
 )
 
 
-# ------------------------------------------------------------------------------------------ safety checks
+# ------------------------------------------------------------------------------------------- validation
 
 
 def unsafe_reason(name: str) -> str | None:
@@ -89,16 +133,6 @@ def unsafe_reason(name: str) -> str | None:
     return None
 
 
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
-    """True when the member's Unix mode bits (zip external attributes) mark it as a symbolic link."""
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
-def _parts(name: str) -> tuple[str, ...]:
-    """Split a (checked) member name on / or \\ into path components, dropping empty and '.' parts."""
-    return tuple(p for p in SEPARATORS.split(name) if p not in ("", "."))
-
-
 def validate_archives(archives: Sequence[Archive]) -> None:
     """Reject archive specs that could write outside the root, cannot be checked, or name no known part."""
     for archive in archives:
@@ -111,115 +145,10 @@ def validate_archives(archives: Sequence[Archive]) -> None:
             raise ValueError(f"part for {name} must be one of {', '.join(PARTS)}, got {archive.part!r}")
         if unsafe_reason(archive.dest):
             raise ValueError(f"dest for {name} must be a relative path inside the root, got {archive.dest!r}")
-
-
-def _checked_members(zf: zipfile.ZipFile, archive_name: str) -> list[zipfile.ZipInfo]:
-    """All members of the zip, after refusing the whole archive if any member is unsafe."""
-    members = zf.infolist()
-    for info in members:
-        reason = unsafe_reason(info.filename)
-        if reason is None and _is_symlink(info):
-            reason = "symbolic link"
-        if reason is not None:
-            raise BadArchiveError(
-                f"refusing to extract {archive_name}: member '{info.filename}' is unsafe ({reason}); "
-                "nothing was extracted and the archive was deleted. Check where it came from (--mirror)"
-            )
-    return members
-
-
-# --------------------------------------------------------------------------------------------- extraction
-
-
-def _move(source: Path, target: Path) -> None:
-    """Rename source onto target (atomic on one filesystem); copy-and-delete across filesystems, e.g.
-    when <root>/GTSRB is a symlink to another disk."""
-    try:
-        os.replace(source, target)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        shutil.move(source, target)
-
-
-def _merge_tree(src: Path, dst: Path) -> None:
-    """Move everything under src into dst with renames: new entries move whole, directories merge,
-    existing files are atomically replaced by the archive's version."""
-    for entry in sorted(os.scandir(src), key=lambda e: e.name):
-        source, target = Path(entry.path), dst / entry.name
-        if entry.is_dir(follow_symlinks=False):
-            if target.is_dir():
-                _merge_tree(source, target)
-            elif target.exists() or target.is_symlink():
-                raise DownloadError(f"cannot install directory {target}: a file is in the way; move it aside")
-            else:
-                _move(source, target)
-        else:
-            if target.is_dir() and not target.is_symlink():
-                raise DownloadError(f"cannot install file {target}: a directory is in the way; move it aside")
-            _move(source, target)
-
-
-def extract(archive_path: Path, root: Path, dest: str) -> dict[str, list[str]]:
-    """Unpack the archive under root/dest through a temporary directory under root.
-
-    Returns the installed files, as {directory relative to root: [file names]}, for the marker.
-    """
-    try:
-        zf = zipfile.ZipFile(archive_path)
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise BadArchiveError(
-            f"{archive_path.name} is not a valid zip archive ({exc}); it was deleted, rerun to download it again"
-        ) from exc
-    with zf:
-        members = _checked_members(zf, archive_path.name)
-        needed = sum(info.file_size for info in members)
-        require_free_space(root, needed, f"unpacking {archive_path.name}", NO_SPACE_FIX, error=DownloadError)
-        tmp = Path(tempfile.mkdtemp(prefix=EXTRACT_PREFIX, dir=root))
-        try:
-            base = tmp.joinpath(*_parts(dest))
-            base.mkdir(parents=True, exist_ok=True)
-            installed: dict[str, list[str]] = {}
-            for info in members:
-                parts = _parts(info.filename)
-                if not parts:
-                    continue
-                target = base.joinpath(*parts)
-                if not target.resolve().is_relative_to(tmp.resolve()):  # belt and braces
-                    raise BadArchiveError(
-                        f"refusing to extract {archive_path.name}: member '{info.filename}' "
-                        "resolves outside the extraction directory"
-                    )
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK_SIZE)
-                rel = target.relative_to(tmp)
-                installed.setdefault(rel.parent.as_posix(), []).append(rel.name)
-            _merge_tree(tmp, root)
-        except (zipfile.BadZipFile, EOFError) as exc:  # CRC errors etc. while reading members
-            raise BadArchiveError(
-                f"{archive_path.name} is corrupt ({exc}); it was deleted, rerun to download it again"
-            ) from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return installed
-
-
-def remove_stale_extract_dirs(root: Path, say: Callable[[str], None]) -> None:
-    """Delete temporary extraction directories left behind by an interrupted run."""
-    for path in root.glob(EXTRACT_PREFIX + "*"):
-        if path.is_dir() and not path.is_symlink():
-            say(f"removing leftover temporary directory {path}")
-            shutil.rmtree(path)
-
-
-def remove_if_empty(path: Path) -> None:
-    """Remove a directory we created, if nothing ended up in it (keeps failed runs trace-free)."""
-    with contextlib.suppress(OSError):
-        path.rmdir()
+        if archive.size is not None and (
+            isinstance(archive.size, bool) or not isinstance(archive.size, int) or archive.size <= 0
+        ):
+            raise ValueError(f"size for {name} must be a positive number of bytes or None, got {archive.size!r}")
 
 
 # ------------------------------------------------------------------------------------------------ markers
