@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from alexnet_gtsrb.data.classes import class_name
-from alexnet_gtsrb.data.io import decode_rgb
+from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits, decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform
 from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError
 from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
@@ -51,16 +51,26 @@ def _report_skip(message: str) -> None:
     print(f"skipped: {message}", file=sys.stderr, flush=True)
 
 
-def load_images(paths: Iterable[Path], transform: Any) -> tuple[list[Path], list[np.ndarray]]:
-    """Decode and preprocess each file; those that fail are reported on stderr and left out."""
+def load_images(
+    paths: Iterable[Path],
+    transform: Any,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+) -> tuple[list[Path], list[np.ndarray]]:
+    """Decode and preprocess each file; those that fail are reported on stderr and left out.
+
+    A file over ``max_file_bytes`` is skipped unread, one whose header declares more than ``max_pixels``
+    pixels undecoded (see :func:`alexnet_gtsrb.data.io.decode_rgb`); only the preprocessed images are kept.
+    """
+    check_limits(max_pixels, max_file_bytes, ("max_pixels", "max_file_bytes"))
     ok_paths: list[Path] = []
     arrays: list[np.ndarray] = []
     for p in paths:
-        if not p.is_file():
+        if not p.exists():
             _report_skip(f"{p}: no such file.")
             continue
         try:
-            image = decode_rgb(str(p))
+            image = decode_rgb(str(p), max_pixels, max_file_bytes)
         except BadDataError as exc:
             _report_skip(str(exc))
             continue
@@ -119,7 +129,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     settings = eval_settings(model, data_hp)
     augment = settings["augment"]
     transform = build_transform(augment.get("preset", "none"), settings["image_size"], train=False, params=augment)
-    ok_paths, arrays = load_images(paths, transform)
+    limits = cfg.get("max_pixels", DEFAULT_MAX_PIXELS), cfg.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES)
+    ok_paths, arrays = load_images(paths, transform, *limits)
     if not arrays:
         raise UserError(f"none of the {len(paths)} file(s) could be read as an image; nothing was predicted.")
     probs = predict_arrays(model, arrays, max(1, int(cfg.get("batch_size", 64))), device)

@@ -45,9 +45,9 @@ def builds(monkeypatch) -> list[str]:
     calls: list[str] = []
     real = cache_mod.build_cache
 
-    def counting(records, size, roi, stem, key, on_bad_image="error"):
+    def counting(records, size, roi, stem, key, on_bad_image="error", limits=cache_mod.NO_LIMITS_GIVEN):
         calls.append(stem.name)
-        return real(records, size, roi, stem, key, on_bad_image)
+        return real(records, size, roi, stem, key, on_bad_image, limits)
 
     monkeypatch.setattr(cache_mod, "build_cache", counting)
     return calls
@@ -128,11 +128,11 @@ def test_interrupted_build_is_rebuilt(synthetic_root, tmp_path, builds, monkeypa
     real = cache_mod._load_cropped
     count = {"n": 0}
 
-    def dying(record, roi):
+    def dying(record, roi, limits=cache_mod.NO_LIMITS_GIVEN):
         count["n"] += 1
         if count["n"] == 20:
             raise KeyboardInterrupt
-        return real(record, roi)
+        return real(record, roi, limits)
 
     monkeypatch.setattr(cache_mod, "_load_cropped", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -212,3 +212,10 @@ def test_config_defaults(compose_cfg):
     assert cfg.data.cache is False
     assert cfg.data.cache_dir is None  # the default: <cache root>/images
     assert default_cache_dir().name == "images"
+
+
+def test_cache_build_applies_the_configured_size_caps(synthetic_root, tmp_path):
+    """data.max_pixels reaches the cache build too: an image over the cap is named, as in the uncached path."""
+    dm = make_dm(synthetic_root, tmp_path, max_pixels=100, verify=False)  # no header scan: the build must refuse
+    with pytest.raises(BadDataError, match=r"\.ppm.*image cache"):
+        dm.setup("fit")

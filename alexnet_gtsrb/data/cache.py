@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from alexnet_gtsrb.data.gtsrb import Record
-from alexnet_gtsrb.data.io import decode_rgb, roi_crop
+from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, decode_rgb, roi_crop
 from alexnet_gtsrb.errors import BadDataError, ConfigError
 from alexnet_gtsrb.utils.files import atomic_path, atomic_write, cache_root, require_free_space
 
@@ -164,16 +164,26 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _load_cropped(r: Record, roi: bool) -> np.ndarray:
-    """Decode and ROI-crop exactly as the uncached dataset does."""
-    image = decode_rgb(r.path)
+Limits = tuple[int | None, int | None]  # (max_pixels, max_file_bytes) of decode_rgb
+NO_LIMITS_GIVEN: Limits = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_FILE_BYTES)
+
+
+def _load_cropped(r: Record, roi: bool, limits: Limits = NO_LIMITS_GIVEN) -> np.ndarray:
+    """Decode (within the configured size caps) and ROI-crop exactly as the uncached dataset does."""
+    image = decode_rgb(r.path, *limits)
     if roi and r.roi is not None:
         image = roi_crop(image, r.roi, (r.width, r.height))
     return image
 
 
 def build_cache(
-    records: Sequence[Record], size: int, roi: bool, stem: Path, key: str, on_bad_image: str = "error"
+    records: Sequence[Record],
+    size: int,
+    roi: bool,
+    stem: Path,
+    key: str,
+    on_bad_image: str = "error",
+    limits: Limits = NO_LIMITS_GIVEN,
 ) -> dict:
     """Decode, crop and resize every record into ``<stem>.npy``; write ``<stem>.json`` last. Returns the sidecar.
 
@@ -202,7 +212,7 @@ def build_cache(
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         for i, r in enumerate(records):
             try:
-                array[i] = resize(image=_load_cropped(r, roi))["image"]
+                array[i] = resize(image=_load_cropped(r, roi, limits))["image"]
             except BadDataError as e:
                 if on_bad_image != "skip":
                     raise BadDataError(
@@ -246,6 +256,7 @@ def open_or_build(
     roi: bool = True,
     cache_dir: str | os.PathLike | None = None,
     on_bad_image: str = "error",
+    limits: Limits = NO_LIMITS_GIVEN,
 ) -> ImageCache:
     """The complete cache for ``records`` at ``size`` px, building it first if needed (once, under a lock)."""
     folder = Path(os.path.expanduser(str(cache_dir))) if cache_dir else default_cache_dir()
@@ -259,7 +270,7 @@ def open_or_build(
         with _locked(folder / f"{key}.lock"):
             meta = _load_complete(stem, key, shape)  # another rank may have built it while we waited
             if meta is None:
-                meta, built = build_cache(records, size, roi, stem, key, on_bad_image), True
+                meta, built = build_cache(records, size, roi, stem, key, on_bad_image, limits), True
     if not built:
         log.info("Using image cache %s (%d images at %d px)", _paths(stem)[0], len(records), int(size))
     skipped = tuple(meta.get("skipped", ()))

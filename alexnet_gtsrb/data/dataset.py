@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from alexnet_gtsrb.data.gtsrb import Record
-from alexnet_gtsrb.data.io import decode_rgb, roi_crop
+from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, decode_rgb, roi_crop
 from alexnet_gtsrb.data.transforms import flip_remap
 from alexnet_gtsrb.errors import BadDataError
 
@@ -36,6 +36,8 @@ class GTSRBDataset(Dataset):
         flip: bool = False,
         on_bad_image: str = "error",
         cache: ImageCache | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         self.records = tuple(records)
         self.cache = cache.reader() if cache is not None else None
@@ -44,6 +46,8 @@ class GTSRBDataset(Dataset):
         self.roi = roi
         self.flip = flip
         self.on_bad_image = on_bad_image
+        self.max_pixels = max_pixels  # caps of decode_rgb: plain ints, so the dataset still pickles into workers
+        self.max_file_bytes = max_file_bytes
         self._rng: np.random.Generator | None = None
         self._transform_seeded = False
 
@@ -56,7 +60,7 @@ class GTSRBDataset(Dataset):
         if self.cache is not None:
             image = self.cache.image(self._rows[index])  # already cropped (if roi) and resized
         else:
-            image = decode_rgb(r.path)
+            image = decode_rgb(r.path, self.max_pixels, self.max_file_bytes)
             if self.roi and r.roi is not None:
                 image = roi_crop(image, r.roi, (r.width, r.height))
         label = r.label

@@ -7,15 +7,17 @@ decodes pixels; :func:`verify_records` reads headers only, so it is cheap enough
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from alexnet_gtsrb.data.classes import NUM_CLASSES
-from alexnet_gtsrb.data.io import image_size_from_header
+from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, image_size_from_header
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 
 LAYOUTS = ("auto", "official", "torchvision", "kaggle")
@@ -25,7 +27,14 @@ GET_DATA_HELP = (
     "then point the project at it with `export GTSRB_ROOT=<dir>` or `data.data_dir=<dir>`; "
     "or run `experiment=demo` to train on generated synthetic data."
 )
+_RESTORE_TEST_GT = "Restore it from GTSRB_Final_Test_GT.zip (python -m alexnet_gtsrb.data.download)."
 _TRACK_NAME = re.compile(r"^(?:(\d+)_)?(\d+)_(\d+)\.\w+$")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
+#: Annotation CSVs are small (GTSRB's largest, the Kaggle Train.csv, is ~2.5 MB); larger files are not read.
+MAX_CSV_BYTES = 64 * 1024**2
+BOX_COLUMNS = ("Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2")
+OFFICIAL_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
+KAGGLE_HEADER = "Width,Height,Roi.X1,Roi.Y1,Roi.X2,Roi.Y2,ClassId,Path"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,45 +97,127 @@ def detect_layout(data_dir: str | os.PathLike, layout: str = "auto") -> tuple[Pa
 
 
 def _int(row: dict, key: str, where: str) -> int:
-    try:
-        return int(str(row[key]).strip())
-    except (KeyError, TypeError, ValueError):
+    value = str(row.get(key, "")).strip()
+    if not _INTEGER.fullmatch(value):
         raise BadDataError(
-            f"{where}: column {key!r} is missing or not an integer (row: {row}). "
-            "Fix or remove the row; the expected header is "
-            "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId."
+            f"{where}: column {key!r} is missing or not an integer ({value[:40]!r}). Fix or remove the row."
+        )
+    return int(value)
+
+
+def _decoded(path: Path) -> str:
+    """The CSV's text; BadDataError naming the file and the absolute byte offset of the first non-UTF-8 byte."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CSV_BYTES + 1)
+    except OSError as e:
+        raise BadDataError(f"{path}: cannot read annotation file ({e.strerror or e}).") from None
+    if len(data) > MAX_CSV_BYTES:
+        raise BadDataError(
+            f"{path}: annotation file is over {MAX_CSV_BYTES:,} bytes (GTSRB's are a few MB at most); "
+            "not read. Restore it from the GTSRB archive."
+        )
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = skip + e.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise BadDataError(
+            f"{path}: not UTF-8 text: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}). "
+            "Save the annotation file as UTF-8 (GTSRB's are plain ASCII) or restore it from the archive."
         ) from None
 
 
-def _read_csv(path: Path, delimiter: str) -> list[tuple[int, dict]]:
-    """Rows of an annotation CSV with their line numbers, rejecting rows with a wrong column count."""
+def _read_csv(
+    path: Path, delimiter: str, required: Sequence[str] = (), expected: str = OFFICIAL_HEADER
+) -> list[tuple[int, dict]]:
+    """Rows of an annotation CSV with their line numbers, rejecting a bad header and wrong column counts.
+
+    The header must hold every ``required`` column, and all of :data:`BOX_COLUMNS` if it holds any; column
+    names must be unique. Every problem is a BadDataError naming the file (and line, or byte offset).
+    """
+    reader = csv.reader(io.StringIO(_decoded(path), newline=""), delimiter=delimiter, skipinitialspace=True)
+    rows: list[tuple[int, dict]] = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
-            header = next(reader, None)
-            if not header:
-                raise BadDataError(f"{path}: empty annotation file. Restore it from the GTSRB archive.")
-            header = [h.strip() for h in header]
-            rows = []
-            for line_no, values in enumerate(reader, start=2):
-                if not values or all(not v.strip() for v in values):
-                    continue
-                if len(values) != len(header):
-                    raise BadDataError(
-                        f"{path}:{line_no}: malformed row {delimiter.join(values)!r} "
-                        f"({len(values)} fields, the header has {len(header)}). Fix or remove the row."
-                    )
-                rows.append((line_no, dict(zip(header, values, strict=True))))
-            return rows
-    except OSError as e:
-        raise BadDataError(f"{path}: cannot read annotation file ({e}).") from None
+        header = [h.strip() for h in next(reader, [])]
+        if not any(header):
+            raise BadDataError(f"{path}: empty annotation file. Restore it from the GTSRB archive.")
+        twice = sorted({h for h in header if header.count(h) > 1})
+        wanted = list(required) + (list(BOX_COLUMNS) if any(c in header for c in BOX_COLUMNS) else [])
+        missing = [c for c in wanted if c not in header]
+        if twice or missing:
+            problem = f"lacks column(s) {', '.join(missing)}" if missing else f"repeats column(s) {', '.join(twice)}"
+            raise BadDataError(f"{path}:1: the header {problem}; the expected header is {expected}. Fix line 1.")
+        while True:
+            line_no = reader.line_num + 1
+            values = next(reader, None)
+            if values is None:
+                return rows
+            if not values or all(not v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                shown = delimiter.join(values)[:200]
+                raise BadDataError(
+                    f"{path}:{line_no}: malformed row {shown!r} "
+                    f"({len(values)} fields, the header has {len(header)}). Fix or remove the row."
+                )
+            rows.append((line_no, dict(zip(header, values, strict=True))))
+    except csv.Error as e:
+        raise BadDataError(f"{path}:{reader.line_num}: unreadable CSV ({e}). Fix or remove the row.") from None
 
 
 def _annotated(row: dict, where: str) -> tuple[tuple[int, int, int, int] | None, int | None, int | None]:
+    """(ROI, declared width, declared height); the ROI must lie inside the declared size, corners in order."""
     if "Roi.X1" not in row:
         return None, None, None
     x1, y1, x2, y2 = (_int(row, k, where) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"))
-    return (x1, y1, x2, y2), _int(row, "Width", where), _int(row, "Height", where)
+    w, h = _int(row, "Width", where), _int(row, "Height", where)
+    problem = None
+    if w < 1 or h < 1:
+        problem = f"declared size Width x Height = {w}x{h} is empty"
+    elif x2 < x1 or y2 < y1:
+        problem = f"ROI ({x1},{y1})-({x2},{y2}) is inverted"
+    elif x1 < 0 or y1 < 0 or x2 >= w or y2 >= h:
+        problem = f"ROI ({x1},{y1})-({x2},{y2}) lies outside the declared {w}x{h} image"
+    if problem:
+        raise BadDataError(
+            f"{where}: {problem}; a row needs 0 <= Roi.X1 <= Roi.X2 < Width and 0 <= Roi.Y1 <= Roi.Y2 < Height "
+            "(inclusive corners, in pixels of the declared size). Fix the row's Roi.*/Width/Height or remove it."
+        )
+    return (x1, y1, x2, y2), w, h
+
+
+def _plain_name(row: dict, where: str, folder: Path) -> str:
+    """The row's Filename, which must name a file directly inside ``folder`` (no path, no ``..``)."""
+    name = row["Filename"].strip()
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or PurePath(name).name != name:
+        raise BadDataError(
+            f"{where}: Filename {name[:100]!r} is not a plain file name; annotations may only name files "
+            f"inside their folder ({folder}). Fix the row."
+        )
+    return name
+
+
+def _inside(rel: str, where: str, root: Path) -> str:
+    """A Kaggle ``Path`` normalised; it must stay inside the data root (no absolute path, no escaping ``..``)."""
+    norm = os.path.normpath(rel) if rel and "\0" not in rel else ""
+    if not norm or PurePath(rel).anchor or norm in (".", os.pardir) or norm.startswith(os.pardir + os.sep):
+        raise BadDataError(
+            f"{where}: Path {rel[:100]!r} resolves outside the data root {root}; annotations may only name "
+            "files inside it. Fix the row."
+        )
+    return norm
+
+
+def _once(key: str, line_no: int, seen: dict[str, int], csv_path: Path) -> None:
+    """Record ``key`` as seen on ``line_no``; BadDataError naming both lines if it was listed before."""
+    if key in seen:
+        raise BadDataError(
+            f"{csv_path}: {key} is listed twice, on lines {seen[key]} and {line_no}; "
+            "it would count twice. Remove one of the rows."
+        )
+    seen[key] = line_no
 
 
 def _label(row: dict, where: str) -> int:
@@ -163,18 +254,20 @@ def _official_train(images: Path, strict_folder_label: bool = True) -> list[Reco
         folder_label = int(d.name)
         csv_path = d / f"GT-{d.name}.csv"
         if csv_path.is_file():
-            rows = _read_csv(csv_path, ";")
+            rows = _read_csv(csv_path, ";", ("Filename", "ClassId"))
             if not rows:
                 raise BadDataError(f"{csv_path}: no rows; class folder {d.name} would be empty.")
+            seen: dict[str, int] = {}
             for line_no, row in rows:
                 where = f"{csv_path}:{line_no}"
+                name = _plain_name(row, where, d)
+                _once(name, line_no, seen, csv_path)
                 label = _label(row, where)
                 if strict_folder_label and label != folder_label:
                     raise BadDataError(f"{where}: ClassId {label} in the folder of class {folder_label}.")
-                name = row["Filename"].strip()
                 roi, w, h = _annotated(row, where)
                 records.append(Record(str(d / name), label, _track_of(name, label), roi, w, h))
-            _listed(d, (r["Filename"].strip() for _, r in rows), csv_path)
+            _listed(d, seen, csv_path)
         else:
             files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
@@ -188,29 +281,39 @@ def _official_test(images: Path, gt_csv: Path) -> list[Record]:
         raise DataNotFoundError(
             f"Official test ground truth not found: {gt_csv}. It comes in GTSRB_Final_Test_GT.zip; {GET_DATA_HELP}"
         )
-    rows = _read_csv(gt_csv, ";")
+    rows = _read_csv(gt_csv, ";", ("Filename", "ClassId"))
+    if not rows:
+        raise BadDataError(f"no test images listed in {gt_csv} (it holds no rows). {_RESTORE_TEST_GT}")
     records = []
+    seen: dict[str, int] = {}
     for line_no, row in rows:
         where = f"{gt_csv}:{line_no}"
+        name = _plain_name(row, where, images)
+        _once(name, line_no, seen, gt_csv)
+        label = _label(row, where)
         roi, w, h = _annotated(row, where)
-        records.append(Record(str(images / row["Filename"].strip()), _label(row, where), None, roi, w, h))
+        records.append(Record(str(images / name), label, None, roi, w, h))
     return records
 
 
-def _kaggle(root: Path, csv_name: str, with_tracks: bool) -> list[Record]:
+def _kaggle(root: Path, csv_name: str, test: bool) -> list[Record]:
+    """Records of the Kaggle layout's Train.csv or Test.csv (tracks from the training file names)."""
     csv_path = root / csv_name
     if not csv_path.is_file():
         raise DataNotFoundError(f"{csv_path} not found (Kaggle layout). {GET_DATA_HELP}")
+    rows = _read_csv(csv_path, ",", ("Path", "ClassId"), KAGGLE_HEADER)
+    if not rows and test:
+        raise BadDataError(f"no test images listed in {csv_path} (it holds no rows). Restore it from the archive.")
     records = []
-    for line_no, row in _read_csv(csv_path, ","):
+    seen: dict[str, int] = {}
+    for line_no, row in rows:
         where = f"{csv_path}:{line_no}"
-        if "Path" not in row:
-            raise BadDataError(f"{where}: no 'Path' column; is this the Kaggle GTSRB CSV?")
-        label = _label(row, where)
         rel = row["Path"].strip()
+        _once(_inside(rel, where, root), line_no, seen, csv_path)
+        label = _label(row, where)
         roi, w, h = _annotated(row, where)
         track = None
-        if with_tracks:
+        if not test:
             m = _TRACK_NAME.match(Path(rel).name)
             track = f"{label:02d}_{int(m.group(2)):05d}" if m else None
         records.append(Record(str(root / rel), label, track, roi, w, h))
@@ -230,19 +333,30 @@ def index_gtsrb(data_dir: str | os.PathLike, layout: str = "auto") -> GTSRBIndex
         train = _official_train(base / "GTSRB" / "Training")
         test = _official_test(base / "GTSRB" / "Final_Test" / "Images", base / "GT-final_test.csv")
     else:
-        train = _kaggle(root, "Train.csv", with_tracks=True)
-        test = _kaggle(root, "Test.csv", with_tracks=False)
+        train = _kaggle(root, "Train.csv", test=False)
+        test = _kaggle(root, "Test.csv", test=True)
+        both = {os.path.normpath(r.path) for r in train} & {os.path.normpath(r.path) for r in test}
+        if both:
+            raise BadDataError(
+                f"{root / 'Test.csv'}: {len(both)} image(s) are also listed in Train.csv, e.g. {min(both)}; "
+                "a test image must not be trained on. Remove them from one of the files."
+            )
     if not train:
         raise BadDataError(f"{root}: no training images found. {GET_DATA_HELP}")
     return GTSRBIndex(root=root, layout=layout, train=tuple(train), test=tuple(test))
 
 
-def verify_records(records: Sequence[Record]) -> list[tuple[Record, str]]:
-    """Cheap header scan; returns (record, problem) for every bad file (empty when all are fine)."""
+def verify_records(
+    records: Sequence[Record],
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+) -> list[tuple[Record, str]]:
+    """Cheap header scan (with the decoder's caps); returns (record, problem) for every bad file (empty when
+    all are fine)."""
     bad = []
     for r in records:
         try:
-            image_size_from_header(r.path)
+            image_size_from_header(r.path, max_pixels, max_file_bytes)
         except BadDataError as e:
             bad.append((r, str(e)))
     return bad
