@@ -1,14 +1,25 @@
-"""Checkpoint files: where ``ckpt_path`` points (a file, a run folder, ``last``) and how they are written.
+"""Checkpoint files: where ``ckpt_path`` points (a file, a run folder, ``last``), how they are written, and how
+they are read back safely.
+
+Reading (:func:`read_checkpoint`): ``torch.load(weights_only=True)`` only, so a pickled object is refused
+("not a plain-data checkpoint") instead of run; then every config in the hyper-parameters is checked against
+the ``_target_`` allowlist (:mod:`alexnet_gtsrb.targets`) before anything is built; truncated and foreign
+files get one line naming the file. :func:`check_finite` and :func:`check_fits` name the tensor that holds
+NaN/inf or does not fit the model.
 
 Every checkpoint (best, last, step-interval, on signal) goes through :class:`AtomicCheckpointIO`: a
 temporary file in the target folder, fsync, rename over the old one, so a crash or SIGKILL at any moment
 leaves either the old complete file or the new complete one. Lightning's default writer stages the bytes in
 the system temp folder and *moves* them, which is a copy (not atomic) when that folder is on another file
-system. Reading checkpoints back (plain data only) is :mod:`alexnet_gtsrb.inference`'s job.
+system. The writer turns "no space left on device" into one line naming the folder.
 """
 
 from __future__ import annotations
 
+import errno
+import pickle
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +29,39 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from alexnet_gtsrb.errors import UserError
+from alexnet_gtsrb.targets import UnsafeCheckpointError, check_config, check_model_configs
 from alexnet_gtsrb.utils.files import atomic_write
 
 
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be used: unreadable, foreign, non-finite, or not fitting the model."""
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file in the same folder, fsync and rename."""
-    with atomic_write(path) as f:
-        torch.save(obj, f)
+    """``torch.save`` to ``path`` through a temporary file in the same folder, fsync and rename.
+
+    A full disk surfaces from torch as ``OSError(ENOSPC)`` or as a ``RuntimeError`` from its zip writer
+    ("unexpected pos"); both become one line naming the folder (the old file, if any, is intact).
+    """
+    try:
+        with atomic_write(path) as f:
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as exc:
+        if not _disk_full(exc):
+            raise
+        raise CheckpointError(
+            f"no space left on the device of {Path(path).parent} while writing {Path(path).name}: the previous "
+            "checkpoint there (if any) is intact. Free some space, or move the run folder (hydra.run.dir=...) "
+            "and resume with ckpt_path=<the last checkpoint>."
+        ) from None
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """True for the errors a full disk raises through ``torch.save``."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or ("inline_container" in text and "unexpected pos" in text)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -77,3 +114,65 @@ def _newest_last(folder: Path) -> Path | None:
         return None
     found = sorted(folder.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents as plain data, its configs checked against the allowlist; nothing is built.
+
+    One-line :class:`CheckpointError` / :class:`~alexnet_gtsrb.targets.UnsafeCheckpointError` (exit 2) for
+    a pickled object, a truncated or foreign file, or a config naming a target a checkpoint may not build.
+    """
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpointError(
+            f"{path}: not a plain-data checkpoint (it holds pickled objects, which could run code when loaded: "
+            f"{reason}); refused. Checkpoints written by this project hold plain data only."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"{path}: cannot be read as a PyTorch checkpoint (truncated, corrupt or another kind of file: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})."
+        ) from None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("state_dict"), Mapping):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint of this project (no state_dict).")
+    if not isinstance(raw.get("hyper_parameters"), Mapping):
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no hyper_parameters to rebuild the model).")
+    check_model_configs(raw["hyper_parameters"], f"{path}: hyper_parameters")
+    check_config(raw.get("datamodule_hyper_parameters") or {}, f"{path}: datamodule_hyper_parameters")
+    return dict(raw)
+
+
+def check_finite(state_dict: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose floating-point tensors hold NaN or inf, naming the first such tensor."""
+    for name, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds NaN/inf values; refused (predictions from it would be garbage). "
+                "Use an earlier checkpoint of the run."
+            )
+
+
+def check_fits(state_dict: Mapping[str, Any], model: torch.nn.Module, path: str | Path) -> None:
+    """Refuse a checkpoint whose weights do not fit ``model`` (missing/unexpected keys, other shapes)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs the model's {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s), e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+    if wrong:
+        problems.append(f"{len(wrong)} of another shape, e.g. {wrong[0]}")
+    if problems:
+        raise CheckpointError(
+            f"{path}: its weights do not fit this model ({'; '.join(problems)}). Resume with the overrides the "
+            "run was started with (model, data.image_size, data.num_classes), or start a new run."
+        )

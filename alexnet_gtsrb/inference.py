@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 
-from alexnet_gtsrb.checkpoints import resolve_ckpt_path
-from alexnet_gtsrb.errors import ConfigError, UserError
+from alexnet_gtsrb.checkpoints import check_finite, check_fits, read_checkpoint, resolve_ckpt_path
+from alexnet_gtsrb.errors import ConfigError
 from alexnet_gtsrb.module import GTSRBClassifier
 
 
@@ -18,20 +19,32 @@ def load_classifier(ckpt_path: str | None, device: str = "cpu") -> tuple[GTSRBCl
     """(model in eval mode on ``device``, the DataModule hyper-parameters saved in the checkpoint or {}).
 
     Lightning stores the DataModule's hparams next to the model's; they carry the preset, ROI crop and
-    CLAHE settings the model was validated with. Checkpoints hold plain containers: ``weights_only=True``.
+    CLAHE settings the model was validated with. The file is read once, as plain data, its configs checked
+    against the allowlist before the model is built, its weights checked for NaN/inf and for fitting the model
+    (:func:`alexnet_gtsrb.checkpoints.read_checkpoint`); each problem is one line naming the file.
     """
     path = resolve_ckpt_path(ckpt_path)
     if path is None:
         raise ConfigError("ckpt_path is required: ckpt_path=path/to/last.ckpt (or a run folder).")
-    try:  # one read: the model's and the DataModule's hparams and the weights all come from it
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        model = GTSRBClassifier(**raw["hyper_parameters"])
-        model.load_state_dict(raw["state_dict"])
-    except (RuntimeError, KeyError, EOFError, OSError) as exc:
-        raise UserError(f"ckpt_path={path}: cannot load this checkpoint ({type(exc).__name__}: {exc}).") from exc
+    raw = read_checkpoint(path)
+    model = build_classifier(raw, path)
     data_hp = dict(raw.get("datamodule_hyper_parameters") or {})
     model = model.to(device).eval()
     return model, data_hp
+
+
+def build_classifier(raw: Mapping[str, Any], path: str) -> GTSRBClassifier:
+    """The model a checkpoint's contents describe (already read by ``read_checkpoint``), its weights loaded:
+    NaN/inf weights, hyper-parameters that build no model and weights that do not fit are one line each."""
+    check_finite(raw["state_dict"], path)
+    try:
+        model = GTSRBClassifier(**raw["hyper_parameters"])
+    except (TypeError, ValueError, OverflowError, InstantiationException) as exc:
+        reason = str(exc.__cause__ or exc).strip().splitlines()[-1][:200]
+        raise ConfigError(f"{path}: its hyper_parameters do not build a model ({reason}).") from None
+    check_fits(raw["state_dict"], model, path)
+    model.load_state_dict(raw["state_dict"])
+    return model
 
 
 def eval_settings(model: GTSRBClassifier, data_hp: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
-from alexnet_gtsrb.errors import NonFiniteLossError
+from alexnet_gtsrb.errors import ConfigError, NonFiniteLossError
+from alexnet_gtsrb.targets import check_model_configs
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
@@ -28,6 +29,18 @@ STAGES = ("train", "val", "test")
 def _plain(cfg: Any) -> Any:
     """DictConfig -> plain containers (checkpoints then load with ``weights_only=True``)."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def _build(group: str, cfg: Mapping[str, Any], arg: Any) -> Any:
+    """``instantiate(cfg)(arg)`` for an optimizer or scheduler; an impossible value (torch's ValueError, e.g.
+    ``Invalid learning rate: -1``) becomes one line naming the config group."""
+    try:
+        return instantiate(cfg)(arg)
+    except (ValueError, TypeError) as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise ConfigError(
+            f"{group} ({cfg.get('_target_')}): {cause}. Check the {group}.* values (e.g. {group}.lr must be > 0)."
+        ) from None
 
 
 class GTSRBClassifier(LightningModule):
@@ -52,11 +65,11 @@ class GTSRBClassifier(LightningModule):
         decay_bias_and_norm: bool = False,
     ) -> None:
         super().__init__()
+        configs = {"net": _plain(net), "optimizer": _plain(optimizer), "scheduler": _plain(scheduler)}
+        check_model_configs(configs, "model config")  # they may come from a checkpoint file: check before building
         self.save_hyperparameters(
             {
-                "net": _plain(net),
-                "optimizer": _plain(optimizer),
-                "scheduler": _plain(scheduler),
+                **configs,
                 "num_classes": int(num_classes),
                 "label_smoothing": float(label_smoothing),
                 "channels_last": bool(channels_last),
@@ -157,6 +170,7 @@ class GTSRBClassifier(LightningModule):
 
     def on_train_start(self) -> None:
         # Sanity-check validation must not count towards the best accuracy; a resumed run keeps its best.
+        self._check_schedule_length()
         self.val_acc_best.reset()
         if self.global_step:  # a resumed run: say where it continues (the restored loop position)
             log.info("training continues at epoch %d, global step %d", self.current_epoch, self.global_step)
@@ -164,6 +178,23 @@ class GTSRBClassifier(LightningModule):
         if resumed is not None:
             self.val_acc_best(torch.tensor(resumed, device=self.device))
             self._resumed_val_acc_best = None
+
+    def _check_schedule_length(self) -> None:
+        """A resumed one-cycle schedule keeps the first run's length: refuse a run that needs more steps now,
+        instead of failing with torch's "Tried to step N times" hours later."""
+        needed = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            total = getattr(config.scheduler, "total_steps", None)
+            if (
+                isinstance(config.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+                and total is not None
+                and total < needed
+            ):
+                raise ConfigError(
+                    f"scheduler=onecycle: the resumed schedule is {total} steps long, but trainer.max_epochs="
+                    f"{self.trainer.max_epochs} needs {needed}. One-cycle keeps its length: resume with the first "
+                    "run's trainer.max_epochs, or use scheduler=step, plateau or none to train longer."
+                )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to save NaN/inf weights; store the best validation accuracy (torchmetrics states are not saved)."""
@@ -198,7 +229,7 @@ class GTSRBClassifier(LightningModule):
     def configure_optimizers(self) -> Any:
         """Optimizer and scheduler from their ``_partial_`` configs; ``interval``/``monitor`` are Lightning's."""
         hp = self.hparams
-        optimizer = instantiate(hp.optimizer)(self._param_groups())
+        optimizer = _build("optimizer", hp.optimizer, self._param_groups())
         if not hp.scheduler:
             return optimizer
         scheduler_cfg = dict(hp.scheduler)
@@ -206,7 +237,7 @@ class GTSRBClassifier(LightningModule):
         monitor = scheduler_cfg.pop("monitor", "val/acc")
         if scheduler_cfg.get("_target_", "").endswith("OneCycleLR"):
             scheduler_cfg.setdefault("total_steps", int(self.trainer.estimated_stepping_batches))
-        scheduler = instantiate(scheduler_cfg)(optimizer)
+        scheduler = _build("scheduler", scheduler_cfg, optimizer)
         lr_scheduler = {"scheduler": scheduler, "interval": interval, "monitor": monitor}
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 

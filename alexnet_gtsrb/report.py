@@ -33,21 +33,21 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     run_dir = Path(run_dir)
     if not (run_dir / "tensorboard").is_dir():
         raise UserError(f"{run_dir} is not a run folder (no tensorboard/ inside): pass logs/<task>/runs/<time>.")
-    out_dir = Path(out_dir) if out_dir else run_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
     scalars, _ = read_events(run_dir / "tensorboard")
     rows = epoch_table(scalars)
     if not rows:
         raise UserError(f"{run_dir}/tensorboard holds no epoch-level metrics yet.")
+    ckpt = best_checkpoint(run_dir)
+    model = load_classifier(str(ckpt))[0] if ckpt is not None else None  # checked before anything is written
+    out_dir = Path(out_dir) if out_dir else run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = {"curves.csv": out_dir / "curves.csv", "curves.png": out_dir / "curves.png"}
     with written["curves.csv"].open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         w.writeheader()
         w.writerows(rows)
     save_figure(curves_figure(rows, title=run_dir.name), written["curves.png"])
-    ckpt = best_checkpoint(run_dir)
-    if ckpt is not None:
-        model, _ = load_classifier(str(ckpt))
+    if model is not None and ckpt is not None:
         written["conv1.png"] = save_figure(conv1_figure(model.net, title=ckpt.name), out_dir / "conv1.png")
     return written
 

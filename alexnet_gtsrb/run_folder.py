@@ -1,4 +1,5 @@
-"""Reading a finished (or running) run folder back: its TensorBoard events, the per-epoch table, its best checkpoint.
+"""Run folders: claiming one for a training run, and reading one back (TensorBoard events, the per-epoch
+table, the best checkpoint).
 
 A run folder is what ``python -m alexnet_gtsrb.train`` writes under ``logs/<task_name>/runs/<time>/``:
 ``tensorboard/``, ``checkpoints/``, ``metrics.json``, ``.hydra/``.
@@ -6,9 +7,60 @@ A run folder is what ``python -m alexnet_gtsrb.train`` writes under ``logs/<task
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from alexnet_gtsrb.errors import UserError
+
+LOCK_NAME = ".run.lock"
+
+
+@contextlib.contextmanager
+def claim_run_folder(run_dir: str | os.PathLike[str] | None, resuming: bool) -> Iterator[None]:
+    """Hold ``run_dir`` for one training run: refuse a folder another live run holds (an advisory lock in the
+    folder), and a folder that already holds a run's checkpoints unless this run resumes it.
+
+    Two runs started with the same ``hydra.run.dir`` would otherwise both write ``last.ckpt`` and
+    ``metrics.json`` there. Call on global rank zero only (DDP's other ranks share the folder by design).
+    """
+    if not run_dir:
+        yield
+        return
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, the checks below still run
+        fcntl = None  # type: ignore[assignment]
+    handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                raise UserError(
+                    f"{folder} is in use by another training run (pid {owner}): every run needs a folder of its "
+                    "own. Leave hydra.run.dir unset (a new timestamped folder) or name another one."
+                ) from None
+        existing = folder / "checkpoints" / "last.ckpt"
+        if not resuming and existing.is_file():
+            raise UserError(
+                f"{folder} already holds a run ({existing.relative_to(folder)}): continue it with ckpt_path=last, "
+                "or start a new run in another folder (leave hydra.run.dir unset)."
+            )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def read_events(event_dir: Path, recursive: bool = False) -> tuple[dict[str, list], dict[str, list]]:

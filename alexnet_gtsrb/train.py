@@ -50,8 +50,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_gtsrb.callbacks.debug import ShardDump
-from alexnet_gtsrb.checkpoints import resolve_ckpt_path
+from alexnet_gtsrb.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
 from alexnet_gtsrb.errors import NonFiniteLossError
+from alexnet_gtsrb.run_folder import claim_run_folder
 from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero
 from alexnet_gtsrb.utils.nets import global_batch_size
 
@@ -111,6 +112,17 @@ def _best_checkpoint(trainer: L.Trainer) -> str:
     return str(callback.best_model_path) if isinstance(callback, ModelCheckpoint) else ""
 
 
+def _resume_from(cfg: DictConfig, model: L.LightningModule) -> str | None:
+    """The checkpoint to resume from (``ckpt_path``), read as plain data and checked against the model first:
+    a truncated, pickled, foreign or mismatched file is one line naming it, not a traceback inside ``fit``."""
+    run_dir = cfg.get("paths", {}).get("output_dir")
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir=run_dir)
+    if ckpt_path:
+        check_fits(read_checkpoint(ckpt_path)["state_dict"], model, ckpt_path)
+        print_rank_zero(f"resuming from {ckpt_path}")
+    return ckpt_path
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test as the config says; returns (metrics, objects) for callers and tests."""
     start = time.monotonic()
@@ -126,6 +138,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **_cpu_sync_batchnorm_off(cfg.trainer)
     )
+    fitting = bool(cfg.get("train", True))
+    run_dir = cfg.get("paths", {}).get("output_dir") if trainer.global_rank == 0 and fitting else None
+    with claim_run_folder(run_dir, resuming=bool(cfg.get("ckpt_path"))):
+        metrics = _fit_and_test(cfg, datamodule, model, trainer, start)
+    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def _fit_and_test(
+    cfg: DictConfig, datamodule: Any, model: L.LightningModule, trainer: L.Trainer, start: float
+) -> dict[str, float]:
+    """Fit (or resume), write metrics.json, test with the best checkpoint, write metrics.json again."""
     sizes = _batch_sizes(cfg, trainer)
     for lg in trainer.loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **sizes})
@@ -133,41 +156,35 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         f"batch size: {sizes['batch_size_per_rank']} per rank x {sizes['world_size']} rank(s) "
         f"= {sizes['batch_size_global']} global"
     )
-
     ckpt_path = None
     if cfg.get("train", True):
-        run_dir = cfg.get("paths", {}).get("output_dir")
-        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir=run_dir)
-        if ckpt_path:
-            print_rank_zero(f"resuming from {ckpt_path}")
+        ckpt_path = _resume_from(cfg, model)
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except NonFiniteLossError as exc:
-            raise NonFiniteLossError(
-                f"{exc} Best checkpoint: {_best_checkpoint(trainer) or 'none saved yet'}."
-            ) from None
+            best = _best_checkpoint(trainer) or "none saved yet"
+            raise NonFiniteLossError(f"{exc} Best checkpoint: {best}.") from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-
     best = _best_checkpoint(trainer)
-    if cfg.get("test", True):
-        if not best:
-            log.warning("No best checkpoint (fast_dev_run or no validation?): testing the current weights.")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-
-    for name in ("val/acc_best", "test/acc"):
-        if name in metrics:
-            print_rank_zero(f"{name}: {metrics[name]:.4f}")
-    extra = {
-        "wall_time_s": round(time.monotonic() - start, 3),
+    extra: dict[str, Any] = {
         "epochs": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
         "best_checkpoint": best or None,
         "resumed_from": ckpt_path,
         **sizes,
     }
-    _write_metrics(cfg, trainer, metrics, extra)
-    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+    if cfg.get("test", True):
+        # the fit's numbers are on disk before the test starts: an interrupted test loses nothing
+        _write_metrics(cfg, trainer, metrics, {**extra, "wall_time_s": round(time.monotonic() - start, 3)})
+        if not best:
+            log.warning("No best checkpoint (fast_dev_run or no validation?): testing the current weights.")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    for name in ("val/acc_best", "test/acc"):
+        if name in metrics:
+            print_rank_zero(f"{name}: {metrics[name]:.4f}")
+    _write_metrics(cfg, trainer, metrics, {**extra, "wall_time_s": round(time.monotonic() - start, 3)})
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

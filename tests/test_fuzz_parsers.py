@@ -237,3 +237,66 @@ def test_decode_of_mutated_real_images_stays_under_the_cap(scratch, ext, edits, 
         return
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     _accept(image.shape[1], image.shape[0], cap)
+
+
+# -- checkpoint hyper-parameters -------------------------------------------------------------------------------
+_TARGETS = st.sampled_from(
+    [
+        "alexnet_gtsrb.models.alexnet.AlexNet",
+        "torch.optim.SGD",
+        "torch.optim.lr_scheduler.StepLR",
+        "torch.load",
+        "os.system",
+        "builtins.eval",
+        "torch.optim.Optimizer.step",
+        "",
+    ]
+)
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.just("${oc.env:HOME}"),
+    st.builds(lambda t: {"_target_": t}, _TARGETS),
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_HPARAM_KEYS = ["net", "optimizer", "scheduler", "num_classes", "label_smoothing", "channels_last", "mean", "std"]
+_NET_KEYS = ["variant", "groups", "lrn", "batch_norm", "dropout", "conv_dropout", "init", "image_size", "num_classes"]
+
+
+@pytest.fixture(scope="module")
+def real_checkpoint(tiny_run) -> dict:
+    import torch
+
+    return torch.load(tiny_run.dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_mutated_checkpoint_hyper_parameters_build_a_model_or_raise_a_user_error(real_checkpoint, data):
+    """A checkpoint's hyper-parameters with one or two values replaced by anything: the allowlist check and the
+    model build either succeed or end in a UserError (one line for the user); nothing else escapes."""
+    import copy
+
+    from alexnet_gtsrb.errors import UserError
+    from alexnet_gtsrb.inference import build_classifier
+    from alexnet_gtsrb.targets import check_config
+
+    hp = copy.deepcopy(real_checkpoint["hyper_parameters"])
+    for _ in range(data.draw(st.integers(1, 2))):
+        if data.draw(st.booleans()) and isinstance(hp["net"], dict):
+            hp["net"][data.draw(st.sampled_from(_NET_KEYS))] = data.draw(_VALUES)
+        else:
+            hp[data.draw(st.sampled_from(_HPARAM_KEYS))] = data.draw(_VALUES)
+    raw = {**real_checkpoint, "hyper_parameters": hp}
+    try:
+        check_config(hp, "fuzzed checkpoint")
+        build_classifier(raw, "fuzzed checkpoint")
+    except UserError:
+        pass

@@ -242,7 +242,8 @@ def test_image_size_minimum(variant, kwargs, minimum):
         ({"init": "xavier"}, r"model\.net\.init='xavier' .*\['paper', 'kaiming', 'keras', 'torch'\]"),
         ({"lrn_impl": "cuda"}, r"model\.net\.lrn_impl='cuda' .*\['fast', 'torch'\]"),
         ({"dropout": 1.0}, r"model\.net\.dropout must be in \[0, 1\)"),
-        ({"num_classes": 0}, r"model\.net\.num_classes must be >= 1"),
+        ({"num_classes": 0}, r"model\.net\.num_classes must lie in 1\.\.10000"),
+        ({"image_size": 4096}, r"model\.net\.image_size must lie in 1\.\.512"),
     ],
 )
 def test_invalid_arguments(kwargs, match):

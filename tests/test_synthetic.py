@@ -227,9 +227,11 @@ def test_learnable_nearest_class_mean(small_root: Path) -> None:
 def test_default_root_env(monkeypatch, tmp_path: Path) -> None:
     """The cache root follows ALEXNET_GTSRB_CACHE, else ~/.cache/alexnet_gtsrb."""
     monkeypatch.setenv("ALEXNET_GTSRB_CACHE", str(tmp_path))
-    assert default_synthetic_root() == tmp_path / "synthetic"
+    assert default_synthetic_root().parent == tmp_path / "synthetic"
     monkeypatch.delenv("ALEXNET_GTSRB_CACHE")
-    assert default_synthetic_root() == Path.home() / ".cache" / "alexnet_gtsrb" / "synthetic"
+    assert default_synthetic_root().parent == Path.home() / ".cache" / "alexnet_gtsrb" / "synthetic"
+    # one folder per setting: another setting never replaces a tree a running job reads
+    assert default_synthetic_root(20, 2, 5, 0) != default_synthetic_root(20, 2, 5, 1) != default_synthetic_root()
 
 
 def test_bad_params_rejected(tmp_path: Path) -> None:

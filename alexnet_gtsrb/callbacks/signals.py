@@ -1,5 +1,7 @@
 """Signals: :class:`GracefulStop` turns SIGTERM and SIGINT (Ctrl+C) into "finish the current training step,
-save ``last.ckpt``, exit with 128 + signal number". A second Ctrl+C stops at once, without saving.
+save ``last.ckpt``, exit with 128 + signal number". A second Ctrl+C stops at once, without saving. During the
+test that follows training, a signal stops at once (training is over and saved) with the one command that
+re-runs the test from the saved checkpoint.
 """
 
 from __future__ import annotations
@@ -71,14 +73,37 @@ class GracefulStop(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Install the handlers (after Lightning installed its SIGTERM notifier, which they chain to)."""
         self.received = None
+        self._install(self._handler)
+
+    def _install(self, handler: Any) -> None:
         for sig in self.signals:
             try:
                 previous = signal.getsignal(sig)
-                signal.signal(sig, self._handler)
+                signal.signal(sig, handler)
                 self._previous[sig] = previous
                 self._chain[sig] = _chained_handlers(previous)
             except ValueError:  # not the main thread (e.g. some notebook runners): nothing installed
                 log.debug("cannot install a %s handler outside the main thread", sig.name)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """During the test a signal stops at once: nothing is lost, and the message says how to re-run it."""
+        ckpt = trainer.ckpt_path
+        data_dir = (getattr(getattr(trainer, "datamodule", None), "hparams", None) or {}).get("data_dir")
+
+        def stop_test(signum: int, frame: Any) -> None:
+            sig = signal.Signals(signum)
+            rerun = f"python -m alexnet_gtsrb.evaluate ckpt_path={ckpt}" if ckpt else "python -m alexnet_gtsrb.evaluate"
+            raise TrainingInterrupted(
+                f"stopped by {sig.name} during the test; training had finished and its checkpoints and "
+                f"metrics.json are saved. Re-run the test with: {rerun}"
+                + (f" data.data_dir={data_dir}" if data_dir else ""),
+                exit_code=128 + int(sig),
+            )
+
+        self._install(stop_test)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
 
     def _restore(self) -> None:
         for sig, previous in self._previous.items():

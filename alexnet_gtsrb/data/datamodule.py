@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from alexnet_gtsrb.data.cache import ImageCache, cache_image_size, open_or_build
 from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipping_bad
 from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
+from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits
 from alexnet_gtsrb.data.split import split_records
 from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, normalize_uint8
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
@@ -45,6 +46,18 @@ def worker_init(worker_id: int, rank: int = 0) -> None:
         from lightning.fabric.utilities.seed import pl_worker_init_function
 
         pl_worker_init_function(worker_id, rank=rank)
+
+
+def _check_number(name: str, value: Any, kind: type, minimum: float) -> None:
+    """ConfigError naming ``data.<name>`` unless ``value`` is a ``kind`` (int or float) >= ``minimum``."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok or value < minimum:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(
+            f"data.{name}={value!r} must be {what} >= {minimum:g} (set it on the command line: data.{name}=...)."
+        )
 
 
 def _set_up(dataset: GTSRBDataset | None) -> GTSRBDataset:
@@ -94,19 +107,25 @@ class GTSRBDataModule(LightningDataModule):
         cache: bool = False,
         cache_dir: str | None = None,
         class_balance: float = 0.0,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         super().__init__()
         if synthetic and not data_dir:
             from alexnet_gtsrb.data.synthetic import default_synthetic_root
 
-            data_dir = str(default_synthetic_root())
+            data_dir = str(default_synthetic_root(**dict(synthetic)))  # one tree per setting
         self.save_hyperparameters(logger=False)
         if on_bad_image not in ON_BAD_IMAGE:
             raise ConfigError(f"data.on_bad_image={on_bad_image!r}; allowed: {', '.join(ON_BAD_IMAGE)}.")
-        if int(batch_size) < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be a positive integer.")
-        if int(num_workers) < 0:
-            raise ConfigError(f"data.num_workers={num_workers} must be 0 or more.")
+        check_limits(max_pixels, max_file_bytes, ("data.max_pixels", "data.max_file_bytes"))
+        _check_number("batch_size", batch_size, int, 1)
+        _check_number("num_workers", num_workers, int, 0)
+        _check_number("image_size", image_size, int, 1)
+        _check_number("num_classes", num_classes, int, 1)
+        _check_number("split_seed", split_seed, int, 0)
+        _check_number("val_fraction", val_fraction, float, 0.0)
+        _check_number("class_balance", class_balance, float, 0.0)
         if not 0.0 <= float(class_balance) <= 1.0:
             raise ConfigError(
                 f"data.class_balance={class_balance} must lie in [0, 1]: 0 draws classes as often as they occur, "
@@ -155,7 +174,7 @@ class GTSRBDataModule(LightningDataModule):
         return index
 
     def _verified(self, records: Sequence[Record], what: str) -> list[Record]:
-        bad = verify_records(records)
+        bad = verify_records(records, self.hparams.max_pixels, self.hparams.max_file_bytes)
         if not bad:
             return list(records)
         if self.hparams.on_bad_image == "skip":
@@ -175,8 +194,9 @@ class GTSRBDataModule(LightningDataModule):
         if hp.cache:  # built on every rank under a file lock: the first builds, the others reuse
             size = cache_image_size(preset, hp.image_size)
             for part in ("train", "test"):
+                limits = (hp.max_pixels, hp.max_file_bytes)
                 self.caches[part] = open_or_build(
-                    getattr(index, part), size, hp.roi_crop, hp.cache_dir, hp.on_bad_image
+                    getattr(index, part), size, hp.roi_crop, hp.cache_dir, hp.on_bad_image, limits
                 )
             # images that failed to decode during the build (on_bad_image=skip) leave the split too
             index = GTSRBIndex(index.root, index.layout, self.caches["train"].records, self.caches["test"].records)
@@ -184,7 +204,12 @@ class GTSRBDataModule(LightningDataModule):
         train, val = split_records(self.index.train, hp.split, hp.val_fraction, hp.split_seed)
         train_tf = build_transform(preset, hp.image_size, train=True, params=self.augment)
         eval_tf = build_transform(preset, hp.image_size, train=False, params=self.augment)
-        common = {"roi": hp.roi_crop, "on_bad_image": hp.on_bad_image}
+        common = {
+            "roi": hp.roi_crop,
+            "on_bad_image": hp.on_bad_image,
+            "max_pixels": hp.max_pixels,
+            "max_file_bytes": hp.max_file_bytes,
+        }
         train_cache, test_cache = self.caches.get("train"), self.caches.get("test")
         self.train_set = GTSRBDataset(train, train_tf, flip=hp.flip_remap, cache=train_cache, **common)
         self.val_set = GTSRBDataset(val, eval_tf, cache=train_cache, **common)

@@ -73,6 +73,10 @@ VARIANTS = ("paper", "seed", "torchvision")
 INITS = ("paper", "kaiming", "keras", "torch")
 LRN_IMPLS = ("fast", "torch")
 GROUPS = (1, 2)
+# Bounds that keep a network (and so a crafted checkpoint's hyper-parameters) from asking for tens of GB:
+# at 512 px the paper network's FC6 already holds 236M weights.
+MAX_IMAGE_SIZE = 512
+MAX_CLASSES = 10_000
 
 # Constructor arguments a variant requires (the model raises ValueError otherwise); configs must set these.
 VARIANT_REQUIRED: dict[str, dict[str, Any]] = {
@@ -173,10 +177,10 @@ class AlexNet(nn.Module):
                     f"model.net.groups={groups} does not divide {name}'s {c_in}->{c_out} channels: "
                     f"allowed values are {list(GROUPS)}"
                 )
-        if int(num_classes) < 1:
-            raise ValueError(f"model.net.num_classes must be >= 1, got {num_classes}")
-        if int(image_size) < 1:
-            raise ValueError(f"model.net.image_size must be a positive integer, got {image_size}")
+        if not 1 <= int(num_classes) <= MAX_CLASSES:
+            raise ValueError(f"model.net.num_classes must lie in 1..{MAX_CLASSES}, got {num_classes}")
+        if not 1 <= int(image_size) <= MAX_IMAGE_SIZE:
+            raise ValueError(f"model.net.image_size must lie in 1..{MAX_IMAGE_SIZE}, got {image_size}")
         for name, p in (("dropout", dropout), ("conv_dropout", conv_dropout)):
             if not 0.0 <= float(p) < 1.0:
                 raise ValueError(f"model.net.{name} must be in [0, 1), got {p}")

@@ -50,3 +50,20 @@ def tiny_overrides(synthetic_root: Path, batch_size: int = 16) -> list[str]:
         "trainer.num_sanity_val_steps=0",
         "callbacks.conv1_kernels=null",
     ]
+
+
+class SignalAtTestStart:
+    """A Lightning callback (``+callbacks.signal_at_test._target_=tests.helpers.SignalAtTestStart``) that sends
+    SIGTERM to its own process when the test after training starts: a signal that lands during the test."""
+
+    def __new__(cls):  # a real Callback subclass, built lazily so importing the helpers needs no Lightning
+        import os
+        import signal
+
+        import lightning as L
+
+        class _Signal(L.Callback):
+            def on_test_batch_start(self, *args, **kwargs) -> None:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        return _Signal()

@@ -15,6 +15,7 @@ import numpy as np
 from alexnet_gtsrb.data.classes import NUM_CLASSES
 from alexnet_gtsrb.data.synthetic.canvas import ANTIALIAS
 from alexnet_gtsrb.data.synthetic.tree import default_synthetic_root, generate, read_marker
+from alexnet_gtsrb.utils.files import cache_root
 
 
 def make_preview(root: str | Path, out_png: str | Path, tile: int = 80) -> Path:
@@ -45,7 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m alexnet_gtsrb.data.synthetic",
         description="Generate a small synthetic GTSRB look-alike in the official archive layout (offline demo).",
     )
-    parser.add_argument("--root", type=Path, default=None, help=f"output folder (default: {default_synthetic_root()})")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help=f"output folder (default: one per setting under {cache_root()}/synthetic)",
+    )
     parser.add_argument("--tracks", type=int, default=6, help="training tracks per class (default 6)")
     parser.add_argument("--frames", type=int, default=5, help="frames per training track (default 5)")
     parser.add_argument("--test", type=int, default=5, help="test images per class (default 5)")
@@ -53,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if a matching tree exists")
     parser.add_argument("--preview", type=Path, default=None, help="also save a PNG grid with one image per class")
     args = parser.parse_args(argv)
-    root = args.root if args.root is not None else default_synthetic_root()
+    default = default_synthetic_root(args.tracks, args.frames, args.test, args.seed)
+    root = args.root if args.root is not None else default
     started = time.perf_counter()
     try:
         root = generate(root, args.tracks, args.frames, args.test, args.seed, args.overwrite)

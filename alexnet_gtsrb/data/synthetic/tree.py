@@ -39,9 +39,16 @@ STALE_TEMP_SECONDS = 3600
 GENERATOR = __package__
 
 
-def default_synthetic_root() -> Path:
-    """Where the demo data is cached: ``$ALEXNET_GTSRB_CACHE/synthetic`` or ``~/.cache/alexnet_gtsrb/synthetic``."""
-    return cache_root() / "synthetic"
+def default_synthetic_root(
+    train_tracks_per_class: int = 6, frames_per_track: int = 5, test_per_class: int = 5, seed: int = 0
+) -> Path:
+    """Where the demo data for these settings is cached: ``<cache root>/synthetic/<settings>``.
+
+    One folder per setting (and format version), so a run generating other settings never replaces the tree
+    a running job reads. The cache root is ``$ALEXNET_GTSRB_CACHE`` or ``~/.cache/alexnet_gtsrb``.
+    """
+    name = f"tracks{int(train_tracks_per_class)}-frames{int(frames_per_track)}-test{int(test_per_class)}"
+    return cache_root() / "synthetic" / f"{name}-seed{int(seed)}-v{FORMAT_VERSION}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""What a config read from a checkpoint may build: an allowlist of ``_target_``s, checked before anything is built.
+
+A checkpoint's ``hyper_parameters`` hold the network, optimizer and scheduler as Hydra configs, and
+``torch.load(weights_only=True)`` accepts them because they are plain data. But Hydra instantiates any
+``_target_`` it is given, so a crafted checkpoint could name ``torch.load`` (with a pickle inside) or any
+other callable and run code in ``evaluate``, ``predict``, ``export``, ``report`` or a resumed run. Hence, by
+design rather than by a deny list, the model's three configs may each name one target of their own kind:
+
+- ``net``: one of the project's networks (:data:`NETWORKS`);
+- ``optimizer``: a class in ``torch.optim`` that subclasses ``torch.optim.Optimizer``;
+- ``scheduler`` (or none): a class in ``torch.optim.lr_scheduler`` that subclasses ``LRScheduler`` or
+  ``ReduceLROnPlateau``, or one of the project's schedule factories (:data:`SCHEDULES`);
+
+and nothing else anywhere: no nested ``_target_`` inside them, none in any other saved setting, and no
+interpolation (``${...}``): a saved config is resolved before it is written, and a resolver such as
+``oc.decode`` could build a new ``_target_`` after the check.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+from alexnet_gtsrb.errors import UserError
+
+#: The project's networks a checkpoint may build.
+NETWORKS = frozenset({"alexnet_gtsrb.models.alexnet.AlexNet"})
+#: The project's schedule factories a checkpoint may build.
+SCHEDULES = frozenset({"alexnet_gtsrb.schedules.warmup_cosine"})
+ROLES = ("net", "optimizer", "scheduler")
+_OPTIM = "torch.optim."
+_SCHED = "torch.optim.lr_scheduler."
+
+
+class UnsafeCheckpointError(UserError):
+    """A checkpoint names something it may not build; nothing was built."""
+
+
+def _is_optimizer(target: str) -> bool:
+    name = target[len(_OPTIM) :] if target.startswith(_OPTIM) else ""
+    obj = getattr(torch.optim, name, None) if name and "." not in name else None
+    return inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)
+
+
+def _is_scheduler(target: str) -> bool:
+    if target in SCHEDULES:
+        return True
+    name = target[len(_SCHED) :] if target.startswith(_SCHED) else ""
+    obj = getattr(torch.optim.lr_scheduler, name, None) if name and "." not in name else None
+    bases = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    return inspect.isclass(obj) and issubclass(obj, bases)
+
+
+_KINDS = {"net": lambda t: t in NETWORKS, "optimizer": _is_optimizer, "scheduler": _is_scheduler}
+
+
+def allowed_target(target: str, role: str | None = None) -> bool:
+    """True when ``target`` may be built in ``role`` (``net``/``optimizer``/``scheduler``; None: in any role)."""
+    roles = [role] if role else list(ROLES)
+    return any(_KINDS[r](str(target)) for r in roles)
+
+
+def _walk(value: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for ``value`` and everything nested in it."""
+    yield key, value
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _walk(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{key}[{i}]")
+
+
+def _refuse(where: str, what: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{where}: refused: {what}; nothing was loaded or run. Only load checkpoints from sources you trust."
+    )
+
+
+def check_config(config: Any, where: str, allow_top_target: str | None = None, key: str = "") -> None:
+    """Refuse any ``_target_`` in ``config`` (except, with ``allow_top_target`` = a role, the top-level one if
+    it is of that role's kind) and any interpolation, naming the key and the value."""
+    for path, value in _walk(config, key):
+        if isinstance(value, Mapping) and "_target_" in value:
+            target = str(value["_target_"])
+            role = allow_top_target if path == key else None
+            if role is None or not allowed_target(target, role):
+                allowed = f" (a {role} config may name: {_ALLOWED[role]})" if role else ""
+                raise _refuse(where, f"{path + '.' if path else ''}_target_={target!r} may not be built{allowed}")
+        elif isinstance(value, str) and "${" in value:
+            raise _refuse(where, f"{path} holds an interpolation ({value[:60]!r}); saved configs are plain values")
+
+
+_ALLOWED = {
+    "net": "the project's networks",
+    "optimizer": "torch.optim optimizers",
+    "scheduler": "torch.optim.lr_scheduler schedulers and the project's schedules",
+}
+
+
+def check_model_configs(hyper_parameters: Mapping[str, Any], where: str) -> None:
+    """The whole check for a model's hyper-parameters: ``net``/``optimizer``/``scheduler`` each a config of its
+    own kind (the scheduler may be empty), every other setting plain data."""
+    for name, value in hyper_parameters.items():
+        role = name if name in ROLES else None
+        required = role is not None and not (role == "scheduler" and not value)
+        if required and (not isinstance(value, Mapping) or "_target_" not in value):
+            raise _refuse(where, f"{name} must be a config with a _target_, got {type(value).__name__}")
+        check_config(value, where, allow_top_target=role, key=str(name))
