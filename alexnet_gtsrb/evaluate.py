@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,11 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from tqdm import tqdm
 
 from alexnet_gtsrb.checkpoints import resolve_ckpt_path
 from alexnet_gtsrb.errors import UserError
-from alexnet_gtsrb.evaluation.per_class import per_class_rows, write_per_class
+from alexnet_gtsrb.evaluation.per_class import SCORES, class_metrics, per_class_rows, write_per_class
 from alexnet_gtsrb.evaluation.tta import TTA_CROPS, tta_probabilities, tta_transform
 from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
 from alexnet_gtsrb.plots import confusion_figure, misclassified_figure, save_figure
@@ -77,39 +78,40 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print_rank_zero(f"tta: {TTA_CROPS} crops (centre + 4 corners) + label-mapped flips")
 
     num_classes = int(model.hparams.num_classes)
-    acc_micro = MulticlassAccuracy(num_classes=num_classes, average="micro").to(device)
-    acc_per_class = MulticlassAccuracy(num_classes=num_classes, average=None).to(device)
-    confmat = MulticlassConfusionMatrix(num_classes=num_classes).to(device)
+    metrics_all = class_metrics(num_classes, device)
     wrong: list[tuple[np.ndarray, int, int, float]] = []
     skipped = 0
-    for images, labels, n_skipped in datamodule.test_dataloader():
+    loader = datamodule.test_dataloader()
+    for images, labels, n_skipped in tqdm(loader, desc="evaluate", unit="batch", disable=None, file=sys.stderr):
         skipped += int(n_skipped)
         if labels.numel() == 0:
             continue
         images, labels = images.to(device), labels.to(device)
         probs = tta_probabilities(model, images, size) if tta else model(images).float().softmax(dim=-1)
-        for metric in (acc_micro, acc_per_class, confmat):
-            metric.update(probs, labels)
+        metrics_all.update(probs, labels)
         conf, pred = probs.max(dim=-1)
         for i in torch.nonzero(pred != labels).flatten().tolist():
             if len(wrong) < MAX_MISCLASSIFIED:
                 wrong.append((images[i].cpu().numpy(), int(labels[i]), int(pred[i]), float(conf[i])))
 
-    cm = confmat.compute().cpu()
+    scores = {k: v.cpu() for k, v in metrics_all.compute().items()}
+    cm = scores["confmat"]
     support = cm.sum(dim=1)
     total = int(support.sum())
     if total == 0:
         raise UserError(f"No test image could be evaluated under {data_cfg.data_dir}.")
     correct = int(cm.diag().sum())
-    acc = float(acc_micro.compute())
-    rows = per_class_rows(acc_per_class.compute().cpu(), cm)
+    acc = float(scores["acc_micro"])
+    macro = {name: float(scores[f"{name}_macro"]) for name in SCORES}
+    rows = per_class_rows(scores, cm)
 
-    write_per_class(rows, out_dir)
+    write_per_class(rows, out_dir, macro)
     save_figure(confusion_figure(cm), out_dir / "confusion_matrix.png")
     save_figure(misclassified_figure(wrong, MAX_MISCLASSIFIED), out_dir / "misclassified.png")
     metrics = {
         "test/acc": correct / total,
         "test/acc_torchmetrics": acc,
+        **{f"test/{name}_macro": value for name, value in macro.items()},
         "correct": correct,
         "num_images": total,
         "skipped_images": skipped,
@@ -121,9 +123,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "per_class": rows,
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
-    _log_tensorboard(cfg, correct / total, cm)
+    _log_scalars(cfg, {"test/acc": correct / total, **{f"test/{k}_macro": v for k, v in macro.items()}}, cm, rows)
 
     print_rank_zero(f"test/acc: {metrics['test/acc']:.4f}  ({correct}/{total} test images)")
+    print_rank_zero("macro averages: " + ", ".join(f"{k} {v:.4f}" for k, v in macro.items()))
     print_rank_zero("worst classes:")
     for line in (out_dir / "per_class.md").read_text().splitlines()[:12]:
         print_rank_zero(line)
@@ -131,16 +134,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _log_tensorboard(cfg: DictConfig, acc: float, cm: torch.Tensor) -> None:
-    """test/acc and the confusion-matrix figure to every TensorBoard logger of the logger group (if any)."""
+def _log_scalars(cfg: DictConfig, scalars: dict[str, float], cm: torch.Tensor, rows: list[dict[str, Any]]) -> None:
+    """test/acc, the macro averages and per-class precision/recall/F1 to every logger of the logger group, and
+    the confusion-matrix figure to TensorBoard."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    per_class = {f"test_class_{name}/{r['class_id']:02d}": r[name] for r in rows if r["support"] for name in SCORES[1:]}
     group = cfg.get("logger") or {}
     for lg_cfg in group.values():
         if not isinstance(lg_cfg, DictConfig) or "_target_" not in lg_cfg:
             continue
         lg = instantiate(lg_cfg)
-        lg.log_metrics({"test/acc": acc}, step=0)
+        lg.log_metrics({**scalars, **per_class}, step=0)
         if isinstance(lg, TensorBoardLogger):
             lg.experiment.add_figure("test/confusion_matrix", confusion_figure(cm), global_step=0, close=True)
         lg.finalize("success")

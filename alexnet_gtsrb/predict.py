@@ -23,6 +23,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
+from tqdm import tqdm
 
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits, decode_rgb
@@ -65,7 +66,7 @@ def load_images(
     check_limits(max_pixels, max_file_bytes, ("max_pixels", "max_file_bytes"))
     ok_paths: list[Path] = []
     arrays: list[np.ndarray] = []
-    for p in paths:
+    for p in tqdm(list(paths), desc="read", unit="image", disable=None, file=sys.stderr):
         if not p.exists():
             _report_skip(f"{p}: no such file.")
             continue
@@ -83,7 +84,8 @@ def load_images(
 def predict_arrays(model: torch.nn.Module, arrays: list[np.ndarray], batch_size: int, device: str) -> torch.Tensor:
     """Softmax probabilities (N, classes) for preprocessed uint8 HxWx3 images, in batches."""
     probs = []
-    for i in range(0, len(arrays), batch_size):
+    steps = range(0, len(arrays), batch_size)
+    for i in tqdm(steps, desc="predict", unit="batch", disable=None, file=sys.stderr):
         batch = torch.from_numpy(np.stack(arrays[i : i + batch_size])).to(device)
         probs.append(model(batch).float().softmax(dim=-1).cpu())
     return torch.cat(probs)

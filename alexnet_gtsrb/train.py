@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_gtsrb.callbacks.debug import ShardDump
+from alexnet_gtsrb.callbacks.progress import PlainProgress
 from alexnet_gtsrb.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
-from alexnet_gtsrb.errors import NonFiniteLossError
+from alexnet_gtsrb.errors import ConfigError, NonFiniteLossError
+from alexnet_gtsrb.provenance import device_name, provenance
 from alexnet_gtsrb.run_folder import claim_run_folder
 from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero
 from alexnet_gtsrb.utils.nets import global_batch_size
@@ -61,10 +64,18 @@ DUMP_SHARDS_ENV = "ALEXNET_GTSRB_DUMP_SHARDS"
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a callbacks/logger group that has a ``_target_``."""
+    """Instantiate every entry of a callbacks/logger group that has a ``_target_`` and is not switched off
+    (``enabled: false``, e.g. ``callbacks.early_stopping``)."""
     if not group:
         return []
-    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+    built = []
+    for entry in group.values():
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            continue
+        if not entry.get("enabled", True):
+            continue
+        built.append(instantiate({k: v for k, v in entry.items() if k != "enabled"}))
+    return built
 
 
 def _cpu_sync_batchnorm_off(trainer_cfg: DictConfig) -> dict[str, Any]:
@@ -112,6 +123,15 @@ def _best_checkpoint(trainer: L.Trainer) -> str:
     return str(callback.best_model_path) if isinstance(callback, ModelCheckpoint) else ""
 
 
+def _plain_progress(cfg: DictConfig) -> bool:
+    """``progress``: ``bar`` (Lightning's progress bar), ``plain`` (a log line per epoch), or ``auto``: plain
+    lines when stdout is not a terminal (nohup, SLURM, CI, ``> run.log``), where a bar shows nothing useful."""
+    mode = str(cfg.get("progress", "auto"))
+    if mode not in ("auto", "bar", "plain"):
+        raise ConfigError(f"progress={mode!r}; allowed: auto, bar, plain.")
+    return mode == "plain" or (mode == "auto" and not sys.stdout.isatty())
+
+
 def _resume_from(cfg: DictConfig, model: L.LightningModule) -> str | None:
     """The checkpoint to resume from (``ckpt_path``), read as plain data and checked against the model first:
     a truncated, pickled, foreign or mismatched file is one line naming it, not a traceback inside ``fit``."""
@@ -134,9 +154,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if os.environ.get(DUMP_SHARDS_ENV):
         callbacks.append(ShardDump(os.environ[DUMP_SHARDS_ENV]))
+    plain = _plain_progress(cfg)
+    if plain:
+        callbacks.append(PlainProgress(every_n_steps=int(cfg.get("progress_every_n_steps") or 0)))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, **_cpu_sync_batchnorm_off(cfg.trainer)
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        **({"enable_progress_bar": False} if plain else {}),
+        **_cpu_sync_batchnorm_off(cfg.trainer),
     )
     fitting = bool(cfg.get("train", True))
     run_dir = cfg.get("paths", {}).get("output_dir") if trainer.global_rank == 0 and fitting else None
@@ -167,6 +194,7 @@ def _fit_and_test(
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = _best_checkpoint(trainer)
     extra: dict[str, Any] = {
+        "provenance": provenance(device_name(trainer.strategy.root_device)),
         "epochs": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
         "best_checkpoint": best or None,
@@ -189,11 +217,23 @@ def _fit_and_test(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @exit_on_user_error
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Compose, train, and return the configured metric for a sweeper."""
     metrics, _ = train(cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def main() -> None:
+    """``python -m alexnet_gtsrb.train`` and the ``alexnet-gtsrb-train`` console script: first check that the
+    optional extras behind ``hparams_search=optuna`` / ``cluster=slurm`` are installed (one line and exit 2 if
+    not; Hydra's own error names neither), then let Hydra compose and run :func:`hydra_main`."""
+    import sys
+
+    from alexnet_gtsrb.utils.extras import require_extras_for_overrides
+
+    exit_on_user_error(require_extras_for_overrides)(sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":

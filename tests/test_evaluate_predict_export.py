@@ -102,13 +102,25 @@ def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
     accs = [float(r["accuracy"]) for r in rows if r["accuracy"]]
     assert accs == sorted(accs)  # worst first
     md = (run_dir / "per_class.md").read_text().splitlines()
-    assert len(md) == 2 + NUM_CLASSES and md[0].startswith("| class | name |")
+    assert len(md) == 2 + NUM_CLASSES + 1 and md[0].startswith("| class | name |") and "macro average" in md[-1]
+    # precision / recall / F1 per class (torchmetrics): recall is the class's accuracy, F1 their harmonic mean
+    for r in rows:
+        if not r["support"] or r["support"] == "0":
+            continue
+        p_, r_, f_ = float(r["precision"]), float(r["recall"]), float(r["f1"])
+        assert r_ == pytest.approx(float(r["accuracy"]), abs=1e-4)
+        assert f_ == pytest.approx(2 * p_ * r_ / (p_ + r_) if p_ + r_ else 0.0, abs=2e-4)
+    for name in ("precision", "recall", "f1"):
+        assert 0.0 <= metrics[f"test/{name}_macro"] <= 1.0
+        assert f"{name} {metrics[f'test/{name}_macro']:.4f}" in proc.stdout  # printed
 
     _assert_png(run_dir / "confusion_matrix.png")
     _assert_png(run_dir / "misclassified.png")
     tags = read_event_tags(run_dir / "tensorboard")
     assert tags["test/acc"][-1].value == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert "test/confusion_matrix" in tags
+    assert tags["test/f1_macro"][-1].value == pytest.approx(metrics["test/f1_macro"], abs=1e-6)
+    assert any(t.startswith("test_class_recall/") for t in tags)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ The run-based tests read back the event files of one short real training (the se
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -118,6 +119,10 @@ def test_one_hparams_session_with_the_final_metrics(tiny_run, run_tags):
     assert hp["scheduler"] == "OneCycleLR" and hp["trainer/max_epochs"] == 2 and hp["seed"] == 42
     assert hp["trainer/precision"] == "32-true" and hp["task_name"] == "demo"
     assert hp["data/class_balance"] == 0.0 and "ema/decay" not in hp  # demo: plain shuffling, no averaging
+    # provenance: the same record as metrics.json's, so a number in the HPARAMS table traces back to code
+    saved = json.loads((tiny_run.dir / "metrics.json").read_text())["provenance"]
+    for key in ("git_commit", "torch", "lightning", "hydra-core", "albumentations", "host", "device", "command"):
+        assert hp[f"provenance/{key}"] == str(saved[key]), key
 
     experiment = metadata.parse_experiment_plugin_data(tags[metadata.EXPERIMENT_TAG])
     assert [m.name.tag for m in experiment.metric_infos] == HPARAMS_METRICS

@@ -11,7 +11,7 @@ import torch
 from alexnet_gtsrb.callbacks.ema import EMAWeights
 from alexnet_gtsrb.module import GTSRBClassifier
 from alexnet_gtsrb.train import train
-from tests.helpers import read_event_tags, run_train
+from tests.helpers import read_event_tags, run_train, tiny_overrides
 
 SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"}
 
@@ -146,3 +146,20 @@ def test_ema_weights_are_validated_checkpointed_tested_and_resumed(compose_cfg, 
     _, objs = train(compose_cfg([*common, "trainer.max_epochs=3", f"ckpt_path={last_path}", "test=false"]))
     ema = next(c for c in objs["trainer"].callbacks if isinstance(c, EMAWeights))
     assert objs["trainer"].global_step == 9 and int(ema._average_model.n_averaged) == 9  # the average went on
+
+
+def test_early_stopping_is_off_by_default_and_stops_a_stalled_run(compose_cfg, synthetic_root, tmp_path):
+    """callbacks.early_stopping: absent from a default run; enabled, it ends a run whose val/acc stops rising."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    common = [*tiny_overrides(synthetic_root), "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+    common += ["test=false", "scheduler=none", "optimizer.lr=1e-12"]  # val/acc cannot move: a stalled run
+    _, objs = train(compose_cfg([*common, "trainer.max_epochs=1", f"paths.output_dir={tmp_path}/off"]))
+    assert not any(isinstance(cb, EarlyStopping) for cb in objs["trainer"].callbacks)
+    enabled = ["callbacks.early_stopping.enabled=true", "callbacks.early_stopping.patience=2"]
+    _, objs = train(compose_cfg([*common, "trainer.max_epochs=8", *enabled, f"paths.output_dir={tmp_path}/on"]))
+    stopper = next(cb for cb in objs["trainer"].callbacks if isinstance(cb, EarlyStopping))
+    assert (stopper.monitor, stopper.mode, stopper.patience) == ("val/acc", "max", 2)
+    # stopped after `patience` validations without a new best, well before max_epochs
+    assert 2 <= stopper.stopped_epoch < 7 and objs["trainer"].current_epoch == stopper.stopped_epoch + 1
+    assert stopper.wait_count == 2

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from alexnet_gtsrb.callbacks.ema import EMAWeights
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.plots import confusion_figure, conv1_kernel_grid
+from alexnet_gtsrb.provenance import device_name, provenance
 from alexnet_gtsrb.utils.nets import global_batch_size
 
 HPARAMS_METRICS = ("val/acc_best", "test/acc", "test/loss")
@@ -329,7 +330,8 @@ class HParamsSummary(L.Callback):
             return
         from torch.utils.tensorboard.summary import hparams
 
-        params = _flat_scalars({**run_hparams(trainer, pl_module), **self.extra})
+        where = provenance(device_name(trainer.strategy.root_device))
+        params = _flat_scalars({**run_hparams(trainer, pl_module), "provenance": where, **self.extra})
         names = {k: metrics[k] for k in self.metrics if k in metrics}  # only the names matter, in this order
         writer = tb._get_file_writer()  # as TensorBoardLogger.log_hyperparams does
         for summary in hparams(params, names):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,39 +11,67 @@ import torch
 
 from alexnet_gtsrb.data.classes import class_name
 
+SCORES = ("accuracy", "precision", "recall", "f1")
 
-def per_class_rows(acc: torch.Tensor, confmat: torch.Tensor) -> list[dict[str, Any]]:
+
+def class_metrics(num_classes: int, device: Any = "cpu") -> Any:
+    """torchmetrics per class (``average=None``) and macro-averaged: accuracy (= recall per class), precision,
+    recall and F1, plus the confusion matrix; ``update(probs, labels)`` and ``compute()`` as one collection."""
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassConfusionMatrix,
+        MulticlassF1Score,
+        MulticlassPrecision,
+        MulticlassRecall,
+    )
+
+    kinds: dict[str, Any] = {"accuracy": MulticlassAccuracy, "precision": MulticlassPrecision}
+    kinds.update(recall=MulticlassRecall, f1=MulticlassF1Score)
+    metrics: dict[str, Any] = {"acc_micro": MulticlassAccuracy(num_classes=num_classes, average="micro")}
+    for name, kind in kinds.items():
+        metrics[name] = kind(num_classes=num_classes, average=None)
+        metrics[f"{name}_macro"] = kind(num_classes=num_classes, average="macro")
+    metrics["confmat"] = MulticlassConfusionMatrix(num_classes=num_classes)
+    return MetricCollection(metrics).to(device)
+
+
+def per_class_rows(scores: Mapping[str, torch.Tensor], confmat: torch.Tensor) -> list[dict[str, Any]]:
     """One row per class, worst accuracy first (classes without test images last), ties by class id.
 
-    ``acc`` is torchmetrics' per-class accuracy; support and correct counts are the confusion matrix's row
-    sums and diagonal.
+    ``scores`` holds torchmetrics' per-class accuracy, precision, recall and F1; support and correct counts are
+    the confusion matrix's row sums and diagonal. A class without test images has no accuracy or recall.
     """
     support, diag = confmat.sum(dim=1), confmat.diag()
     rows = []
     for c in range(len(support)):
         n = int(support[c])
-        rows.append(
-            {
-                "class_id": c,
-                "name": class_name(c),
-                "support": n,
-                "correct": int(diag[c]),
-                "accuracy": float(acc[c]) if n else float("nan"),
-            }
-        )
+        row: dict[str, Any] = {"class_id": c, "name": class_name(c), "support": n, "correct": int(diag[c])}
+        for name in SCORES:
+            row[name] = float(scores[name][c]) if n else float("nan")
+        rows.append(row)
     return sorted(rows, key=lambda r: (r["support"] == 0, r["accuracy"] if r["support"] else 0.0, r["class_id"]))
 
 
-def write_per_class(rows: list[dict[str, Any]], out_dir: Path) -> None:
-    """per_class.csv (machine-readable) and per_class.md (a Markdown table for reports)."""
-    fields = ["class_id", "name", "support", "correct", "accuracy"]
+def _cell(row: Mapping[str, Any], name: str, empty: str) -> str:
+    return empty if row["support"] == 0 else f"{row[name]:.4f}"
+
+
+def write_per_class(rows: list[dict[str, Any]], out_dir: Path, macro: Mapping[str, float] | None = None) -> None:
+    """per_class.csv (machine-readable) and per_class.md (a Markdown table; macro averages in its last row)."""
+    fields = ["class_id", "name", "support", "correct", *SCORES]
     with open(out_dir / "per_class.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
-            writer.writerow({**r, "accuracy": "" if r["support"] == 0 else f"{r['accuracy']:.4f}"})
-    lines = ["| class | name | support | correct | accuracy |", "|---:|:---|---:|---:|---:|"]
+            writer.writerow({**r, **{name: _cell(r, name, "") for name in SCORES}})
+    lines = ["| class | name | support | correct | accuracy | precision | recall | F1 |"]
+    lines.append("|---:|:---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        acc = "n/a" if r["support"] == 0 else f"{r['accuracy']:.4f}"
-        lines.append(f"| {r['class_id']} | {r['name']} | {r['support']} | {r['correct']} | {acc} |")
+        cells = " | ".join(_cell(r, name, "n/a") for name in SCORES)
+        lines.append(f"| {r['class_id']} | {r['name']} | {r['support']} | {r['correct']} | {cells} |")
+    if macro:
+        total = sum(r["support"] for r in rows)
+        cells = " | ".join(f"{macro[name]:.4f}" for name in SCORES)
+        lines.append(f"| | **macro average** | {total} | {sum(r['correct'] for r in rows)} | {cells} |")
     (out_dir / "per_class.md").write_text("\n".join(lines) + "\n")
