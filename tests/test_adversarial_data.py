@@ -361,3 +361,21 @@ def test_predict_skips_hostile_files_by_name_with_bounded_memory(hostile_trainin
     # the sparse file would add 2 GB, decoding the bomb 1.2 GB (3.4 GB RSS before the caps).
     base_mb = _run_measured(["-c", "import alexnet_gtsrb.predict"], tmp_path / "imports")[3]
     assert peak_mb - base_mb < 400, f"predict peaked at {peak_mb:.0f} MB, its imports alone at {base_mb:.0f} MB"
+
+
+@pytest.mark.slow
+def test_a_test_only_tree_is_enough_to_evaluate_but_not_to_train(synthetic_root, tiny_run, tmp_path):
+    """download --only test leaves GTSRB/Final_Test only: evaluate works on it; train names what is missing."""
+    from tests.helpers import run_module, run_train, tiny_overrides
+
+    root = tmp_path / "test_only"
+    shutil.copytree(synthetic_root / "GTSRB" / "Final_Test", root / "GTSRB" / "Final_Test")
+    ckpt = tiny_run.dir / "checkpoints" / "last.ckpt"
+    done = run_module("evaluate", [f"ckpt_path={ckpt}", f"data.data_dir={root}", f"hydra.run.dir={tmp_path}/e"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["num_images"] == len(
+        list((root / "GTSRB" / "Final_Test" / "Images").glob("*.ppm"))
+    )
+    refused = run_train([*tiny_overrides(synthetic_root), f"data.data_dir={root}", f"hydra.run.dir={tmp_path}/t"])
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "holds only the official test set" in refused.stderr and "alexnet_gtsrb.data.download" in refused.stderr

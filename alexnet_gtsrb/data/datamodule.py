@@ -157,11 +157,11 @@ class GTSRBDataModule(LightningDataModule):
                 download_gtsrb(hp.data_dir)
         detect_layout(hp.data_dir, hp.layout)
 
-    def _checked_index(self) -> GTSRBIndex:
+    def _checked_index(self, need_train: bool = True) -> GTSRBIndex:
         hp = self.hparams
-        index = index_gtsrb(hp.data_dir, hp.layout)
+        index = index_gtsrb(hp.data_dir, hp.layout, need_train=need_train)
         labels = {r.label for r in index.train}
-        if len(labels) != hp.num_classes or max(labels) >= hp.num_classes:
+        if labels and (len(labels) != hp.num_classes or max(labels) >= hp.num_classes):
             raise ConfigError(
                 f"data.num_classes={hp.num_classes} does not match the data in {index.root}: its training "
                 f"images carry {len(labels)} distinct labels (max {max(labels)}). Set data.num_classes={len(labels)} "
@@ -190,7 +190,7 @@ class GTSRBDataModule(LightningDataModule):
             return
         hp = self.hparams
         preset = self.augment.get("preset", "none")
-        index = self._checked_index()
+        index = self._checked_index(need_train=stage != "test")  # evaluating needs only the test set
         if hp.cache:  # built on every rank under a file lock: the first builds, the others reuse
             size = cache_image_size(preset, hp.image_size)
             for part in ("train", "test"):

@@ -80,7 +80,10 @@ def detect_layout(data_dir: str | os.PathLike, layout: str = "auto") -> tuple[Pa
         )
     data_dir = Path(os.path.expanduser(str(data_dir))).resolve()
     checks = {
-        "official": lambda r: (r / "GTSRB" / "Final_Training" / "Images").is_dir(),
+        # the official layout may hold only the test set (download --only test): enough to evaluate
+        "official": lambda r: any(
+            (r / "GTSRB" / part / "Images").is_dir() for part in ("Final_Training", "Final_Test")
+        ),
         "torchvision": lambda r: (r / "gtsrb" / "GTSRB" / "Training").is_dir(),
         "kaggle": lambda r: (r / "Train.csv").is_file() and (r / "Train").is_dir(),
     }
@@ -320,12 +323,21 @@ def _kaggle(root: Path, csv_name: str, test: bool) -> list[Record]:
     return records
 
 
-def index_gtsrb(data_dir: str | os.PathLike, layout: str = "auto") -> GTSRBIndex:
-    """Index the training and official test images of a GTSRB tree (layout auto-detected)."""
+def index_gtsrb(data_dir: str | os.PathLike, layout: str = "auto", need_train: bool = True) -> GTSRBIndex:
+    """Index the training and official test images of a GTSRB tree (layout auto-detected).
+
+    With ``need_train=False`` (evaluating a checkpoint) an official tree holding only the test set is enough.
+    """
     root, layout = detect_layout(data_dir, layout)
     if layout == "official":
         base = root / "GTSRB"
-        train = _official_train(base / "Final_Training" / "Images")
+        train_dir = base / "Final_Training" / "Images"
+        if not train_dir.is_dir() and need_train:
+            raise DataNotFoundError(
+                f"{root} holds only the official test set ({train_dir} is missing): enough for evaluate, not for "
+                f"training. Add the training images with `python -m alexnet_gtsrb.data.download --root {root}`."
+            )
+        train = _official_train(train_dir) if train_dir.is_dir() else []
         test_dir = base / "Final_Test" / "Images"
         test = _official_test(test_dir, test_dir / "GT-final_test.csv")
     elif layout == "torchvision":
@@ -341,7 +353,7 @@ def index_gtsrb(data_dir: str | os.PathLike, layout: str = "auto") -> GTSRBIndex
                 f"{root / 'Test.csv'}: {len(both)} image(s) are also listed in Train.csv, e.g. {min(both)}; "
                 "a test image must not be trained on. Remove them from one of the files."
             )
-    if not train:
+    if not train and need_train:
         raise BadDataError(f"{root}: no training images found. {GET_DATA_HELP}")
     return GTSRBIndex(root=root, layout=layout, train=tuple(train), test=tuple(test))
 
