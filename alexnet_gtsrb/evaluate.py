@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -36,7 +35,7 @@ from alexnet_gtsrb.evaluation.per_class import SCORES, class_metrics, per_class_
 from alexnet_gtsrb.evaluation.tta import TTA_CROPS, tta_probabilities, tta_transform
 from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
 from alexnet_gtsrb.plots import confusion_figure, misclassified_figure, save_figure
-from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero
+from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +150,12 @@ def _log_scalars(cfg: DictConfig, scalars: dict[str, float], cm: torch.Tensor, r
         lg.finalize("success")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
-@exit_on_user_error
-def main(cfg: DictConfig) -> float:
-    """Compose conf/eval.yaml, evaluate, return test/acc (for a sweeper)."""
+def _test_accuracy(cfg: DictConfig) -> float:
+    """Evaluate and return test/acc (for a sweeper)."""
     return float(evaluate(cfg)["test/acc"])
 
+
+main = hydra_entry_point("eval", _test_accuracy)
 
 if __name__ == "__main__":
     main()

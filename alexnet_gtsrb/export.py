@@ -25,14 +25,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.errors import ConfigError
 from alexnet_gtsrb.inference import eval_settings, load_classifier
-from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero
+from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
+from alexnet_gtsrb.utils.extras import require_extra
 from alexnet_gtsrb.utils.nets import unwrap_compiled
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,10 @@ def export(cfg: DictConfig) -> Path:
     fmt = str(cfg.get("format", "onnx"))
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}; allowed: {', '.join(FORMATS)}.")
+    if fmt == "onnx":  # before the checkpoint is read: the 'export' extra is optional
+        require_extra("onnx", "export", "format=onnx")
+        if cfg.get("check", True):
+            require_extra("onnxruntime", "export", "format=onnx check=true")
     net, settings = exportable_net(cfg.ckpt_path)
     out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / FORMATS[fmt]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,12 +138,7 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    """Compose conf/export.yaml and export."""
-    export(cfg)
-
+main = hydra_entry_point("export", export)
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
@@ -30,7 +29,7 @@ from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, ch
 from alexnet_gtsrb.data.transforms import build_transform
 from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError
 from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
-from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error
+from alexnet_gtsrb.utils.cli import hydra_entry_point
 
 FORMATS = ("table", "json")
 
@@ -142,12 +141,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    """Compose conf/predict.yaml and predict."""
-    predict(cfg)
-
+main = hydra_entry_point("predict", predict)
 
 if __name__ == "__main__":
     main()

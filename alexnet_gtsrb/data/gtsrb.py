@@ -246,6 +246,25 @@ def _listed(folder: Path, filenames: Iterable[str], csv_path: Path) -> None:
         )
 
 
+def _csv_records(
+    rows: list[tuple[int, dict]], csv_path: Path, folder: Path, folder_label: int | None, tracks: bool
+) -> list[Record]:
+    """Records of an official-layout CSV's rows: plain file names inside ``folder``, each listed once, labels in
+    range (and equal to ``folder_label`` when given), ROIs inside the declared size; tracks from the names."""
+    records: list[Record] = []
+    seen: dict[str, int] = {}
+    for line_no, row in rows:
+        where = f"{csv_path}:{line_no}"
+        name = _plain_name(row, where, folder)
+        _once(name, line_no, seen, csv_path)
+        label = _label(row, where)
+        if folder_label is not None and label != folder_label:
+            raise BadDataError(f"{where}: ClassId {label} in the folder of class {folder_label}.")
+        roi, w, h = _annotated(row, where)
+        records.append(Record(str(folder / name), label, _track_of(name, label) if tracks else None, roi, w, h))
+    return records
+
+
 def _official_train(images: Path, strict_folder_label: bool = True) -> list[Record]:
     class_dirs = sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
@@ -260,17 +279,9 @@ def _official_train(images: Path, strict_folder_label: bool = True) -> list[Reco
             rows = _read_csv(csv_path, ";", ("Filename", "ClassId"))
             if not rows:
                 raise BadDataError(f"{csv_path}: no rows; class folder {d.name} would be empty.")
-            seen: dict[str, int] = {}
-            for line_no, row in rows:
-                where = f"{csv_path}:{line_no}"
-                name = _plain_name(row, where, d)
-                _once(name, line_no, seen, csv_path)
-                label = _label(row, where)
-                if strict_folder_label and label != folder_label:
-                    raise BadDataError(f"{where}: ClassId {label} in the folder of class {folder_label}.")
-                roi, w, h = _annotated(row, where)
-                records.append(Record(str(d / name), label, _track_of(name, label), roi, w, h))
-            _listed(d, seen, csv_path)
+            listed = _csv_records(rows, csv_path, d, folder_label if strict_folder_label else None, tracks=True)
+            records += listed
+            _listed(d, {Path(r.path).name for r in listed}, csv_path)
         else:
             files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
@@ -287,16 +298,7 @@ def _official_test(images: Path, gt_csv: Path) -> list[Record]:
     rows = _read_csv(gt_csv, ";", ("Filename", "ClassId"))
     if not rows:
         raise BadDataError(f"no test images listed in {gt_csv} (it holds no rows). {_RESTORE_TEST_GT}")
-    records = []
-    seen: dict[str, int] = {}
-    for line_no, row in rows:
-        where = f"{gt_csv}:{line_no}"
-        name = _plain_name(row, where, images)
-        _once(name, line_no, seen, gt_csv)
-        label = _label(row, where)
-        roi, w, h = _annotated(row, where)
-        records.append(Record(str(images / name), label, None, roi, w, h))
-    return records
+    return _csv_records(rows, gt_csv, images, None, tracks=False)
 
 
 def _kaggle(root: Path, csv_name: str, test: bool) -> list[Record]:

@@ -76,3 +76,17 @@ def config_dir() -> Path:
 
 #: ``config_path`` for ``@hydra.main`` (an absolute path, so it works from any working directory).
 CONFIG_PATH = str(config_dir())
+
+
+def hydra_entry_point(config_name: str, run: Callable[[Any], Any]) -> Callable[[], Any]:
+    """``main()`` for an entry point that composes ``conf/<config_name>.yaml``: Hydra's ``@hydra.main`` around
+    ``run(cfg)``, user errors as one line and exit 2. Its return value goes to a sweeper."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
+    @exit_on_user_error
+    def main(cfg: Any) -> Any:
+        return run(cfg)
+
+    main.__doc__ = f"Compose conf/{config_name}.yaml and run {run.__module__}.{run.__name__}."
+    return main

@@ -14,6 +14,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from alexnet_gtsrb.data.download import (
     DEFAULT_BASE_URL,
@@ -48,33 +49,34 @@ def _split_override(flag: str, item: str, names: Sequence[str], what: str) -> tu
     return name, value
 
 
-def _apply_md5_overrides(archives: Sequence[Archive], overrides: Sequence[str]) -> tuple[Archive, ...]:
-    """Apply FILENAME=HASH overrides (HASH 'none' disables the check) to a set of archives."""
-    by_name = {a.filename: a for a in archives}
-    for item in overrides:
-        name, value = _split_override("--md5", item, tuple(by_name), "HASH")
-        if value.lower() == "none":
-            md5 = None
-        elif MD5_RE.fullmatch(value):
-            md5 = value.lower()
-        else:
-            raise ValueError(f"--md5 {name}: HASH must be 32 hex digits or 'none', got {value!r}")
-        by_name[name] = replace(by_name[name], md5=md5)
-    return tuple(by_name[a.filename] for a in archives)
+def _md5_value(name: str, value: str) -> str | None:
+    if value.lower() == "none":
+        return None
+    if MD5_RE.fullmatch(value):
+        return value.lower()
+    raise ValueError(f"--md5 {name}: HASH must be 32 hex digits or 'none', got {value!r}")
 
 
-def _apply_size_overrides(archives: Sequence[Archive], overrides: Sequence[str]) -> tuple[Archive, ...]:
-    """Apply FILENAME=BYTES overrides of the expected archive size ('none': unknown) to a set of archives."""
+def _size_value(name: str, value: str) -> int | None:
+    if value.lower() == "none":
+        return None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise ValueError(f"--size {name}: BYTES must be a positive whole number or 'none', got {value!r}")
+
+
+#: --md5 FILENAME=HASH and --size FILENAME=BYTES: (what the value is called, the Archive field, its parser)
+_OVERRIDES = {"--md5": ("HASH", "md5", _md5_value), "--size": ("BYTES", "size", _size_value)}
+
+
+def _apply_overrides(archives: Sequence[Archive], flag: str, overrides: Sequence[str]) -> tuple[Archive, ...]:
+    """Apply FILENAME=VALUE overrides of ``flag`` ('none': no check / unknown) to a set of archives."""
+    what, field, parse = _OVERRIDES[flag]
     by_name = {a.filename: a for a in archives}
     for item in overrides:
-        name, value = _split_override("--size", item, tuple(by_name), "BYTES")
-        if value.lower() == "none":
-            size = None
-        elif value.isdigit() and int(value) > 0:
-            size = int(value)
-        else:
-            raise ValueError(f"--size {name}: BYTES must be a positive whole number or 'none', got {value!r}")
-        by_name[name] = replace(by_name[name], size=size)
+        name, value = _split_override(flag, item, tuple(by_name), what)
+        changes: dict[str, Any] = {field: parse(name, value)}
+        by_name[name] = replace(by_name[name], **changes)
     return tuple(by_name[a.filename] for a in archives)
 
 
@@ -165,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.root:
         parser.error(f"--root is required (or set ${ROOT_ENV_VAR})")
     try:
-        archives = _apply_size_overrides(_apply_md5_overrides(OFFICIAL_ARCHIVES, args.md5), args.size)
+        archives = _apply_overrides(_apply_overrides(OFFICIAL_ARCHIVES, "--md5", args.md5), "--size", args.size)
     except ValueError as exc:
         parser.error(str(exc))
 

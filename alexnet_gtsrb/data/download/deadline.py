@@ -119,26 +119,25 @@ class _WatchedHTTPSConnection(http.client.HTTPSConnection, _WatchedHTTPConnectio
         self.deadline = deadline
 
 
-class _HTTPHandler(urllib.request.HTTPHandler):
-    """Opens http:// URLs with watched connections."""
+class _WatchedHandler:
+    """What the http and https handlers share: the deadline their connections report to."""
 
     def __init__(self, deadline: Deadline) -> None:
         """Remember the deadline."""
         super().__init__()
         self._deadline = deadline
+
+
+class _HTTPHandler(_WatchedHandler, urllib.request.HTTPHandler):
+    """Opens http:// URLs with watched connections."""
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         """Open with a watched connection."""
         return self.do_open(_WatchedHTTPConnection, req, deadline=self._deadline)
 
 
-class _HTTPSHandler(urllib.request.HTTPSHandler):
+class _HTTPSHandler(_WatchedHandler, urllib.request.HTTPSHandler):
     """Opens https:// URLs with watched connections (default certificate checks)."""
-
-    def __init__(self, deadline: Deadline) -> None:
-        """Remember the deadline."""
-        super().__init__()
-        self._deadline = deadline
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         """Open with a watched connection."""
