@@ -5,7 +5,8 @@
 Writes into ``OUT_DIR`` (default ``RUN_DIR/report``):
 
 - ``curves.png``: accuracy and loss per epoch, training against validation (the origin Keras script's two
-  plots), read from the run's TensorBoard event files;
+  plots), read from the run's ``csv/.../metrics.csv`` (``logger=csv`` or ``logger=many``) where it has one,
+  else from its TensorBoard event files;
 - ``conv1.png``: the best checkpoint's 96 conv1 kernels (0-47 | 48-95 for the two groups);
 - ``curves.csv``: the per-epoch numbers behind the curves (epoch, train/val accuracy and loss, lr, wall time).
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from alexnet_gtsrb.errors import UserError
 from alexnet_gtsrb.inference import load_classifier
 from alexnet_gtsrb.plots import conv1_figure, curves_figure, save_figure
-from alexnet_gtsrb.run_folder import best_checkpoint, epoch_table, read_events
+from alexnet_gtsrb.run_folder import best_checkpoint, epoch_table, read_scalars
 from alexnet_gtsrb.utils.cli import exit_on_user_error
 
 CSV_COLUMNS = ["epoch", "train_acc", "val_acc", "train_loss", "val_loss", "lr", "minutes"]
@@ -31,12 +32,19 @@ CSV_COLUMNS = ["epoch", "train_acc", "val_acc", "train_loss", "val_loss", "lr", 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     """Write curves.png, curves.csv and conv1.png for a run folder; returns their paths."""
     run_dir = Path(run_dir)
-    if not (run_dir / "tensorboard").is_dir():
-        raise UserError(f"{run_dir} is not a run folder (no tensorboard/ inside): pass logs/<task>/runs/<time>.")
-    scalars, _ = read_events(run_dir / "tensorboard")
+    scalars, source = read_scalars(run_dir)
+    if source is None and (run_dir / "mlruns").is_dir():
+        raise UserError(
+            f"{run_dir} holds an MLflow store only (mlruns/): the report reads csv/ or tensorboard/; "
+            "browse it with `mlflow ui`, or train with logger=[mlflow,csv]."
+        )
+    if source is None:
+        raise UserError(
+            f"{run_dir} is not a run folder (no csv/ or tensorboard/ inside): pass logs/<task>/runs/<time>."
+        )
     rows = epoch_table(scalars)
     if not rows:
-        raise UserError(f"{run_dir}/tensorboard holds no epoch-level metrics yet.")
+        raise UserError(f"{source} holds no epoch-level metrics yet.")
     ckpt = best_checkpoint(run_dir)
     model = load_classifier(str(ckpt))[0] if ckpt is not None else None  # checked before anything is written
     out_dir = Path(out_dir) if out_dir else run_dir / "report"

@@ -1,22 +1,27 @@
-"""Run folders: claiming one for a training run, and reading one back (TensorBoard events, the per-epoch
-table, the best checkpoint).
+"""Run folders: claiming one for a training run, and reading one back (``metrics.csv`` or TensorBoard events, the
+per-epoch table, the best checkpoint). The loggers whose stores live in it are in :mod:`alexnet_gtsrb.loggers`.
 
 A run folder is what ``python -m alexnet_gtsrb.train`` writes under ``logs/<task_name>/runs/<time>/``:
-``tensorboard/``, ``checkpoints/``, ``metrics.json``, ``.hydra/``.
+``checkpoints/``, ``metrics.json``, ``.hydra/`` and the chosen loggers' stores (``conf/logger/``):
+``tensorboard/`` (events), ``csv/version_N/metrics.csv``, ``mlruns/`` (an MLflow file store).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
+import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from alexnet_gtsrb.errors import UserError
 
 LOCK_NAME = ".run.lock"
+CSV_TIME = "wall_time"  # the column loggers.TimedCSVLogger adds to metrics.csv: seconds since the epoch
 
 
 @contextlib.contextmanager
@@ -63,6 +68,7 @@ def claim_run_folder(run_dir: str | os.PathLike[str] | None, resuming: bool) -> 
         handle.close()  # releases the lock
 
 
+# -- reading a run folder back --------------------------------------------------------------------------------
 def read_events(event_dir: Path, recursive: bool = False) -> tuple[dict[str, list], dict[str, list]]:
     """Scalars and images of every event file of a TensorBoard run folder (and its sub-folders if
     ``recursive``), in the order they were written."""
@@ -82,12 +88,61 @@ def read_events(event_dir: Path, recursive: bool = False) -> tuple[dict[str, lis
     return scalars, images
 
 
+class Scalar(NamedTuple):
+    """One logged value, shaped like TensorBoard's ``ScalarEvent`` (what :func:`epoch_table` reads)."""
+
+    wall_time: float  # NaN where the file has no time column
+    step: int
+    value: float
+
+
+def _version_key(path: Path) -> tuple[int, str]:
+    """CSVLogger's ``version_N`` folders in the order they were written (``version_10`` after ``version_9``)."""
+    found = re.search(r"(\d+)$", path.parent.name)
+    return (int(found.group(1)) if found else -1, str(path))
+
+
+def read_metrics_csv(csv_dir: Path) -> dict[str, list[Scalar]]:
+    """Scalars of every ``metrics.csv`` under ``csv_dir`` (CSVLogger writes one ``version_N`` folder per start of
+    a run: a resumed run adds one), in the order they were written; shaped like :func:`read_events`' scalars.
+
+    Every column but ``step`` (and ``wall_time``, :class:`TimedCSVLogger`'s) is a tag; an empty cell is no value.
+    """
+    scalars: dict[str, list[Scalar]] = {}
+    for path in sorted(Path(csv_dir).rglob("metrics.csv"), key=_version_key):
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                step = int(float(row.get("step") or 0))
+                wall_time = float(row.get(CSV_TIME) or "nan")
+                for tag, cell in row.items():
+                    if tag in ("step", CSV_TIME) or tag is None or cell in (None, ""):
+                        continue
+                    with contextlib.suppress(ValueError):  # a value that is not a number is not a scalar
+                        scalars.setdefault(tag, []).append(Scalar(wall_time, step, float(cell)))
+    return scalars
+
+
+def read_scalars(run_dir: Path) -> tuple[dict[str, list], Path | None]:
+    """A run folder's scalars and where they came from: ``csv/`` where the run has a ``metrics.csv`` (CSVLogger),
+    else ``tensorboard/`` (its event files); ``({}, None)`` when it has neither."""
+    run_dir = Path(run_dir)
+    csv_dir, tb_dir = run_dir / "csv", run_dir / "tensorboard"
+    if csv_dir.is_dir() and any(csv_dir.rglob("metrics.csv")):
+        return read_metrics_csv(csv_dir), csv_dir
+    if tb_dir.is_dir():
+        return read_events(tb_dir)[0], tb_dir
+    return {}, (csv_dir if csv_dir.is_dir() else None)  # a CSV run with nothing flushed yet: no values
+
+
 def epoch_table(scalars: dict[str, list]) -> list[dict[str, Any]]:
-    """One row per epoch: train/val accuracy and loss (epoch-level values), lr and minutes since the start."""
+    """One row per epoch: train/val accuracy and loss (epoch-level values), lr and minutes since the start
+    (no minutes where the values carry no wall time). Takes :func:`read_events` or :func:`read_metrics_csv`
+    scalars."""
     epoch_at: dict[int, int] = {}
     for e in scalars.get("epoch", []):
         epoch_at.setdefault(e.step, int(e.value))  # Lightning logs the epoch with every metric
-    start = min((e.wall_time for events in scalars.values() for e in events), default=0.0)
+    times = [e.wall_time for events in scalars.values() for e in events if math.isfinite(e.wall_time)]
+    start = min(times, default=0.0)
     rows: dict[int, dict[str, Any]] = {}
     tags = {"train/acc": "train_acc", "val/acc": "val_acc", "train/loss": "train_loss", "val/loss": "val_loss"}
     lr_tags = sorted(t for t in scalars if t.startswith("lr-"))
@@ -96,7 +151,7 @@ def epoch_table(scalars: dict[str, list]) -> list[dict[str, Any]]:
             epoch = epoch_at.get(e.step, i)
             row = rows.setdefault(epoch, {"epoch": epoch + 1})
             row[col] = e.value
-            if col == "val_acc":
+            if col == "val_acc" and math.isfinite(e.wall_time):
                 row["minutes"] = round((e.wall_time - start) / 60, 2)
     return [rows[k] for k in sorted(rows)]
 

@@ -21,6 +21,7 @@ CHOICE_EXTRAS: dict[tuple[str, str], list[tuple[str, str]]] = {
     ("hydra/sweeper", "optuna"): [("hydra_plugins.hydra_optuna_sweeper", "hpo"), ("optuna", "hpo")],
     ("cluster", "slurm"): [("hydra_plugins.hydra_submitit_launcher", "slurm"), ("submitit", "slurm")],
     ("hydra/launcher", "submitit_slurm"): [("hydra_plugins.hydra_submitit_launcher", "slurm"), ("submitit", "slurm")],
+    ("logger", "mlflow"): [("mlflow", "mlflow")],
     ("hydra/launcher", "submitit_local"): [("hydra_plugins.hydra_submitit_launcher", "slurm"), ("submitit", "slurm")],
 }
 
