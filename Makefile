@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 GTSRB_ROOT ?= $(abspath ../shared/gtsrb)
 PYTEST_ARGS ?=
+DEMO_ARGS ?=  # appended to the demo's training command (tests/test_readme_commands.py shrinks the run)
 BENCH_ARGS ?= data.data_dir=$(GTSRB_ROOT) data.image_size=227 data.batch_size=64 model=alexnet_bn \
 	model.channels_last=true trainer.precision=32-true bench.lrn_batch=32 bench.out=logs/bench.json
 
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## train on generated synthetic data, offline, on CPU
-	$(BIN)/python -m alexnet_gtsrb.train experiment=demo
+	$(BIN)/python -m alexnet_gtsrb.train experiment=demo $(DEMO_ARGS)
 
 test: $(STAMP)  ## lint + type check + the whole test suite (what CI runs)
 	$(BIN)/ruff check .
