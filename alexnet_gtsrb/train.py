@@ -9,7 +9,7 @@ Research workflows (all outputs of a run live in its Hydra run folder, ``logs/<t
 - **Resume a run in place** (same folder, same TensorBoard run, same epoch/step/optimizer/scheduler state
   and best validation accuracy)::
 
-      python -m alexnet_gtsrb.train experiment=demo trainer.max_epochs=20 \\
+      python -m alexnet_gtsrb.train experiment=demo \\
           ckpt_path=last hydra.run.dir=logs/demo/runs/2026-11-28_17-50-00
 
   ``ckpt_path=last`` takes the newest ``last.ckpt`` under the run folder named by ``hydra.run.dir``.
