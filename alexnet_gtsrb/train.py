@@ -74,7 +74,10 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
             continue
         if not entry.get("enabled", True):
             continue
-        built.append(instantiate({k: v for k, v in entry.items() if k != "enabled"}))
+        # resolved while still attached to the whole config (interpolations such as ${oc.select:task_name})
+        resolved = OmegaConf.to_container(entry, resolve=True)
+        assert isinstance(resolved, dict)
+        built.append(instantiate({k: v for k, v in resolved.items() if k != "enabled"}))
     return built
 
 
