@@ -11,7 +11,6 @@ import io
 import json
 import os
 import pickle
-import re
 import shutil
 import subprocess
 import sys
@@ -186,29 +185,7 @@ def test_nan_weights_are_refused_naming_the_tensor(good_ckpt, tmp_path):
         load_classifier(str(path))
 
 
-# -- config values ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("optimizer.lr=-1", r"optimizer \(torch\.optim\.AdamW\): Invalid learning rate: -1"),
-        ("data.batch_size=abc", r"data\.batch_size='abc' must be an integer >= 1"),
-        ("data.num_workers=-2", r"data\.num_workers=-2 must be an integer >= 0"),
-    ],
-)
-def test_bad_config_values_name_the_key(compose_cfg, synthetic_root, capsys, override, message):
-    from alexnet_gtsrb.train import train
-    from alexnet_gtsrb.utils.cli import exit_on_user_error
-
-    cfg = compose_cfg(
-        [*tiny_overrides(synthetic_root), "trainer.max_epochs=1", "trainer.limit_train_batches=1", override]
-    )
-    with pytest.raises(SystemExit) as exc:
-        exit_on_user_error(train)(cfg)
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.startswith("error: ") and "Traceback" not in err
-    assert re.search(message, err), err
-
-
+# -- config values (the bad-value cases are in tests/test_reliability.py's parametrized test) ------------------
 @pytest.mark.slow
 def test_resuming_one_cycle_with_more_epochs_is_refused_at_start(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"

@@ -207,6 +207,9 @@ def test_checkpoint_with_nan_weights_is_refused(compose_cfg, synthetic_root, tmp
         ("data.val_fraction=1.5", r"data\.val_fraction=1\.5 must lie strictly between 0 and 1"),
         ("data.num_classes=10", r"data\.num_classes=10"),
         ("data.augment.preset=fancy", r"augment\.preset='fancy' is not a known preset; allowed: none, gtsrb, paper"),
+        ("optimizer.lr=-1", r"optimizer \(torch\.optim\.AdamW\): Invalid learning rate: -1"),
+        ("data.batch_size=abc", r"data\.batch_size='abc' must be an integer >= 1"),
+        ("data.num_workers=-2", r"data\.num_workers=-2 must be an integer >= 0"),
     ],
 )
 def test_impossible_config_values_exit_2_naming_the_key(compose_cfg, synthetic_root, capsys, override, message):
