@@ -70,3 +70,25 @@ def pick_device(name: str = "auto") -> str:
     if name in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return str(name)
+
+
+SPLIT_DEFAULTS = {"val_fraction": 0.2, "split": "track", "split_seed": 0}  # GTSRBDataModule's defaults
+
+
+def data_config(data: Any, settings: Mapping[str, Any], data_hp: Mapping[str, Any]) -> Any:
+    """A copy of a ``data`` DictConfig with every key left null filled from the checkpoint: the evaluation
+    pipeline (``settings``: image size, ROI crop, mean/std, classes, augment) and the training run's
+    validation split (``data_hp``: fraction, kind, seed), so a held-out set is the one the run held out."""
+    from omegaconf import OmegaConf, open_dict
+
+    out = data.copy()
+    with open_dict(out):
+        for key in ("image_size", "roi_crop", "mean", "std", "num_classes"):
+            if out.get(key) is None:
+                out[key] = settings[key]
+        for key, default in SPLIT_DEFAULTS.items():
+            if key in out and out.get(key) is None:
+                out[key] = data_hp.get(key, default)
+        if OmegaConf.is_missing(out, "augment") or out.get("augment") is None:
+            out.augment = dict(settings["augment"])
+    return out

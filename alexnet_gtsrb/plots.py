@@ -156,3 +156,67 @@ def conv1_kernel_grid(net: nn.Module, pad: int = 1, gap: int = 4) -> torch.Tenso
             parts.append(torch.ones(3, height, gap))
         parts.append(nn.functional.pad(b, (0, 0, 0, height - b.shape[1]), value=1.0))
     return torch.cat(parts, dim=2)
+
+
+def image_grid_figure(
+    cells: list[list[tuple[np.ndarray, str]]], row_labels: list[str] | None = None, title: str = "", scale: float = 1.6
+) -> Any:
+    """A table of images: ``cells[row][col] = (uint8 HxWx3 image, title)``; row labels on the left."""
+    plt = pyplot()
+    rows = max(1, len(cells))
+    cols = max([1] + [len(r) for r in cells])
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * scale, rows * scale * 1.15), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, row in enumerate(cells):
+        for c, (image, caption) in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(caption, fontsize=6)
+        if row_labels and r < len(row_labels):
+            axes[r, 0].text(
+                -0.08, 0.5, row_labels[r], transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=7
+            )
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0.06 if row_labels else 0, 0, 1, 0.96 if title else 1))
+    return fig
+
+
+def reliability_figure(before: list[dict[str, float]], after: list[dict[str, float]], summary: dict[str, float]) -> Any:
+    """Reliability diagrams (accuracy against confidence per bin, with counts) before and after temperature
+    scaling; ``summary`` holds ece, ece_scaled and temperature."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    panels = [
+        (before, f"before: ECE {summary['ece']:.4f}"),
+        (after, f"T = {summary['temperature']:.3f}: ECE {summary['ece_scaled']:.4f}"),
+    ]
+    for ax, (bins, caption) in zip(axes, panels, strict=True):
+        width = bins[0]["upper"] - bins[0]["lower"]
+        lefts = [b["lower"] for b in bins if b["count"]]
+        accs = [b["accuracy"] for b in bins if b["count"]]
+        confs = [b["confidence"] for b in bins if b["count"]]
+        ax.bar(lefts, accs, width=width, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
+        ax.bar(
+            lefts,
+            [c - a for c, a in zip(confs, accs, strict=True)],
+            bottom=accs,
+            width=width,
+            align="edge",
+            color="red",
+            alpha=0.25,
+            label="gap to confidence",
+        )
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        for b in bins:
+            if b["count"]:
+                ax.text(b["lower"] + width / 2, 0.02, str(b["count"]), ha="center", fontsize=5, rotation=90)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_title(caption, fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("accuracy")
+    fig.tight_layout()
+    return fig

@@ -1,5 +1,9 @@
 """Entry point: ``python -m alexnet_gtsrb.predict ckpt_path=PATH images=[a.ppm,b.png] [top_k=3] [format=json]``.
 
+``calibration=<robustness run>/calibration.json`` divides the logits by the temperature fitted there (for this
+checkpoint only: the file records its SHA-256), so the probabilities are calibrated; ``gradcam=true`` writes each
+image's Grad-CAM overlay (top class) into ``<run folder>/gradcam/``.
+
 Prints the top-k classes (id, English name, probability) of each image, as an aligned table or as JSON on
 stdout. ``images`` is a file, a folder (all files under it, sorted) or a list of either. Files that are
 missing, not images, or fail to decode are reported by name on stderr and skipped; the exit code is 0 when at
@@ -24,6 +28,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from tqdm import tqdm
 
+from alexnet_gtsrb.checkpoints import resolve_ckpt_path
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits, decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform
@@ -80,14 +85,33 @@ def load_images(
 
 
 @torch.inference_mode()
-def predict_arrays(model: torch.nn.Module, arrays: list[np.ndarray], batch_size: int, device: str) -> torch.Tensor:
-    """Softmax probabilities (N, classes) for preprocessed uint8 HxWx3 images, in batches."""
+def predict_arrays(
+    model: torch.nn.Module, arrays: list[np.ndarray], batch_size: int, device: str, temperature: float = 1.0
+) -> torch.Tensor:
+    """Softmax probabilities (N, classes) of ``logits / temperature`` for preprocessed uint8 HxWx3 images."""
     probs = []
     steps = range(0, len(arrays), batch_size)
     for i in tqdm(steps, desc="predict", unit="batch", disable=None, file=sys.stderr):
         batch = torch.from_numpy(np.stack(arrays[i : i + batch_size])).to(device)
-        probs.append(model(batch).float().softmax(dim=-1).cpu())
+        probs.append(model(batch).float().div(temperature).softmax(dim=-1).cpu())
     return torch.cat(probs)
+
+
+def write_gradcam(model: Any, paths: list[Path], arrays: list[np.ndarray], probs: torch.Tensor, folder: Path) -> None:
+    """``<folder>/<n>_<file stem>.png``: each preprocessed image overlaid with Grad-CAM of its top class."""
+    import cv2
+
+    from alexnet_gtsrb.evaluation.explanations import gradcam, overlay
+    from alexnet_gtsrb.evaluation.pixels import PixelModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pixel_model = PixelModel(model).to(next(model.parameters()).device).eval()
+    device = str(next(model.parameters()).device)
+    top = probs.argmax(dim=-1)
+    for n, (p, image) in enumerate(zip(paths, arrays, strict=True)):
+        heat = gradcam(pixel_model, image[None], top[n : n + 1], device)[0]
+        cv2.imwrite(str(folder / f"{n:04d}_{p.stem}.png"), cv2.cvtColor(overlay(image, heat), cv2.COLOR_RGB2BGR))
+    print(f"Grad-CAM overlays: {folder}", file=sys.stderr, flush=True)
 
 
 def top_k_results(paths: list[Path], probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
@@ -134,7 +158,14 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     ok_paths, arrays = load_images(paths, transform, *limits)
     if not arrays:
         raise UserError(f"none of the {len(paths)} file(s) could be read as an image; nothing was predicted.")
-    probs = predict_arrays(model, arrays, max(1, int(cfg.get("batch_size", 64))), device)
+    temperature = 1.0
+    if cfg.get("calibration"):
+        from alexnet_gtsrb.evaluation.calibration import read_temperature
+
+        temperature = read_temperature(cfg.calibration, str(resolve_ckpt_path(cfg.ckpt_path)))
+    probs = predict_arrays(model, arrays, max(1, int(cfg.get("batch_size", 64))), device, temperature)
+    if cfg.get("gradcam"):
+        write_gradcam(model, ok_paths, arrays, probs, Path(cfg.paths.output_dir) / "gradcam")
     results = top_k_results(ok_paths, probs, int(cfg.get("top_k", 3)))
     text = json.dumps(results, indent=2) if fmt == "json" else format_table(results)
     print(text, flush=True)

@@ -1,2 +1,3 @@
-"""Evaluation building blocks used by ``python -m alexnet_gtsrb.evaluate``: test-time augmentation, per-class
-reports. Each is a function of (model, images or counts, settings) -> numbers or tables."""
+"""Evaluation building blocks, each a function of (model, images, settings) -> numbers or tables: test-time
+augmentation and per-class reports (used by ``evaluate``); corruptions, adversarial attacks, calibration and
+Grad-CAM explanations (used by ``robustness`` and ``predict``)."""

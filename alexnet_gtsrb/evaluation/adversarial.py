@@ -1,0 +1,117 @@
+"""Accuracy under L-infinity FGSM and PGD, in pixel space, with captum's ``robust`` attacks.
+
+Why captum: it is maintained with PyTorch, its attacks take any forward function and pixel bounds, and the
+project already uses it for Grad-CAM (one dependency for both). The attack perturbs the network's input pixels
+in [0, 1] (after the checkpoint's CLAHE/resize, before its mean/std normalisation: :class:`PixelModel`), and
+the adversarial image is clipped back to [0, 1].
+
+PGD (Madry et al. 2018): ``steps`` steps of size ``step_size * epsilon`` from a uniformly random start in the
+epsilon-ball (``random_start``), seeded, so a run repeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from captum.robust import FGSM, PGD
+
+from alexnet_gtsrb.errors import ConfigError
+from alexnet_gtsrb.evaluation.pixels import to_pixels
+
+ATTACKS = ("fgsm", "pgd")
+
+
+def check_settings(attacks: Sequence[str], epsilons: Sequence[float], steps: int, step_size: float) -> None:
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown or not attacks:
+        raise ConfigError(f"adversarial.attacks={list(attacks)}: allowed: {', '.join(ATTACKS)}.")
+    if not epsilons or any(float(e) < 0 or float(e) > 255 for e in epsilons):
+        raise ConfigError(f"adversarial.epsilons={list(epsilons)}: in 1/255 units, each between 0 and 255.")
+    if int(steps) < 1 or not 0 < float(step_size) <= 1:
+        raise ConfigError(
+            f"adversarial.pgd_steps={steps}, pgd_step_size={step_size}: steps >= 1, step size a fraction of "
+            "epsilon in (0, 1]."
+        )
+
+
+def attack_batch(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: str,
+    epsilon: float,
+    steps: int = 10,
+    step_size: float = 0.25,
+    random_start: bool = True,
+) -> torch.Tensor:
+    """Adversarial pixels (same shape as ``x``, in [0, 1]) for labels ``y``; ``epsilon`` in [0, 1] units."""
+    if epsilon == 0:
+        return x.clone()
+    x = x.clone().requires_grad_(True)  # captum would set it and warn
+    with torch.enable_grad():
+        if attack == "fgsm":
+            return FGSM(model, lower_bound=0.0, upper_bound=1.0).perturb(x, epsilon=epsilon, target=y).detach()
+        return (
+            PGD(model, lower_bound=0.0, upper_bound=1.0)
+            .perturb(
+                x,
+                radius=epsilon,
+                step_size=step_size * epsilon,
+                step_num=steps,
+                target=y,
+                random_start=random_start,
+                norm="Linf",
+            )
+            .detach()
+        )
+
+
+def adversarial_table(
+    model: torch.nn.Module,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    attacks: Sequence[str],
+    epsilons: Sequence[float],
+    steps: int = 10,
+    step_size: float = 0.25,
+    random_start: bool = True,
+    seed: int = 0,
+    batch_size: int = 128,
+    device: str = "cpu",
+    num_examples: int = 8,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(rows: attack, epsilon (1/255 units), correct, accuracy; examples for the figure).
+
+    ``inputs`` are the network's uint8 input images (N, S, S, 3). Examples: the first ``num_examples`` images,
+    clean and under each attack at the largest epsilon, with predictions.
+    """
+    check_settings(attacks, epsilons, steps, step_size)
+    y_all = torch.as_tensor(labels)
+    rows: list[dict[str, Any]] = []
+    k = min(num_examples, len(inputs))
+    examples: dict[str, Any] = {"clean": inputs[:k], "labels": labels[:k].tolist(), "epsilon": max(epsilons)}
+    for attack in attacks:
+        for eps in epsilons:
+            torch.manual_seed(seed)  # PGD's random start
+            correct = 0
+            for i in range(0, len(inputs), batch_size):
+                x = to_pixels(inputs[i : i + batch_size], device)
+                y = y_all[i : i + batch_size].to(device)
+                adv = attack_batch(model, x, y, attack, float(eps) / 255.0, steps, step_size, random_start)
+                with torch.inference_mode():
+                    pred = model(adv).argmax(dim=-1)
+                correct += int((pred == y).sum())
+                if i == 0 and float(eps) == float(max(epsilons)):
+                    examples[attack] = (adv[:k].cpu(), pred[:k].cpu().tolist())
+                if i == 0 and float(eps) == float(max(epsilons)) and "clean_pred" not in examples:
+                    with torch.inference_mode():
+                        examples["clean_pred"] = model(x[:k]).argmax(dim=-1).cpu().tolist()
+            accuracy = correct / len(y_all)
+            rows.append({"attack": attack, "epsilon_255": float(eps), "correct": correct, "accuracy": accuracy})
+            if progress is not None:
+                progress(f"{attack} epsilon {float(eps):g}/255: {accuracy:.4f}")
+    return rows, examples
