@@ -232,7 +232,9 @@ BENCH_LIMITS = {
 }
 
 
-RUNNABLE = {"train", "make demo", "bench", "models.summary", "evaluate", "predict", "export", "report"}
+RUNNABLE = {"train", "make demo", "bench", "models.summary", "evaluate", "predict", "export", "report", "robustness"}
+# robustness keeps its suites but runs them on 8 test images with 2 PGD steps
+ROBUSTNESS_LIMITS = {"max_images": "8", "adversarial.pgd_steps": "2", "data.num_workers": "0"}
 
 
 def entry_point(argv: tuple[str, ...]) -> str:
@@ -359,10 +361,12 @@ def build(command: DocCommand, ctx: dict, tmp: Path) -> tuple[list[str], dict[st
         if has_key(args, "bench.out"):
             limits["bench.out"] = str(tmp / "bench.json")
         args = with_values(args, limits) + ([] if names_data else synthetic)
-    elif tool in ("evaluate", "predict", "export"):
+    elif tool in ("evaluate", "predict", "export", "robustness"):
         args = with_values(args, {"hydra.run.dir": str(tmp / "run")})
         if tool == "evaluate":
             args = with_values(args, {"data.num_workers": "0"}) + ([] if names_data else synthetic)
+        if tool == "robustness":
+            args = with_values(args, ROBUSTNESS_LIMITS) + ([] if names_data else synthetic)
         if tool == "predict":
             images = next(w for w in args if w.startswith("images="))
             made = make_images(images.partition("=")[2], Path(ctx["synthetic_root"]), tmp / "images")
