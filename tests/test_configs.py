@@ -81,8 +81,9 @@ def test_trainer_variants_compose(compose_cfg, trainer):
 def test_model_variants_build_a_module(compose_cfg, model):
     cfg = compose_cfg([f"model={model}", "data.image_size=99"])
     module = instantiate(cfg.model, _recursive_=False)
-    assert module.hparams.net["variant"] == cfg.model.net.variant
-    assert module.net.__class__.__name__ == "AlexNet"
+    assert module.hparams.net.get("variant") == cfg.model.net.get("variant")
+    expected = "AlexNetTowers" if model == "alexnet_towers" else "AlexNet"
+    assert module.net.__class__.__name__ == expected
 
 
 @pytest.mark.parametrize("debug", ["fdr", "limit", "overfit"])
