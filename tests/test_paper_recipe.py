@@ -104,3 +104,15 @@ def test_sample_grid_logs_a_flipped_mirror_pair_image_with_the_swapped_label(syn
     assert len(cells) == len(items)
     for cell, was_flipped in zip(cells, flipped, strict=True):
         assert cell.startswith("20_" if was_flipped else "19_"), (cell, was_flipped)
+
+
+def test_evaluate_takes_test_views_as_the_name_for_tta():
+    from omegaconf import OmegaConf
+
+    from alexnet_gtsrb.evaluate import _tta
+
+    assert _tta(OmegaConf.create({"tta": False, "test_views": 10}))
+    assert _tta(OmegaConf.create({"tta": True, "test_views": None}))
+    assert not _tta(OmegaConf.create({"tta": False, "test_views": 1}))
+    with pytest.raises(ConfigError, match=r"test_views=3; allowed: 1 .*10"):
+        _tta(OmegaConf.create({"tta": False, "test_views": 3}))
