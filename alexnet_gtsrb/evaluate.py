@@ -1,4 +1,4 @@
-"""Entry point: ``python -m alexnet_gtsrb.evaluate ckpt_path=PATH [data.data_dir=DIR] [tta=true]``.
+"""Entry point: ``python -m alexnet_gtsrb.evaluate ckpt_path=PATH [data.data_dir=DIR] [tta=true | test_views=10]``.
 
 Evaluates a trained checkpoint on the official GTSRB test images and writes a report into the run folder
 (``${paths.output_dir}``): ``metrics.json``, ``per_class.csv`` / ``per_class.md`` (worst classes first),
@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from alexnet_gtsrb.checkpoints import resolve_ckpt_path
-from alexnet_gtsrb.errors import UserError
+from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation.per_class import SCORES, class_metrics, per_class_rows, write_per_class
 from alexnet_gtsrb.evaluation.tta import TTA_CROPS, tta_probabilities, tta_transform
 from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
@@ -55,6 +55,14 @@ def _data_config(cfg: DictConfig, settings: Mapping[str, Any]) -> DictConfig:
     return data
 
 
+def _tta(cfg: DictConfig) -> bool:
+    """``tta=true`` or ``test_views=10`` (the training config's name): the paper's 10 views."""
+    views = cfg.get("test_views")
+    if views is not None and (views not in (1, 10) or isinstance(views, bool)):
+        raise ConfigError(f"test_views={views!r}; allowed: 1 (one centre view), 10 (5 crops + label-mapped flips).")
+    return bool(cfg.get("tta", False)) or views == 10
+
+
 @torch.inference_mode()
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on the official test images; write the report; return the metrics dict."""
@@ -71,7 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(data_cfg, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("test")
-    tta = bool(cfg.get("tta", False))
+    tta = _tta(cfg)
     if tta:
         datamodule.test_set.transform = tta_transform(size, datamodule.augment)
         print_rank_zero(f"tta: {TTA_CROPS} crops (centre + 4 corners) + label-mapped flips")

@@ -7,7 +7,7 @@ hyper-parameters are plain data and ``GTSRBClassifier.load_from_checkpoint(path)
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -90,6 +90,7 @@ class GTSRBClassifier(LightningModule):
         self.val_acc_best: Any = MaxMetric()
         self._resumed_val_acc_best: float | None = None
         self.skipped_images = 0
+        self.test_views = 1  # set by train.py from the config's test_views (1 or 10) before the test
         self._log_skipped = False  # set in setup() from the DataModule's on_bad_image
 
     def setup(self, stage: str) -> None:
@@ -113,7 +114,11 @@ class GTSRBClassifier(LightningModule):
             self.net = torch.compile(self.net)  # type: ignore[assignment]
 
     # -- steps ------------------------------------------------------------------------------------------
-    def _shared_step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def _shared_step(
+        self, batch: Any, stage: str, logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Loss, accuracy and their logging; ``logits_fn`` (default: the network) maps the images to logits
+        (log-probabilities work too: cross-entropy of log p is -log p_y)."""
         x, y, skipped = batch
         skipped = int(skipped)
         self.skipped_images += skipped
@@ -123,7 +128,7 @@ class GTSRBClassifier(LightningModule):
             )
         if y.numel() == 0:
             return None
-        logits = self(x)
+        logits = (logits_fn or self)(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
         acc: Any = self.metrics[f"{stage}_acc"]
@@ -166,7 +171,15 @@ class GTSRBClassifier(LightningModule):
         return {"loss": loss, "preds": logits.argmax(dim=-1), "target": y}
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+        """One view per image, or with ``test_views = 10`` the paper's ten (5 crops of the enlarged test image
+        and their label-mapped flips, softmax averaged: :func:`alexnet_gtsrb.evaluation.tta.tta_probabilities`)."""
+        if self.test_views == 1:
+            self._shared_step(batch, "test")
+            return
+        from alexnet_gtsrb.evaluation.tta import tta_probabilities
+
+        size = int(self.hparams.net["image_size"])
+        self._shared_step(batch, "test", lambda x: tta_probabilities(self, x, size).clamp_min(1e-12).log())
 
     def on_train_start(self) -> None:
         # Sanity-check validation must not count towards the best accuracy; a resumed run keeps its best.

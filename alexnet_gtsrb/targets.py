@@ -27,7 +27,7 @@ import torch
 from alexnet_gtsrb.errors import UserError
 
 #: The project's networks a checkpoint may build.
-NETWORKS = frozenset({"alexnet_gtsrb.models.alexnet.AlexNet"})
+NETWORKS = frozenset({"alexnet_gtsrb.models.alexnet.AlexNet", "alexnet_gtsrb.models.towers.AlexNetTowers"})
 #: The project's schedule factories a checkpoint may build.
 SCHEDULES = frozenset({"alexnet_gtsrb.schedules.warmup_cosine"})
 ROLES = ("net", "optimizer", "scheduler")

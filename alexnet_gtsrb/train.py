@@ -146,6 +146,19 @@ def _resume_from(cfg: DictConfig, model: L.LightningModule) -> str | None:
     return ckpt_path
 
 
+def _use_test_views(cfg: DictConfig, datamodule: Any, model: L.LightningModule) -> None:
+    """``test_views``: 1 (the evaluation pipeline's single view) or 10 (the paper's five crops and their
+    label-mapped flips, softmax averaged, cut from the enlarged test image)."""
+    views = cfg.get("test_views", 1)
+    if views not in (1, 10) or isinstance(views, bool):
+        raise ConfigError(f"test_views={views!r}; allowed: 1 (one centre view), 10 (the paper's 5 crops + flips).")
+    datamodule.use_test_views(int(views))
+    model_any: Any = model  # GTSRBClassifier.test_views
+    model_any.test_views = int(views)
+    if views == 10:
+        print_rank_zero("test: 10 views per image (centre + 4 corner crops, each with a label-mapped flip)")
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test as the config says; returns (metrics, objects) for callers and tests."""
     start = time.monotonic()
@@ -209,6 +222,7 @@ def _fit_and_test(
         _write_metrics(cfg, trainer, metrics, {**extra, "wall_time_s": round(time.monotonic() - start, 3)})
         if not best:
             log.warning("No best checkpoint (fast_dev_run or no validation?): testing the current weights.")
+        _use_test_views(cfg, datamodule, model)
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     for name in ("val/acc_best", "test/acc"):

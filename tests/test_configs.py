@@ -36,6 +36,31 @@ def test_baseline_is_the_origin_recipe(compose_cfg):
     assert cfg.trainer.max_epochs == 50
 
 
+def test_baseline_uses_the_keras_defaults(compose_cfg):
+    """Keras' Adam epsilon 1e-7, no weight decay, and Glorot-uniform kernels with zero biases in the built net."""
+    import math
+
+    import torch
+    from torch import nn
+
+    cfg = compose_cfg(["experiment=baseline", "data.image_size=67"])  # small FC6: quick to initialise
+    assert cfg.optimizer.eps == 1e-7 and cfg.optimizer.weight_decay == 0.0 and cfg.model.net.init == "keras"
+    module = instantiate(cfg.model, _recursive_=False)
+    assert module.configure_optimizers().defaults["eps"] == 1e-7
+    bns = [m for m in module.net.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
+    assert bns and all(m.eps == 1e-3 and m.momentum == 0.01 for m in bns)  # Keras: eps 1e-3, momentum 0.99
+    layers = [m for m in module.net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert len(layers) == 8
+    for m in layers:
+        assert torch.all(m.bias == 0)
+        receptive = m.weight[0, 0].numel()  # 1 for Linear, k*k for Conv2d: Keras' fan computation
+        fan_in, fan_out = m.weight.shape[1] * receptive, m.weight.shape[0] * receptive
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        w = m.weight.detach()
+        assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+        assert abs(w.std().item() / (bound / math.sqrt(3)) - 1) < 0.05  # uniform(-b, b): std b / sqrt(3)
+
+
 def test_paper_experiment(compose_cfg):
     cfg = compose_cfg(["experiment=paper"])
     net = cfg.model.net
@@ -56,8 +81,9 @@ def test_trainer_variants_compose(compose_cfg, trainer):
 def test_model_variants_build_a_module(compose_cfg, model):
     cfg = compose_cfg([f"model={model}", "data.image_size=99"])
     module = instantiate(cfg.model, _recursive_=False)
-    assert module.hparams.net["variant"] == cfg.model.net.variant
-    assert module.net.__class__.__name__ == "AlexNet"
+    assert module.hparams.net.get("variant") == cfg.model.net.get("variant")
+    expected = "AlexNetTowers" if model == "alexnet_towers" else "AlexNet"
+    assert module.net.__class__.__name__ == expected
 
 
 @pytest.mark.parametrize("debug", ["fdr", "limit", "overfit"])

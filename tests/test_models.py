@@ -82,12 +82,52 @@ def test_paper_layer_order_lrn_pool_dropout():
         assert (f[i].size, f[i].alpha, f[i].beta, f[i].k) == (5, 1e-4, 0.75, 2.0)
     assert f[lrns[0] - 3] is net.conv_layers()[0] and f[lrns[1] - 3] is net.conv_layers()[1]
     assert sum(isinstance(m, nn.MaxPool2d) for m in f) == 3
-    c = list(net.classifier)
-    drops = [i for i, m in enumerate(c) if isinstance(m, nn.Dropout)]
-    assert len(drops) == 2 and all(isinstance(c[i + 1], nn.Linear) for i in drops)  # before FC6 and FC7
-    assert c[drops[0] + 1].in_features == 9216 and c[drops[1] + 1].in_features == 4096
-    assert all(m.p == 0.5 for m in c if isinstance(m, nn.Dropout))
+    assert all(m.p == 0.5 for m in net.classifier if isinstance(m, nn.Dropout))
     assert not any(isinstance(m, nn.Dropout) for m in f)  # conv_dropout=0 by default
+
+
+def kinds(seq: nn.Sequential) -> list[str]:
+    return [type(m).__name__ for m in seq]
+
+
+# Caffe bvlc_alexnet: fc6 relu6 drop6 fc7 relu7 drop7 fc8 (the BN slot is an Identity unless batch_norm=True)
+PAPER_FC = ["Linear", "ReLU", "Identity", "Dropout", "Linear", "ReLU", "Identity", "Dropout", "Linear"]
+PAPER_FC_BN = [k.replace("Identity", "BatchNorm1d") for k in PAPER_FC]
+SEED_FC = PAPER_FC_BN  # Keras: Dense ReLU BN Dropout, twice, then Dense
+TV_FC = ["Dropout", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Linear"]  # torchvision: dropout on FC inputs
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, PAPER_FC),
+        ({"batch_norm": True}, PAPER_FC_BN),
+        ({"variant": "seed", **SEED}, SEED_FC),
+        ({"variant": "torchvision", **TV}, TV_FC),
+    ],
+)
+def test_classifier_layer_order_per_variant(kwargs, expected):
+    net = meta(**kwargs)
+    assert kinds(net.classifier) == expected
+    fcs = [i for i, m in enumerate(net.classifier) if isinstance(m, nn.Linear)]
+    assert fcs == ([0, 4, 8] if expected != TV_FC else [1, 4, 6])  # FC8 keeps index 8 in paper/seed checkpoints
+
+
+def test_paper_dropout_acts_on_fc6_fc7_outputs():
+    """Training mode zeroes about half of the post-ReLU FC6 and FC7 units (dropout on their outputs)."""
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=43, image_size=67, init="torch")
+    seen: dict[str, torch.Tensor] = {}
+    net.classifier[3].register_forward_hook(lambda m, i, o: seen.update(fc6=o))
+    net.classifier[7].register_forward_hook(lambda m, i, o: seen.update(fc7=o))
+    x = torch.randn(8, 3, 67, 67)
+    with torch.no_grad():
+        net.eval()(x)
+        kept = {k: (v != 0).float().mean().item() for k, v in seen.items()}
+        net.train()(x)
+        kept_train = {k: (v != 0).float().mean().item() for k, v in seen.items()}
+    for k in ("fc6", "fc7"):
+        assert kept[k] > 0.2 and abs(kept_train[k] / kept[k] - 0.5) < 0.1, (k, kept, kept_train)
 
 
 def test_lrn_switches():

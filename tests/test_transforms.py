@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from alexnet_gtsrb.data.classes import CLASS_NAMES, FLIP_INVARIANT, MIRROR_PAIRS
-from alexnet_gtsrb.data.transforms import PRESETS, build_transform, flip_remap, normalize_uint8
+from alexnet_gtsrb.data.pca import RGBPCA
+from alexnet_gtsrb.data.transforms import PRESETS, PaperPCANoise, build_transform, flip_remap, normalize_uint8
 from alexnet_gtsrb.errors import ConfigError
 
 
@@ -16,8 +17,23 @@ from alexnet_gtsrb.errors import ConfigError
 def test_presets_give_uint8_square_images(preset, train):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (41, 37, 3), dtype=np.uint8)
-    out = build_transform(preset, 99, train=train, params={"preset": preset, "clahe": True})(image=image)["image"]
+    params = {"preset": preset, "clahe": True}
+    out = build_transform(preset, 99, train=train, params=params, pca=PCA)(image=image)["image"]
     assert out.shape == (99, 99, 3) and out.dtype == np.uint8
+
+
+PCA = RGBPCA((0.2, 0.01, 0.001), ((0.58, 0.58, 0.57), (0.76, -0.13, -0.64), (-0.3, 0.81, -0.51)), (0.5,) * 3, 1, 1)
+
+
+def test_paper_pca_noise_needs_the_training_set_statistics_or_per_image():
+    with pytest.raises(ConfigError, match=r"augment.pca=dataset needs the training set's PCA statistics"):
+        build_transform("paper", 99, train=True, params={"pca": "dataset"})
+    with pytest.raises(ConfigError, match=r"augment.pca='fancy'; allowed: dataset, per_image"):
+        build_transform("paper", 99, train=True, params={"pca": "fancy"}, pca=PCA)
+    tf = build_transform("paper", 99, train=True, params={"pca": "per_image"})
+    assert any(type(t).__name__ == "FancyPCA" for t in tf.transforms)
+    tf = build_transform("paper", 99, train=True, params={}, pca=PCA)  # dataset is the default
+    assert [t.eigenvalues for t in tf.transforms if isinstance(t, PaperPCANoise)] == [PCA.eigenvalues]
 
 
 def test_eval_pipelines_are_deterministic_and_train_ones_random():

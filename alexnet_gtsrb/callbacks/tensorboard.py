@@ -82,7 +82,8 @@ def denormalize_to_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[f
 
 class TrainSampleGrid(L.Callback):
     """Logs ``samples/train_augmented``: up to ``max_images`` images of the first training batch, as the
-    network gets them (augmented), once per fit (also after a resume).
+    network gets them (augmented), once per fit (also after a resume), and ``samples/train_augmented_labels``:
+    their labels (after the label-aware flip) as a text table laid out like the grid.
 
     The batch is taken in ``on_train_batch_start``, from the step that trains on it: nothing extra is loaded and
     the loop's iterator, sampler and RNG are untouched. By then ``GTSRBDataModule.on_after_batch_transfer`` has
@@ -118,6 +119,20 @@ class TrainSampleGrid(L.Callback):
             samples = denormalize_to_uint8(images[: self.max_images].detach(), mean, std).cpu()
             grid = make_grid(samples.float() / 255.0, nrow=self.nrow, padding=2, pad_value=1.0)
         tb.add_image("samples/train_augmented", grid, global_step=trainer.global_step)
+        labels = batch[1] if isinstance(batch, list | tuple) and len(batch) > 1 else None
+        if isinstance(labels, torch.Tensor):
+            text = sample_labels_markdown(labels[: self.max_images].tolist(), self.nrow)
+            tb.add_text("samples/train_augmented_labels", text, global_step=trainer.global_step)
+
+
+def sample_labels_markdown(labels: Sequence[int], nrow: int) -> str:
+    """The labels of a sample grid as a Markdown table laid out like the grid (``nrow`` per row): the label
+    each image trains with, i.e. after the label-aware flip (a flipped "keep right" shows as "keep left")."""
+    cells = [class_tag(int(c)) for c in labels]
+    rows = [cells[i : i + nrow] for i in range(0, len(cells), nrow)]
+    width = min(nrow, len(cells))
+    head = "| " + " | ".join(f"col {i}" for i in range(width)) + " |\n|" + "---|" * width
+    return "\n".join([head, *("| " + " | ".join(r) + " |" for r in rows)])
 
 
 def _mean_std(trainer: L.Trainer, pl_module: L.LightningModule, mean: Any, std: Any) -> tuple[Any, Any]:

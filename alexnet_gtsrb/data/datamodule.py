@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import json
 import logging
 import os
 import signal
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import albumentations as A
+import numpy as np
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, WeightedRandomSampler
@@ -20,12 +24,15 @@ from alexnet_gtsrb.data.cache import ImageCache, cache_image_size, open_or_build
 from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipping_bad
 from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits
+from alexnet_gtsrb.data.pca import RGBPCA, cached_rgb_pca
 from alexnet_gtsrb.data.split import split_records
-from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, normalize_uint8
+from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, normalize_uint8, paper_base
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+TEST_VIEWS = (1, 10)  # the test after training: the centre view, or the paper's 10 views (5 crops x flips)
+_NO_PCA = RGBPCA((0.0, 0.0, 0.0), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), (0.0, 0.0, 0.0), 0, 0)
 
 
 def worker_init(worker_id: int, rank: int = 0) -> None:
@@ -137,8 +144,11 @@ class GTSRBDataModule(LightningDataModule):
         self.val_set: GTSRBDataset | None = None
         self.test_set: GTSRBDataset | None = None
         self.caches: dict[str, ImageCache] = {}
-        # Fail on a bad preset now, not in a worker.
-        build_transform(self.augment.get("preset", "none"), image_size, train=True, params=self.augment)
+        self.pca: RGBPCA | None = None  # the paper preset's training-set colour statistics, set in setup()
+        self.pca_file: Path | None = None
+        self.test_views = 1
+        # Fail on a bad preset now, not in a worker (the PCA statistics are not known yet: a stand-in).
+        build_transform(self.augment.get("preset", "none"), image_size, train=True, params=self.augment, pca=_NO_PCA)
 
     # -- data on disk -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -202,8 +212,6 @@ class GTSRBDataModule(LightningDataModule):
             index = GTSRBIndex(index.root, index.layout, self.caches["train"].records, self.caches["test"].records)
         self.index = index
         train, val = split_records(self.index.train, hp.split, hp.val_fraction, hp.split_seed)
-        train_tf = build_transform(preset, hp.image_size, train=True, params=self.augment)
-        eval_tf = build_transform(preset, hp.image_size, train=False, params=self.augment)
         common = {
             "roi": hp.roi_crop,
             "on_bad_image": hp.on_bad_image,
@@ -211,9 +219,16 @@ class GTSRBDataModule(LightningDataModule):
             "max_file_bytes": hp.max_file_bytes,
         }
         train_cache, test_cache = self.caches.get("train"), self.caches.get("test")
+        if preset == "paper" and self.augment.get("pca", "dataset") == "dataset" and stage != "test":
+            self._training_set_pca(
+                train,
+                GTSRBDataset(train, A.Compose(paper_base(hp.image_size, self.augment)), cache=train_cache, **common),
+            )
+        train_tf = build_transform(preset, hp.image_size, train=True, params=self.augment, pca=self.pca or _NO_PCA)
+        eval_tf = build_transform(preset, hp.image_size, train=False, params=self.augment)
         self.train_set = GTSRBDataset(train, train_tf, flip=hp.flip_remap, cache=train_cache, **common)
         self.val_set = GTSRBDataset(val, eval_tf, cache=train_cache, **common)
-        self.test_set = GTSRBDataset(self.index.test, eval_tf, cache=test_cache, **common)
+        self.test_set = GTSRBDataset(self.index.test, self._test_transform(eval_tf), cache=test_cache, **common)
         log.info(
             "GTSRB (%s layout) at %s: %d train / %d val (%s split, %d vs %d tracks) / %d test images",
             self.index.layout,
@@ -225,6 +240,65 @@ class GTSRBDataModule(LightningDataModule):
             len({r.track for r in val}),
             len(self.index.test),
         )
+
+    def _training_set_pca(self, train: Sequence[Record], pixels: GTSRBDataset) -> None:
+        """The paper's PCA statistics of the training split's pixels (cached per root + split), logged."""
+        hp = self.hparams
+
+        def images() -> Iterator[np.ndarray]:
+            log.info("PCA colour statistics: reading the %d training-split images once...", len(pixels))
+            for i in range(len(pixels)):
+                try:
+                    yield pixels.load(i)[0]
+                except BadDataError:
+                    if hp.on_bad_image != "skip":
+                        raise
+
+        settings = {
+            "pipeline": "paper_base",
+            "image_size": hp.image_size,
+            "roi_crop": hp.roi_crop,
+            "cache": hp.cache,
+            "clahe": [self.augment.get(k) for k in ("clahe", "clahe_clip", "clahe_tile")],
+            "split": [hp.split, hp.val_fraction, hp.split_seed],
+        }
+        root = self.index.root if self.index is not None else hp.data_dir
+        paths = [r.path for r in train]
+        pca_dir = Path(hp.cache_dir) / "pca" if hp.cache_dir else None
+        self.pca, self.pca_file = cached_rgb_pca(root, "train", settings, paths, images, cache_dir=pca_dir)
+        stats = self.pca
+        log.info(
+            "PCA colour statistics of the training split (%d images, pixels in [0, 1]; %s): eigenvalues %s, "
+            "eigenvectors (rows) %s",
+            stats.num_images,
+            self.pca_file,
+            [f"{v:.6g}" for v in stats.eigenvalues],
+            [[round(v, 6) for v in row] for row in stats.eigenvectors],
+        )
+        trainer = self.trainer
+        if trainer is not None and trainer.is_global_zero:
+            for lg in trainer.loggers:
+                lg.log_hyperparams(
+                    {"data/pca_eigenvalues": list(stats.eigenvalues), "data/pca_file": str(self.pca_file)}
+                )
+            out_dir = Path(str(trainer.default_root_dir))
+            if out_dir.is_dir():
+                (out_dir / "pca.json").write_text(json.dumps(stats.to_json(), indent=2) + "\n")
+
+    def use_test_views(self, views: int) -> None:
+        """``1``: the evaluation pipeline; ``10``: the paper's enlarged image (shorter side to 256/227 of the
+        size, centre square) from which the model's test step cuts 5 crops and their flips."""
+        if views not in TEST_VIEWS:
+            raise ConfigError(f"test_views={views!r}; allowed: {', '.join(map(str, TEST_VIEWS))}.")
+        self.test_views = int(views)
+        if self.test_set is not None:
+            eval_tf = build_transform(self.augment.get("preset", "none"), self.hparams.image_size, False, self.augment)
+            self.test_set.transform = self._test_transform(eval_tf)
+
+    def _test_transform(self, eval_tf: A.Compose) -> A.Compose:
+        if self.test_views == 1:
+            return eval_tf
+        return A.Compose(paper_base(self.hparams.image_size, self.augment))
 
     def class_counts(self) -> Counter:
         """Training-split images per class (for reports and class weighting)."""

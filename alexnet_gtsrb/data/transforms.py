@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
+from alexnet_gtsrb.data.pca import RGBPCA
 from alexnet_gtsrb.errors import ConfigError
 
 PRESETS = ("none", "gtsrb", "paper")
+PCA_MODES = ("dataset", "per_image")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -32,12 +34,86 @@ def _clahe(params: Mapping[str, Any]) -> list[A.BasicTransform]:
     return [A.CLAHE(clip_limit=(clip, clip), tile_grid_size=(tile, tile), p=1.0)]
 
 
-def build_transform(preset: str, image_size: int, train: bool, params: Mapping[str, Any] | None = None) -> A.Compose:
+def paper_base(image_size: int, params: Mapping[str, Any] | None = None) -> list[A.BasicTransform]:
+    """The paper's 256x256 image (scaled by ``image_size``/227): optional CLAHE, shorter side to 256, centre
+    256 crop (Krizhevsky et al. 2012, section 2). Crops of ``image_size`` are cut from it."""
+    big = paper_big(image_size)
+    return _clahe(dict(params or {})) + [
+        A.SmallestMaxSize(max_size=big, interpolation=cv2.INTER_LINEAR),
+        A.CenterCrop(big, big),
+    ]
+
+
+def paper_big(image_size: int) -> int:
+    """The side the paper preset crops from: 256 for 227 px crops, scaled with ``image_size``."""
+    return round(int(image_size) * 256 / 227)
+
+
+def _pca_noise(params: Mapping[str, Any], pca: RGBPCA | None) -> A.BasicTransform:
+    """The paper's PCA colour noise with the training set's statistics (``augment.pca=dataset``, needs ``pca``)
+    or albumentations' per-image FancyPCA (``augment.pca=per_image``)."""
+    mode = params.get("pca", "dataset")
+    sigma = float(params.get("pca_alpha", 0.1))
+    if mode == "per_image":
+        return A.FancyPCA(alpha=sigma, p=1.0)
+    if mode != "dataset":
+        raise ConfigError(f"augment.pca={mode!r}; allowed: {', '.join(PCA_MODES)}.")
+    if pca is None:  # checked by the DataModule before a loader exists; a caller without statistics gets this
+        raise ConfigError("augment.pca=dataset needs the training set's PCA statistics (the DataModule computes them).")
+    return PaperPCANoise(pca.eigenvalues, pca.eigenvectors, sigma=sigma)
+
+
+class PaperPCANoise(A.ImageOnlyTransform):
+    """Krizhevsky et al. 2012, section 4.1: add ``[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T`` to every pixel, with
+    ``p_i``/``l_i`` the eigenvectors/eigenvalues of the training set's RGB covariance (pixels in [0, 1], see
+    :mod:`alexnet_gtsrb.data.pca`) and ``a_i ~ N(0, sigma)`` drawn once per image (sigma 0.1 in the paper).
+
+    The shift is computed in [0, 1] units and applied to the uint8 image as ``255 * shift``, rounded and
+    clipped. Random draws come from albumentations' per-transform generator, which the dataset seeds per
+    worker (reproducible under ``seed_everything(workers=True)``). Plain floats only: pickles into workers.
+    """
+
+    def __init__(
+        self,
+        eigenvalues: Sequence[float],
+        eigenvectors: Sequence[Sequence[float]],
+        sigma: float = 0.1,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p=p)
+        self.eigenvalues = tuple(float(v) for v in eigenvalues)
+        self.eigenvectors = tuple(tuple(float(v) for v in row) for row in eigenvectors)
+        self.sigma = float(sigma)
+
+    def shift(self, alphas: np.ndarray) -> np.ndarray:
+        """The RGB shift in [0, 1] units for draws ``alphas``: ``sum_i p_i * a_i * l_i``."""
+        vecs = np.asarray(self.eigenvectors, dtype=np.float64)  # row i is p_i
+        return (np.asarray(alphas, dtype=np.float64) * np.asarray(self.eigenvalues)) @ vecs
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        return {"alphas": self.random_generator.normal(0.0, self.sigma, 3)}
+
+    def apply(self, img: np.ndarray, alphas: np.ndarray, **params: Any) -> np.ndarray:
+        out = img.astype(np.float32) + (255.0 * self.shift(alphas)).astype(np.float32)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("eigenvalues", "eigenvectors", "sigma")
+
+
+def build_transform(
+    preset: str,
+    image_size: int,
+    train: bool,
+    params: Mapping[str, Any] | None = None,
+    pca: RGBPCA | None = None,
+) -> A.Compose:
     """An albumentations pipeline for a preset; uint8 RGB HxWx3 in, uint8 ``image_size``^2 out.
 
     ``none``: resize. ``gtsrb``: optional CLAHE, small affine, brightness/contrast, blur or noise, then
-    one resize (augmenting at the small native size is cheaper than at 227 px). ``paper``: resize to
-    256/227 of the size, random crop and PCA colour noise (sigma 0.1) for training, centre crop otherwise.
+    one resize (augmenting at the small native size is cheaper than at 227 px). ``paper``: shorter side to
+    256/227 of the size and centre crop to a square (:func:`paper_base`), then for training a random crop and
+    the paper's PCA colour noise (``pca``: the training set's statistics), otherwise the centre crop.
     No preset flips blindly: see ``flip_remap`` for the label-aware flip.
     """
     p = dict(params or {})
@@ -69,10 +145,9 @@ def build_transform(preset: str, image_size: int, train: bool, params: Mapping[s
             ]
         ops.append(resize)
     elif preset == "paper":
-        big = round(s * 256 / 227)
-        ops = _clahe(p) + [A.Resize(big, big, interpolation=cv2.INTER_LINEAR)]
+        ops = paper_base(s, p)
         if train:
-            ops += [A.RandomCrop(s, s), A.FancyPCA(alpha=p.get("pca_alpha", 0.1), p=1.0)]
+            ops += [A.RandomCrop(s, s), _pca_noise(p, pca)]
         else:
             ops += [A.CenterCrop(s, s)]
     else:

@@ -10,8 +10,7 @@ import albumentations as A
 import torch
 
 from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
-from alexnet_gtsrb.data.transforms import build_transform
-from alexnet_gtsrb.module import GTSRBClassifier
+from alexnet_gtsrb.data.transforms import paper_base
 
 TTA_CROPS = 5
 
@@ -34,18 +33,25 @@ def _flip_source_index(num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     return src, mask
 
 
+def _hw_dims(images: torch.Tensor) -> tuple[int, int]:
+    """(H, W) dims: a uint8 batch is (B, H, W, 3); a normalised float batch is (B, 3, H, W)."""
+    return (1, 2) if images.dtype == torch.uint8 else (2, 3)
+
+
 def five_crops(images: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """Centre and four corner ``size``x``size`` crops of a uint8 (B, H, W, 3) batch (Krizhevsky et al. 2012)."""
-    h, w = images.shape[1], images.shape[2]
+    """Centre and four corner ``size``x``size`` crops (Krizhevsky et al. 2012) of a uint8 (B, H, W, 3) or a
+    normalised float (B, 3, H, W) batch."""
+    hd, wd = _hw_dims(images)
+    h, w = images.shape[hd], images.shape[wd]
     if h < size or w < size:
         raise ValueError(f"TTA: images of {h}x{w} are smaller than the crop size {size}")
     top, left = (h - size) // 2, (w - size) // 2
     corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
-    return [images[:, y : y + size, x : x + size] for y, x in [(top, left), *corners]]
+    return [images.narrow(hd, y, size).narrow(wd, x, size) for y, x in [(top, left), *corners]]
 
 
 @torch.inference_mode()
-def tta_probabilities(model: GTSRBClassifier, images: torch.Tensor, size: int) -> torch.Tensor:
+def tta_probabilities(model: Any, images: torch.Tensor, size: int) -> torch.Tensor:
     """Flip-safe TTA: softmax averaged over 5 crops, each with a label-mapped horizontal flip.
 
     The paper averages 10 views (5 crops and their flips); on GTSRB a flip changes the meaning of some
@@ -60,7 +66,8 @@ def tta_probabilities(model: GTSRBClassifier, images: torch.Tensor, size: int) -
     * ``q`` is renormalised to sum to 1, and the crop's distribution is ``(p + q) / 2``.
 
     The result is the mean over the 5 crops: ``(B, num_classes)`` probabilities. For a model and an image
-    where only the un-flipped view counts this reduces to the paper's 5-crop average.
+    where only the un-flipped view counts this reduces to the paper's 5-crop average. ``model`` is a
+    ``GTSRBClassifier`` (``hparams.num_classes``; it accepts uint8 and normalised float batches alike).
     """
     crops = five_crops(images, size)
     num_classes = int(model.hparams.num_classes)
@@ -68,7 +75,7 @@ def tta_probabilities(model: GTSRBClassifier, images: torch.Tensor, size: int) -
     src, mask = src.to(images.device), mask.to(images.device)
     total = torch.zeros(images.shape[0], num_classes, device=images.device)
     for crop in crops:
-        both = torch.cat([crop, crop.flip(2)])  # (2B, s, s, 3): the crop and its mirror image
+        both = torch.cat([crop, crop.flip(_hw_dims(images)[1])])  # (2B, ...): the crop and its mirror image
         probs = model(both.contiguous()).float().softmax(dim=-1)
         p, p_flip = probs.chunk(2)
         q = torch.where(mask, p_flip[:, src], p)
@@ -79,7 +86,6 @@ def tta_probabilities(model: GTSRBClassifier, images: torch.Tensor, size: int) -
 
 
 def tta_transform(image_size: int, augment: Mapping[str, Any]) -> A.Compose:
-    """The pipeline feeding TTA: the paper preset's evaluation pipeline (CLAHE if set, resize to 256/227 of
-    the size) without its centre crop, so that the 5 crops are cut from the same enlarged image."""
-    full = build_transform("paper", image_size, train=False, params=augment)
-    return A.Compose(list(full.transforms)[:-1])
+    """The pipeline feeding TTA: the paper preset's evaluation pipeline (CLAHE if set, shorter side to 256/227
+    of the size, centre square) without its final centre crop, so that the 5 crops are cut from that image."""
+    return A.Compose(paper_base(image_size, augment))

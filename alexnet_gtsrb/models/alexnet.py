@@ -8,7 +8,11 @@ Variants
 ``paper``  Krizhevsky, Sutskever & Hinton (2012). Convs 96-256-384-384-256 (conv1 11x11/4 pad 0, conv2 5x5
     pad 2, conv3-5 3x3 pad 1); conv2/conv4/conv5 split into ``groups`` (the two GPU "towers"), conv3 and the
     FC layers see both towers; ReLU -> LRN(5, alpha=1e-4, beta=0.75, k=2) after conv1 and conv2; overlapping
-    MaxPool(3, 2) after both LRNs and after conv5; dropout before FC6 and FC7; FC 4096-4096-classes.
+    MaxPool(3, 2) after both LRNs and after conv5; FC 4096-4096-classes with dropout on the outputs of FC6
+    and FC7 (the paper's "first two fully-connected layers"; Caffe's bvlc_alexnet: fc6 relu6 drop6 fc7 relu7
+    drop7 fc8). Classifier indices: FC6 ``classifier.0``, FC7 ``classifier.4``, FC8 ``classifier.8``
+    (before issue 14 the paper variant used torchvision's order with FC6/FC7 at 1/5: such checkpoints no
+    longer load).
     At 227 px: 96x55x55 -> 96x27x27 -> 256x27x27 -> 256x13x13 -> 384x13x13 -> 384x13x13 -> 256x13x13 ->
     256x6x6 = 9216. 1000 classes: 60,965,224 parameters (62,378,344 with groups=1); 43 classes: 57,044,395.
 
@@ -17,7 +21,7 @@ Variants
     cuda-convnet/Caffe/torch (``alpha / n``, n = 5), i.e. the paper's alpha=1e-4 acts as 2e-5 per term.
 
     ``batch_norm=True`` (a fast-converging, non-paper option) inserts BatchNorm2d after every conv's ReLU
-    (before LRN/pooling) and BatchNorm1d after the FC6 and FC7 ReLUs (before the next dropout).
+    (before LRN/pooling) and BatchNorm1d after the FC6 and FC7 ReLUs (before their dropout), as in ``seed``.
     ``conv_dropout > 0`` adds Dropout after each pooled block (after pool1, pool2, pool5).
 
 ``seed``  The Keras "AlexNet" blog script this project started from, reconstructed from its printed
@@ -44,8 +48,9 @@ Variants
     parameters (weights, biases, BN gamma/beta) plus 19,136 BN running statistics: 58,495,787 Keras-style.
 
 ``torchvision``  ``torchvision.models.alexnet`` (the "one weird trick" single-tower layout): convs
-    64-192-384-256-256, AdaptiveAvgPool2d(6x6), dropout before FC6/FC7; 61,100,840 parameters for 1000
-    classes; identical module names and indices, so ``state_dict()`` loads into torchvision and back.
+    64-192-384-256-256, AdaptiveAvgPool2d(6x6), dropout on the inputs of FC6/FC7 (torchvision's order, kept);
+    61,100,840 parameters for 1000 classes; identical module names and indices, so ``state_dict()`` loads
+    into torchvision and back.
 
 All variants derive the classifier input from ``image_size`` and reject sizes that shrink a feature map
 below 1x1. Works with channels_last and bf16 autocast.
@@ -245,15 +250,16 @@ class AlexNet(nn.Module):
         )
 
     def _paper_classifier(self, dropout: float, batch_norm: bool, num_classes: int) -> nn.Sequential:
+        # Caffe bvlc_alexnet train_val.prototxt: fc6 relu6 drop6 fc7 relu7 drop7 fc8 (dropout on the outputs).
         return nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(self.flat_features, 4096),  # 1 FC6
+            nn.Linear(self.flat_features, 4096),  # 0 FC6
             nn.ReLU(inplace=True),
             self._maybe(batch_norm, nn.BatchNorm1d, 4096),
             nn.Dropout(dropout),
-            nn.Linear(4096, 4096),  # 5 FC7
+            nn.Linear(4096, 4096),  # 4 FC7
             nn.ReLU(inplace=True),
             self._maybe(batch_norm, nn.BatchNorm1d, 4096),
+            nn.Dropout(dropout),
             nn.Linear(4096, num_classes),  # 8 FC8
         )
 

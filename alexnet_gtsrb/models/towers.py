@@ -1,0 +1,241 @@
+"""The paper network as two explicit towers of half-width layers, each movable to its own device.
+
+Why: grouped convolution (``AlexNet(variant="paper", groups=2)``) reproduces the paper's *connectivity*; the
+paper also *placed* the two halves on two GTX 580 GPUs. :class:`AlexNetTowers` is the same network written
+the way it was run, so that ``tower_devices=["cuda:0", "cuda:1"]`` puts one tower on each GPU. It is
+numerically the grouped network: :func:`grouped_to_towers` / :func:`towers_to_grouped` map state_dicts both
+ways, and tests check outputs and gradients agree to 1e-5 (fp32, CPU), LRN and BatchNorm on and off.
+
+Per tower (t = 0, 1), with the cross-tower points marked ``<->``::
+
+    conv1 48 kernels 11x11/4 on the full image   (the grouped net's ungrouped conv1, split by output channel)
+    ReLU [BN] LRN<->  MaxPool(3, 2) [Dropout]
+    conv2 128 5x5 on its own 48 maps              (groups=2)
+    ReLU [BN] LRN<->  MaxPool(3, 2) [Dropout]
+    conv3 192 3x3 on BOTH towers' 256 maps  <->   (the paper's first cross-GPU connection)
+    ReLU [BN]  conv4 192 on its own 192   ReLU [BN]   conv5 128 on its own 192   ReLU [BN]
+    MaxPool(3, 2) [Dropout]
+    FC6 2048 of 4096 on BOTH towers' pool5  <->   ReLU [BN] Dropout
+    FC7 2048 of 4096 on BOTH FC6 halves     <->   ReLU [BN] Dropout
+    FC8 (classes) on both FC7 halves, on the first tower's device
+
+FC6 and FC7 are split into halves of 2048 units as in the paper (each GPU held half of each FC layer, every
+half seeing the whole previous layer); FC8 is small and sits on the first device. Flattening tower 0's pool5
+then tower 1's gives exactly the grouped net's channel-major flatten, so the halves are row slices of the
+grouped FC weights.
+
+LRN: the project's grouped net normalises across all 96 (conv1) and 256 (conv2) channels, so the window of a
+channel next to the tower boundary (47/48, 127/128) reaches two channels of the other tower. In the paper each
+GPU normalised its own maps. To be the same network as the grouped one, each tower's LRN here receives a
+halo of ``size // 2`` = 2 boundary channels from the other tower (a small extra cross-device copy); with
+``lrn=False`` there is none.
+
+Device placement: with ``tower_devices`` set, every ``.to()``/``.cuda()``/``.cpu()`` (Lightning moves the
+whole model to its root device) is followed by putting each tower back on its device; tensors move only at
+the marked points, and the logits are returned on the input's device. With ``tower_devices=None`` both towers
+follow the module like any other (one device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet_gtsrb.models.alexnet import AlexNet
+
+__all__ = ["AlexNetTowers", "grouped_to_towers", "towers_to_grouped", "TOWER_LAYERS"]
+
+#: grouped ``AlexNet`` (paper variant, groups=2) module -> tower module; each splits in two along dim 0.
+TOWER_LAYERS: dict[str, str] = {
+    "features.0": "conv1",
+    "features.2": "bn1",
+    "features.6": "conv2",
+    "features.8": "bn2",
+    "features.12": "conv3",
+    "features.14": "bn3",
+    "features.15": "conv4",
+    "features.17": "bn4",
+    "features.18": "conv5",
+    "features.20": "bn5",
+    "classifier.0": "fc6",
+    "classifier.2": "bn6",
+    "classifier.4": "fc7",
+    "classifier.6": "bn7",
+}
+_WHOLE = {"classifier.8": "fc8"}  # not split: on the first tower's device
+_SHARED = ("num_batches_tracked",)  # a BatchNorm counter: the same in both towers
+
+
+class _Tower(nn.Module):
+    """One tower's half-width layers (BatchNorm and dropout slots are ``nn.Identity`` when switched off)."""
+
+    def __init__(self, flat: int, batch_norm: bool, dropout: float, conv_dropout: float) -> None:
+        super().__init__()
+        bn2 = lambda c: nn.BatchNorm2d(c) if batch_norm else nn.Identity()
+        bn1 = lambda c: nn.BatchNorm1d(c) if batch_norm else nn.Identity()
+        self.conv1 = nn.Conv2d(3, 48, 11, stride=4, padding=0)
+        self.bn1: nn.Module = bn2(48)
+        self.conv2 = nn.Conv2d(48, 128, 5, padding=2)
+        self.bn2 = bn2(128)
+        self.conv3 = nn.Conv2d(256, 192, 3, padding=1)  # sees both towers
+        self.bn3 = bn2(192)
+        self.conv4 = nn.Conv2d(192, 192, 3, padding=1)
+        self.bn4 = bn2(192)
+        self.conv5 = nn.Conv2d(192, 128, 3, padding=1)
+        self.bn5 = bn2(128)
+        self.fc6 = nn.Linear(flat, 2048)  # sees both towers' pool5
+        self.bn6 = bn1(2048)
+        self.fc7 = nn.Linear(4096, 2048)  # sees both FC6 halves
+        self.bn7 = bn1(2048)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(3, 2)
+        self.conv_drop: nn.Module = nn.Dropout(conv_dropout) if conv_dropout > 0 else nn.Identity()
+        self.drop = nn.Dropout(dropout)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+class AlexNetTowers(nn.Module):
+    """The paper AlexNet (groups=2) as two towers; arguments as :class:`AlexNet`'s plus ``tower_devices``."""
+
+    def __init__(
+        self,
+        num_classes: int = 43,
+        image_size: int = 227,
+        lrn: bool = True,
+        batch_norm: bool = False,
+        dropout: float = 0.5,
+        conv_dropout: float = 0.0,
+        init: str = "paper",
+        lrn_impl: str = "fast",
+        tower_devices: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.tower_devices = _check_devices(tower_devices)  # checked first: nothing is built for a bad value
+        # The grouped net validates the arguments, gives the shapes and the initialisation; its weights are
+        # copied into the towers and it is dropped.
+        grouped = AlexNet(num_classes, image_size, "paper", 2, lrn, batch_norm, dropout, conv_dropout, init, lrn_impl)
+        self.num_classes, self.image_size = grouped.num_classes, grouped.image_size
+        self.feature_shape, self.flat_features = grouped.feature_shape, grouped.flat_features
+        self.lrn: nn.Module = AlexNet._lrn(lrn, lrn_impl)
+        self.halo = 2 if lrn else 0  # size // 2 channels on each side of the LRN window
+        self.towers = nn.ModuleList(_Tower(self.flat_features, batch_norm, dropout, conv_dropout) for _ in range(2))
+        self.fc8 = nn.Linear(4096, self.num_classes)
+        self.load_state_dict(grouped_to_towers(grouped.state_dict()))
+        self._place()
+
+    # -- placement --------------------------------------------------------------------------------------------
+    def _place(self) -> None:
+        if self.tower_devices is None:
+            return
+        for tower, device in zip(self.towers, self.tower_devices, strict=True):
+            tower.to(device)
+        self.fc8.to(self.tower_devices[0])
+
+    def _apply(self, fn: Any, recurse: bool = True) -> AlexNetTowers:
+        super()._apply(fn, recurse)
+        self._place()  # .to()/.cuda() of the whole net keeps each tower on its own device
+        return self
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def _lrn_pair(self, a: list[torch.Tensor], devices: list[torch.device]) -> list[torch.Tensor]:
+        """Each tower's LRN with a halo of the other tower's boundary channels: exactly the LRN over all channels."""
+        if self.halo == 0:
+            return [self.lrn(t) for t in a]
+        h = self.halo
+        left = self.lrn(torch.cat([a[0], a[1][:, :h].to(devices[0])], dim=1))[:, :-h]
+        right = self.lrn(torch.cat([a[0][:, -h:].to(devices[1]), a[1]], dim=1))[:, h:]
+        return [left, right]
+
+    @staticmethod
+    def _both(x: list[torch.Tensor], devices: list[torch.device]) -> list[torch.Tensor]:
+        """Both towers' tensors concatenated along dim 1, once on each tower's device (a cross-tower point)."""
+        return [torch.cat([t.to(d) for t in x], dim=1) for d in devices]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        towers: list[_Tower] = [t for t in self.towers if isinstance(t, _Tower)]
+        t0, t1 = towers
+        devices = [_device(t0), _device(t1)]
+        a = [t.bn1(t.relu(t.conv1(x.to(d)))) for t, d in zip(towers, devices, strict=True)]
+        a = [t.conv_drop(t.pool(y)) for t, y in zip(towers, self._lrn_pair(a, devices), strict=True)]
+        a = [t.bn2(t.relu(t.conv2(y))) for t, y in zip(towers, a, strict=True)]
+        a = [t.conv_drop(t.pool(y)) for t, y in zip(towers, self._lrn_pair(a, devices), strict=True)]
+        a = [t.bn3(t.relu(t.conv3(y))) for t, y in zip(towers, self._both(a, devices), strict=True)]
+        a = [t.bn4(t.relu(t.conv4(y))) for t, y in zip(towers, a, strict=True)]
+        a = [t.conv_drop(t.pool(t.bn5(t.relu(t.conv5(y))))).flatten(1) for t, y in zip(towers, a, strict=True)]
+        h = [t.drop(t.bn6(t.relu(t.fc6(y)))) for t, y in zip(towers, self._both(a, devices), strict=True)]
+        h = [t.drop(t.bn7(t.relu(t.fc7(y)))) for t, y in zip(towers, self._both(h, devices), strict=True)]
+        out = self.fc8(torch.cat([h[0], h[1].to(devices[0])], dim=1))
+        return out.to(x.device)
+
+    def extra_repr(self) -> str:
+        return f"image_size={self.image_size}, num_classes={self.num_classes}, tower_devices={self.tower_devices}"
+
+
+def _check_devices(tower_devices: Sequence[str] | None) -> tuple[str, str] | None:
+    if tower_devices is None:
+        return None
+    names = [str(d) for d in tower_devices] if not isinstance(tower_devices, str) else []
+    try:
+        devices = [torch.device(d) for d in names]
+    except RuntimeError:
+        devices = []
+    if len(devices) != 2:
+        raise ValueError(
+            f"model.net.tower_devices={tower_devices!r} must name two devices, e.g. [cuda:0,cuda:1] "
+            "(or [cpu,cpu]), or be null to keep both towers where the module is"
+        )
+    for d in devices:
+        if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
+            raise ValueError(
+                f"model.net.tower_devices={names}: {d} is not available ({torch.cuda.device_count()} GPU(s) visible)"
+            )
+    return names[0], names[1]
+
+
+# -- state_dict converters ----------------------------------------------------------------------------------
+def grouped_to_towers(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """A grouped paper ``AlexNet`` state_dict (keys under ``prefix``, e.g. ``"net."``) -> the tower form's.
+
+    Every split layer's tensors are cut in two along dim 0 (output channels / units); other keys pass through.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        name = key[len(prefix) :] if key.startswith(prefix) else None
+        module, _, leaf = (name or "").rpartition(".")
+        if name is not None and module in TOWER_LAYERS:
+            parts = [value, value] if leaf in _SHARED else list(value.chunk(2, dim=0))
+            for t, part in enumerate(parts):
+                out[f"{prefix}towers.{t}.{TOWER_LAYERS[module]}.{leaf}"] = part.clone()
+        elif name is not None and module in _WHOLE:
+            out[f"{prefix}{_WHOLE[module]}.{leaf}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def towers_to_grouped(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """The inverse of :func:`grouped_to_towers` (tensors gathered on the first tower's device)."""
+    back = {v: k for k, v in TOWER_LAYERS.items()}
+    whole = {v: k for k, v in _WHOLE.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        name = key[len(prefix) :] if key.startswith(prefix) else ""
+        parts = name.split(".")
+        if len(parts) == 4 and parts[0] == "towers" and parts[2] in back:
+            if parts[1] == "1":
+                continue  # gathered with tower 0
+            leaf = parts[3]
+            other = state_dict[f"{prefix}towers.1.{parts[2]}.{leaf}"]
+            joined = value if leaf in _SHARED else torch.cat([value, other.to(value.device)], dim=0)
+            out[f"{prefix}{back[parts[2]]}.{leaf}"] = joined
+        elif len(parts) == 2 and parts[0] in whole:
+            out[f"{prefix}{whole[parts[0]]}.{parts[1]}"] = value
+        else:
+            out[key] = value
+    return out
