@@ -19,21 +19,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from alexnet_gtsrb.checkpoints import resolve_ckpt_path
 from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation.per_class import SCORES, class_metrics, per_class_rows, write_per_class
 from alexnet_gtsrb.evaluation.tta import TTA_CROPS, tta_probabilities, tta_transform
-from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
+from alexnet_gtsrb.inference import data_config, eval_settings, load_classifier, pick_device
 from alexnet_gtsrb.plots import confusion_figure, misclassified_figure, save_figure
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
 
@@ -43,18 +42,6 @@ MAX_MISCLASSIFIED = 64
 
 
 # -- the evaluation -------------------------------------------------------------------------------------------
-def _data_config(cfg: DictConfig, settings: Mapping[str, Any]) -> DictConfig:
-    """cfg.data with every key left null (or augment left unset) filled from the checkpoint's settings."""
-    data = cfg.data.copy()
-    with open_dict(data):
-        for key in ("image_size", "roi_crop", "mean", "std", "num_classes"):
-            if data.get(key) is None:
-                data[key] = settings[key]
-        if OmegaConf.is_missing(data, "augment") or data.get("augment") is None:
-            data.augment = dict(settings["augment"])
-    return data
-
-
 def _tta(cfg: DictConfig) -> bool:
     """``tta=true`` or ``test_views=10`` (the training config's name): the paper's 10 views."""
     views = cfg.get("test_views")
@@ -69,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.get("device", "auto"))
     model, data_hp = load_classifier(cfg.get("ckpt_path"), device)
     settings = eval_settings(model, data_hp)
-    data_cfg = _data_config(cfg, settings)
+    data_cfg = data_config(cfg.data, settings, data_hp)
     size = int(data_cfg.image_size)
     if size != settings["image_size"]:
         log.warning("data.image_size=%d differs from the checkpoint's %d.", size, settings["image_size"])
