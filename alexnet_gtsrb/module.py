@@ -63,8 +63,12 @@ class GTSRBClassifier(LightningModule):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         decay_bias_and_norm: bool = False,
+        pretrained: str | None = None,
+        backbone_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not float(backbone_lr_scale) > 0:
+            raise ConfigError(f"model.backbone_lr_scale={backbone_lr_scale} must be > 0 (1: one learning rate).")
         configs = {"net": _plain(net), "optimizer": _plain(optimizer), "scheduler": _plain(scheduler)}
         check_model_configs(configs, "model config")  # they may come from a checkpoint file: check before building
         self.save_hyperparameters(
@@ -77,6 +81,8 @@ class GTSRBClassifier(LightningModule):
                 "mean": list(mean),
                 "std": list(std),
                 "decay_bias_and_norm": bool(decay_bias_and_norm),
+                "pretrained": None if pretrained is None else str(pretrained),  # applied by train.py, once
+                "backbone_lr_scale": float(backbone_lr_scale),
             }
         )
         self.net: torch.nn.Module = instantiate(self.hparams.net)
@@ -249,18 +255,36 @@ class GTSRBClassifier(LightningModule):
         interval = scheduler_cfg.pop("interval", "epoch")
         monitor = scheduler_cfg.pop("monitor", "val/acc")
         if scheduler_cfg.get("_target_", "").endswith("OneCycleLR"):
+            if float(hp.get("backbone_lr_scale", 1.0)) != 1.0:
+                raise ConfigError(
+                    "model.backbone_lr_scale needs a schedule that scales each group's lr (scheduler=cosine, step, "
+                    "plateau or none); scheduler=onecycle sets one max_lr for all groups."
+                )
             scheduler_cfg.setdefault("total_steps", int(self.trainer.estimated_stepping_batches))
         scheduler = _build("scheduler", scheduler_cfg, optimizer)
         lr_scheduler = {"scheduler": scheduler, "interval": interval, "monitor": monitor}
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        """No weight decay on biases and normalisation parameters (1-D tensors), unless asked (paper)."""
-        if self.hparams.decay_bias_and_norm:
-            return [{"params": [p for p in self.net.parameters() if p.requires_grad], "name": "all"}]
-        decay: list[torch.nn.Parameter] = []
-        no_decay: list[torch.nn.Parameter] = []
-        for p in self.net.parameters():
+        """No weight decay on biases and normalisation parameters (1-D tensors), unless asked (paper); with
+        ``backbone_lr_scale`` != 1 the convolutional backbone (``net.features``) gets its own groups at
+        ``optimizer.lr x backbone_lr_scale`` (fine-tuning)."""
+        hp = self.hparams
+        scale = float(hp.get("backbone_lr_scale", 1.0))
+        kinds = ("all",) if hp.decay_bias_and_norm else ("weights", "no_decay")
+        parts = ("", "backbone_") if scale != 1.0 else ("",)
+        params: dict[str, list[torch.nn.Parameter]] = {p + k: [] for p in parts for k in kinds}
+        for name, p in self.net.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        return [{"params": decay, "name": "weights"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+                part = "backbone_" if scale != 1.0 and name.startswith("features.") else ""
+                kind = "all" if hp.decay_bias_and_norm else ("no_decay" if p.ndim <= 1 else "weights")
+                params[part + kind].append(p)
+        groups: list[dict[str, Any]] = []
+        for name, ps in params.items():
+            group: dict[str, Any] = {"params": ps, "name": name}
+            if name.endswith("no_decay"):
+                group["weight_decay"] = 0.0
+            if name.startswith("backbone_"):
+                group["lr"] = float(hp.optimizer["lr"]) * scale
+            groups.append(group)
+        return groups

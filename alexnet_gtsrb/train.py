@@ -54,6 +54,7 @@ from alexnet_gtsrb.callbacks.debug import ShardDump
 from alexnet_gtsrb.callbacks.progress import PlainProgress
 from alexnet_gtsrb.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
 from alexnet_gtsrb.errors import ConfigError, NonFiniteLossError
+from alexnet_gtsrb.models.pretrained import load_pretrained
 from alexnet_gtsrb.provenance import device_name, provenance
 from alexnet_gtsrb.run_folder import claim_run_folder
 from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero
@@ -167,6 +168,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     datamodule = instantiate(cfg.data, _convert_="all")  # plain containers: weights_only checkpoints
     model = instantiate(cfg.model, _recursive_=False)
+    if model.hparams.get("pretrained") and not cfg.get("ckpt_path"):  # a resumed run already holds its weights
+        loaded = load_pretrained(model.net, str(model.hparams.pretrained))
+        print_rank_zero(
+            f"pretrained: {loaded['tensors']} tensors from {loaded['source']}; "
+            f"{', '.join(loaded['head_left'])} initialised for {model.hparams.num_classes} classes"
+        )
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if os.environ.get(DUMP_SHARDS_ENV):
         callbacks.append(ShardDump(os.environ[DUMP_SHARDS_ENV]))

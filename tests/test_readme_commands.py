@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CONF, ROOT
+from tests.helpers import CONF, ROOT, fake_imagenet_weights
 
 # -- what is not run, and what is documented to fail -----------------------------------------------------------
 # {regex searched in the command as shown: reason}. Each must match at least one documented command.
@@ -343,6 +343,9 @@ def build(command: DocCommand, ctx: dict, tmp: Path) -> tuple[list[str], dict[st
 
     if tool in ("train", "make demo"):
         limits = dict(TRAIN_LIMITS)
+        if "experiment=finetune_imagenet" in args:  # ImageNet weights: a test-written file where torchvision looks
+            fake_imagenet_weights(tmp / "torch_home")
+            env["TORCH_HOME"] = str(tmp / "torch_home")
         if has_key(args, "ckpt_path"):
             limits.update(resume_settings(Path(paths[CKPT]), has_key(args, "trainer.max_epochs")))
             names_data = False  # the tiny run's data

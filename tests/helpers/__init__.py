@@ -67,3 +67,19 @@ class SignalAtTestStart:
                 os.kill(os.getpid(), signal.SIGTERM)
 
         return _Signal()
+
+
+IMAGENET_FILE = "alexnet-owt-7be5be79.pth"  # the file name of torchvision's AlexNet_Weights.IMAGENET1K_V1 url
+
+
+def fake_imagenet_weights(torch_home: Path, seed: int = 0) -> Path:
+    """A torchvision-layout AlexNet state_dict (random, 1000 classes) where torchvision's weights API looks for
+    the ImageNet file (``$TORCH_HOME/hub/checkpoints``): ``model.pretrained=imagenet`` then loads offline."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    path = torch_home / "hub" / "checkpoints" / IMAGENET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.alexnet().state_dict(), path)
+    return path
