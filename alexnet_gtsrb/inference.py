@@ -4,6 +4,7 @@ a device. Shared by ``evaluate``, ``predict``, ``export``, ``report`` and the no
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,10 @@ from hydra.errors import InstantiationException
 
 from alexnet_gtsrb.checkpoints import check_finite, check_fits, read_checkpoint, resolve_ckpt_path
 from alexnet_gtsrb.errors import ConfigError
+from alexnet_gtsrb.models.compat import upgrade_paper_classifier
 from alexnet_gtsrb.module import GTSRBClassifier
+
+log = logging.getLogger(__name__)
 
 
 def load_classifier(ckpt_path: str | None, device: str = "cpu") -> tuple[GTSRBClassifier, dict[str, Any]]:
@@ -42,8 +46,13 @@ def build_classifier(raw: Mapping[str, Any], path: str) -> GTSRBClassifier:
     except (TypeError, ValueError, OverflowError, InstantiationException) as exc:
         reason = str(exc.__cause__ or exc).strip().splitlines()[-1][:200]
         raise ConfigError(f"{path}: its hyper_parameters do not build a model ({reason}).") from None
-    check_fits(raw["state_dict"], model, path)
-    model.load_state_dict(raw["state_dict"])
+    state = raw["state_dict"]
+    if getattr(model.net, "variant", None) == "paper":
+        state, upgraded = upgrade_paper_classifier(state)
+        if upgraded:
+            log.warning("%s: FC6/FC7 renamed from the layout before dropout followed them (models/compat.py).", path)
+    check_fits(state, model, path)
+    model.load_state_dict(state)
     return model
 
 

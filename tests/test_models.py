@@ -415,3 +415,24 @@ def test_measure_train_throughput_runs_and_keeps_weights():
     torch.testing.assert_close(net.conv1.weight.detach().contiguous(), before)  # lr=0: no drift
     with pytest.raises(ValueError, match="steps >= 1"):
         measure_train_throughput(net, steps=0)
+
+
+def test_a_checkpoint_of_the_old_paper_classifier_order_is_renamed_to_the_new_one():
+    """Before issue 14 FC6/FC7 (and their BatchNorms) sat at classifier.1/3/5/7; inference renames them."""
+    from alexnet_gtsrb.models.compat import OLD_TO_NEW_PAPER_CLASSIFIER, upgrade_paper_classifier
+
+    net = AlexNet(num_classes=43, image_size=67, variant="paper", batch_norm=True, lrn=False)
+    new = {f"net.{k}": v for k, v in net.state_dict().items()}
+    back = {v: k for k, v in OLD_TO_NEW_PAPER_CLASSIFIER.items()}
+    old = {}
+    for key, value in new.items():
+        parts = key.split(".")
+        if parts[1] == "classifier" and int(parts[2]) in back:
+            parts[2] = str(back[int(parts[2])])
+        old[".".join(parts)] = value
+    assert "net.classifier.1.weight" in old and "net.classifier.0.weight" not in old
+    upgraded, renamed = upgrade_paper_classifier(old)
+    assert renamed and upgraded.keys() == new.keys()
+    assert all(upgraded[k] is new[k] for k in new)
+    same, renamed_again = upgrade_paper_classifier(new)
+    assert not renamed_again and same.keys() == new.keys()
