@@ -10,8 +10,12 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=  # appended to the demo's training command (tests/test_readme_commands.py shrinks the run)
 BENCH_ARGS ?= data.data_dir=$(GTSRB_ROOT) data.image_size=227 data.batch_size=64 model=alexnet_bn \
 	model.channels_last=true trainer.precision=32-true bench.lrn_batch=32 bench.out=logs/bench.json
+# gpu-check: experiment=gpu on a GPU machine: the bare bf16 training ceiling, Lightning fit from disk and the
+# share of its time spent waiting for the next batch, and every precision/format switch, as one table + JSON.
+GPU_CHECK_ARGS ?=
+GPU_CHECK_OUT ?= logs/gpu_check.json
 
-.PHONY: venv demo test test-fast lint format bench clean
+.PHONY: venv demo test test-fast lint format bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -36,6 +40,11 @@ test-fast: $(STAMP)  ## skip the slow (subprocess training) tests
 
 bench: $(STAMP)  ## throughput/memory table: compute ceiling, end to end, input pipeline, LRN, memory
 	$(BIN)/python -m alexnet_gtsrb.bench $(BENCH_ARGS)
+
+gpu-check: $(STAMP)  ## on a GPU: fit vs bf16 ceiling, data wait, precision/format switches (experiment=gpu)
+	$(BIN)/python -m alexnet_gtsrb.bench experiment=gpu data.data_dir=$(GTSRB_ROOT) \
+		"bench.sections=[ceiling,e2e,precision]" bench.steps=30 bench.warmup=5 bench.e2e_warmup=20 \
+		bench.out=$(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

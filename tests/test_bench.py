@@ -168,3 +168,30 @@ def test_ema_section_times_both_updates(bench_cfg):
     assert all(r["section"] == "ema" and r["unit"] == "ms" and r["value"] > 0 for r in rows)
     assert rows[0]["ratio"] is None and rows[1]["ratio"] == pytest.approx(rows[1]["value"] / rows[0]["value"])
     assert re.match(r"5 updates of [\d,]+ values", rows[0]["note"])
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_cpu_parts(tiny_tree, tmp_path):
+    """`make gpu-check` (experiment=gpu) with the CPU standing in for the GPU: the ceiling and Lightning fit from
+    disk run, and the share of fit time spent waiting for the next batch is measured and lies in [0, 1)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    out = tmp_path / "gpu_check.json"
+    cpu = (
+        "trainer=cpu trainer.precision=32-true data.image_size=67 data.batch_size=4 data.num_workers=1 "
+        "data.cache=false bench.sections=[ceiling,e2e] bench.steps=3 bench.warmup=1 bench.e2e_warmup=1"
+    )
+    make = ["make", "-C", str(ROOT), "-o", ".venv/.installed", "gpu-check", f"BIN={Path(sys.executable).parent}"]
+    make += [f"GTSRB_ROOT={tiny_tree}", f"GPU_CHECK_ARGS={cpu}", f"GPU_CHECK_OUT={out}"]
+    r = subprocess.run(make, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    by_what = {(row["section"], row["what"]): row for row in rows}
+    assert by_what[("e2e", "Lightning fit, GTSRB from disk")]["value"] > 0
+    wait = by_what[("e2e", "waiting for the next batch")]["value"]
+    assert 0.0 <= wait < 1.0
+    assert any(row["section"] == "ceiling" and row["value"] for row in rows)
+    assert "waiting for the next batch" in r.stdout

@@ -44,6 +44,10 @@ NOT_RUN = {
     r"\bcluster=slurm\b": "SLURM: submitit submits the job to a cluster this machine does not have "
     "(tests/test_hparams_search.py checks that it composes and that the launcher matches the trainer)",
     r"\btrainer=gpu\b": "trainer=gpu needs a CUDA GPU",
+    r"\bexperiment=gpu\b": "experiment=gpu trains with trainer=gpu (bf16-mixed on a CUDA GPU); its CPU-possible "
+    "parts run in tests/test_bench.py::test_gpu_check_runs_its_cpu_parts",
+    r"^make gpu-check\b": "measures a GPU; tests/test_bench.py::test_gpu_check_runs_its_cpu_parts runs the same make "
+    "target with the CPU standing in (trainer=cpu, fp32, ceiling + e2e)",
     r"^make test\b": "make test runs this suite (ruff, mypy and pytest on tests/, this file included)",
     # When the README shows the downloader in a code block:
     # r"alexnet_gtsrb\.data\.download\b": "needs the official server; tests/test_download.py::"

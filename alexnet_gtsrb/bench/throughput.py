@@ -79,7 +79,9 @@ class SteadyStateTimer(Callback):
     """Times training from the end of batch ``warmup`` to the end of the last batch, counting the images.
 
     Worker start-up, the first prefetch and one-off allocations fall in the warm-up batches; what remains is
-    the steady state a long run sees.
+    the steady state a long run sees. It also sums, over the timed batches, the time from the end of one batch
+    to the start of the next: Lightning fetches the next batch from the loader and copies it to the device
+    there, so that share of the time is the time the device waits for data (:meth:`data_wait_fraction`).
     """
 
     def __init__(self, warmup: int, device: torch.device) -> None:
@@ -90,6 +92,12 @@ class SteadyStateTimer(Callback):
         self.images = 0
         self.meter = CpuMeter()
         self.cores: float | None = None
+        self._last_end: float | None = None
+        self.waited = 0.0
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._last_end is not None and batch_idx + 1 > self.warmup:
+            self.waited += time.perf_counter() - self._last_end
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         _sync(self.device)
@@ -101,6 +109,13 @@ class SteadyStateTimer(Callback):
             self.images += int(batch[1].numel())
             self.t1 = now
             self.cores = self.meter.cores()
+        self._last_end = now
+
+    def data_wait_fraction(self) -> float | None:
+        """Share of the timed wall time between batches (fetching the next one, copying it to the device)."""
+        if self.t0 is None or self.t1 is None or self.t1 <= self.t0:
+            return None
+        return self.waited / (self.t1 - self.t0)
 
     def rate(self) -> float | None:
         """Images per second over the timed batches, or None when there were none."""
