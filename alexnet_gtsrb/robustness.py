@@ -126,7 +126,7 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     datamodule = instantiate(dcfg, _convert_="all")
     datamodule.prepare_data()
-    datamodule.setup("fit" if "calibration" in suites else "test")
+    datamodule.setup("validate" if "calibration" in suites else "test")  # the split, no training pipeline
     preprocess = datamodule.test_set.transform  # the checkpoint's evaluation pipeline, as evaluate uses it
     pixel_model = PixelModel(model).to(device).eval()
     loggers = _Loggers(cfg)

@@ -59,6 +59,15 @@ def test_datamodule_pca_equals_numpy_on_the_training_split_pixels(synthetic_root
     assert len(noise) == 1 and noise[0].eigenvalues == dm.pca.eigenvalues and noise[0].sigma == 0.1
 
 
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_stages_without_the_training_pipeline_compute_no_statistics(synthetic_root, stage):
+    """robustness and evaluate set up for validation/test only: no pass over the training images."""
+    dm = GTSRBDataModule(str(synthetic_root), image_size=67, num_workers=0, augment={"preset": "paper"})
+    dm.setup(stage)
+    assert dm.pca is None and dm.pca_file is None
+    assert dm.test_set is not None and len(dm.test_set) > 0
+
+
 def test_cache_is_reused_and_keyed_by_root_and_split(tmp_path):
     calls = []
     images = [np.full((3, 3, 3), v, np.uint8) + np.arange(3, dtype=np.uint8) * v for v in (10, 50, 90)]

@@ -219,7 +219,8 @@ class GTSRBDataModule(LightningDataModule):
             "max_file_bytes": hp.max_file_bytes,
         }
         train_cache, test_cache = self.caches.get("train"), self.caches.get("test")
-        if preset == "paper" and self.augment.get("pca", "dataset") == "dataset" and stage != "test":
+        # the training-set colour statistics only where the training pipeline is used (not validate/test)
+        if preset == "paper" and self.augment.get("pca", "dataset") == "dataset" and stage in (None, "fit"):
             self._training_set_pca(
                 train,
                 GTSRBDataset(train, A.Compose(paper_base(hp.image_size, self.augment)), cache=train_cache, **common),
