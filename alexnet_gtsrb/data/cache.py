@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -63,7 +64,20 @@ def cache_image_size(preset: str, image_size: int) -> int:
     return round(s * 256 / 227) if preset == "paper" else s
 
 
-def cache_key(records: Sequence[Record], size: int, roi: bool) -> str:
+def cache_fit(preset: str) -> str:
+    """How the cache brings an image to its square side: ``shorter_side`` (shorter side to the size, centre crop:
+    the paper preset's first steps) or ``square`` (a plain resize: where the pipeline ends with one)."""
+    return "shorter_side" if preset == "paper" else "square"
+
+
+def _fit_op(fit: str, s: int) -> A.BasicTransform:
+    """The same ops as the pipelines' first resize, so the pipeline's own is a no-op on cached images."""
+    if fit == "shorter_side":
+        return A.Compose([A.SmallestMaxSize(max_size=s, interpolation=cv2.INTER_LINEAR), A.CenterCrop(s, s)])
+    return A.Resize(s, s, interpolation=cv2.INTER_LINEAR)
+
+
+def cache_key(records: Sequence[Record], size: int, roi: bool, fit: str = "square") -> str:
     """File stem for a cache: readable settings plus a hash of the settings and the record list.
 
     Each record contributes its path, annotation (ROI and declared size, which decide the crop), and the
@@ -71,7 +85,10 @@ def cache_key(records: Sequence[Record], size: int, roi: bool) -> str:
     the build then reports it.
     """
     h = hashlib.sha256()
-    h.update(json.dumps({"version": CACHE_VERSION, "size": int(size), "roi": bool(roi)}).encode())
+    settings: dict[str, Any] = {"version": CACHE_VERSION, "size": int(size), "roi": bool(roi)}
+    if fit != "square":  # square keys stay as they were: existing caches remain valid
+        settings["fit"] = fit
+    h.update(json.dumps(settings).encode())
     for r in records:
         try:
             st = os.stat(r.path)
@@ -184,6 +201,7 @@ def build_cache(
     key: str,
     on_bad_image: str = "error",
     limits: Limits = NO_LIMITS_GIVEN,
+    fit: str = "square",
 ) -> dict:
     """Decode, crop and resize every record into ``<stem>.npy``; write ``<stem>.json`` last. Returns the sidecar.
 
@@ -203,7 +221,7 @@ def build_cache(
         "point data.cache_dir elsewhere or set data.cache=false",
         error=ConfigError,
     )
-    resize = A.Resize(s, s, interpolation=cv2.INTER_LINEAR)  # the same op as the pipelines' resize
+    resize = _fit_op(fit, s)
     log.info("Building image cache: %d images at %dx%d px (%.2f GB) -> %s", n, s, s, need / 1e9, npy)
     t0 = last = time.perf_counter()
     skipped: list[str] = []
@@ -257,12 +275,13 @@ def open_or_build(
     cache_dir: str | os.PathLike | None = None,
     on_bad_image: str = "error",
     limits: Limits = NO_LIMITS_GIVEN,
+    fit: str = "square",
 ) -> ImageCache:
     """The complete cache for ``records`` at ``size`` px, building it first if needed (once, under a lock)."""
     folder = Path(os.path.expanduser(str(cache_dir))) if cache_dir else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     records = tuple(records)
-    key = cache_key(records, size, roi)
+    key = cache_key(records, size, roi, fit)
     stem = folder / key
     shape = (len(records), int(size), int(size), 3)
     meta, built = _load_complete(stem, key, shape), False
@@ -270,7 +289,7 @@ def open_or_build(
         with _locked(folder / f"{key}.lock"):
             meta = _load_complete(stem, key, shape)  # another rank may have built it while we waited
             if meta is None:
-                meta, built = build_cache(records, size, roi, stem, key, on_bad_image, limits), True
+                meta, built = build_cache(records, size, roi, stem, key, on_bad_image, limits, fit), True
     if not built:
         log.info("Using image cache %s (%d images at %d px)", _paths(stem)[0], len(records), int(size))
     skipped = tuple(meta.get("skipped", ()))

@@ -20,7 +20,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from alexnet_gtsrb.data.cache import ImageCache, cache_image_size, open_or_build
+from alexnet_gtsrb.data.cache import ImageCache, cache_fit, cache_image_size, open_or_build
 from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipping_bad
 from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits
@@ -206,7 +206,7 @@ class GTSRBDataModule(LightningDataModule):
             for part in ("train", "test"):
                 limits = (hp.max_pixels, hp.max_file_bytes)
                 self.caches[part] = open_or_build(
-                    getattr(index, part), size, hp.roi_crop, hp.cache_dir, hp.on_bad_image, limits
+                    getattr(index, part), size, hp.roi_crop, hp.cache_dir, hp.on_bad_image, limits, cache_fit(preset)
                 )
             # images that failed to decode during the build (on_bad_image=skip) leave the split too
             index = GTSRBIndex(index.root, index.layout, self.caches["train"].records, self.caches["test"].records)
