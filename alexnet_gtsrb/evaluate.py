@@ -33,6 +33,7 @@ from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation.per_class import SCORES, class_metrics, per_class_rows, write_per_class
 from alexnet_gtsrb.evaluation.tta import TTA_CROPS, tta_probabilities, tta_transform
 from alexnet_gtsrb.inference import data_config, eval_settings, load_classifier, pick_device
+from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.plots import confusion_figure, misclassified_figure, save_figure
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
 
@@ -131,18 +132,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def _log_scalars(cfg: DictConfig, scalars: dict[str, float], cm: torch.Tensor, rows: list[dict[str, Any]]) -> None:
     """test/acc, the macro averages and per-class precision/recall/F1 to every logger of the logger group, and
     the confusion-matrix figure to TensorBoard."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     per_class = {f"test_class_{name}/{r['class_id']:02d}": r[name] for r in rows if r["support"] for name in SCORES[1:]}
-    group = cfg.get("logger") or {}
-    for lg_cfg in group.values():
-        if not isinstance(lg_cfg, DictConfig) or "_target_" not in lg_cfg:
-            continue
-        lg = instantiate(lg_cfg)
-        lg.log_metrics({**scalars, **per_class}, step=0)
-        if isinstance(lg, TensorBoardLogger):
-            lg.experiment.add_figure("test/confusion_matrix", confusion_figure(cm), global_step=0, close=True)
-        lg.finalize("success")
+    loggers = LoggerGroup(cfg.get("logger"))
+    loggers.scalars({**scalars, **per_class}, step=0)
+    loggers.figure("test/confusion_matrix", lambda: confusion_figure(cm))
+    loggers.close()
 
 
 def _test_accuracy(cfg: DictConfig) -> float:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
 from alexnet_gtsrb.run_folder import CSV_TIME
 
@@ -65,3 +65,29 @@ class RunFolderMLFlowLogger(MLFlowLogger):
         if self._log_model is True and kept is not None and kept.monitor is not None and not monitors:
             return  # keep the callback that tracks the best checkpoint
         super().after_save_checkpoint(checkpoint_callback)
+
+
+class LoggerGroup:
+    """The loggers of a ``logger`` config group, built outside a Trainer (``evaluate``, ``robustness``): scalars at
+    a step to every logger, figures to TensorBoard, then each logger finalised."""
+
+    def __init__(self, group: Mapping[str, Any] | None) -> None:
+        from hydra.utils import instantiate
+        from omegaconf import DictConfig
+
+        configs = (group or {}).values()
+        self.loggers = [instantiate(c) for c in configs if isinstance(c, DictConfig) and "_target_" in c]
+
+    def scalars(self, values: Mapping[str, float], step: int = 0) -> None:
+        for lg in self.loggers:
+            lg.log_metrics(dict(values), step=step)
+
+    def figure(self, tag: str, fig_fn: Callable[[], Any]) -> None:
+        """``fig_fn()`` (a matplotlib figure, built only when a TensorBoard logger is there) under ``tag``."""
+        for lg in self.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                lg.experiment.add_figure(tag, fig_fn(), global_step=0, close=True)
+
+    def close(self) -> None:
+        for lg in self.loggers:
+            lg.finalize("success")

@@ -22,7 +22,7 @@ import csv
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation import adversarial, calibration, corruptions, explanations
 from alexnet_gtsrb.evaluation.pixels import PixelModel, from_pixels, logits_of, preprocess_all, raw_test_images
 from alexnet_gtsrb.inference import data_config, eval_settings, load_classifier, pick_device
+from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.plots import image_grid_figure, reliability_figure, save_figure
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
 
@@ -83,29 +84,6 @@ def corruption_matrix(rows: list[dict[str, Any]], severities: Sequence[int]) -> 
     return list(out.values())
 
 
-class _Loggers:
-    """The logger group's loggers (as evaluate uses them): scalars at a step, figures to TensorBoard."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        group = cfg.get("logger") or {}
-        self.loggers = [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
-
-    def scalars(self, values: dict[str, float], step: int = 0) -> None:
-        for lg in self.loggers:
-            lg.log_metrics(values, step=step)
-
-    def figure(self, tag: str, fig_fn: Callable[[], Any]) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        for lg in self.loggers:
-            if isinstance(lg, TensorBoardLogger):
-                lg.experiment.add_figure(tag, fig_fn(), global_step=0, close=True)
-
-    def close(self) -> None:
-        for lg in self.loggers:
-            lg.finalize("success")
-
-
 def robustness(cfg: DictConfig) -> dict[str, Any]:
     """Run the chosen suites on ``cfg.ckpt_path``; write tables, figures and metrics.json; return the metrics."""
     suites = _suites(_listed(cfg.get("suites", list(SUITES))))
@@ -129,7 +107,7 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("validate" if "calibration" in suites else "test")  # the split, no training pipeline
     preprocess = datamodule.test_set.transform  # the checkpoint's evaluation pipeline, as evaluate uses it
     pixel_model = PixelModel(model).to(device).eval()
-    loggers = _Loggers(cfg)
+    loggers = LoggerGroup(cfg.get("logger"))
 
     started = time.perf_counter()
     raw, labels = raw_test_images(datamodule.test_set, max_images)
