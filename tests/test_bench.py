@@ -157,6 +157,67 @@ def test_roi_box_scales_from_declared_to_actual_size(actual, expected):
     assert roi_box((-4, -4, 99, 99), actual, (36, 36)) == (0, 0, w, h)  # clamped to the image
 
 
+def test_ceiling_uses_the_configured_optimizer_and_times_the_ema(bench_cfg):
+    """a. The ceiling's steps run the run's own optimizer (named in the row) and loss; with callbacks=ema a second
+    row adds the EMA update to every step, as a ratio of the bare steps."""
+    result = run_command(bench_cfg([*TINY, "optimizer=adamw", "callbacks=ema", "bench.sections=[ceiling]"]))
+    rows = result["rows"]
+    assert [r["what"] for r in rows] == [
+        "bare train steps, random tensors (AdamW fused)",
+        "the same + EMA update per step",
+    ]
+    assert all(r["value"] > 0 for r in rows)
+    assert rows[1]["ratio"] == pytest.approx(rows[1]["value"] / rows[0]["value"])
+    plain = run_command(bench_cfg([*TINY, "optimizer=sgd", "callbacks=default", "bench.sections=[ceiling]"]))
+    assert [r["what"] for r in plain["rows"]] == ["bare train steps, random tensors (SGD)"]
+
+
+def test_throughput_steps_leave_the_weights_alone_but_run_the_optimizer():
+    """lr is forced to 0 (weights unchanged), yet the optimizer really steps (AdamW's state is created)."""
+    import torch
+
+    from alexnet_gtsrb.bench.throughput import measure_train_throughput
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    net(torch.zeros(1, 3, 8, 8))
+    before = [p.detach().clone() for p in net.parameters()]
+    made: list[torch.optim.Optimizer] = []
+    calls: list[int] = []
+
+    def build(params):
+        made.append(torch.optim.AdamW(params, lr=1.0))
+        return made[-1]
+
+    rate = measure_train_throughput(
+        net, batch=2, image_size=8, steps=2, warmup=1, bf16=False, channels_last=False, num_classes=5,
+        optimizer=build, label_smoothing=0.1, after_step=lambda: calls.append(1),
+    )  # fmt: skip
+    assert rate > 0 and len(calls) == 3
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    assert all(made[0].state[p]["step"] == 3 for p in net.parameters())
+
+
+@pytest.mark.slow
+def test_profile_section_names_hooks_ops_and_stages(tiny_tree, bench_cfg):
+    """h. SimpleProfiler hooks (ms per batch, share of the batch), torch.profiler's top operators and the
+    per-item stage timers; with on_device the batch augmentation's time per batch too."""
+    over = [f"data.data_dir={tiny_tree}", *TINY, "bench.sections=[profile]", "bench.steps=2", "callbacks=ema"]
+    over += ["data.augment.clahe=true", "data.augment.on_device=true", "data.num_workers=0"]
+    rows = run_command(bench_cfg(over))["rows"]
+    what = [r["what"] for r in rows]
+    hooks = {w: r for w, r in zip(what, rows, strict=True) if w.startswith("hook: ")}
+    assert "hook: run_training_batch" in hooks and hooks["hook: run_training_batch"]["ratio"] == pytest.approx(1.0)
+    assert "hook: [Callback]EMAWeights.on_train_batch_end" in hooks
+    assert any("on_after_batch_transfer" in w for w in hooks)
+    ops = [r for r in rows if r["what"].startswith("op: aten::")]
+    assert ops and all(r["value"] > 0 and 0 < r["ratio"] <= 1 for r in ops)
+    assert [r["value"] for r in ops] == sorted((r["value"] for r in ops), reverse=True)
+    stages = {r["what"].removeprefix("item stage: "): r for r in rows if r["what"].startswith("item stage: ")}
+    assert {"decode", "CLAHE", "Affine", "Resize"} <= set(stages)
+    assert sum(r["ratio"] for r in stages.values()) == pytest.approx(1.0)
+    assert any(r["what"] == "batch stage: BatchAugment" and r["value"] > 0 for r in rows)
+
+
 def test_ema_section_times_both_updates(bench_cfg):
     """g. Per-tensor and foreach EMA updates of the configured net, in ms, the foreach one as a ratio."""
     result = run_command(bench_cfg([*TINY, "bench.sections=[ema]"]))

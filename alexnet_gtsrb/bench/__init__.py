@@ -21,7 +21,8 @@ output folder unless ``paths.output_dir`` is given.
 option              default                                     meaning
 ==================  ==========================================  ================================================
 sections            [ceiling,e2e,pipeline,lrn,memory]           which sections to run (always in this order);
-                                                                ``precision`` (it compiles) and ``ema`` are extra
+                                                                ``precision`` (it compiles), ``ema``, ``profile``
+                                                                are extra
 steps               3                                           timed training steps (ceiling, e2e, lrn)
 warmup              1                                           untimed steps first (ceiling, lrn)
 e2e_warmup          2                                           untimed batches before e2e timing starts
@@ -34,8 +35,10 @@ out                 null                                        also write the t
 
 Sections (each row: section, what, value, unit, ratio vs its reference, target):
 
-``ceiling``   bare PyTorch training steps of ``model.net`` on random tensors at the configured precision,
-              memory format, batch and image size (:func:`measure_train_throughput`): what the model can do.
+``ceiling``   bare PyTorch training steps of ``model.net`` on random tensors with the configured optimizer
+              (its learning rate set to 0) and loss, precision, memory format, batch and image size
+              (:func:`measure_train_throughput`): what the model can do. With ``callbacks=ema`` a second row
+              adds the EMA update after every step (ratio vs the bare steps).
 ``e2e``       Lightning ``fit`` on the GTSRB tree from disk (``data.data_dir``) with the configured
               augmentation and workers; steady-state img/s between the end of batch ``e2e_warmup`` and the
               last batch (worker start-up and the first prefetch excluded). No validation, checkpointing,
@@ -60,6 +63,12 @@ Sections (each row: section, what, value, unit, ratio vs its reference, target):
               (torch's ``AveragedModel``, decay 0.998): the per-tensor ``avg_fn`` that Lightning's
               ``EMAWeightAveraging`` uses against the foreach ``multi_avg_fn`` of ``callbacks=ema``
               (ratio foreach / per-tensor; lower is faster). Runs once per optimizer step in training.
+``profile``   where a steady training step's time goes (:mod:`.sections_profile`): Lightning's
+              ``SimpleProfiler`` over ``e2e_warmup + steps`` batches of ``fit`` with the configured EMA (ms per
+              batch of each hook, share of the batch), torch.profiler's top operators of the main process over
+              ``steps`` batches, and per-stage timers of the per-item pipeline (decode, ROI crop, each
+              albumentations step: what a loader worker does per image) plus, with
+              ``data.augment.on_device``, the batch augmentation per batch.
 
 Sections that need data print ``skipped (no data at ...)`` when ``data.data_dir`` holds no GTSRB tree.
 The header names the machine (CPU, cores, load average, versions, date). Timed rows note how many cores
@@ -68,8 +77,8 @@ the usable count means other jobs took the CPU during that window and the figure
 machine compare runs only at similar load, and prefer more ``steps`` for the ratios that matter.
 
 Modules: :mod:`.options` (options, ``Row``, table, header), :mod:`.proc` (/proc readings),
-:mod:`.throughput` (timing helpers), :mod:`.sections_compute` and :mod:`.sections_data` (one function per
-section), :mod:`.run` (the driver), ``__main__`` (the command line).
+:mod:`.throughput` (timing helpers), :mod:`.sections_compute`, :mod:`.sections_data` and
+:mod:`.sections_profile` (one function per section), :mod:`.run` (the driver), ``__main__`` (the command line).
 """
 
 from alexnet_gtsrb.bench.options import OPTIONS, SECTIONS, Row, bench_options, format_table

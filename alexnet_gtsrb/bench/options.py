@@ -32,8 +32,8 @@ __all__ = [
     "ratio",
 ]
 
-SECTIONS = ("ceiling", "e2e", "pipeline", "lrn", "memory", "precision", "ema")  # the order they run in
-DATA_SECTIONS = ("e2e", "pipeline", "memory")  # skipped when data.data_dir holds no GTSRB tree
+SECTIONS = ("ceiling", "e2e", "pipeline", "lrn", "memory", "precision", "ema", "profile")  # the order they run in
+DATA_SECTIONS = ("e2e", "pipeline", "memory", "profile")  # skipped when data.data_dir holds no GTSRB tree
 #: The keys of the ``bench:`` block; their defaults are in conf/bench.yaml.
 OPTIONS = (
     "sections",

@@ -27,6 +27,7 @@ from alexnet_gtsrb.bench.options import (
 )
 from alexnet_gtsrb.bench.sections_compute import bench_ceiling, bench_ema, bench_lrn, bench_precision
 from alexnet_gtsrb.bench.sections_data import bench_e2e, bench_memory, bench_pipeline, datamodule, peak_rss_rows
+from alexnet_gtsrb.bench.sections_profile import bench_profile
 from alexnet_gtsrb.errors import DataNotFoundError
 
 __all__ = ["run_bench", "run_command"]
@@ -34,7 +35,7 @@ __all__ = ["run_bench", "run_command"]
 
 def _cross_section_ratios(rows: list[Row]) -> None:
     """e2e / ceiling and project / torchvision pipeline ratios (rows of different sections), then targets."""
-    ceiling = next((r.value for r in rows if r.section == "ceiling"), None)
+    ceiling = next((r.value for r in rows if r.section == "ceiling"), None)  # the bare steps (first row)
     for r in rows:
         if r.section == "e2e" and r.reference == "ceiling":
             r.ratio = ratio(r.value, ceiling)
@@ -70,6 +71,7 @@ def run_bench(cfg: DictConfig, opts: dict[str, Any], echo: Callable[[str], None]
         "memory": lambda: bench_memory(cfg, opts, dm),
         "precision": lambda: bench_precision(cfg, opts),
         "ema": lambda: bench_ema(cfg, opts),
+        "profile": lambda: bench_profile(cfg, opts, dm),
     }
     for name in opts["sections"]:
         t = time.perf_counter()

@@ -5,6 +5,7 @@ Each takes the composed config and the validated bench options and returns its t
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from typing import Any
@@ -20,7 +21,9 @@ from alexnet_gtsrb.bench.throughput import measure_train_throughput, timed_train
 __all__ = ["bench_ceiling", "bench_ema", "bench_lrn", "bench_precision"]
 
 
-def _configured_rate(net: torch.nn.Module, batch: int, cfg: DictConfig, opts: dict[str, Any]) -> tuple[float, float]:
+def _configured_rate(
+    net: torch.nn.Module, batch: int, cfg: DictConfig, opts: dict[str, Any], **kwargs: Any
+) -> tuple[float, float]:
     """img/s and busy cores of ``net``'s bare training steps at the configured size, precision, memory format."""
     return timed_train_throughput(
         net,
@@ -30,16 +33,45 @@ def _configured_rate(net: torch.nn.Module, batch: int, cfg: DictConfig, opts: di
         warmup=opts["warmup"],
         bf16=precision(cfg)[1],
         channels_last=bool(cfg.model.channels_last),
+        **kwargs,
     )
 
 
+def _ema_decay(cfg: DictConfig) -> float | None:
+    """The decay of the configured EMA callback (``callbacks=ema``), or None when the run averages no weights."""
+    callbacks = cfg.get("callbacks") or {}
+    for c in callbacks.values():
+        if isinstance(c, DictConfig) and str(c.get("_target_", "")).endswith("EMAWeights"):
+            return float(c.get("decay", 0.998))
+    return None
+
+
 def bench_ceiling(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:
-    """a. Bare training steps of ``model.net`` on random tensors: the most the model can do here."""
+    """a. Bare training steps of ``model.net`` on random tensors with the configured optimizer and loss: the most
+    the model can do here; then the same steps each followed by the configured EMA update (if any)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
     net = instantiate(cfg.model.net).to(device(cfg))
-    value, cores = _configured_rate(net, int(cfg.data.batch_size), cfg, opts)
+    opt_cfg = cfg.model.get("optimizer") or cfg.get("optimizer")
+    name = str(opt_cfg["_target_"]).rsplit(".", 1)[-1]
+    fused = " fused" if opt_cfg.get("fused") else ""
+    kwargs = {"optimizer": instantiate(opt_cfg), "label_smoothing": float(cfg.model.get("label_smoothing") or 0.0)}
+    batch = int(cfg.data.batch_size)
+    value, cores = _configured_rate(net, batch, cfg, opts, **kwargs)
+    rows = [Row("ceiling", f"bare train steps, random tensors ({name}{fused})", value, "img/s", note=cores_note(cores))]
+    decay = _ema_decay(cfg)
+    if decay is not None:
+        average = AveragedModel(net, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        update = functools.partial(average.update_parameters, net)
+        value, cores = _configured_rate(net, batch, cfg, opts, after_step=update, **kwargs)
+        rows.append(
+            Row("ceiling", "the same + EMA update per step", value, "img/s", reference="bare", note=cores_note(cores))
+        )
+        rows[-1].ratio = ratio(value, rows[0].value)
+        del average
     del net
     gc.collect()
-    return [Row("ceiling", "bare train steps, random tensors", value, "img/s", note=cores_note(cores))]
+    return rows
 
 
 def bench_lrn(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:

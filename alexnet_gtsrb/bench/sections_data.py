@@ -150,8 +150,11 @@ def bench_memory(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
 
     ts = dm.train_set
     base = list(ts.records[: opts["memory_records"]] if opts["memory_records"] else ts.records)
-    ds = GTSRBDataset(base * 3, ts.transform, roi=ts.roi, flip=ts.flip, on_bad_image=ts.on_bad_image)
-    loader = dm._loader(ds, train=True)  # the project's exact training-loader settings, on the longer list
+    cache = dm.caches.get("train")  # with data.cache the items are cache rows (the transform expects them)
+    ds = GTSRBDataset(base * 3, ts.transform, roi=ts.roi, flip=ts.flip, on_bad_image=ts.on_bad_image, cache=cache)
+    # the project's loader settings (workers, prefetch, pinning, collate) on the longer list, in order: the
+    # class-balancing sampler draws indices of the real training split, not of this list
+    loader = dm._loader(ds, train=False)
     batch = int(cfg.data.batch_size)
     one_x = len(base)
     seen = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,13 +30,18 @@ def measure_train_throughput(
     bf16: bool = True,
     channels_last: bool = True,
     num_classes: int | None = None,
+    optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
+    label_smoothing: float = 0.0,
+    after_step: Callable[[], None] | None = None,
 ) -> float:
-    """Images per second of full training steps (forward, cross-entropy, backward, SGD step) on random data.
+    """Images per second of full training steps (forward, cross-entropy, backward, optimizer step) on random data.
 
     Uses ``net``'s device; ``bf16`` wraps the forward in bf16 autocast, ``channels_last`` converts the net and
-    the input. The optimizer is SGD with momentum and ``lr=0`` so the weights do not drift (BatchNorm running
-    statistics still update). ``warmup`` untimed steps precede ``steps`` timed ones. The net is left in train
-    mode and in channels_last format when requested.
+    the input. ``optimizer`` builds the optimizer from the parameters (the run's own, e.g. a partial of the
+    configured one); by default SGD with momentum. Its learning rate is set to 0 so the weights do not drift
+    (the optimizer still does all its work; BatchNorm running statistics still update). ``after_step`` runs
+    after each optimizer step (an EMA update, say). ``warmup`` untimed steps precede ``steps`` timed ones. The
+    net is left in train mode and in channels_last format when requested.
     """
     if steps < 1 or warmup < 0 or batch < 1:
         raise ValueError(f"need steps >= 1, warmup >= 0, batch >= 1; got {steps=}, {warmup=}, {batch=}")
@@ -48,15 +54,19 @@ def measure_train_throughput(
     net.train()
     x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, num_classes, (batch,), device=device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
+    opt = optimizer(net.parameters()) if optimizer else torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def step() -> None:
         with autocast:
-            loss = nn.functional.cross_entropy(net(x), y)
+            loss = nn.functional.cross_entropy(net(x), y, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step()
 
     for _ in range(warmup):
         step()
