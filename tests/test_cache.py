@@ -97,6 +97,28 @@ def test_cached_eval_items_equal_uncached(synthetic_root, tmp_path, preset):
     assert x.shape == (SIZE, SIZE, 3) and x.dtype == torch.uint8
 
 
+@pytest.mark.parametrize("preset", ["none", "gtsrb", "paper"])
+def test_cache_with_clahe_stores_equalised_pixels_and_items_match_uncached(synthetic_root, tmp_path, preset):
+    """augment.clahe: the cache applies CLAHE at the image's own size before its resize, as the uncached
+    pipeline does, so evaluation items match pixel for pixel; the datasets on it skip their own CLAHE step.
+    Preset none (resize only) has no CLAHE step, cached or not."""
+    augment = {"preset": preset, "clahe": True, "clahe_clip": 2.0, "clahe_tile": 4}
+    kw = {"image_size": SIZE, "num_workers": 0, "augment": augment, "data_dir": str(synthetic_root)}
+    plain = ready(GTSRBDataModule(cache=False, **kw))
+    cached = ready(GTSRBDataModule(cache=True, cache_dir=str(tmp_path), **kw))
+    equalised = preset != "none"
+    assert ("-clahe-" in cached.caches["train"].path.name) == equalised
+    for part in ("val_set", "test_set"):
+        a, b = getattr(plain, part), getattr(cached, part)
+        for i in range(0, len(a), 5):
+            assert torch.equal(a[i][0], b[i][0]), f"{part}[{i}] differs"
+    # without CLAHE the same records make another cache (another key), whose pixels differ
+    no_clahe = ready(make_dm(synthetic_root, tmp_path, preset))
+    assert (no_clahe.caches["train"].path != cached.caches["train"].path) == equalised
+    same = (no_clahe.caches["train"].reader().image(0) == cached.caches["train"].reader().image(0)).all()
+    assert same != equalised
+
+
 def test_cache_is_built_once_and_reused(synthetic_root, tmp_path, builds):
     dm = ready(make_dm(synthetic_root, tmp_path))
     assert len(builds) == 2  # training images and test images

@@ -1,9 +1,11 @@
-"""Optional uint8 image cache (``data.cache=true``): decode + ROI crop + resize once, then read a memmap.
+"""Optional uint8 image cache (``data.cache=true``): decode + ROI crop (+ CLAHE) + resize once, then read a memmap.
 
 Why: GTSRB files are tiny, but at 227 px decoding, cropping and up-scaling every image every epoch can
 become the data-loading bottleneck. The cache holds the ROI-cropped image already resized to the size the
 augmentation pipeline starts from (:func:`cache_image_size`), so the pipeline's first resize is a no-op and
-the dataset only copies one ``(H, W, 3)`` slice per item.
+the dataset only copies one ``(H, W, 3)`` slice per item. When ``data.augment.clahe`` is on, the cached pixels
+are already CLAHE-equalised (at the image's own size, before the resize, as uncached) and the datasets built
+on the cache leave that step out: it was the dearest per-item step left.
 
 Layout: ONE ``.npy`` file of shape ``(N, S, S, 3)`` uint8 per (record list, ROI flag, size), row ``i`` holding
 record ``i`` of the list it was built from, next to a JSON sidecar ``<name>.json``. The name carries a hash of
@@ -40,6 +42,7 @@ import numpy as np
 
 from alexnet_gtsrb.data.gtsrb import Record
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, decode_rgb, roi_crop
+from alexnet_gtsrb.data.transforms import clahe_ops
 from alexnet_gtsrb.errors import BadDataError, ConfigError
 from alexnet_gtsrb.utils.files import atomic_path, atomic_write, cache_root, require_free_space
 
@@ -77,7 +80,9 @@ def _fit_op(fit: str, s: int) -> A.BasicTransform:
     return A.Resize(s, s, interpolation=cv2.INTER_LINEAR)
 
 
-def cache_key(records: Sequence[Record], size: int, roi: bool, fit: str = "square") -> str:
+def cache_key(
+    records: Sequence[Record], size: int, roi: bool, fit: str = "square", clahe: tuple[float, int] | None = None
+) -> str:
     """File stem for a cache: readable settings plus a hash of the settings and the record list.
 
     Each record contributes its path, annotation (ROI and declared size, which decide the crop), and the
@@ -88,6 +93,8 @@ def cache_key(records: Sequence[Record], size: int, roi: bool, fit: str = "squar
     settings: dict[str, Any] = {"version": CACHE_VERSION, "size": int(size), "roi": bool(roi)}
     if fit != "square":  # square keys stay as they were: existing caches remain valid
         settings["fit"] = fit
+    if clahe is not None:  # likewise for caches without CLAHE
+        settings["clahe"] = [float(clahe[0]), int(clahe[1])]
     h.update(json.dumps(settings).encode())
     for r in records:
         try:
@@ -97,7 +104,8 @@ def cache_key(records: Sequence[Record], size: int, roi: bool, fit: str = "squar
             stamp = (-1, -1)
         h.update(repr((r.path, r.roi, r.width, r.height, stamp)).encode())
         h.update(b"\0")
-    return f"{int(size)}px-{'roi' if roi else 'full'}-{len(records)}-{h.hexdigest()[:20]}"
+    tag = "-clahe" if clahe is not None else ""
+    return f"{int(size)}px-{'roi' if roi else 'full'}{tag}-{len(records)}-{h.hexdigest()[:20]}"
 
 
 class CacheReader:
@@ -202,8 +210,10 @@ def build_cache(
     on_bad_image: str = "error",
     limits: Limits = NO_LIMITS_GIVEN,
     fit: str = "square",
+    clahe: tuple[float, int] | None = None,
 ) -> dict:
-    """Decode, crop and resize every record into ``<stem>.npy``; write ``<stem>.json`` last. Returns the sidecar.
+    """Decode, crop, (with ``clahe``) equalise and resize every record into ``<stem>.npy``; write ``<stem>.json``
+    last. Returns the sidecar. CLAHE runs before the resize, at the image's own size, as in the uncached pipeline.
 
     Call under the cache's lock. Bad images raise BadDataError naming the file, or with ``skip`` leave a
     zero row and are listed in the sidecar. Any failure removes the temp file.
@@ -221,7 +231,7 @@ def build_cache(
         "point data.cache_dir elsewhere or set data.cache=false",
         error=ConfigError,
     )
-    resize = _fit_op(fit, s)
+    resize = A.Compose([*clahe_ops(clahe), _fit_op(fit, s)])
     log.info("Building image cache: %d images at %dx%d px (%.2f GB) -> %s", n, s, s, need / 1e9, npy)
     t0 = last = time.perf_counter()
     skipped: list[str] = []
@@ -250,6 +260,7 @@ def build_cache(
         "key": key,
         "shape": list(shape),
         "roi": bool(roi),
+        "clahe": list(clahe) if clahe is not None else None,
         "skipped": skipped,
         "build_s": round(build_s, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -276,12 +287,15 @@ def open_or_build(
     on_bad_image: str = "error",
     limits: Limits = NO_LIMITS_GIVEN,
     fit: str = "square",
+    clahe: tuple[float, int] | None = None,
 ) -> ImageCache:
-    """The complete cache for ``records`` at ``size`` px, building it first if needed (once, under a lock)."""
+    """The complete cache for ``records`` at ``size`` px, building it first if needed (once, under a lock).
+
+    ``clahe``: ``(clip, tile)`` to store CLAHE-equalised pixels (the datasets then skip their CLAHE step)."""
     folder = Path(os.path.expanduser(str(cache_dir))) if cache_dir else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     records = tuple(records)
-    key = cache_key(records, size, roi, fit)
+    key = cache_key(records, size, roi, fit, clahe)
     stem = folder / key
     shape = (len(records), int(size), int(size), 3)
     meta, built = _load_complete(stem, key, shape), False
@@ -289,7 +303,8 @@ def open_or_build(
         with _locked(folder / f"{key}.lock"):
             meta = _load_complete(stem, key, shape)  # another rank may have built it while we waited
             if meta is None:
-                meta, built = build_cache(records, size, roi, stem, key, on_bad_image, limits, fit), True
+                meta = build_cache(records, size, roi, stem, key, on_bad_image, limits, fit, clahe)
+                built = True
     if not built:
         log.info("Using image cache %s (%d images at %d px)", _paths(stem)[0], len(records), int(size))
     skipped = tuple(meta.get("skipped", ()))

@@ -20,13 +20,22 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from alexnet_gtsrb.data.batch_augment import BatchAugment
 from alexnet_gtsrb.data.cache import ImageCache, cache_fit, cache_image_size, open_or_build
 from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipping_bad
 from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits
 from alexnet_gtsrb.data.pca import RGBPCA, cached_rgb_pca
 from alexnet_gtsrb.data.split import split_records
-from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, normalize_uint8, paper_base
+from alexnet_gtsrb.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_transform,
+    clahe_settings,
+    normalize_float255,
+    normalize_uint8,
+    paper_base,
+)
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -139,6 +148,15 @@ class GTSRBDataModule(LightningDataModule):
                 "1 draws every class equally often, 0.5 in proportion to the square root of its count."
             )
         self.augment = dict(augment or {"preset": "none"})
+        preset = self.augment.get("preset", "none")
+        self.batch_augment: BatchAugment | None = None
+        if self.augment.get("on_device", False):
+            if preset != "gtsrb":
+                raise ConfigError(
+                    f"data.augment.on_device=true applies the gtsrb preset's augmentation to whole batches; "
+                    f"preset {preset!r} augments per item. Set data.augment.on_device=false (or augment=gtsrb)."
+                )
+            self.batch_augment = BatchAugment(self.augment)
         self.index: GTSRBIndex | None = None
         self.train_set: GTSRBDataset | None = None
         self.val_set: GTSRBDataset | None = None
@@ -148,7 +166,7 @@ class GTSRBDataModule(LightningDataModule):
         self.pca_file: Path | None = None
         self.test_views = 1
         # Fail on a bad preset now, not in a worker (the PCA statistics are not known yet: a stand-in).
-        build_transform(self.augment.get("preset", "none"), image_size, train=True, params=self.augment, pca=_NO_PCA)
+        build_transform(preset, image_size, train=True, params=self.augment, pca=_NO_PCA)
 
     # -- data on disk -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -203,10 +221,11 @@ class GTSRBDataModule(LightningDataModule):
         index = self._checked_index(need_train=stage != "test")  # evaluating needs only the test set
         if hp.cache:  # built on every rank under a file lock: the first builds, the others reuse
             size = cache_image_size(preset, hp.image_size)
+            fit, clahe = cache_fit(preset), clahe_settings(self.augment)
             for part in ("train", "test"):
                 limits = (hp.max_pixels, hp.max_file_bytes)
                 self.caches[part] = open_or_build(
-                    getattr(index, part), size, hp.roi_crop, hp.cache_dir, hp.on_bad_image, limits, cache_fit(preset)
+                    getattr(index, part), size, hp.roi_crop, hp.cache_dir, hp.on_bad_image, limits, fit, clahe
                 )
             # images that failed to decode during the build (on_bad_image=skip) leave the split too
             index = GTSRBIndex(index.root, index.layout, self.caches["train"].records, self.caches["test"].records)
@@ -220,13 +239,21 @@ class GTSRBDataModule(LightningDataModule):
         }
         train_cache, test_cache = self.caches.get("train"), self.caches.get("test")
         # the training-set colour statistics only where the training pipeline is used (not validate/test)
+        tf_params = self._transform_params()
         if preset == "paper" and self.augment.get("pca", "dataset") == "dataset" and stage in (None, "fit"):
             self._training_set_pca(
                 train,
-                GTSRBDataset(train, A.Compose(paper_base(hp.image_size, self.augment)), cache=train_cache, **common),
+                GTSRBDataset(train, A.Compose(paper_base(hp.image_size, tf_params)), cache=train_cache, **common),
             )
-        train_tf = build_transform(preset, hp.image_size, train=True, params=self.augment, pca=self.pca or _NO_PCA)
-        eval_tf = build_transform(preset, hp.image_size, train=False, params=self.augment)
+        eval_tf = build_transform(preset, hp.image_size, train=False, params=tf_params)
+        # on_device: the random part runs on whole batches after the transfer; items get the deterministic part
+        if self.batch_augment:
+            train_tf = eval_tf
+        else:
+            train_tf = build_transform(preset, hp.image_size, train=True, params=tf_params, pca=self.pca or _NO_PCA)
+        if hp.cache and preset != "paper":  # cached rows are the evaluation pipeline's output: nothing left to do
+            eval_tf = None
+            train_tf = None if self.batch_augment else train_tf
         self.train_set = GTSRBDataset(train, train_tf, flip=hp.flip_remap, cache=train_cache, **common)
         self.val_set = GTSRBDataset(val, eval_tf, cache=train_cache, **common)
         self.test_set = GTSRBDataset(self.index.test, self._test_transform(eval_tf), cache=test_cache, **common)
@@ -293,13 +320,20 @@ class GTSRBDataModule(LightningDataModule):
             raise ConfigError(f"test_views={views!r}; allowed: {', '.join(map(str, TEST_VIEWS))}.")
         self.test_views = int(views)
         if self.test_set is not None:
-            eval_tf = build_transform(self.augment.get("preset", "none"), self.hparams.image_size, False, self.augment)
+            preset, params = self.augment.get("preset", "none"), self._transform_params()
+            eval_tf = build_transform(preset, self.hparams.image_size, False, params)
             self.test_set.transform = self._test_transform(eval_tf)
 
-    def _test_transform(self, eval_tf: A.Compose) -> A.Compose:
+    def _test_transform(self, eval_tf: A.Compose | None) -> A.Compose | None:
         if self.test_views == 1:
             return eval_tf
-        return A.Compose(paper_base(self.hparams.image_size, self.augment))
+        return A.Compose(paper_base(self.hparams.image_size, self._transform_params()))
+
+    def _transform_params(self) -> dict[str, Any]:
+        """``data.augment`` for the per-item pipelines: without CLAHE when the image cache already applied it."""
+        if self.hparams.cache and clahe_settings(self.augment) is not None:
+            return {**self.augment, "clahe": False}
+        return dict(self.augment)
 
     def class_counts(self) -> Counter:
         """Training-split images per class (for reports and class weighting)."""
@@ -351,9 +385,16 @@ class GTSRBDataModule(LightningDataModule):
         return self._loader(_set_up(self.test_set), train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 (B, H, W, 3) on the device -> normalised float (B, 3, H, W); labels and skip count pass."""
+        """uint8 (B, H, W, 3) on the device -> normalised float (B, 3, H, W); labels and skip count pass.
+
+        With ``data.augment.on_device`` a training batch is augmented here first (:mod:`.batch_augment`)."""
         images, labels, skipped = batch
         if images.numel() == 0:
             return images.float(), labels, skipped
-        images = normalize_uint8(images, self.hparams.mean, self.hparams.std, self.hparams.channels_last)
+        hp = self.hparams
+        trainer = self.trainer
+        if self.batch_augment is not None and trainer is not None and trainer.training:
+            images = normalize_float255(self.batch_augment.floats(images), hp.mean, hp.std, hp.channels_last)
+        else:
+            images = normalize_uint8(images, hp.mean, hp.std, hp.channels_last)
         return images, labels, skipped

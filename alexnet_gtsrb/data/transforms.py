@@ -26,12 +26,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _MIRROR = {a: b for a, b in MIRROR_PAIRS} | {b: a for a, b in MIRROR_PAIRS}
 
 
-def _clahe(params: Mapping[str, Any]) -> list[A.BasicTransform]:
-    if not params.get("clahe", False):
+def clahe_settings(params: Mapping[str, Any]) -> tuple[float, int] | None:
+    """``(clip limit, tile grid side)`` of the CLAHE step that ``params`` (``data.augment``) asks for, or None
+    (also for ``preset: none``, the origin script's resize-only pipeline, which has no CLAHE step)."""
+    if not params.get("clahe", False) or params.get("preset") == "none":
+        return None
+    return float(params.get("clahe_clip", 2.0)), int(params.get("clahe_tile", 4))
+
+
+def clahe_ops(settings: tuple[float, int] | None) -> list[A.BasicTransform]:
+    """The CLAHE step (an empty list for None): the first step of every preset, and of the image cache."""
+    if settings is None:
         return []
-    clip = float(params.get("clahe_clip", 2.0))
-    tile = int(params.get("clahe_tile", 4))
+    clip, tile = settings
     return [A.CLAHE(clip_limit=(clip, clip), tile_grid_size=(tile, tile), p=1.0)]
+
+
+def _clahe(params: Mapping[str, Any]) -> list[A.BasicTransform]:
+    return clahe_ops(clahe_settings(params))
 
 
 def paper_base(image_size: int, params: Mapping[str, Any] | None = None) -> list[A.BasicTransform]:
@@ -171,8 +183,25 @@ def normalize_uint8(
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, normalised by per-channel mean/std given in [0, 1] units."""
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected a (B, H, W, 3) uint8 batch, got {tuple(x.shape)} {x.dtype}")
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32) * 255.0
-    inv = 1.0 / (torch.tensor(std, device=x.device, dtype=torch.float32) * 255.0)
+    m, inv = _mean_inv_std(mean, std, x.device)
     y = (x.float() - m) * inv  # still (B, H, W, 3)
     y = y.permute(0, 3, 1, 2)  # a channels_last view of NCHW
     return y if channels_last else y.contiguous()
+
+
+def normalize_float255(
+    x: torch.Tensor, mean: Sequence[float], std: Sequence[float], channels_last: bool = False
+) -> torch.Tensor:
+    """(B, 3, H, W) float in [0, 255] (a batch augmented on the device) -> normalised, as :func:`normalize_uint8`."""
+    if not x.is_floating_point() or x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected a (B, 3, H, W) float batch, got {tuple(x.shape)} {x.dtype}")
+    m, inv = _mean_inv_std(mean, std, x.device)
+    y = (x - m.view(1, 3, 1, 1)) * inv.view(1, 3, 1, 1)
+    return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _mean_inv_std(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per-channel mean and 1/std in uint8 units (255 x the [0, 1] values)."""
+    m = torch.tensor(mean, device=device, dtype=torch.float32) * 255.0
+    inv = 1.0 / (torch.tensor(std, device=device, dtype=torch.float32) * 255.0)
+    return m, inv
