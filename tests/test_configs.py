@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from tests.helpers import CONF
@@ -127,6 +128,7 @@ def test_each_ablation_changes_the_cpu_fast_recipe(compose_cfg, ablation):
     ablated = flat(cfg)
     changed = {k for k in recipe.keys() | ablated.keys() if recipe.get(k) != ablated.get(k)}
     assert (changed == set()) == (ablation == "recipe"), changed
+    instantiate(cfg.data)  # every ablation is a valid DataModule (e.g. paper_aug turns on_device off)
     if ablation == "no_ema":
         assert changed == {"callbacks.ema"}
     if ablation == "no_balance":
@@ -138,5 +140,17 @@ def test_cpu_fast_averages_weights_and_balances_classes(compose_cfg):
 
     cfg = compose_cfg(["experiment=cpu_fast"])
     ema = instantiate(cfg.callbacks.ema)
-    assert isinstance(ema, EMAWeights) and ema.decay == cfg.callbacks.ema.decay == 0.998
+    assert isinstance(ema, EMAWeights) and ema.decay == cfg.callbacks.ema.decay == 0.996
     assert cfg.data.class_balance == 0.5
+
+
+def test_cpu_fast_runs_the_fast_input_path_and_fused_adamw(compose_cfg):
+    """Issue 17's design: cached deterministic pre-processing, batch augmentation in the training process, no
+    loader workers, batch 128, one fused AdamW kernel per step."""
+    cfg = compose_cfg(["experiment=cpu_fast"])
+    assert cfg.data.cache is True and cfg.data.num_workers == 0 and cfg.data.batch_size == 128
+    assert cfg.data.augment.on_device is True and cfg.data.augment.clahe is True
+    dm = instantiate(cfg.data)
+    assert dm.batch_augment is not None and dm.batch_augment.affine_p == cfg.data.augment.affine_p
+    opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
