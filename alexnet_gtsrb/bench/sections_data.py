@@ -22,7 +22,15 @@ from alexnet_gtsrb.bench.proc import MIB, cores_note, peak_rss_mib, rss, uss, wo
 from alexnet_gtsrb.bench.throughput import SteadyStateTimer
 from alexnet_gtsrb.data.io import roi_box
 
-__all__ = ["bench_e2e", "bench_memory", "bench_pipeline", "datamodule", "peak_rss_rows", "torchvision_reference"]
+__all__ = [
+    "bench_e2e",
+    "bench_memory",
+    "bench_pipeline",
+    "datamodule",
+    "fit_batches",
+    "peak_rss_rows",
+    "torchvision_reference",
+]
 
 
 def datamodule(cfg: DictConfig) -> Any:
@@ -33,23 +41,24 @@ def datamodule(cfg: DictConfig) -> Any:
     return dm
 
 
-def bench_e2e(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
-    """b. Lightning ``fit`` from disk with the configured model, precision, augmentation and workers."""
-    warmup, steps = opts["e2e_warmup"], opts["steps"]
+def fit_batches(cfg: DictConfig, dm: Any, batches: int, callbacks: list, profiler: Any = None) -> None:
+    """Lightning ``fit`` of ``batches`` training batches of the configured model on ``dm``: one device, no
+    validation, checkpointing, logger or LR scheduler (a plateau scheduler needs validation metrics; the
+    per-step cost is negligible); only ``callbacks`` (and ``profiler``)."""
     model_cfg: Any = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg["scheduler"] = None  # a plateau scheduler needs validation metrics; per-step cost is negligible
+    model_cfg["scheduler"] = None
     model = instantiate(model_cfg, _recursive_=False)
-    timer = SteadyStateTimer(warmup, device(cfg))
     trainer = instantiate(
         cfg.trainer,
-        callbacks=[timer],
+        callbacks=callbacks,
         logger=False,
+        profiler=profiler,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         max_epochs=1,
         min_epochs=1,
-        limit_train_batches=warmup + steps,
+        limit_train_batches=batches,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         devices=1,
@@ -59,14 +68,21 @@ def bench_e2e(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(does not have many workers|limit_val_batches).*")
         trainer.fit(model, datamodule=dm)
+    del trainer, model
+    gc.collect()
+
+
+def bench_e2e(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
+    """b. Lightning ``fit`` from disk with the configured model, precision, augmentation and workers."""
+    warmup, steps = opts["e2e_warmup"], opts["steps"]
+    timer = SteadyStateTimer(warmup, device(cfg))
+    fit_batches(cfg, dm, warmup + steps, [timer])
     value = timer.rate()
     note = f"{warmup} warm-up + {timer.images // max(int(cfg.data.batch_size), 1)} timed batches"
     if timer.cores is not None:
         note += f", {cores_note(timer.cores)} (incl. workers)"
     if value is None:
         note = f"no timed batches: the training loader has fewer than {warmup + 1} batches"
-    del trainer, model
-    gc.collect()
     wait = timer.data_wait_fraction()
     wait_note = "time from one batch's end to the next one's start: loader + copy to the device; 0 = never waits"
     return [

@@ -12,17 +12,16 @@ Three views of the configured run, each on real files:
 
 from __future__ import annotations
 
-import gc
 import time
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from alexnet_gtsrb.bench.options import Row
+from alexnet_gtsrb.bench.sections_data import fit_batches
 from alexnet_gtsrb.data.io import decode_rgb, roi_crop
 
 __all__ = ["bench_profile"]
@@ -33,33 +32,9 @@ _STEP_PARTS = ("optimizer_step", "training_step", "backward")
 
 
 def _fit(cfg: DictConfig, dm: Any, batches: int, callbacks: list, profiler: Any = None) -> None:
-    """``fit`` of ``batches`` training batches with the configured model and EMA, no validation or logger."""
-    model_cfg: Any = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg["scheduler"] = None
-    model = instantiate(model_cfg, _recursive_=False)
+    """:func:`fit_batches` with the configured EMA callback too (its update is part of every step)."""
     ema = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if "EMAWeights" in str(c.get("_target_"))]
-    trainer = instantiate(
-        cfg.trainer,
-        callbacks=[*ema, *callbacks],
-        logger=False,
-        profiler=profiler,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_epochs=1,
-        min_epochs=1,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        devices=1,
-        num_nodes=1,
-        strategy="auto",
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(does not have many workers|limit_val_batches).*")
-        trainer.fit(model, datamodule=dm)
-    del trainer, model
-    gc.collect()
+    fit_batches(cfg, dm, batches, [*ema, *callbacks], profiler)
 
 
 def _hook_rows(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
