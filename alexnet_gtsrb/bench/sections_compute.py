@@ -18,7 +18,7 @@ from alexnet_gtsrb.bench.options import Row, device, precision, ratio
 from alexnet_gtsrb.bench.proc import CpuMeter, cores_note
 from alexnet_gtsrb.bench.throughput import measure_train_throughput, timed_train_throughput
 
-__all__ = ["bench_ceiling", "bench_ema", "bench_lrn", "bench_precision"]
+__all__ = ["bench_ceiling", "bench_ema", "bench_lrn", "bench_precision", "ema_callback_config"]
 
 
 def _configured_rate(
@@ -37,12 +37,12 @@ def _configured_rate(
     )
 
 
-def _ema_decay(cfg: DictConfig) -> float | None:
-    """The decay of the configured EMA callback (``callbacks=ema``), or None when the run averages no weights."""
+def ema_callback_config(cfg: DictConfig) -> DictConfig | None:
+    """The configured EMA callback's config (``callbacks=ema``), or None when the run averages no weights."""
     callbacks = cfg.get("callbacks") or {}
     for c in callbacks.values():
         if isinstance(c, DictConfig) and str(c.get("_target_", "")).endswith("EMAWeights"):
-            return float(c.get("decay", 0.998))
+            return c
     return None
 
 
@@ -59,8 +59,9 @@ def bench_ceiling(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:
     batch = int(cfg.data.batch_size)
     value, cores = _configured_rate(net, batch, cfg, opts, **kwargs)
     rows = [Row("ceiling", f"bare train steps, random tensors ({name}{fused})", value, "img/s", note=cores_note(cores))]
-    decay = _ema_decay(cfg)
-    if decay is not None:
+    ema = ema_callback_config(cfg)
+    if ema is not None:
+        decay = float(ema.get("decay", 0.998))
         average = AveragedModel(net, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
         update = functools.partial(average.update_parameters, net)
         value, cores = _configured_rate(net, batch, cfg, opts, after_step=update, **kwargs)

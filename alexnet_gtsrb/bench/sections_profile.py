@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from alexnet_gtsrb.bench.options import Row
+from alexnet_gtsrb.bench.sections_compute import ema_callback_config
 from alexnet_gtsrb.bench.sections_data import fit_batches
 from alexnet_gtsrb.data.io import decode_rgb, roi_crop
 
@@ -33,8 +34,8 @@ _STEP_PARTS = ("optimizer_step", "training_step", "backward")
 
 def _fit(cfg: DictConfig, dm: Any, batches: int, callbacks: list, profiler: Any = None) -> None:
     """:func:`fit_batches` with the configured EMA callback too (its update is part of every step)."""
-    ema = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if "EMAWeights" in str(c.get("_target_"))]
-    fit_batches(cfg, dm, batches, [*ema, *callbacks], profiler)
+    ema = ema_callback_config(cfg)
+    fit_batches(cfg, dm, batches, [*([instantiate(ema)] if ema is not None else []), *callbacks], profiler)
 
 
 def _hook_rows(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
@@ -44,13 +45,13 @@ def _hook_rows(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
     profiler = SimpleProfiler()
     _fit(cfg, dm, warmup + steps, [], profiler)
     per_batch = profiler.recorded_durations
-    step_ms = _per_batch_ms(per_batch.get("run_training_batch", []), warmup)
+    step_ms = _timed_ms_per_batch(per_batch.get("run_training_batch", []), warmup, steps)
     rows = []
     keep = []
     for action, durations in per_batch.items():
         if len(durations) < warmup + steps or action.startswith("run_training_epoch"):
             continue  # once-per-fit actions, and the epoch that holds everything
-        ms = _per_batch_ms(durations[-steps * (len(durations) // (warmup + steps)) :], 0)
+        ms = _timed_ms_per_batch(durations, warmup, steps)
         if ms is not None and ms >= 0.5:
             keep.append((ms, action))
     hooks = {a: m for m, a in keep}
@@ -66,9 +67,10 @@ def _hook_rows(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
     return rows
 
 
-def _per_batch_ms(durations: list[float], skip: int) -> float | None:
-    timed = durations[skip:]
-    return 1000.0 * sum(timed) / len(timed) if timed else None
+def _timed_ms_per_batch(durations: list[float], warmup: int, steps: int) -> float | None:
+    """Milliseconds per timed batch of an action recorded ``k`` times per batch: its last ``k * steps`` calls."""
+    calls = len(durations) // (warmup + steps)
+    return 1000.0 * sum(durations[-calls * steps :]) / steps if calls else None
 
 
 def _op_rows(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
