@@ -3,7 +3,8 @@
 Evaluates a trained checkpoint on the official GTSRB test images and writes a report into the run folder
 (``${paths.output_dir}``): ``metrics.json``, ``per_class.csv`` / ``per_class.md`` (worst classes first),
 ``confusion_matrix.png`` (row-normalised, 43x43), ``misclassified.png`` (up to 64 errors with true/predicted
-names) and TensorBoard scalars/images under ``tensorboard/``.
+names), ``misclassified.csv`` (every error: file, true and predicted class, confidence; the rows to compare
+two checkpoints image by image) and TensorBoard scalars/images under ``tensorboard/``.
 
 Why a separate entry point: training tests once with the best checkpoint; this re-evaluates any checkpoint
 later, with per-class numbers and pictures, without re-training. The evaluation pipeline (image size, preset,
@@ -16,6 +17,7 @@ augmentation and per-class tables in :mod:`alexnet_gtsrb.evaluation`, figures in
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import sys
@@ -29,6 +31,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from alexnet_gtsrb.checkpoints import resolve_ckpt_path
+from alexnet_gtsrb.data.classes import class_name
+from alexnet_gtsrb.data.dataset import GTSRBDataset
 from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation.per_class import SCORES, class_metrics, per_class_rows, write_per_class
 from alexnet_gtsrb.evaluation.tta import TTA_CROPS, tta_probabilities, tta_transform
@@ -75,10 +79,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     num_classes = int(model.hparams.num_classes)
     metrics_all = class_metrics(num_classes, device)
     wrong: list[tuple[np.ndarray, int, int, float]] = []
+    error_rows: list[dict[str, Any]] = []
     skipped = 0
     loader = datamodule.test_dataloader()
+    test_set, start = datamodule.test_set, 0
     for images, labels, n_skipped in tqdm(loader, desc="evaluate", unit="batch", disable=None, file=sys.stderr):
         skipped += int(n_skipped)
+        indices = _kept_indices(test_set, start, len(labels) + int(n_skipped), int(n_skipped))
+        start += len(labels) + int(n_skipped)
         if labels.numel() == 0:
             continue
         images, labels = images.to(device), labels.to(device)
@@ -86,8 +94,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics_all.update(probs, labels)
         conf, pred = probs.max(dim=-1)
         for i in torch.nonzero(pred != labels).flatten().tolist():
+            true, guess, confidence = int(labels[i]), int(pred[i]), float(conf[i])
             if len(wrong) < MAX_MISCLASSIFIED:
-                wrong.append((images[i].cpu().numpy(), int(labels[i]), int(pred[i]), float(conf[i])))
+                wrong.append((images[i].cpu().numpy(), true, guess, confidence))
+            path = test_set.records[indices[i]].path
+            error_rows.append(_error_row(path, datamodule.index.root, true, guess, confidence))
 
     scores = {k: v.cpu() for k, v in metrics_all.compute().items()}
     cm = scores["confmat"]
@@ -103,6 +114,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_per_class(rows, out_dir, macro)
     save_figure(confusion_figure(cm), out_dir / "confusion_matrix.png")
     save_figure(misclassified_figure(wrong, MAX_MISCLASSIFIED), out_dir / "misclassified.png")
+    _write_errors(error_rows, out_dir / "misclassified.csv")
     metrics = {
         "test/acc": correct / total,
         "test/acc_torchmetrics": acc,
@@ -127,6 +139,33 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print_rank_zero(line)
     print_rank_zero(f"report: {out_dir}")
     return metrics
+
+
+def _kept_indices(dataset: GTSRBDataset, start: int, count: int, skipped: int) -> list[int]:
+    """Dataset indices of the images in one test batch: the unshuffled loader's ``count`` items from ``start``
+    less those it skipped as unreadable (found by reading them again; only a batch with a skip pays that)."""
+    span = range(start, start + count)
+    return list(span) if not skipped else [i for i in span if dataset[i] is not None]
+
+
+def _error_row(path: str, root: Path, true: int, guess: int, confidence: float) -> dict[str, Any]:
+    """One misclassified.csv row: the file relative to the data folder, true and predicted class, confidence."""
+    file = Path(path)
+    return {
+        "file": file.relative_to(root).as_posix() if file.is_relative_to(root) else file.as_posix(),
+        "true_id": true,
+        "true_name": class_name(true),
+        "pred_id": guess,
+        "pred_name": class_name(guess),
+        "confidence": f"{confidence:.4f}",
+    }
+
+
+def _write_errors(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "true_id", "true_name", "pred_id", "pred_name", "confidence"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _log_scalars(cfg: DictConfig, scalars: dict[str, float], cm: torch.Tensor, rows: list[dict[str, Any]]) -> None:

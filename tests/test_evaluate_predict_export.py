@@ -123,6 +123,42 @@ def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
     assert any(t.startswith("test_class_recall/") for t in tags)
 
 
+def _gt_labels(root: Path) -> dict[str, int]:
+    """{file name: ClassId} straight from the official test CSV (semicolon-separated)."""
+    with open(root / "GTSRB" / "Final_Test" / "Images" / "GT-final_test.csv", newline="") as f:
+        return {row["Filename"]: int(row["ClassId"]) for row in csv.DictReader(f, delimiter=";")}
+
+
+@pytest.mark.slow
+def test_misclassified_csv_names_each_error_even_after_a_skipped_image(tiny_ckpt, synthetic_copy, tmp_path):
+    """misclassified.csv lists every error once, with the file the loader really read: a test image that turns
+    unreadable after indexing (skipped, not verified up front) must not shift the names of the images after it."""
+    from alexnet_gtsrb.data.classes import class_name
+
+    images = _test_images(synthetic_copy)
+    images[5].write_bytes(b"P6\n999 999\n255\n" + b"\0" * 10)  # corrupt, inside the first batch
+    run_dir = tmp_path / "eval_skip"
+    args = [f"ckpt_path={tiny_ckpt}", f"data.data_dir={synthetic_copy}", f"hydra.run.dir={run_dir}", "logger=none"]
+    proc = run_module("evaluate", [*args, "data.verify=false", "data.on_bad_image=skip", "data.batch_size=16"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["skipped_images"] == 1 and metrics["num_images"] == len(images) - 1
+    with open(run_dir / "misclassified.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == metrics["num_images"] - metrics["correct"] > 10  # an untrained net: many errors
+    files = [r["file"] for r in rows]
+    assert len(set(files)) == len(files) and images[5].name not in {Path(x).name for x in files}
+    truth = _gt_labels(synthetic_copy)
+    for r in rows:
+        assert (synthetic_copy / r["file"]).is_file()
+        assert int(r["true_id"]) == truth[Path(r["file"]).name]  # the label of that very file
+        assert int(r["pred_id"]) != int(r["true_id"]) and r["pred_name"] == class_name(int(r["pred_id"]))
+        assert 0.0 < float(r["confidence"]) <= 1.0
+    per_class = {int(r["class_id"]): int(r["support"]) - int(r["correct"]) for r in metrics["per_class"]}
+    for class_id, errors in per_class.items():
+        assert sum(int(r["true_id"]) == class_id for r in rows) == errors
+
+
 @pytest.mark.slow
 def test_evaluate_tta(tiny_ckpt, synthetic_root, tmp_path):
     run_dir = tmp_path / "eval_tta"
