@@ -144,6 +144,21 @@ def test_cpu_fast_averages_weights_and_balances_classes(compose_cfg):
     assert cfg.data.class_balance == 0.5
 
 
+def test_cpu_long_is_cpu_fast_trained_longer(compose_cfg):
+    """The two budget points of README "Results" differ only in length (and the run's name), so the table
+    compares training time, not recipes."""
+    from omegaconf import OmegaConf
+
+    fast = OmegaConf.to_container(compose_cfg(["experiment=cpu_fast"]), resolve=False)
+    long = OmegaConf.to_container(compose_cfg(["experiment=cpu_long"]), resolve=False)
+    assert isinstance(fast, dict) and isinstance(long, dict)
+    assert (fast["trainer"]["max_epochs"], long["trainer"]["max_epochs"]) == (13, 27)
+    assert long["task_name"] == "cpu_long" and fast["task_name"] == "cpu_fast"
+    for cfg in (fast, long):
+        del cfg["trainer"]["max_epochs"], cfg["task_name"], cfg["tags"]
+    assert fast == long
+
+
 def test_cpu_fast_runs_the_fast_input_path_and_fused_adamw(compose_cfg):
     """Issue 17's design: cached deterministic pre-processing, batch augmentation in the training process, no
     loader workers, batch 128, one fused AdamW kernel per step."""
