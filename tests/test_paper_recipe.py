@@ -66,6 +66,11 @@ def test_paper_experiment_flips_label_aware_and_tests_on_ten_views(compose_cfg):
     cfg = compose_cfg(["experiment=paper"])
     assert cfg.data.flip_remap is True and cfg.test_views == 10
     assert cfg.data.augment.pca == "dataset" and cfg.data.augment.pca_alpha == 0.1
+    # the paper's input (section 2): 0-255 pixels minus a mean, not divided by a standard deviation. mean/std are
+    # in [0, 1] units, applied as (x - 255 mean) / (255 std); the model (hence its checkpoints) keeps the same
+    assert [255 * s for s in cfg.data.std] == pytest.approx([1.0, 1.0, 1.0], abs=1e-12)
+    assert list(cfg.data.mean) == [0.485, 0.456, 0.406]  # torchvision's ImageNet mean
+    assert list(cfg.model.mean) == list(cfg.data.mean) and list(cfg.model.std) == list(cfg.data.std)
 
 
 def test_sample_grid_logs_a_flipped_mirror_pair_image_with_the_swapped_label(synthetic_root, monkeypatch):

@@ -117,7 +117,7 @@ def _stage_rows(cfg: DictConfig, dm: Any) -> list[Row]:
     rng = np.random.default_rng(0)
     records = [ds.records[i] for i in rng.choice(len(ds), size=n, replace=False)]
     preset = dm.augment.get("preset", "none")
-    ops = build_transform(preset, int(cfg.data.image_size), train=True, params=dm.augment, pca=dm.pca).transforms
+    ops = build_transform(preset, int(cfg.data.image_size), train=True, params=dm.augment).transforms
     spent: dict[str, float] = {"decode": 0.0, "ROI crop": 0.0}
     for op in ops:
         spent.setdefault(type(op).__name__, 0.0)

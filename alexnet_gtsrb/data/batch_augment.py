@@ -1,13 +1,19 @@
-"""The ``gtsrb`` preset's random augmentation applied to whole batches (``data.augment.on_device=true``).
+"""Random augmentation applied to whole batches after the transfer to the device.
 
-Why: per item, albumentations spends most of its time in per-call overhead on 67 px images, and DataLoader
-workers doing that work take CPU time from the training step on a 2-core machine (README "Performance").
+:class:`PCANoise` is the paper preset's PCA colour noise (``augment.pca=dataset``), added to the float batch
+so that shifts far below one grey level survive (in uint8 they would be rounded away). :class:`BatchAugment`
+is the ``gtsrb`` preset's random augmentation (``data.augment.on_device=true``).
+
+Why ``BatchAugment``: per item, albumentations spends most of its time in per-call overhead on 67 px images,
+and DataLoader workers doing that work take CPU time from the training step on a 2-core machine (README
+"Performance").
 Here the same distributions are drawn per image but applied with a handful of batched tensor operations in
 ``GTSRBDataModule.on_after_batch_transfer``, on the training device (a GPU does it nearly for free). The
 workers, or the main process with ``num_workers=0``, then only read the deterministic, cached pre-processing
 (decode, ROI crop, CLAHE, resize: ``data.cache=true``).
 
-Per image, as the ``gtsrb`` preset (:func:`alexnet_gtsrb.data.transforms.build_transform`) does per item:
+``BatchAugment`` draws per image, as the ``gtsrb`` preset (:func:`alexnet_gtsrb.data.transforms.build_transform`)
+does per item:
 
 - with probability ``affine_p``: scale ``U(1 - scale, 1 + scale)``, rotation ``U(-rotate, rotate)`` degrees and
   translation ``U(-shift, shift)`` of the image size per axis, bilinear, edge pixels replicated;
@@ -25,11 +31,52 @@ Random numbers come from torch's generator on the batch's device, which ``seed_e
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+
+class PCANoise:
+    """Krizhevsky et al. 2012, section 4.1, on a float batch: to every pixel of image ``b`` add
+    ``[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T`` with ``p_i``/``l_i`` the eigenvectors/eigenvalues of the training
+    set's RGB covariance (pixels in [0, 1], :mod:`alexnet_gtsrb.data.pca`) and ``a_i ~ N(0, sigma)`` drawn once
+    per image (sigma 0.1 in the paper). The shift is ``255 *`` that, in the batch's 0-255 units.
+
+    The sum is not rounded and not clipped: the paper adds the noise to the network's (mean-subtracted) input,
+    and the second and third GTSRB components shift pixels by well under one grey level. The draws come from
+    torch's generator on the batch's device, which ``seed_everything`` seeds.
+    """
+
+    def __init__(self, eigenvalues: Sequence[float], eigenvectors: Sequence[Sequence[float]], sigma: float = 0.1):
+        self.eigenvalues = tuple(float(v) for v in eigenvalues)
+        self.eigenvectors = tuple(tuple(float(v) for v in row) for row in eigenvectors)  # row i is p_i
+        self.sigma = float(sigma)
+        if len(self.eigenvalues) != 3 or len(self.eigenvectors) != 3 or any(len(r) != 3 for r in self.eigenvectors):
+            raise ValueError("PCA colour noise needs 3 eigenvalues and 3 RGB eigenvectors")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eigenvalues={self.eigenvalues}, sigma={self.sigma})"
+
+    def draw(self, n: int, device: torch.device) -> torch.Tensor:
+        """``(n, 3)`` draws ``a_i ~ N(0, sigma)``, one row per image."""
+        return torch.randn(n, 3, device=device) * self.sigma
+
+    def shifts(self, alphas: torch.Tensor) -> torch.Tensor:
+        """``(n, 3)`` RGB shifts in 0-255 units for draws ``alphas`` ``(n, 3)``: ``255 * sum_i a_i l_i p_i``."""
+        vals = torch.tensor(self.eigenvalues, device=alphas.device, dtype=torch.float32)
+        vecs = torch.tensor(self.eigenvectors, device=alphas.device, dtype=torch.float32)
+        return 255.0 * (alphas.float() * vals) @ vecs
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """float ``(B, 3, H, W)`` in 0-255 units -> the same batch with one colour shift per image (a new tensor)."""
+        if not images.is_floating_point() or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) float batch, got {tuple(images.shape)} {images.dtype}")
+        shift = self.shifts(self.draw(images.shape[0], images.device)).to(images.dtype)
+        return images + shift.view(-1, 3, 1, 1)
+
 
 # the per-item pipeline's fixed constants (alexnet_gtsrb/data/transforms.py, preset gtsrb)
 BRIGHTNESS_CONTRAST_P = 0.5

@@ -20,7 +20,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from alexnet_gtsrb.data.batch_augment import BatchAugment
+from alexnet_gtsrb.data.batch_augment import BatchAugment, PCANoise
 from alexnet_gtsrb.data.cache import ImageCache, cache_fit, cache_image_size, open_or_build
 from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipping_bad
 from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
@@ -41,7 +41,6 @@ from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 log = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 TEST_VIEWS = (1, 10)  # the test after training: the centre view, or the paper's 10 views (5 crops x flips)
-_NO_PCA = RGBPCA((0.0, 0.0, 0.0), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), (0.0, 0.0, 0.0), 0, 0)
 
 
 def worker_init(worker_id: int, rank: int = 0) -> None:
@@ -164,9 +163,9 @@ class GTSRBDataModule(LightningDataModule):
         self.caches: dict[str, ImageCache] = {}
         self.pca: RGBPCA | None = None  # the paper preset's training-set colour statistics, set in setup()
         self.pca_file: Path | None = None
+        self.pca_noise: PCANoise | None = None  # their colour noise, added to training batches on the device
         self.test_views = 1
-        # Fail on a bad preset now, not in a worker (the PCA statistics are not known yet: a stand-in).
-        build_transform(preset, image_size, train=True, params=self.augment, pca=_NO_PCA)
+        build_transform(preset, image_size, train=True, params=self.augment)  # a bad preset fails now, not in a worker
 
     # -- data on disk -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -240,7 +239,7 @@ class GTSRBDataModule(LightningDataModule):
         train_cache, test_cache = self.caches.get("train"), self.caches.get("test")
         # the training-set colour statistics only where the training pipeline is used (not validate/test)
         tf_params = self._transform_params()
-        if preset == "paper" and self.augment.get("pca", "dataset") == "dataset" and stage in (None, "fit"):
+        if self._dataset_pca() and stage in (None, "fit"):
             self._training_set_pca(
                 train,
                 GTSRBDataset(train, A.Compose(paper_base(hp.image_size, tf_params)), cache=train_cache, **common),
@@ -250,7 +249,7 @@ class GTSRBDataModule(LightningDataModule):
         if self.batch_augment:
             train_tf = eval_tf
         else:
-            train_tf = build_transform(preset, hp.image_size, train=True, params=tf_params, pca=self.pca or _NO_PCA)
+            train_tf = build_transform(preset, hp.image_size, train=True, params=tf_params)
         if hp.cache and preset != "paper":  # cached rows are the evaluation pipeline's output: nothing left to do
             eval_tf = None
             train_tf = None if self.batch_augment else train_tf
@@ -295,6 +294,8 @@ class GTSRBDataModule(LightningDataModule):
         pca_dir = Path(hp.cache_dir) / "pca" if hp.cache_dir else None
         self.pca, self.pca_file = cached_rgb_pca(root, "train", settings, paths, images, cache_dir=pca_dir)
         stats = self.pca
+        sigma = float(self.augment.get("pca_alpha", 0.1))
+        self.pca_noise = PCANoise(stats.eigenvalues, stats.eigenvectors, sigma=sigma)
         log.info(
             "PCA colour statistics of the training split (%d images, pixels in [0, 1]; %s): eigenvalues %s, "
             "eigenvectors (rows) %s",
@@ -312,6 +313,10 @@ class GTSRBDataModule(LightningDataModule):
             out_dir = Path(str(trainer.default_root_dir))
             if out_dir.is_dir():
                 (out_dir / "pca.json").write_text(json.dumps(stats.to_json(), indent=2) + "\n")
+
+    def _dataset_pca(self) -> bool:
+        """The paper preset with the paper's PCA colour noise (the training split's statistics)."""
+        return self.augment.get("preset") == "paper" and self.augment.get("pca", "dataset") == "dataset"
 
     def use_test_views(self, views: int) -> None:
         """``1``: the evaluation pipeline; ``10``: the paper's enlarged image (shorter side to 256/227 of the
@@ -387,14 +392,24 @@ class GTSRBDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 (B, H, W, 3) on the device -> normalised float (B, 3, H, W); labels and skip count pass.
 
-        With ``data.augment.on_device`` a training batch is augmented here first (:mod:`.batch_augment`)."""
+        A training batch is augmented here first with ``data.augment.on_device`` (the gtsrb preset) and gets
+        the paper's PCA colour noise with ``augment.pca=dataset`` (the paper preset), both in float
+        (:mod:`.batch_augment`)."""
         images, labels, skipped = batch
         if images.numel() == 0:
             return images.float(), labels, skipped
         hp = self.hparams
         trainer = self.trainer
-        if self.batch_augment is not None and trainer is not None and trainer.training:
+        training = trainer is not None and trainer.training
+        if training and self.batch_augment is not None:
             images = normalize_float255(self.batch_augment.floats(images), hp.mean, hp.std, hp.channels_last)
+        elif training and self._dataset_pca():
+            if self.pca_noise is None:
+                raise RuntimeError(
+                    "augment.pca=dataset: training needs setup('fit'), which computes the PCA statistics."
+                )
+            floats = self.pca_noise(images.permute(0, 3, 1, 2).float())
+            images = normalize_float255(floats, hp.mean, hp.std, hp.channels_last)
         else:
             images = normalize_uint8(images, hp.mean, hp.std, hp.channels_last)
         return images, labels, skipped

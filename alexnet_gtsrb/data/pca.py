@@ -2,7 +2,7 @@
 
 Krizhevsky et al. (2012), section 4.1: "We perform PCA on the set of RGB pixel values throughout the ImageNet
 training set" and add ``[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T`` to every pixel of a training image, ``a_i ~ N(0,
-0.1)`` drawn once per image (see :class:`alexnet_gtsrb.data.transforms.PaperPCANoise`). Here the pixels are
+0.1)`` drawn once per image (see :class:`alexnet_gtsrb.data.batch_augment.PCANoise`). Here the pixels are
 those the network's crops are cut from (decoded, ROI-cropped if enabled, shorter side resized and centre
 cropped), scaled to [0, 1]; the covariance is the population one (divided by N), accumulated in float64 as
 running sums of x and x x^T, one image at a time (memory does not grow with the data set).

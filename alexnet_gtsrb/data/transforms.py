@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
-from alexnet_gtsrb.data.pca import RGBPCA
 from alexnet_gtsrb.errors import ConfigError
 
 PRESETS = ("none", "gtsrb", "paper")
@@ -61,71 +60,27 @@ def paper_big(image_size: int) -> int:
     return round(int(image_size) * 256 / 227)
 
 
-def _pca_noise(params: Mapping[str, Any], pca: RGBPCA | None) -> A.BasicTransform:
-    """The paper's PCA colour noise with the training set's statistics (``augment.pca=dataset``, needs ``pca``)
-    or albumentations' per-image FancyPCA (``augment.pca=per_image``)."""
+def _pca_noise(params: Mapping[str, Any]) -> list[A.BasicTransform]:
+    """The per-item colour-noise step of the paper preset's training pipeline: albumentations' FancyPCA for
+    ``augment.pca=per_image``; none for ``augment.pca=dataset``, whose noise (the paper's, with the training
+    set's statistics) is added to the float batch on the device (:class:`alexnet_gtsrb.data.batch_augment.PCANoise`,
+    applied by the DataModule), where shifts below one grey level are not rounded away."""
     mode = params.get("pca", "dataset")
-    sigma = float(params.get("pca_alpha", 0.1))
-    if mode == "per_image":
-        return A.FancyPCA(alpha=sigma, p=1.0)
-    if mode != "dataset":
+    if mode not in PCA_MODES:
         raise ConfigError(f"augment.pca={mode!r}; allowed: {', '.join(PCA_MODES)}.")
-    if pca is None:  # checked by the DataModule before a loader exists; a caller without statistics gets this
-        raise ConfigError("augment.pca=dataset needs the training set's PCA statistics (the DataModule computes them).")
-    return PaperPCANoise(pca.eigenvalues, pca.eigenvectors, sigma=sigma)
+    if mode == "per_image":
+        return [A.FancyPCA(alpha=float(params.get("pca_alpha", 0.1)), p=1.0)]
+    return []
 
 
-class PaperPCANoise(A.ImageOnlyTransform):
-    """Krizhevsky et al. 2012, section 4.1: add ``[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T`` to every pixel, with
-    ``p_i``/``l_i`` the eigenvectors/eigenvalues of the training set's RGB covariance (pixels in [0, 1], see
-    :mod:`alexnet_gtsrb.data.pca`) and ``a_i ~ N(0, sigma)`` drawn once per image (sigma 0.1 in the paper).
-
-    The shift is computed in [0, 1] units and applied to the uint8 image as ``255 * shift``, rounded and
-    clipped. Random draws come from albumentations' per-transform generator, which the dataset seeds per
-    worker (reproducible under ``seed_everything(workers=True)``). Plain floats only: pickles into workers.
-    """
-
-    def __init__(
-        self,
-        eigenvalues: Sequence[float],
-        eigenvectors: Sequence[Sequence[float]],
-        sigma: float = 0.1,
-        p: float = 1.0,
-    ) -> None:
-        super().__init__(p=p)
-        self.eigenvalues = tuple(float(v) for v in eigenvalues)
-        self.eigenvectors = tuple(tuple(float(v) for v in row) for row in eigenvectors)
-        self.sigma = float(sigma)
-
-    def shift(self, alphas: np.ndarray) -> np.ndarray:
-        """The RGB shift in [0, 1] units for draws ``alphas``: ``sum_i p_i * a_i * l_i``."""
-        vecs = np.asarray(self.eigenvectors, dtype=np.float64)  # row i is p_i
-        return (np.asarray(alphas, dtype=np.float64) * np.asarray(self.eigenvalues)) @ vecs
-
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        return {"alphas": self.random_generator.normal(0.0, self.sigma, 3)}
-
-    def apply(self, img: np.ndarray, alphas: np.ndarray, **params: Any) -> np.ndarray:
-        out = img.astype(np.float32) + (255.0 * self.shift(alphas)).astype(np.float32)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("eigenvalues", "eigenvectors", "sigma")
-
-
-def build_transform(
-    preset: str,
-    image_size: int,
-    train: bool,
-    params: Mapping[str, Any] | None = None,
-    pca: RGBPCA | None = None,
-) -> A.Compose:
+def build_transform(preset: str, image_size: int, train: bool, params: Mapping[str, Any] | None = None) -> A.Compose:
     """An albumentations pipeline for a preset; uint8 RGB HxWx3 in, uint8 ``image_size``^2 out.
 
     ``none``: resize. ``gtsrb``: optional CLAHE, small affine, brightness/contrast, blur or noise, then
     one resize (augmenting at the small native size is cheaper than at 227 px). ``paper``: shorter side to
-    256/227 of the size and centre crop to a square (:func:`paper_base`), then for training a random crop and
-    the paper's PCA colour noise (``pca``: the training set's statistics), otherwise the centre crop.
+    256/227 of the size and centre crop to a square (:func:`paper_base`), then for training a random crop (and
+    FancyPCA with ``augment.pca=per_image``; the paper's own PCA noise is added on the device), otherwise the
+    centre crop.
     No preset flips blindly: see ``flip_remap`` for the label-aware flip.
     """
     p = dict(params or {})
@@ -159,7 +114,7 @@ def build_transform(
     elif preset == "paper":
         ops = paper_base(s, p)
         if train:
-            ops += [A.RandomCrop(s, s), _pca_noise(p, pca)]
+            ops += [A.RandomCrop(s, s), *_pca_noise(p)]
         else:
             ops += [A.CenterCrop(s, s)]
     else:
