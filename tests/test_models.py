@@ -196,21 +196,123 @@ def test_seed_matches_keras_summary_numbers():
     assert not any(isinstance(m, (LRN, nn.LocalResponseNorm)) for m in net.modules())
 
 
-def test_seed_layer_shapes_at_150_px():
-    net = AlexNet(variant="seed", num_classes=10, image_size=150, conv_dropout=0.5, **SEED)
-    assert leaf_shapes(net, 150, nn.Conv2d)[0] == (96, 35, 35)
-    assert leaf_shapes(net, 150, nn.MaxPool2d) == [(96, 17, 17), (256, 8, 8), (256, 3, 3)]
-    assert leaf_shapes(net, 150, nn.Flatten) == [(2304,)]
-    f = list(net.features)
-    for i, m in enumerate(f):  # blocks: Conv -> ReLU -> BN [-> MaxPool -> Dropout]
-        if isinstance(m, nn.Conv2d):
-            assert isinstance(f[i + 1], nn.ReLU) and isinstance(f[i + 2], nn.BatchNorm2d)
-        if isinstance(m, nn.MaxPool2d):
-            assert isinstance(f[i - 1], nn.BatchNorm2d) and isinstance(f[i + 1], nn.Dropout) and f[i + 1].p == 0.5
-    # Every size that gives the summary's 35x35 conv1 map also gives flatten 2304.
-    for size in (147, 148, 149, 150):
-        assert meta(variant="seed", num_classes=10, image_size=size, **SEED).flat_features == 2304
-    assert meta(variant="seed", num_classes=10, image_size=146, **SEED).flat_features == 2304  # conv1 34x34
+# The origin script's printed ``model.summary()`` (shared/seed/000_59f6773c13431102.txt), transcribed row by row:
+# (Keras layer type, output shape (H, W, C) or (units,), Param #). 26 layers, dropout_1 ... dropout_7.
+KERAS_SUMMARY = [
+    ("Conv2D", (35, 35, 96), 34944),  # conv2d_1
+    ("BatchNormalization", (35, 35, 96), 384),
+    ("MaxPooling2D", (17, 17, 96), 0),
+    ("Dropout", (17, 17, 96), 0),  # dropout_1
+    ("Conv2D", (17, 17, 256), 614656),  # conv2d_2
+    ("BatchNormalization", (17, 17, 256), 1024),
+    ("MaxPooling2D", (8, 8, 256), 0),
+    ("Dropout", (8, 8, 256), 0),  # dropout_2
+    ("Conv2D", (8, 8, 384), 885120),  # conv2d_3
+    ("BatchNormalization", (8, 8, 384), 1536),
+    ("Dropout", (8, 8, 384), 0),  # dropout_3
+    ("Conv2D", (8, 8, 384), 1327488),  # conv2d_4
+    ("BatchNormalization", (8, 8, 384), 1536),
+    ("Dropout", (8, 8, 384), 0),  # dropout_4
+    ("Conv2D", (8, 8, 256), 884992),  # conv2d_5
+    ("BatchNormalization", (8, 8, 256), 1024),
+    ("MaxPooling2D", (3, 3, 256), 0),
+    ("Dropout", (3, 3, 256), 0),  # dropout_5
+    ("Flatten", (2304,), 0),
+    ("Dense", (4096,), 9441280),  # dense_1
+    ("BatchNormalization", (4096,), 16384),
+    ("Dropout", (4096,), 0),  # dropout_6
+    ("Dense", (4096,), 16781312),  # dense_2
+    ("BatchNormalization", (4096,), 16384),
+    ("Dropout", (4096,), 0),  # dropout_7
+    ("Dense", (10,), 40970),  # dense_3, softmax
+]
+KERAS_TOTALS = (30_049_034, 30_029_898, 19_136)  # "Total params", "Trainable params", "Non-trainable params"
+
+
+def _torch_layers_for(keras_type: str, shape: tuple[int, ...], last: bool) -> list[str]:
+    """The torch modules one Keras layer of the script becomes: ``Conv2D(activation='relu')`` and
+    ``Dense(activation='relu')`` are the layer then ReLU; the final Dense's softmax is left to the loss."""
+    if keras_type == "Conv2D":
+        return ["Conv2d", "ReLU"]
+    if keras_type == "Dense":
+        return ["Linear"] if last else ["Linear", "ReLU"]
+    if keras_type == "BatchNormalization":
+        return ["BatchNorm2d" if len(shape) == 3 else "BatchNorm1d"]
+    return {"MaxPooling2D": ["MaxPool2d"], "Dropout": ["Dropout"], "Flatten": ["Flatten"]}[keras_type]
+
+
+def _leaf_calls(net: nn.Module, image_size: int) -> list[tuple[str, tuple[int, ...], int, nn.Module]]:
+    """(type, output shape without batch, Keras-style parameter count, module) of every leaf module in call
+    order; Keras counts BatchNorm's moving mean and variance as (non-trainable) parameters."""
+    calls: list[tuple[str, tuple[int, ...], int, nn.Module]] = []
+
+    def record(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        own += sum(b.numel() for k, b in module.named_buffers(recurse=False) if k.startswith("running_"))
+        calls.append((type(module).__name__, tuple(output.shape[1:]), own, module))
+
+    hooks = [m.register_forward_hook(record) for m in net.modules() if next(m.children(), None) is None]
+    try:
+        net.eval()(torch.zeros(2, 3, image_size, image_size, device=next(net.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _seed_from_config(compose_cfg, image_size: int) -> AlexNet:
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(["model=alexnet_seed", f"data.image_size={image_size}", "data.num_classes=10"])
+    with torch.device("meta"):
+        net = instantiate(cfg.model.net)
+    assert isinstance(net, AlexNet)
+    return net
+
+
+@pytest.mark.parametrize("image_size", [147, 150])  # conv1 35x35 as printed: (147..150 - 11) // 4 + 1 = 35
+def test_seed_is_the_origin_scripts_printed_summary(compose_cfg, image_size):
+    """model=alexnet_seed, layer by layer, is the origin script's summary: types, output shapes, parameters."""
+    net = _seed_from_config(compose_cfg, image_size)
+    calls = [c for c in _leaf_calls(net, image_size) if c[0] != "Identity"]
+    last = len(KERAS_SUMMARY) - 1
+    expansions = [_torch_layers_for(k, shape, i == last) for i, (k, shape, _) in enumerate(KERAS_SUMMARY)]
+    assert [c[0] for c in calls] == [t for types in expansions for t in types]
+    pos = 0
+    for (keras_type, shape, params), types in zip(KERAS_SUMMARY, expansions, strict=True):
+        group, pos = calls[pos : pos + len(types)], pos + len(types)
+        chw = (shape[2], shape[0], shape[1]) if len(shape) == 3 else shape
+        assert group[-1][1] == chw, (pos, keras_type, group[-1][1], chw)
+        assert sum(c[2] for c in group) == params, (pos, keras_type)
+        if keras_type == "Dropout":
+            assert group[0][3].p == 0.5  # Dropout(0.5) everywhere in the script
+    total, trainable, non_trainable = KERAS_TOTALS
+    assert sum(c[2] for c in calls) == total == trainable + non_trainable
+    assert n_params(net) == trainable and n_bn_stats(net) == non_trainable
+
+
+def test_model_alexnet_seed_alone_carries_the_keras_init(compose_cfg):
+    """The Keras defaults the script ran under come with the model config, not only with experiment=baseline:
+    Conv2D/Dense kernel_initializer="glorot_uniform" (U(-l, l), l = sqrt(6 / (fan_in + fan_out)), Glorot &
+    Bengio 2010), bias_initializer="zeros"; BatchNormalization(momentum=0.99, epsilon=1e-3), i.e. torch
+    momentum 1 - 0.99."""
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(["model=alexnet_seed", "data.image_size=67"])  # small FC6: quick to initialise
+    torch.manual_seed(0)
+    net = instantiate(cfg.model.net)
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 8
+    for m in layers:
+        w = m.weight.detach()
+        receptive = w[0, 0].numel() if w.ndim == 4 else 1
+        fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        assert 0.95 * limit < w.abs().max().item() <= limit, m
+        assert abs(w.std().item() / (limit / math.sqrt(3.0)) - 1) < 0.05, m  # uniform: std = limit / sqrt(3)
+        assert torch.all(m.bias == 0), m
+    bns = [m for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert len(bns) == 7 and all(m.eps == 1e-3 and abs(m.momentum - (1 - 0.99)) < 1e-12 for m in bns)
 
 
 def test_seed_at_227_px_43_classes():
@@ -436,3 +538,40 @@ def test_a_checkpoint_of_the_old_paper_classifier_order_is_renamed_to_the_new_on
     assert all(upgraded[k] is new[k] for k in new)
     same, renamed_again = upgrade_paper_classifier(new)
     assert not renamed_again and same.keys() == new.keys()
+
+
+def _old_seed_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A seed state_dict renamed to the layout without the conv3/conv4 dropouts: conv4, BN4, conv5, BN5 at
+    features.13/15/16/18 instead of 14/16/18/20."""
+    new_to_old = {14: 13, 16: 15, 18: 16, 20: 18}
+    out = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if parts[1] == "features" and int(parts[2]) in new_to_old:
+            parts[2] = str(new_to_old[int(parts[2])])
+        out[".".join(parts)] = value
+    return out
+
+
+def test_a_seed_checkpoint_without_the_conv3_conv4_dropouts_is_refused_in_one_line(compose_cfg, tmp_path):
+    from hydra.utils import instantiate
+
+    from alexnet_gtsrb.checkpoints import CheckpointError
+    from alexnet_gtsrb.inference import load_classifier
+    from alexnet_gtsrb.models.compat import seed_layout_problem
+
+    cfg = compose_cfg(["model=alexnet_seed", "data.image_size=67"])
+    module = instantiate(cfg.model, _recursive_=False)
+    new = {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+    old = _old_seed_layout(new)
+    assert old.keys() != new.keys() and old["net.features.13.weight"].shape == (384, 384, 3, 3)
+    message = seed_layout_problem(old)
+    assert message is not None and "\n" not in message and "conv3 and conv4" in message
+    assert seed_layout_problem(new) is None
+    paper = {f"net.{k}": v for k, v in meta(image_size=67).state_dict().items()}
+    assert seed_layout_problem(paper) is None
+    path = tmp_path / "old_seed.ckpt"
+    torch.save({"state_dict": old, "hyper_parameters": dict(module.hparams)}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_classifier(str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)

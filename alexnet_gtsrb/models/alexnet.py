@@ -10,9 +10,7 @@ Variants
     FC layers see both towers; ReLU -> LRN(5, alpha=1e-4, beta=0.75, k=2) after conv1 and conv2; overlapping
     MaxPool(3, 2) after both LRNs and after conv5; FC 4096-4096-classes with dropout on the outputs of FC6
     and FC7 (the paper's "first two fully-connected layers"; Caffe's bvlc_alexnet: fc6 relu6 drop6 fc7 relu7
-    drop7 fc8). Classifier indices: FC6 ``classifier.0``, FC7 ``classifier.4``, FC8 ``classifier.8``
-    (before issue 14 the paper variant used torchvision's order with FC6/FC7 at 1/5: such checkpoints no
-    longer load).
+    drop7 fc8). Classifier indices: FC6 ``classifier.0``, FC7 ``classifier.4``, FC8 ``classifier.8``.
     At 227 px: 96x55x55 -> 96x27x27 -> 256x27x27 -> 256x13x13 -> 384x13x13 -> 384x13x13 -> 256x13x13 ->
     256x6x6 = 9216. 1000 classes: 60,965,224 parameters (62,378,344 with groups=1); 43 classes: 57,044,395.
 
@@ -24,28 +22,25 @@ Variants
     (before LRN/pooling) and BatchNorm1d after the FC6 and FC7 ReLUs (before their dropout), as in ``seed``.
     ``conv_dropout > 0`` adds Dropout after each pooled block (after pool1, pool2, pool5).
 
-``seed``  The Keras "AlexNet" blog script this project started from, reconstructed from its printed
-    summary (10 classes: 30,029,898 trainable + 19,136 non-trainable = 30,049,034; conv1 35x35; flatten 2304).
-    Solving those numbers: 19,136 non-trainable = 2 x 9,568 BN channels, and the only subset of BN sites
-    summing to 9,568 is all 5 convs + both Dense(4096) (96+256+384+384+256+4096+4096); a hidden Dense(1000)
-    would overshoot the budget; the remaining 3,745,824 conv weights give kernels 11/5/3/3/3 (the only other
-    integer solutions, 11/3/3/1/5 and 11/3/5/1/3, are not AlexNet-shaped); flatten 2304 = 256x3x3 from a 35x35
-    conv1 map needs overlapping 3x3/2 pools after conv1, conv2, conv5 with 'same' convs (2x2 pools give 4x4).
-    BN-before-pool follows the script's description (the counts cannot tell the two orders apart)::
+``seed``  The model of the Keras "AlexNet" blog script this project started from, layer for layer as its
+    ``Sequential`` (``Conv2D(..., activation='relu')`` is the convolution then ReLU; BatchNormalization follows)::
 
         Conv(96, 11x11, stride 4, valid) ReLU BN MaxPool(3, 2) Dropout
         Conv(256, 5x5, same)             ReLU BN MaxPool(3, 2) Dropout
-        Conv(384, 3x3, same)             ReLU BN
-        Conv(384, 3x3, same)             ReLU BN
+        Conv(384, 3x3, same)             ReLU BN               Dropout
+        Conv(384, 3x3, same)             ReLU BN               Dropout
         Conv(256, 3x3, same)             ReLU BN MaxPool(3, 2) Dropout
         Flatten  Dense(4096) ReLU BN Dropout  Dense(4096) ReLU BN Dropout  Dense(classes)
 
-    The printed summary corresponds to a 147-150 px input (150 -> 35 -> 17 -> 17 -> 8 -> 8 -> 3, flatten
-    256*3*3 = 2304) although the script's text says 227. No groups, no LRN. BatchNorm uses Keras' defaults
-    (eps=1e-3, momentum 0.99 == torch momentum 0.01). ``conv_dropout`` is the conv-block dropout and
-    ``dropout`` the FC dropout (the script used 0.5; set them in the config). The final softmax is left to the
-    loss (the model returns logits). At 227 px and 43 classes (flatten 9216) it has 58,476,651 trainable
-    parameters (weights, biases, BN gamma/beta) plus 19,136 BN running statistics: 58,495,787 Keras-style.
+    Feature indices: conv1-conv5 at 0, 5, 10, 14, 18 (checkpoints of a layout without the conv3/conv4
+    dropouts do not fit). The script's printed ``model.summary()`` (26 layers, dropout_1 ... dropout_7; 10
+    classes: 30,029,898 trainable + 19,136 non-trainable = 30,049,034; conv1 35x35, flatten 2304) is that of
+    a 147-150 px input (150 -> 35 -> 17 -> 17 -> 8 -> 8 -> 3, flatten 256*3*3 = 2304) although the script's
+    text says 227. No groups, no LRN. BatchNorm uses Keras' defaults (eps=1e-3, momentum 0.99 == torch
+    momentum 0.01). ``conv_dropout`` is the conv-block dropout and ``dropout`` the FC dropout (the script used
+    0.5 for both; set them in the config). The final softmax is left to the loss (the model returns logits).
+    At 227 px and 43 classes (flatten 9216) it has 58,476,651 trainable parameters (weights, biases, BN
+    gamma/beta) plus 19,136 BN running statistics: 58,495,787 Keras-style.
 
 ``torchvision``  ``torchvision.models.alexnet`` (the "one weird trick" single-tower layout): convs
     64-192-384-256-256, AdaptiveAvgPool2d(6x6), dropout on the inputs of FC6/FC7 (torchvision's order, kept);
@@ -264,26 +259,29 @@ class AlexNet(nn.Module):
         )
 
     def _seed_features(self, conv_dropout: float) -> nn.Sequential:
+        # The origin script's Sequential: every conv block ends in Dropout, conv3 and conv4 included.
         bn = lambda c: nn.BatchNorm2d(c, **_KERAS_BN)
         drop = lambda: self._maybe(conv_dropout > 0, nn.Dropout, conv_dropout)
         return nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4, padding=0),  # 'valid'
+            nn.Conv2d(3, 96, 11, stride=4, padding=0),  # 0 conv1, 'valid'
             nn.ReLU(inplace=True),
             bn(96),
             nn.MaxPool2d(3, 2),
             drop(),
-            nn.Conv2d(96, 256, 5, padding=2),  # 'same'
+            nn.Conv2d(96, 256, 5, padding=2),  # 5 conv2, 'same'
             nn.ReLU(inplace=True),
             bn(256),
             nn.MaxPool2d(3, 2),
             drop(),
-            nn.Conv2d(256, 384, 3, padding=1),
+            nn.Conv2d(256, 384, 3, padding=1),  # 10 conv3
             nn.ReLU(inplace=True),
             bn(384),
-            nn.Conv2d(384, 384, 3, padding=1),
+            drop(),
+            nn.Conv2d(384, 384, 3, padding=1),  # 14 conv4
             nn.ReLU(inplace=True),
             bn(384),
-            nn.Conv2d(384, 256, 3, padding=1),
+            drop(),
+            nn.Conv2d(384, 256, 3, padding=1),  # 18 conv5
             nn.ReLU(inplace=True),
             bn(256),
             nn.MaxPool2d(3, 2),

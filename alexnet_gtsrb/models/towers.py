@@ -4,7 +4,8 @@ Why: grouped convolution (``AlexNet(variant="paper", groups=2)``) reproduces the
 paper also *placed* the two halves on two GTX 580 GPUs. :class:`AlexNetTowers` is the same network written
 the way it was run, so that ``tower_devices=["cuda:0", "cuda:1"]`` puts one tower on each GPU. It is
 numerically the grouped network: :func:`grouped_to_towers` / :func:`towers_to_grouped` map state_dicts both
-ways, and tests check outputs and gradients agree to 1e-5 (fp32, CPU), LRN and BatchNorm on and off.
+ways, and tests check outputs and gradients agree to 1e-10 (float64, CPU, inputs at the paper's 0-255 scale
+where LRN matters), LRN and BatchNorm on and off, and each LRN stage against torch's LRN over all channels.
 
 Per tower (t = 0, 1), with the cross-tower points marked ``<->``::
 
@@ -91,6 +92,7 @@ class _Tower(nn.Module):
         self.fc7 = nn.Linear(4096, 2048)  # sees both FC6 halves
         self.bn7 = bn1(2048)
         self.relu = nn.ReLU()
+        self.relu5 = nn.ReLU()  # conv5's own: its output is the tower's half of the rectified maps (Grad-CAM)
         self.pool = nn.MaxPool2d(3, 2)
         self.conv_drop: nn.Module = nn.Dropout(conv_dropout) if conv_dropout > 0 else nn.Identity()
         self.drop = nn.Dropout(dropout)
@@ -167,11 +169,15 @@ class AlexNetTowers(nn.Module):
         a = [t.conv_drop(t.pool(y)) for t, y in zip(towers, self._lrn_pair(a, devices), strict=True)]
         a = [t.bn3(t.relu(t.conv3(y))) for t, y in zip(towers, self._both(a, devices), strict=True)]
         a = [t.bn4(t.relu(t.conv4(y))) for t, y in zip(towers, a, strict=True)]
-        a = [t.conv_drop(t.pool(t.bn5(t.relu(t.conv5(y))))).flatten(1) for t, y in zip(towers, a, strict=True)]
+        a = [t.conv_drop(t.pool(t.bn5(t.relu5(t.conv5(y))))).flatten(1) for t, y in zip(towers, a, strict=True)]
         h = [t.drop(t.bn6(t.relu(t.fc6(y)))) for t, y in zip(towers, self._both(a, devices), strict=True)]
         h = [t.drop(t.bn7(t.relu(t.fc7(y)))) for t, y in zip(towers, self._both(h, devices), strict=True)]
         out = self.fc8(torch.cat([h[0], h[1].to(devices[0])], dim=1))
         return out.to(x.device)
+
+    def rectified_conv5(self) -> list[nn.Module]:
+        """Each tower's conv5 ReLU: their outputs, joined along channels, are the grouped net's rectified conv5."""
+        return [t.relu5 for t in self.towers if isinstance(t, _Tower)]
 
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}, num_classes={self.num_classes}, tower_devices={self.tower_devices}"
