@@ -230,12 +230,8 @@ class GTSRBDataModule(LightningDataModule):
             index = GTSRBIndex(index.root, index.layout, self.caches["train"].records, self.caches["test"].records)
         self.index = index
         train, val = split_records(self.index.train, hp.split, hp.val_fraction, hp.split_seed)
-        common = {
-            "roi": hp.roi_crop,
-            "on_bad_image": hp.on_bad_image,
-            "max_pixels": hp.max_pixels,
-            "max_file_bytes": hp.max_file_bytes,
-        }
+        common = {"roi": hp.roi_crop, "on_bad_image": hp.on_bad_image}
+        common |= {"max_pixels": hp.max_pixels, "max_file_bytes": hp.max_file_bytes}
         train_cache, test_cache = self.caches.get("train"), self.caches.get("test")
         # the training-set colour statistics only where the training pipeline is used (not validate/test)
         tf_params = self._transform_params()
@@ -256,16 +252,10 @@ class GTSRBDataModule(LightningDataModule):
         self.train_set = GTSRBDataset(train, train_tf, flip=hp.flip_remap, cache=train_cache, **common)
         self.val_set = GTSRBDataset(val, eval_tf, cache=train_cache, **common)
         self.test_set = GTSRBDataset(self.index.test, self._test_transform(eval_tf), cache=test_cache, **common)
+        tracks = f"{len({r.track for r in train})} vs {len({r.track for r in val})} tracks"
         log.info(
-            "GTSRB (%s layout) at %s: %d train / %d val (%s split, %d vs %d tracks) / %d test images",
-            self.index.layout,
-            self.index.root,
-            len(train),
-            len(val),
-            hp.split,
-            len({r.track for r in train}),
-            len({r.track for r in val}),
-            len(self.index.test),
+            f"GTSRB ({self.index.layout} layout) at {self.index.root}: {len(train)} train / {len(val)} val "
+            f"({hp.split} split, {tracks}) / {len(self.index.test)} test images"
         )
 
     def _training_set_pca(self, train: Sequence[Record], pixels: GTSRBDataset) -> None:
@@ -399,17 +389,12 @@ class GTSRBDataModule(LightningDataModule):
         if images.numel() == 0:
             return images.float(), labels, skipped
         hp = self.hparams
-        trainer = self.trainer
-        training = trainer is not None and trainer.training
-        if training and self.batch_augment is not None:
-            images = normalize_float255(self.batch_augment.floats(images), hp.mean, hp.std, hp.channels_last)
-        elif training and self._dataset_pca():
-            if self.pca_noise is None:
-                raise RuntimeError(
-                    "augment.pca=dataset: training needs setup('fit'), which computes the PCA statistics."
-                )
-            floats = self.pca_noise(images.permute(0, 3, 1, 2).float())
-            images = normalize_float255(floats, hp.mean, hp.std, hp.channels_last)
-        else:
-            images = normalize_uint8(images, hp.mean, hp.std, hp.channels_last)
-        return images, labels, skipped
+        if self.trainer is not None and self.trainer.training and (self.batch_augment or self._dataset_pca()):
+            if self.batch_augment is not None:
+                floats = self.batch_augment.floats(images)
+            elif self.pca_noise is not None:
+                floats = self.pca_noise(images.permute(0, 3, 1, 2).float())
+            else:
+                raise RuntimeError("augment.pca=dataset: training needs setup('fit'), which computes the statistics.")
+            return normalize_float255(floats, hp.mean, hp.std, hp.channels_last), labels, skipped
+        return normalize_uint8(images, hp.mean, hp.std, hp.channels_last), labels, skipped
