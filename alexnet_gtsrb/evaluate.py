@@ -6,10 +6,17 @@ Evaluates a trained checkpoint on the official GTSRB test images and writes a re
 names), ``misclassified.csv`` (every error: file, true and predicted class, confidence; the rows to compare
 two checkpoints image by image) and TensorBoard scalars/images under ``tensorboard/``.
 
-Why a separate entry point: training tests once with the best checkpoint; this re-evaluates any checkpoint
-later, with per-class numbers and pictures, without re-training. The evaluation pipeline (image size, preset,
-ROI crop, mean/std) comes from the checkpoint itself, so a model is evaluated exactly as it was validated;
-any ``data.*`` key given on the command line wins.
+Why a separate entry point: training tests once, with the checkpoint its ``test_ckpt`` rule names; this
+re-evaluates any checkpoint later, with per-class numbers and pictures, without re-training. Given a run folder
+(``ckpt_path=logs/<task>/runs/<time>``) it scores the checkpoint that run's own rule picks (by default
+``checkpoints/last.ckpt``), the one its ``metrics.json`` reports, and prints which rule and which file.
+
+Every accuracy comes with its 95% Wilson interval (:mod:`alexnet_gtsrb.evaluation.intervals`), and the
+output says what the test set is: the whole official test set (12,630 images) or a subset, whose numbers are
+not comparable with published full-test results.
+
+The evaluation pipeline (image size, preset, ROI crop, mean/std) comes from the checkpoint itself, so a model
+is evaluated exactly as it was validated; any ``data.*`` key given on the command line wins.
 
 Building blocks live elsewhere: loading and settings in :mod:`alexnet_gtsrb.inference`, test-time
 augmentation and per-class tables in :mod:`alexnet_gtsrb.evaluation`, figures in :mod:`alexnet_gtsrb.plots`.
@@ -30,15 +37,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from alexnet_gtsrb.checkpoints import resolve_ckpt_path
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.data.dataset import GTSRBDataset
 from alexnet_gtsrb.errors import ConfigError, UserError
+from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, interval_metrics
 from alexnet_gtsrb.evaluation.per_class import SCORES, class_metrics, per_class_rows, write_per_class
 from alexnet_gtsrb.evaluation.tta import TTA_CROPS, tta_probabilities, tta_transform
 from alexnet_gtsrb.inference import data_config, eval_settings, load_classifier, pick_device
 from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.plots import confusion_figure, misclassified_figure, save_figure
+from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
 
 log = logging.getLogger(__name__)
@@ -59,7 +67,9 @@ def _tta(cfg: DictConfig) -> bool:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on the official test images; write the report; return the metrics dict."""
     device = pick_device(cfg.get("device", "auto"))
-    model, data_hp = load_classifier(cfg.get("ckpt_path"), device)
+    ckpt_file, chosen_by = checkpoint_for(cfg.get("ckpt_path"))
+    model, data_hp = load_classifier(ckpt_file, device)
+    print_rank_zero(f"checkpoint: {ckpt_file} ({chosen_by})")
     settings = eval_settings(model, data_hp)
     data_cfg = data_config(cfg.data, settings, data_hp)
     size = int(data_cfg.image_size)
@@ -108,6 +118,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"No test image could be evaluated under {data_cfg.data_dir}.")
     correct = int(cm.diag().sum())
     acc = float(scores["acc_micro"])
+    test_info = describe_test_set(r.label for r in test_set.records)
     macro = {name: float(scores[f"{name}_macro"]) for name in SCORES}
     rows = per_class_rows(scores, cm)
 
@@ -117,6 +128,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     _write_errors(error_rows, out_dir / "misclassified.csv")
     metrics = {
         "test/acc": correct / total,
+        **interval_metrics("test/acc", correct, total),
         "test/acc_torchmetrics": acc,
         **{f"test/{name}_macro": value for name, value in macro.items()},
         "correct": correct,
@@ -124,7 +136,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "skipped_images": skipped,
         "tta": tta,
         "views_per_image": 2 * TTA_CROPS if tta else 1,
-        "ckpt_path": str(resolve_ckpt_path(cfg.ckpt_path)),
+        "ckpt_path": str(ckpt_file),
+        "ckpt_chosen_by": chosen_by,
+        "test_set": test_info,
         "data_dir": str(datamodule.index.root),
         "settings": {**settings, "image_size": size},
         "per_class": rows,
@@ -132,7 +146,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
     _log_scalars(cfg, {"test/acc": correct / total, **{f"test/{k}_macro": v for k, v in macro.items()}}, cm, rows)
 
-    print_rank_zero(f"test/acc: {metrics['test/acc']:.4f}  ({correct}/{total} test images)")
+    print_rank_zero(f"test set: {test_info['note']}")
+    if total != test_info["images"]:
+        print_rank_zero(f"evaluated: {total} of its {test_info['images']} images ({skipped} unreadable, skipped)")
+    print_rank_zero(f"test/acc: {format_accuracy(correct, total)}")
     print_rank_zero("macro averages: " + ", ".join(f"{k} {v:.4f}" for k, v in macro.items()))
     print_rank_zero("worst classes:")
     for line in (out_dir / "per_class.md").read_text().splitlines()[:12]:

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 
-from alexnet_gtsrb.checkpoints import check_finite, check_fits, read_checkpoint, resolve_ckpt_path
+from alexnet_gtsrb.checkpoints import check_finite, check_fits, read_checkpoint
 from alexnet_gtsrb.errors import ConfigError
 from alexnet_gtsrb.models.compat import upgrade_paper_classifier
 from alexnet_gtsrb.module import GTSRBClassifier
+from alexnet_gtsrb.run_folder import checkpoint_for
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,11 @@ def load_classifier(ckpt_path: str | None, device: str = "cpu") -> tuple[GTSRBCl
     CLAHE settings the model was validated with. The file is read once, as plain data, its configs checked
     against the allowlist before the model is built, its weights checked for NaN/inf and for fitting the model
     (:func:`alexnet_gtsrb.checkpoints.read_checkpoint`); each problem is one line naming the file.
+
+    ``ckpt_path`` is a file, a run folder (the checkpoint its results use: the run's ``test_ckpt`` rule,
+    :func:`alexnet_gtsrb.run_folder.checkpoint_for`) or a folder of checkpoints (its newest ``last*.ckpt``).
     """
-    path = resolve_ckpt_path(ckpt_path)
+    path, _ = checkpoint_for(ckpt_path)
     if path is None:
         raise ConfigError("ckpt_path is required: ckpt_path=path/to/last.ckpt (or a run folder).")
     raw = read_checkpoint(path)

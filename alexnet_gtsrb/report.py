@@ -7,7 +7,8 @@ Writes into ``OUT_DIR`` (default ``RUN_DIR/report``):
 - ``curves.png``: accuracy and loss per epoch, training against validation (the origin Keras script's two
   plots), read from the run's ``csv/.../metrics.csv`` (``logger=csv`` or ``logger=many``) where it has one,
   else from its TensorBoard event files;
-- ``conv1.png``: the best checkpoint's 96 conv1 kernels (0-47 | 48-95 for the two groups);
+- ``conv1.png``: the 96 conv1 kernels (0-47 | 48-95 for the two groups) of the checkpoint the run's results use
+  (its ``test_ckpt`` rule: by default ``checkpoints/last.ckpt``);
 - ``curves.csv``: the per-epoch numbers behind the curves (epoch, train/val accuracy and loss, lr, wall time).
 
 The confusion matrix and misclassified images come from ``python -m alexnet_gtsrb.evaluate``.
@@ -23,7 +24,7 @@ from pathlib import Path
 from alexnet_gtsrb.errors import UserError
 from alexnet_gtsrb.inference import load_classifier
 from alexnet_gtsrb.plots import conv1_figure, curves_figure, save_figure
-from alexnet_gtsrb.run_folder import best_checkpoint, epoch_table, read_scalars
+from alexnet_gtsrb.run_folder import epoch_table, read_scalars, rule_checkpoint
 from alexnet_gtsrb.utils.cli import exit_on_user_error
 
 CSV_COLUMNS = ["epoch", "train_acc", "val_acc", "train_loss", "val_loss", "lr", "minutes"]
@@ -45,7 +46,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     rows = epoch_table(scalars)
     if not rows:
         raise UserError(f"{source} holds no epoch-level metrics yet.")
-    ckpt = best_checkpoint(run_dir)
+    ckpt, _ = rule_checkpoint(run_dir)
     model = load_classifier(str(ckpt))[0] if ckpt is not None else None  # checked before anything is written
     out_dir = Path(out_dir) if out_dir else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)

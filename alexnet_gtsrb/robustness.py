@@ -31,14 +31,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from alexnet_gtsrb.checkpoints import resolve_ckpt_path
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation import adversarial, calibration, corruptions, explanations
+from alexnet_gtsrb.evaluation.intervals import format_accuracy, interval_metrics
 from alexnet_gtsrb.evaluation.pixels import PixelModel, from_pixels, logits_of, preprocess_all, raw_test_images
 from alexnet_gtsrb.inference import data_config, eval_settings, load_classifier, pick_device
 from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.plots import image_grid_figure, reliability_figure, save_figure
+from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     max_images = cfg.get("max_images")
 
     device = pick_device(cfg.get("device", "auto"))
-    model, data_hp = load_classifier(cfg.get("ckpt_path"), device)
+    ckpt_file, chosen_by = checkpoint_for(cfg.get("ckpt_path"))
+    model, data_hp = load_classifier(ckpt_file, device)
+    print_rank_zero(f"checkpoint: {ckpt_file} ({chosen_by})")
     settings = eval_settings(model, data_hp)
     dcfg = data_config(cfg.data, settings, data_hp)
     size = int(dcfg.image_size)
@@ -115,16 +118,18 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"No test image under {datamodule.index.root}: nothing to evaluate.")
     clean = preprocess_all(raw, preprocess)
     test_logits = logits_of(pixel_model, clean, batch_size, device)
-    clean_acc = float((test_logits.argmax(dim=-1) == torch.as_tensor(labels)).float().mean())
+    clean_correct = int((test_logits.argmax(dim=-1) == torch.as_tensor(labels)).sum())
+    clean_acc = clean_correct / len(raw)
     metrics: dict[str, Any] = {
-        "ckpt_path": str(resolve_ckpt_path(cfg.ckpt_path)),
+        "ckpt_path": str(ckpt_file),
         "data_dir": str(datamodule.index.root),
         "num_images": len(raw),
         "image_size": size,
         "clean_accuracy": clean_acc,
+        **interval_metrics("clean_accuracy", clean_correct, len(raw)),
         "seconds": {"load": time.perf_counter() - started},
     }
-    print_rank_zero(f"clean accuracy: {clean_acc:.4f} on {len(raw)} test images ({size} px)")
+    print_rank_zero(f"clean accuracy: {format_accuracy(clean_correct, len(raw))} on test images ({size} px)")
     loggers.scalars({"robustness/clean_accuracy": clean_acc})
 
     if names:

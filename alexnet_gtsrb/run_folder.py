@@ -1,5 +1,6 @@
 """Run folders: claiming one for a training run, and reading one back (``metrics.csv`` or TensorBoard events, the
-per-epoch table, the best checkpoint). The loggers whose stores live in it are in :mod:`alexnet_gtsrb.loggers`.
+per-epoch table, the checkpoint its results use). The loggers whose stores live in it are in
+:mod:`alexnet_gtsrb.loggers`.
 
 A run folder is what ``python -m alexnet_gtsrb.train`` writes under ``logs/<task_name>/runs/<time>/``:
 ``checkpoints/``, ``metrics.json``, ``.hydra/`` and the chosen loggers' stores (``conf/logger/``):
@@ -18,9 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from alexnet_gtsrb.errors import UserError
+from alexnet_gtsrb.errors import ConfigError, UserError
 
 LOCK_NAME = ".run.lock"
+#: ``test_ckpt``: the checkpoint a run's final test, its ``metrics.json`` and ``evaluate ckpt_path=<run folder>``
+#: score, fixed in the config before any test result is seen.
+TEST_CKPT_RULES = {
+    "last": "the weights at the end of the last epoch, checkpoints/last.ckpt; with callbacks=ema the EMA average",
+    "best": "the epoch with the highest val/acc, checkpoints/epoch_NNN.ckpt",
+}
+DEFAULT_TEST_CKPT = "last"
 CSV_TIME = "wall_time"  # the column loggers.TimedCSVLogger adds to metrics.csv: seconds since the epoch
 
 
@@ -167,3 +175,74 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"), key=lambda p: p.stat().st_mtime)
     last = run_dir / "checkpoints" / "last.ckpt"
     return found[-1] if found else (last if last.is_file() else None)
+
+
+def check_test_ckpt(rule: Any) -> str:
+    """``rule`` if it names a checkpoint rule (:data:`TEST_CKPT_RULES`), else one line naming the key."""
+    if not isinstance(rule, str) or rule not in TEST_CKPT_RULES:
+        allowed = "; ".join(f"{name} ({what})" for name, what in TEST_CKPT_RULES.items())
+        raise ConfigError(f"test_ckpt={rule!r}; allowed: {allowed}.")
+    return rule
+
+
+def run_test_ckpt(run_dir: Path) -> str:
+    """The checkpoint rule a run folder declared: its metrics.json's ``test_ckpt``, else its ``.hydra/config.yaml``'s,
+    else the default (``last``)."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        with contextlib.suppress(ValueError, AttributeError):
+            rule = json.loads(metrics.read_text()).get("test_ckpt")
+            if rule is not None:
+                return check_test_ckpt(rule)
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.is_file():
+        from omegaconf import DictConfig, OmegaConf
+
+        loaded = OmegaConf.load(config)
+        rule = loaded.get("test_ckpt") if isinstance(loaded, DictConfig) else None
+        if rule is not None:
+            return check_test_ckpt(rule)
+    return DEFAULT_TEST_CKPT
+
+
+def is_run_folder(path: Path) -> bool:
+    """A training run's folder (checkpoints/, metrics.json or .hydra/ inside), not just a folder of checkpoints."""
+    path = Path(path)
+    return (path / "checkpoints").is_dir() or (path / "metrics.json").is_file() or (path / ".hydra").is_dir()
+
+
+def rule_checkpoint(run_dir: Path, rule: str | None = None) -> tuple[Path | None, str]:
+    """(the checkpoint file the rule picks in ``run_dir`` or None, the rule): ``rule`` or the run's own
+    (:func:`run_test_ckpt`). ``last``: checkpoints/last.ckpt; ``best``: :func:`best_checkpoint`."""
+    run_dir = Path(run_dir)
+    rule = check_test_ckpt(rule) if rule is not None else run_test_ckpt(run_dir)
+    if rule == "best":
+        return best_checkpoint(run_dir), rule
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return (last if last.is_file() else None), rule
+
+
+def checkpoint_for(ckpt_path: str | os.PathLike[str] | None) -> tuple[str | None, str]:
+    """(the file to load for ``ckpt_path``, how it was chosen, as printed).
+
+    A run folder gives the checkpoint its results use (`rule_checkpoint` with the run's own rule); a file
+    is itself; any other folder its newest ``last*.ckpt`` (:func:`alexnet_gtsrb.checkpoints.resolve_ckpt_path`).
+    """
+    from alexnet_gtsrb.checkpoints import resolve_ckpt_path
+
+    if ckpt_path not in (None, "", "null") and Path(str(ckpt_path)).expanduser().is_dir():
+        folder = Path(str(ckpt_path)).expanduser()
+        if is_run_folder(folder):
+            found, rule = rule_checkpoint(folder)
+            if found is None:
+                raise UserError(
+                    f"ckpt_path={ckpt_path}: the run's checkpoint rule test_ckpt={rule} finds no checkpoint "
+                    f"({TEST_CKPT_RULES[rule]}); pass ckpt_path=<file.ckpt>."
+                )
+            return str(found), f"the run folder's test_ckpt={rule}: {TEST_CKPT_RULES[rule]}"
+    resolved = resolve_ckpt_path(None if ckpt_path is None else str(ckpt_path))
+    if resolved is None:
+        return None, ""
+    how = "the file named" if Path(str(ckpt_path)).expanduser().is_file() else "the newest last*.ckpt under the folder"
+    return resolved, how
