@@ -28,12 +28,12 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from tqdm import tqdm
 
-from alexnet_gtsrb.checkpoints import resolve_ckpt_path
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits, decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform
 from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError
 from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
+from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point
 
 FORMATS = ("table", "json")
@@ -162,7 +162,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     if cfg.get("calibration"):
         from alexnet_gtsrb.evaluation.calibration import read_temperature
 
-        temperature = read_temperature(cfg.calibration, str(resolve_ckpt_path(cfg.ckpt_path)))
+        temperature = read_temperature(cfg.calibration, str(checkpoint_for(cfg.ckpt_path)[0]))
     probs = predict_arrays(model, arrays, max(1, int(cfg.get("batch_size", 64))), device, temperature)
     if cfg.get("gradcam"):
         write_gradcam(model, ok_paths, arrays, probs, Path(cfg.paths.output_dir) / "gradcam")

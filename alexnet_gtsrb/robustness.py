@@ -265,7 +265,11 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
         fig = lambda: image_grid_figure(cells, row_labels, "Grad-CAM on conv5 for the predicted class")  # noqa: E731
         save_figure(fig(), out_dir / "gradcam.png")
         loggers.figure("robustness/gradcam", fig)
-        metrics["gradcam"] = {"correct": right.tolist(), "wrong": wrong.tolist(), "layer": "last Conv2d (conv5)"}
+        metrics["gradcam"] = {
+            "correct": right.tolist(),
+            "wrong": wrong.tolist(),
+            "layer": explanations.LAYER_DESCRIPTION,
+        }
         metrics["seconds"]["gradcam"] = time.perf_counter() - t0
 
     metrics["seconds"]["total"] = time.perf_counter() - started

@@ -575,3 +575,4 @@ def test_a_seed_checkpoint_without_the_conv3_conv4_dropouts_is_refused_in_one_li
     with pytest.raises(CheckpointError) as info:
         load_classifier(str(path))
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert "without Dropout after conv3 and conv4" in str(info.value)
