@@ -1,4 +1,5 @@
-"""Shared fixtures: the real GTSRB tree (from $GTSRB_ROOT, skipped when absent) and tiny synthetic trees."""
+"""Shared fixtures: the real GTSRB tree (from $GTSRB_ROOT, skipped when absent), tiny synthetic trees, one short
+training run on them (at chance level), and a small network trained to be clearly above chance (``separable_model``)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,75 @@ def compose_cfg(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def separable_model() -> SimpleNamespace:
+    """A small CNN trained once per session on separable synthetic images, clearly above chance.
+
+    For tests that need a network whose predictions mean something (adversarial attacks, calibration, anything
+    where a model at chance level would make the property vacuous). Images are 3x32x32, uint8; the class (one of
+    4) is set by a mean colour (a grey of 110 with one channel raised by 30 grey levels, or none) plus Gaussian
+    pixel noise of std 40, so the classes are separable from the mean colour but close enough that an L-infinity
+    perturbation of 16/255 can cross a class boundary. ``model`` maps float pixels (B, 3, 32, 32) in [0, 1] to
+    logits, is in eval mode with frozen parameters (do not train or modify it: the fixture is shared); it is
+    trained for a few seconds with Adam, deterministically (seeded). It is confident, as a trained classifier is:
+    it classifies the held-out batch (almost) perfectly, with margins (true logit minus the largest other one)
+    of about 4 to 21, so float32 softmax rounds ``p_y`` to 1 on many images.
+
+    Returns ``model``, the held-out batch (never trained on) as ``images`` (uint8, (N, 32, 32, 3), the layout
+    :func:`alexnet_gtsrb.evaluation.pixels.to_pixels` reads), ``x`` (the same as float pixels (N, 3, 32, 32)),
+    ``y`` (int64 labels), ``num_classes`` and ``accuracy`` (held-out, asserted >= 0.9 here).
+    """
+    import numpy as np
+    import torch
+    from torch import nn
+
+    class Standardise(nn.Module):
+        """``(x - mean) / std``: pixels in [0, 1] to the network's input scale (as PixelModel does)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x - 0.45) / 0.16
+
+    num_classes, size = 4, 32
+    palette = np.array([[110, 110, 110], [140, 110, 110], [110, 140, 110], [110, 110, 140]], np.float64)
+
+    def make(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, num_classes, n)
+        noise = rng.normal(0.0, 40.0, (n, size, size, 3))
+        images = np.clip(palette[labels][:, None, None, :] + noise, 0, 255).round().astype(np.uint8)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).contiguous()
+        return x, torch.from_numpy(labels).long(), images
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the network is far smaller than the cost of dispatching work to a second thread
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = nn.Sequential(
+                Standardise(),
+                nn.Conv2d(3, 8, 5, stride=2, padding=2),
+                nn.ReLU(),
+                nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(16, num_classes),
+            )
+            x_train, y_train, _ = make(1024, seed=1)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+            order = torch.randperm(len(y_train))
+            for step in range(40):  # 40 batches of 64 (2.5 epochs)
+                idx = order[(step * 64) % len(y_train) :][:64]
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval().requires_grad_(False)
+    x, y, images = make(256, seed=2)
+    with torch.no_grad():
+        accuracy = float((model(x).argmax(-1) == y).float().mean())
+    assert accuracy >= 0.9, f"separable_model reached only {accuracy:.3f} on its held-out batch"
+    return SimpleNamespace(model=model, images=images, x=x, y=y, num_classes=num_classes, accuracy=accuracy)

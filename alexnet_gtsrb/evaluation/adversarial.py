@@ -5,23 +5,69 @@ project already uses it for Grad-CAM (one dependency for both). The attack pertu
 in [0, 1] (after the checkpoint's CLAHE/resize, before its mean/std normalisation: :class:`PixelModel`), and
 the adversarial image is clipped back to [0, 1].
 
-PGD (Madry et al. 2018): ``steps`` steps of size ``step_size * epsilon`` from a uniformly random start in the
-epsilon-ball (``random_start``), seeded, so a run repeats.
+Objective: both attacks maximise the per-image cross-entropy of the network's logits with the true label (the
+loss of Goodfellow et al. 2015 and Madry et al. 2018). captum's default loss, ``-log(output[target])``, assumes
+the model returns probabilities; on logits it is NaN wherever the true logit is <= 0 (no step is taken), has
+the wrong gradient elsewhere, and changes when a constant is added to every logit, which changes neither the
+prediction nor the cross-entropy.
+
+- The loss is per image (``reduction="none"``): captum differentiates the sum of the returned losses, so each
+  image gets its own gradient, not one divided by the batch size.
+- It is computed in float64, in a form whose gradient stays exact for confident images
+  (:func:`cross_entropy_per_image`): float32 cross-entropy loses the true logit's term of the gradient once
+  ``1 - p_y`` rounds to 0, and the attack then only raises the other logits.
+- captum leaves a pixel unchanged where ``|gradient| <= zero_thresh`` (1e-6 by default). A confident network's
+  gradient is that small on most pixels, so the threshold is set to 0: every pixel with a non-zero gradient
+  takes a full step, as in the plain sign step ``clip(x + epsilon * sign(grad), 0, 1)``. (captum's untargeted
+  FGSM steps along ``+sign(grad)`` of the loss, i.e. up the cross-entropy.)
+
+PGD (Madry et al. 2018): ``steps`` such sign steps of size ``step_size * epsilon`` from a uniformly random start
+in the epsilon-ball (``random_start``), each projected back onto the ball and into [0, 1], seeded, so a run
+repeats.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from captum.robust import FGSM, PGD
 
 from alexnet_gtsrb.errors import ConfigError
 from alexnet_gtsrb.evaluation.pixels import to_pixels
 
 ATTACKS = ("fgsm", "pgd")
+
+
+def cross_entropy_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The attacks' loss: cross-entropy of each image's logits with its label, shape (B,), in float64.
+
+    Written as ``softplus(logsumexp_{k != y}(z_k - z_y))``, which equals ``logsumexp(z) - z_y``, so that its
+    gradient keeps the true logit's term ``-(1 - p_y)`` when ``p_y`` rounds to 1: ``F.cross_entropy`` on float32
+    logits returns exactly 0 there once the margin exceeds ~17, and the attack then only raises the other logits.
+    """
+    z = logits.double()
+    true = z.gather(1, labels[:, None])
+    others = (z - true).scatter(1, labels[:, None], float("-inf"))
+    return F.softplus(torch.logsumexp(others, dim=1))
+
+
+def make_fgsm(model: torch.nn.Module) -> FGSM:
+    """captum's FGSM on ``model``'s logits, maximising cross-entropy, bounded to [0, 1], no gradient threshold."""
+    fgsm = FGSM(model, loss_func=cross_entropy_per_image, lower_bound=0.0, upper_bound=1.0)
+    fgsm.zero_thresh = 0.0
+    return fgsm
+
+
+def make_pgd(model: torch.nn.Module) -> PGD:
+    """captum's PGD on ``model``'s logits, with the same loss and threshold as :func:`make_fgsm` at each step."""
+    pgd = PGD(model, loss_func=cross_entropy_per_image, lower_bound=0.0, upper_bound=1.0)
+    pgd.fgsm.zero_thresh = 0.0  # PGD's steps are its own FGSM's
+    return pgd
 
 
 def check_settings(attacks: Sequence[str], epsilons: Sequence[float], steps: int, step_size: float) -> None:
@@ -51,11 +97,13 @@ def attack_batch(
     if epsilon == 0:
         return x.clone()
     x = x.clone().requires_grad_(True)  # captum would set it and warn
-    with torch.enable_grad():
+    with torch.enable_grad(), warnings.catch_warnings():
+        # captum's PGD hands each step a detached copy, and its FGSM warns that it sets requires_grad itself
+        warnings.filterwarnings("ignore", message=".*did not already require gradients.*")
         if attack == "fgsm":
-            return FGSM(model, lower_bound=0.0, upper_bound=1.0).perturb(x, epsilon=epsilon, target=y).detach()
+            return make_fgsm(model).perturb(x, epsilon=epsilon, target=y).detach()
         return (
-            PGD(model, lower_bound=0.0, upper_bound=1.0)
+            make_pgd(model)
             .perturb(
                 x,
                 radius=epsilon,
