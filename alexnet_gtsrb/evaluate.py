@@ -83,7 +83,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("test")
     tta = _tta(cfg)
     if tta:
-        datamodule.test_set.transform = tta_transform(size, datamodule.augment)
+        datamodule.test_set.transform = tta_transform(size, datamodule._transform_params())
         print_rank_zero(f"tta: {TTA_CROPS} crops (centre + 4 corners) + label-mapped flips")
 
     num_classes = int(model.hparams.num_classes)

@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from alexnet_gtsrb.data.classes import NUM_CLASSES
+from alexnet_gtsrb.data.classes import CLASS_NAMES, NUM_CLASSES
 from alexnet_gtsrb.data.io import decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform, normalize_uint8
 from alexnet_gtsrb.evaluation.tta import _flip_source_index, five_crops
@@ -91,6 +91,20 @@ def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
     assert metrics["test/acc_torchmetrics"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert metrics["settings"]["image_size"] == IMAGE_SIZE  # from the checkpoint, not the data group's 227
     assert metrics["tta"] is False and metrics["views_per_image"] == 1
+    # the 95% Wilson interval (Wilson 1927), written out here: centre and half-width of the score interval
+    k, z = metrics["correct"], 1.959964
+    p, d = k / n_test, 1 + z * z / n_test
+    centre = (p + z * z / (2 * n_test)) / d
+    half = z / d * (p * (1 - p) / n_test + z * z / (4 * n_test * n_test)) ** 0.5
+    assert metrics["test/acc_ci_low"] == pytest.approx(max(centre - half, 0.0), abs=1e-9)
+    assert metrics["test/acc_ci_high"] == pytest.approx(min(centre + half, 1.0), abs=1e-9)
+    ci = f"{metrics['test/acc_ci_low']:.4f}-{metrics['test/acc_ci_high']:.4f}"
+    assert f"({k}/{n_test}; 95% Wilson interval {ci})" in proc.stdout
+    # what the test set is: the synthetic tree has test_per_class=2 of each of the 43 classes
+    assert f"test set: {n_test} images, 2 per class: a class-balanced subset of the 12,630 official" in proc.stdout
+    assert "not comparable with published full-test results" in proc.stdout
+    assert metrics["test_set"]["official_full_test"] is False and metrics["test_set"]["per_class"] == 2
+    assert metrics["ckpt_path"] == str(tiny_ckpt) and f"checkpoint: {tiny_ckpt} (the file named)" in proc.stdout
 
     with open(run_dir / "per_class.csv") as f:
         rows = list(csv.DictReader(f))
@@ -159,8 +173,50 @@ def test_misclassified_csv_names_each_error_even_after_a_skipped_image(tiny_ckpt
         assert sum(int(r["true_id"]) == class_id for r in rows) == errors
 
 
+# Mirror pairs and flip-symmetric signs, from the class names (not from the module's tables): "Dangerous curve to
+# the left/right", "Turn right/left ahead", "Go straight or right/left", "Keep right/left"; right-of-way at the next
+# intersection, priority road, yield, no vehicles, no entry, general caution, bumpy road, traffic signals, beware of
+# ice/snow, ahead only.
+_TWIN = {19: 20, 20: 19, 33: 34, 34: 33, 36: 37, 37: 36, 38: 39, 39: 38}
+_SYMMETRIC = (11, 12, 13, 15, 17, 18, 22, 26, 30, 35)
+
+
+def _ten_view_probabilities(model: torch.nn.Module, plain: list[np.ndarray], size: int) -> np.ndarray:
+    """The 10 views of each one-view evaluation image, by hand: the image padded with replicated borders to
+    round(size * 256 / 227) px, its centre and 4 corner crops, each with its mirror image; a mirrored view's
+    probability goes to the twin class (mirror pairs), to the same class (symmetric signs), nowhere else (the
+    other classes keep the un-mirrored probability); renormalised, averaged with the crop's, then over crops."""
+    big = round(size * 256 / 227)
+    top = (big - size) // 2
+    corners = [(top, top), (0, 0), (0, big - size), (big - size, 0), (big - size, big - size)]
+    views = []
+    for image in plain:
+        padded = cv2.copyMakeBorder(image, top, big - size - top, top, big - size - top, cv2.BORDER_REPLICATE)
+        crops = [padded[y : y + size, x : x + size] for y, x in corners]
+        views += [*crops, *[c[:, ::-1] for c in crops]]
+    batch = torch.from_numpy(np.stack(views).copy())
+    with torch.inference_mode():
+        probs = torch.cat([model(b).double().softmax(dim=-1) for b in batch.split(200)]).numpy()
+    out = []
+    for i in range(len(plain)):
+        total = np.zeros(probs.shape[1])
+        for p, pf in zip(probs[10 * i : 10 * i + 5], probs[10 * i + 5 : 10 * i + 10], strict=True):
+            q = p.copy()
+            for c, twin in _TWIN.items():
+                q[c] = pf[twin]
+            q[list(_SYMMETRIC)] = pf[list(_SYMMETRIC)]
+            total += (p + q / q.sum()) / 2
+        out.append(total / 5)
+    return np.stack(out)
+
+
 @pytest.mark.slow
 def test_evaluate_tta(tiny_ckpt, synthetic_root, tmp_path):
+    """``tta=true`` on a gtsrb-preset checkpoint equals the 10-view average computed here by hand from each
+    image's one-view evaluation image: the same correct count, and the same predicted class and confidence for
+    every misclassified image (a near-chance checkpoint: most images are in misclassified.csv)."""
+    from alexnet_gtsrb.data.datamodule import GTSRBDataModule
+
     run_dir = tmp_path / "eval_tta"
     proc = run_module(
         "evaluate",
@@ -176,16 +232,62 @@ def test_evaluate_tta(tiny_ckpt, synthetic_root, tmp_path):
     assert "tta: 5 crops" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["tta"] is True and metrics["views_per_image"] == 10
-    assert 0.0 <= metrics["test/acc"] <= 1.0
     assert metrics["num_images"] == len(_test_images(synthetic_root))
     assert not (run_dir / "tensorboard").exists()  # logger=none
+    with open(run_dir / "misclassified.csv") as f:
+        errors = {r["file"]: r for r in csv.DictReader(f)}
+
+    model, data_hp = load_classifier(str(tiny_ckpt))
+    settings = eval_settings(model, data_hp)
+    assert settings["augment"]["preset"] == "gtsrb" and settings["image_size"] == IMAGE_SIZE
+    dm = GTSRBDataModule(
+        data_dir=str(synthetic_root),
+        image_size=IMAGE_SIZE,
+        roi_crop=settings["roi_crop"],
+        augment=settings["augment"],
+        num_workers=0,
+        verify=False,
+    )
+    dm.setup("test")  # one view per image: the plain evaluation image
+    test_set, correct, wrong = dm.test_set, 0, {}
+    plain, labels = zip(*(test_set.load(i) for i in range(len(test_set))), strict=True)
+    ten_view = _ten_view_probabilities(model, list(plain), IMAGE_SIZE)
+    for record, label, probs in zip(test_set.records, labels, ten_view, strict=True):
+        pred = int(probs.argmax())
+        correct += pred == label
+        if pred != label:
+            wrong[Path(record.path).relative_to(dm.index.root).as_posix()] = (pred, float(probs[pred]))
+    assert metrics["correct"] == correct
+    assert set(errors) == set(wrong)
+    for file, (pred, confidence) in wrong.items():
+        assert int(errors[file]["pred_id"]) == pred, file
+        assert float(errors[file]["confidence"]) == pytest.approx(confidence, abs=2e-4), file
 
 
 def test_flip_mapping_and_five_crops():
+    """The flip table against the class names: a class takes its flipped view's probability from the class
+    whose name is its own with left and right swapped; a sign with "left"/"right" in its name and no such twin
+    (road narrows on the right) and every digit sign ignore the flipped view."""
     src, mask = _flip_source_index(NUM_CLASSES)
-    assert (int(src[19]), int(src[20]), int(src[38]), int(src[39])) == (20, 19, 39, 38)
-    assert bool(mask[13]) and int(src[13]) == 13  # yield: flip-invariant
-    assert not bool(mask[1]) and not bool(mask[14])  # 30 km/h, stop: the flipped view is not used
+
+    def swapped(name: str) -> str:
+        return name.replace("left", "\0").replace("right", "left").replace("\0", "right")
+
+    twins = {
+        c: CLASS_NAMES.index(swapped(n))
+        for c, n in enumerate(CLASS_NAMES)
+        if swapped(n) != n and swapped(n) in CLASS_NAMES
+    }
+    assert twins == _TWIN
+    for c, name in enumerate(CLASS_NAMES):
+        if c in twins:
+            assert bool(mask[c]) and CLASS_NAMES[int(src[c])] == swapped(name), name
+        elif c in _SYMMETRIC:
+            assert bool(mask[c]) and int(src[c]) == c, name
+        else:
+            assert not bool(mask[c]), f"{name}: a flipped view says nothing valid about it"
+    assert not bool(mask[CLASS_NAMES.index("Road narrows on the right")])
+    assert not any(bool(mask[c]) for c, n in enumerate(CLASS_NAMES) if "km/h" in n)
     images = torch.arange(2 * 8 * 8 * 3, dtype=torch.int64).reshape(2, 8, 8, 3).to(torch.uint8)
     crops = five_crops(images, 6)
     assert len(crops) == 5 and all(c.shape == (2, 6, 6, 3) for c in crops)

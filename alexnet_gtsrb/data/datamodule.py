@@ -37,6 +37,7 @@ from alexnet_gtsrb.data.transforms import (
     paper_base,
 )
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
+from alexnet_gtsrb.evaluation.tta import tta_transform
 
 log = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -309,8 +310,7 @@ class GTSRBDataModule(LightningDataModule):
         return self.augment.get("preset") == "paper" and self.augment.get("pca", "dataset") == "dataset"
 
     def use_test_views(self, views: int) -> None:
-        """``1``: the evaluation pipeline; ``10``: the paper's enlarged image (shorter side to 256/227 of the
-        size, centre square) from which the model's test step cuts 5 crops and their flips."""
+        """``1``: the evaluation pipeline; ``10``: the image the test step cuts 5 crops and flips from (tta_transform)."""
         if views not in TEST_VIEWS:
             raise ConfigError(f"test_views={views!r}; allowed: {', '.join(map(str, TEST_VIEWS))}.")
         self.test_views = int(views)
@@ -322,7 +322,7 @@ class GTSRBDataModule(LightningDataModule):
     def _test_transform(self, eval_tf: A.Compose | None) -> A.Compose | None:
         if self.test_views == 1:
             return eval_tf
-        return A.Compose(paper_base(self.hparams.image_size, self._transform_params()))
+        return tta_transform(self.hparams.image_size, self._transform_params())
 
     def _transform_params(self) -> dict[str, Any]:
         """``data.augment`` for the per-item pipelines: without CLAHE when the image cache already applied it."""

@@ -1,10 +1,13 @@
-"""Common corruptions at five severities, ImageNet-C style (Hendrycks & Dietterich 2019), built from albumentations.
+"""Common corruptions at five severities, ImageNet-C style (Hendrycks & Dietterich 2019).
 
-Each corruption is an albumentations transform whose parameters follow ImageNet-C where albumentations has the
-same operation (noise, defocus, motion blur, brightness, JPEG, pixelation, spatter) and are this project's
-choice where it has its own (fog, snow). Spatial parameters given for ImageNet-C's 224 px images (blur radii)
-are scaled by ``size / 224``. Contrast is written here: albumentations' contrast scales around zero, ImageNet-C
-blends towards the per-channel mean.
+Severity constants are ImageNet-C's (github.com/hendrycks/robustness, ``ImageNet-C/create_c/make_imagenet_c.py``,
+the functions of the same names) for noise, defocus blur, motion blur, brightness, contrast, JPEG, pixelation
+and spatter, and this project's choice for fog and snow (albumentations' own parameterisation). Where
+albumentations performs ImageNet-C's operation it is used; motion blur (ImageMagick's one-sided Gaussian line
+kernel), contrast (a blend towards the channel mean) and spatter (rain and mud) are written here after
+ImageNet-C's code. ImageNet-C's images are 224 px: blur radii and sigmas are scaled by ``size / 224``, and
+spatter's random layer is made at 224 px and resized to the image, so that drops cover the same fraction of
+the image at every size.
 
 Where a corruption hits: by default the network's input image, after the checkpoint's own preprocessing (CLAHE,
 resize), as ImageNet-C corrupts the 224 px crops its networks see; severity 0 is then exactly the clean
@@ -15,6 +18,7 @@ runs the preprocessing afterwards, as a camera would; a preprocessing step that 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,19 +37,22 @@ IMAGENET_C_SIZE = 224  # ImageNet-C's image size; blur radii below are given for
 # the same names), indexed by severity 1-5.
 _GAUSS_STD = (0.08, 0.12, 0.18, 0.26, 0.38)  # gaussian_noise: std in [0, 1] units
 _DEFOCUS = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))  # defocus_blur: (disk radius, alias blur)
-_MOTION_RADIUS = (10, 15, 15, 15, 20)  # motion_blur: ImageMagick radius (its sigma and its +-45 degree angle have
-# no albumentations twin: the kernel length follows the radius, the direction is uniform over 360 degrees)
+_MOTION = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))  # motion_blur: ImageMagick (radius, sigma)
+_MOTION_ANGLE = 45.0  # motion_blur: angle uniform in [-45, 45] degrees
 _BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)  # brightness: added to HSV value in [0, 1]
 _CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)  # contrast: (x - channel mean) * c + channel mean
 _JPEG_QUALITY = (25, 18, 15, 10, 7)  # jpeg_compression
 _PIXELATE = (0.6, 0.5, 0.4, 0.3, 0.25)  # pixelate: box down- and up-sampling factor
-_SPATTER = (  # spatter: (mean, std, gauss sigma, cutout threshold, intensity, mode)
-    (0.65, 0.3, 4, 0.69, 0.6, "rain"),
-    (0.65, 0.3, 3, 0.68, 0.6, "rain"),
-    (0.65, 0.3, 2, 0.68, 0.5, "rain"),
-    (0.65, 0.3, 1, 0.65, 1.0, "mud"),  # mud: ImageNet-C's fifth value here (1.5) is a mask blur sigma,
-    (0.67, 0.4, 1, 0.65, 1.0, "mud"),  # not an intensity; albumentations caps intensity at 1
+_SPATTER = (  # spatter: (noise mean, noise std, noise blur sigma, threshold, rain: drop strength | mud: mask
+    (0.65, 0.3, 4, 0.69, 0.6, 0),  # blur sigma, mode: 0 rain, 1 mud)
+    (0.65, 0.3, 3, 0.68, 0.6, 0),
+    (0.65, 0.3, 2, 0.68, 0.5, 0),
+    (0.65, 0.3, 1, 0.65, 1.5, 1),
+    (0.67, 0.4, 1, 0.65, 1.5, 1),
 )
+_RAIN_RGB = (175, 238, 238)  # spatter: "water is pale turquoise" (ImageNet-C's array is RGB, from PIL)
+_MUD_RGB = (63, 42, 20)  # spatter: "mud brown"
+_MUD_CORE = 0.8  # spatter: the blurred mud mask is cut to 0 below this
 # This project's severities (albumentations' own parameterisation, no ImageNet-C twin):
 _FOG = (0.2, 0.35, 0.5, 0.65, 0.8)  # RandomFog fog_coef
 _SNOW = (0.1, 0.2, 0.3, 0.4, 0.5)  # RandomSnow snow_point (fraction of pixels whitened)
@@ -67,9 +74,122 @@ class _Contrast(A.ImageOnlyTransform):
         return ("c",)
 
 
-def _odd(x: float, minimum: int = 3) -> int:
-    k = max(minimum, int(round(x)))
-    return k if k % 2 else k + 1
+def motion_blur_kernel(radius: int, sigma: float) -> np.ndarray:
+    """ImageMagick's motion-blur weights (MagickCore/effect.c ``MotionBlurImage``, which ImageNet-C's
+    ``motion_blur`` calls through Wand): taps ``i = 0 .. 2 * radius`` (gem.c ``GetOptimalKernelWidth1D``: width
+    ``2 * ceil(radius) + 1``) weighted ``exp(-i^2 / (2 sigma^2))``, normalised to sum 1: one-sided, the nearest
+    tap heaviest."""
+    i = np.arange(2 * int(radius) + 1, dtype=np.float64)
+    k = np.exp(-(i**2) / (2.0 * float(sigma) ** 2))
+    return k / k.sum()
+
+
+def motion_blur(img: np.ndarray, radius: int, sigma: float, angle: float) -> np.ndarray:
+    """ImageMagick's motion blur: ``out(y, x) = sum_i k_i * img(y + dy_i, x + dx_i)`` with the tap offsets
+    ``(dy_i, dx_i) = (ceil(i sin a - 1/2), ceil(i cos a - 1/2))`` along the angle ``a`` (degrees; 0 is the +x
+    direction, y points down) and replicated borders (ImageMagick's default edge virtual pixels). Float result,
+    the shape of ``img``."""
+    h, w = img.shape[:2]
+    rows, cols = np.arange(h), np.arange(w)
+    sin, cos = math.sin(math.radians(angle)), math.cos(math.radians(angle))
+    out = np.zeros(img.shape, np.float64)
+    for i, weight in enumerate(motion_blur_kernel(radius, sigma)):
+        dy, dx = math.ceil(i * sin - 0.5), math.ceil(i * cos - 0.5)
+        out += weight * img[np.clip(rows + dy, 0, h - 1)][:, np.clip(cols + dx, 0, w - 1)]
+    return out
+
+
+class _MotionBlur(A.ImageOnlyTransform):
+    """ImageNet-C motion blur: :func:`motion_blur` at an angle drawn uniformly from ``angle_range`` (degrees)."""
+
+    def __init__(
+        self,
+        radius: int,
+        sigma: float,
+        angle_range: tuple[float, float] = (-_MOTION_ANGLE, _MOTION_ANGLE),
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p=p)
+        self.radius = int(radius)
+        self.sigma = float(sigma)
+        self.angle_range = (float(angle_range[0]), float(angle_range[1]))
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        return {"angle": float(self.random_generator.uniform(*self.angle_range))}
+
+    def apply(self, img: np.ndarray, angle: float = 0.0, **params: Any) -> np.ndarray:
+        out = motion_blur(img.astype(np.float64), self.radius, self.sigma, angle)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("radius", "sigma", "angle_range")
+
+
+def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+    """``skimage.filters.gaussian`` as ImageNet-C calls it: scipy's ``gaussian_filter`` defaults (truncate 4,
+    'nearest' borders), written with OpenCV (the same normalised kernel, replicated borders)."""
+    radius = int(4.0 * sigma + 0.5)
+    k = 2 * radius + 1
+    return cv2.GaussianBlur(x, (k, k), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE)
+
+
+def spatter_layer(z: np.ndarray, c: Sequence[float]) -> np.ndarray:
+    """ImageNet-C's spatter mask for one standard-normal field ``z`` at 224 px and the severity's constants
+    ``c`` (:data:`_SPATTER`): rain: the drop layer ``m`` (added as ``m * water``), mud: the mask ``m``
+    (``x * (1 - m) + m * mud``). Steps as in ``make_imagenet_c.py``'s ``spatter``."""
+    mean, std, sigma, threshold, amount, mud = c
+    liquid = _gaussian(mean + std * z, sigma)
+    liquid[liquid < threshold] = 0
+    if mud:
+        m = _gaussian((liquid > threshold).astype(np.float32), amount).astype(np.float64)
+        m[m < _MUD_CORE] = 0
+        return m
+    layer = (np.clip(liquid, 0, 1) * 255).astype(np.uint8)  # ImageNet-C: (liquid * 255).astype(np.uint8)
+    dist = (255 - cv2.Canny(layer, 50, 150)).astype(np.uint8)
+    dist = cv2.distanceTransform(dist, cv2.DIST_L2, 5)
+    _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+    dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
+    emboss = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=np.float32)
+    dist = cv2.blur(cv2.filter2D(dist, cv2.CV_8U, emboss), (3, 3)).astype(np.float32)
+    m = layer.astype(np.float32) * dist
+    top = float(m.max())
+    return (m / top * amount if top > 0 else m).astype(np.float64)
+
+
+def spatter(img: np.ndarray, z: np.ndarray, c: Sequence[float]) -> np.ndarray:
+    """ImageNet-C spatter of a uint8 RGB image: the mask of :func:`spatter_layer`, made from ``z`` (ImageNet-C's
+    224 px grid) and resized to the image (area-averaged when smaller), composited in [0, 1], rounded."""
+    m = spatter_layer(z, c)
+    h, w = img.shape[:2]
+    if m.shape != (h, w):
+        shrink = h * w < m.size
+        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    m = m[..., None]
+    x = img.astype(np.float64) / 255.0
+    mud, rain = np.asarray(_MUD_RGB) / 255.0, np.asarray(_RAIN_RGB) / 255.0
+    out = x * (1 - m) + m * mud if c[5] else x + m * rain
+    return np.clip(np.rint(np.clip(out, 0, 1) * 255), 0, 255).astype(np.uint8)
+
+
+class _Spatter(A.ImageOnlyTransform):
+    """ImageNet-C spatter (:func:`spatter`): one standard-normal field per image on ImageNet-C's grid
+    (``224 / size`` times the image's sides), drawn from the transform's seeded generator."""
+
+    def __init__(self, severity: int, size: int, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.severity = int(severity)
+        self.size = int(size)
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        f = IMAGENET_C_SIZE / self.size
+        return {"z": self.random_generator.standard_normal((max(1, round(h * f)), max(1, round(w * f))))}
+
+    def apply(self, img: np.ndarray, z: np.ndarray, **params: Any) -> np.ndarray:
+        return spatter(img, z, _SPATTER[self.severity - 1])
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("severity", "size")
 
 
 def _build(name: str, severity: int, size: int) -> A.BasicTransform:
@@ -78,8 +198,8 @@ def _build(name: str, severity: int, size: int) -> A.BasicTransform:
     if name == "gaussian_noise":
         return A.GaussNoise(std_range=(_GAUSS_STD[i], _GAUSS_STD[i]), p=1.0)
     if name == "motion_blur":
-        k = _odd(_MOTION_RADIUS[i] * scale)
-        return A.MotionBlur(blur_limit=(k, k), angle_range=(0, 360), allow_shifted=False, p=1.0)
+        radius, sigma = _MOTION[i]  # ImageMagick takes a real radius: its kernel width is 2 * ceil(radius) + 1
+        return _MotionBlur(max(1, math.ceil(round(radius * scale, 6))), sigma * scale)
     if name == "defocus_blur":
         radius, alias = _DEFOCUS[i]
         r = max(1, int(round(radius * scale)))
@@ -100,16 +220,7 @@ def _build(name: str, severity: int, size: int) -> A.BasicTransform:
     if name == "snow":
         return A.RandomSnow(snow_point_range=(_SNOW[i], _SNOW[i]), brightness_coeff=2.5, method="bleach", p=1.0)
     if name == "spatter":
-        mean, std, sigma, cutout, intensity, mode = _SPATTER[i]
-        return A.Spatter(
-            mean=(mean, mean),
-            std=(std, std),
-            gauss_sigma=(sigma, sigma),
-            cutout_threshold=(cutout, cutout),
-            intensity=(intensity, intensity),
-            mode=mode,
-            p=1.0,
-        )
+        return _Spatter(severity, size)
     raise ConfigError(f"corruptions: unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}, or all.")
 
 

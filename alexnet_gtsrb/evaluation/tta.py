@@ -1,5 +1,6 @@
 """Flip-safe test-time augmentation: five crops, each with a horizontal flip used only through the label mapping
-under which it is valid (GTSRB has left/right sign pairs)."""
+under which it is valid (GTSRB has left/right sign pairs). The crops are cut at the scale the preset trains at
+(:func:`tta_transform`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import albumentations as A
+import cv2
 import torch
 
 from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
-from alexnet_gtsrb.data.transforms import paper_base
+from alexnet_gtsrb.data.transforms import build_transform, paper_base, paper_big
 
 TTA_CROPS = 5
 
@@ -86,6 +88,23 @@ def tta_probabilities(model: Any, images: torch.Tensor, size: int) -> torch.Tens
 
 
 def tta_transform(image_size: int, augment: Mapping[str, Any]) -> A.Compose:
-    """The pipeline feeding TTA: the paper preset's evaluation pipeline (CLAHE if set, shorter side to 256/227
-    of the size, centre square) without its final centre crop, so that the 5 crops are cut from that image."""
-    return A.Compose(paper_base(image_size, augment))
+    """The image the 5 crops of ``image_size`` are cut from, with the sign at the size the preset trains on.
+
+    * ``paper``: the paper preset's evaluation pipeline without its final centre crop (CLAHE if set, shorter
+      side to 256/227 of the size, centre square): it trains on random crops of that same image, so every view
+      shows the sign at the training scale (Krizhevsky et al. 2012, section 4.1).
+    * ``gtsrb`` and ``none`` train on the whole (ROI) image resized to ``image_size``: the views come from that
+      evaluation image, padded with replicated borders to 256/227 of the size. The centre view is then exactly
+      the one-view evaluation image and each corner view is it shifted by half the padding (4-5 px at 67 px,
+      14-15 px at 227 px: 6-7.5% of the side), the sign keeping its training size; the ``gtsrb`` preset
+      trains with shifts of up to 10% and the same replicated borders (``none`` trains without shifts).
+
+    ``augment`` is ``data.augment`` as the per-item pipelines see it (without CLAHE where the image cache has
+    already applied it).
+    """
+    preset = augment.get("preset", "none")
+    if preset == "paper":
+        return A.Compose(paper_base(image_size, augment))
+    big = paper_big(image_size)
+    pad = A.PadIfNeeded(big, big, position="center", border_mode=cv2.BORDER_REPLICATE, p=1.0)
+    return A.Compose([build_transform(preset, image_size, train=False, params=augment), pad])
