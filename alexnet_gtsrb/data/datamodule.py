@@ -310,7 +310,7 @@ class GTSRBDataModule(LightningDataModule):
         return self.augment.get("preset") == "paper" and self.augment.get("pca", "dataset") == "dataset"
 
     def use_test_views(self, views: int) -> None:
-        """``1``: the evaluation pipeline; ``10``: the image the test step cuts 5 crops and flips from (tta_transform)."""
+        """``1``: the evaluation pipeline; ``10``: the image the test step cuts 5 crops and flips from."""
         if views not in TEST_VIEWS:
             raise ConfigError(f"test_views={views!r}; allowed: {', '.join(map(str, TEST_VIEWS))}.")
         self.test_views = int(views)
