@@ -214,6 +214,7 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
             "pgd_step_size": float(adv.pgd_step_size),
             "pgd_random_start": bool(adv.pgd_random_start),
             "library": "captum.robust",
+            "loss": "per-image cross-entropy on logits (float64), zero_thresh 0",
         }
         metrics["seconds"]["adversarial"] = time.perf_counter() - t0
 
