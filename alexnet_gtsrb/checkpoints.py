@@ -29,7 +29,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from alexnet_gtsrb.errors import UserError
-from alexnet_gtsrb.models.compat import seed_layout_problem
+from alexnet_gtsrb.models.compat import old_layout_problem
 from alexnet_gtsrb.targets import UnsafeCheckpointError, check_config, check_model_configs
 from alexnet_gtsrb.utils.files import atomic_write
 
@@ -165,9 +165,9 @@ def check_fits(state_dict: Mapping[str, Any], model: torch.nn.Module, path: str 
         for k, v in state_dict.items()
         if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(expected[k].shape)
     ]
-    old_seed = seed_layout_problem(state_dict) if missing else None
-    if old_seed is not None:
-        raise CheckpointError(f"{path}: {old_seed}.")
+    old_layout = old_layout_problem(state_dict) if missing else None
+    if old_layout is not None:
+        raise CheckpointError(f"{path}: {old_layout}.")
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing tensor(s), e.g. {missing[0]}")

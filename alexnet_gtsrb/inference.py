@@ -13,7 +13,6 @@ from hydra.errors import InstantiationException
 
 from alexnet_gtsrb.checkpoints import check_finite, check_fits, read_checkpoint
 from alexnet_gtsrb.errors import ConfigError
-from alexnet_gtsrb.models.compat import upgrade_paper_classifier
 from alexnet_gtsrb.module import GTSRBClassifier
 from alexnet_gtsrb.run_folder import checkpoint_for
 
@@ -51,10 +50,6 @@ def build_classifier(raw: Mapping[str, Any], path: str) -> GTSRBClassifier:
         reason = str(exc.__cause__ or exc).strip().splitlines()[-1][:200]
         raise ConfigError(f"{path}: its hyper_parameters do not build a model ({reason}).") from None
     state = raw["state_dict"]
-    if getattr(model.net, "variant", None) == "paper":
-        state, upgraded = upgrade_paper_classifier(state)
-        if upgraded:
-            log.warning("%s: FC6/FC7 renamed from the layout before dropout followed them (models/compat.py).", path)
     check_fits(state, model, path)
     model.load_state_dict(state)
     return model

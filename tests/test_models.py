@@ -519,25 +519,28 @@ def test_measure_train_throughput_runs_and_keeps_weights():
         measure_train_throughput(net, steps=0)
 
 
-def test_a_checkpoint_of_the_old_paper_classifier_order_is_renamed_to_the_new_one():
-    """Before issue 14 FC6/FC7 (and their BatchNorms) sat at classifier.1/3/5/7; inference renames them."""
-    from alexnet_gtsrb.models.compat import OLD_TO_NEW_PAPER_CLASSIFIER, upgrade_paper_classifier
+def test_a_checkpoint_of_the_old_paper_classifier_order_is_refused_in_one_line(tmp_path):
+    """Dropout before FC6/FC7 (FC6, FC7 and their BatchNorms at classifier.1/3/5/7): named, not converted."""
+    from alexnet_gtsrb.checkpoints import CheckpointError, check_fits
+    from alexnet_gtsrb.models.compat import old_layout_problem
 
-    net = AlexNet(num_classes=43, image_size=67, variant="paper", batch_norm=True, lrn=False)
-    new = {f"net.{k}": v for k, v in net.state_dict().items()}
-    back = {v: k for k, v in OLD_TO_NEW_PAPER_CLASSIFIER.items()}
+    holder = torch.nn.Module()  # checkpoints hold the classifier's state: the network under "net."
+    holder.net = AlexNet(num_classes=43, image_size=67, variant="paper", batch_norm=True, lrn=False)
+    new = dict(holder.state_dict())
+    old_index = {0: 1, 2: 3, 4: 5, 6: 7}  # torchvision's order: Dropout, FC6, ReLU, BN, Dropout, FC7, ReLU, BN, FC8
     old = {}
     for key, value in new.items():
         parts = key.split(".")
-        if parts[1] == "classifier" and int(parts[2]) in back:
-            parts[2] = str(back[int(parts[2])])
+        if parts[1] == "classifier" and int(parts[2]) in old_index:
+            parts[2] = str(old_index[int(parts[2])])
         old[".".join(parts)] = value
     assert "net.classifier.1.weight" in old and "net.classifier.0.weight" not in old
-    upgraded, renamed = upgrade_paper_classifier(old)
-    assert renamed and upgraded.keys() == new.keys()
-    assert all(upgraded[k] is new[k] for k in new)
-    same, renamed_again = upgrade_paper_classifier(new)
-    assert not renamed_again and same.keys() == new.keys()
+    assert old_layout_problem(old) is not None
+    assert old_layout_problem(new) is None
+    with pytest.raises(CheckpointError, match="dropout before FC6/FC7") as info:
+        check_fits(old, holder, tmp_path / "old.ckpt")
+    assert "\n" not in str(info.value)
+    check_fits(new, holder, tmp_path / "new.ckpt")  # today's layout fits
 
 
 def _old_seed_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -558,7 +561,7 @@ def test_a_seed_checkpoint_without_the_conv3_conv4_dropouts_is_refused_in_one_li
 
     from alexnet_gtsrb.checkpoints import CheckpointError
     from alexnet_gtsrb.inference import load_classifier
-    from alexnet_gtsrb.models.compat import seed_layout_problem
+    from alexnet_gtsrb.models.compat import old_layout_problem as seed_layout_problem
 
     cfg = compose_cfg(["model=alexnet_seed", "data.image_size=67"])
     module = instantiate(cfg.model, _recursive_=False)
