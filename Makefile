@@ -33,7 +33,7 @@ test: $(STAMP)  ## lint + type check + the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## skip the slow (subprocess training) tests
 	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -148,3 +148,18 @@ def test_stray_hidden_files_are_ignored(synthetic_copy):
     index = index_gtsrb(synthetic_copy)
     assert not any(".DS_Store" in r.path for r in index.train)
     assert verify_records(index.train) == []
+
+
+def test_missing_real_data_skips_on_a_users_machine_and_fails_in_ci(monkeypatch, tmp_path):
+    """The real-data fixture: a user without ../shared/gtsrb gets skips; CI (ALEXNET_GTSRB_REQUIRE_DATA=1) fails."""
+    from tests.helpers import real_gtsrb_root
+
+    monkeypatch.setenv("GTSRB_ROOT", str(tmp_path / "absent"))
+    monkeypatch.delenv("ALEXNET_GTSRB_REQUIRE_DATA", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="absent"):
+        real_gtsrb_root()
+    monkeypatch.setenv("ALEXNET_GTSRB_REQUIRE_DATA", "1")
+    with pytest.raises(pytest.fail.Exception, match="ALEXNET_GTSRB_REQUIRE_DATA=1"):
+        real_gtsrb_root()
+    monkeypatch.setenv("GTSRB_ROOT", str(tmp_path))
+    assert real_gtsrb_root() == tmp_path

@@ -83,3 +83,17 @@ def fake_imagenet_weights(torch_home: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(torchvision.models.alexnet().state_dict(), path)
     return path
+
+
+def real_gtsrb_root() -> Path:
+    """$GTSRB_ROOT as a Path; ``pytest.skip`` when it is unset or not a folder, ``pytest.fail`` instead when
+    ``ALEXNET_GTSRB_REQUIRE_DATA=1``."""
+    import pytest
+
+    value = os.environ.get("GTSRB_ROOT")
+    if not value or not Path(value).is_dir():
+        reason = f"real GTSRB data not available at GTSRB_ROOT={value!r} (CI uses ../shared/gtsrb)"
+        if os.environ.get("ALEXNET_GTSRB_REQUIRE_DATA") == "1":
+            pytest.fail(f"{reason}; ALEXNET_GTSRB_REQUIRE_DATA=1 makes this a failure")
+        pytest.skip(reason)
+    return Path(value)
