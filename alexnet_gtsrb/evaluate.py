@@ -12,7 +12,7 @@ re-evaluates any checkpoint later, with per-class numbers and pictures, without 
 ``checkpoints/last.ckpt``), the one its ``metrics.json`` reports, and prints which rule and which file.
 
 Every accuracy comes with its 95% Wilson interval (:mod:`alexnet_gtsrb.evaluation.intervals`), and the
-output says what the test set is: the whole official test set (12,630 images) or a subset, whose numbers are
+output says what the test set is: the whole official test set (12,630 images) or not, and then that its numbers are
 not comparable with published full-test results.
 
 The evaluation pipeline (image size, preset, ROI crop, mean/std) comes from the checkpoint itself, so a model

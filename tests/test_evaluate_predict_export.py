@@ -101,7 +101,7 @@ def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
     ci = f"{metrics['test/acc_ci_low']:.4f}-{metrics['test/acc_ci_high']:.4f}"
     assert f"({k}/{n_test}; 95% Wilson interval {ci})" in proc.stdout
     # what the test set is: the synthetic tree has test_per_class=2 of each of the 43 classes
-    assert f"test set: {n_test} images, 2 per class: a class-balanced subset of the 12,630 official" in proc.stdout
+    assert f"test set: {n_test} images, 2 per class: not the full 12,630-image official GTSRB test set" in proc.stdout
     assert "not comparable with published full-test results" in proc.stdout
     assert metrics["test_set"]["official_full_test"] is False and metrics["test_set"]["per_class"] == 2
     assert metrics["ckpt_path"] == str(tiny_ckpt) and f"checkpoint: {tiny_ckpt} (the file named)" in proc.stdout

@@ -174,7 +174,7 @@ def test_last_rule_tests_the_end_of_training_ema_weights_everywhere(compose_cfg,
     out = capsys.readouterr().out
     assert f"test checkpoint: {last} (test_ckpt=last: the weights at the end of the last epoch" in out
     assert f"test/acc: {correct / n:.4f} ({correct}/{n}; 95% Wilson interval {low:.4f}-{high:.4f})" in out
-    assert re.search(rf"test set: {n} images, \d+ per class: a class-balanced subset .* not comparable", out)
+    assert re.search(rf"test set: {n} images, \d+ per class: not the full 12,630-image .* not comparable", out)
 
     report = _evaluate(run_dir, synthetic_root, tmp_path / "eval")
     assert report["ckpt_path"] == str(last) and report["ckpt_chosen_by"].startswith("the run folder's test_ckpt=last")

@@ -64,6 +64,7 @@ def test_gpu_trainer_bf16_channels_last_with_pinned_uint8_batches(compose_cfg, s
             "debug=fdr",
             "trainer=gpu",
             "trainer.accelerator=gpu",
+            "trainer.precision=bf16-mixed",  # experiment=demo (applied after trainer=gpu) sets fp32
             f"data.data_dir={synthetic_root}",
             "data.synthetic=null",
             "data.image_size=67",

@@ -74,7 +74,7 @@ def test_baseline_smoke_on_real_gtsrb(tmp_path, gtsrb_root):
     acc = tags["test/acc"][-1].value
     assert abs(acc * 430 - round(acc * 430)) < 1e-3
     # said with the number: ../shared/gtsrb's test images are 10 per class of the 12,630 official ones
-    subset = "test set: 430 images, 10 per class: a class-balanced subset of the 12,630 official GTSRB test images"
+    subset = "test set: 430 images, 10 per class: not the full 12,630-image official GTSRB test set"
     assert subset + ", not comparable with published full-test results" in proc.stdout
     assert f"test/acc: {acc:.4f} ({round(acc * 430)}/430; 95% Wilson interval " in proc.stdout
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -71,12 +71,10 @@ def describe_test_set(labels: Iterable[int]) -> dict[str, Any]:
     full = n == OFFICIAL_TEST_IMAGES
     if full:
         note = f"the {OFFICIAL_TEST_IMAGES:,} official GTSRB test images (comparable with published full-test results)"
-    else:
+    else:  # the records cannot tell an official subset from other data (synthetic trees): say only what is known
         balance = f", {per_class} per class" if per_class is not None else ""
-        kind = "a class-balanced subset" if per_class is not None else "a subset"
-        what = f"{kind} of the" if n < OFFICIAL_TEST_IMAGES else "not the"
         note = (
-            f"{n:,} images{balance}: {what} {OFFICIAL_TEST_IMAGES:,} official GTSRB test images, "
+            f"{n:,} images{balance}: not the full {OFFICIAL_TEST_IMAGES:,}-image official GTSRB test set, "
             "not comparable with published full-test results"
         )
     return {"images": n, "official_full_test": full, "per_class": per_class, "classes": len(counts), "note": note}
