@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.helpers import CONF, real_gtsrb_root
+from tests.helpers import CONF, compose_config, real_gtsrb_root
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -61,27 +61,22 @@ def tiny_run(synthetic_root, tmp_path_factory) -> SimpleNamespace:
     from alexnet_gtsrb.train import train
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(
-                config_name="train",
-                overrides=[
-                    f"paths.output_dir={run_dir}",
-                    f"paths.log_dir={run_dir}/logs",
-                    "experiment=demo",
-                    f"data.data_dir={synthetic_root}",
-                    "data.synthetic=null",
-                    "data.image_size=67",
-                    "data.batch_size=32",
-                    "data.num_workers=0",
-                    "trainer.max_epochs=2",
-                    "trainer.limit_train_batches=3",
-                    "trainer.log_every_n_steps=1",
-                ],
-            )
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose_config(
+        "train",
+        [
+            f"paths.output_dir={run_dir}",
+            f"paths.log_dir={run_dir}/logs",
+            "experiment=demo",
+            f"data.data_dir={synthetic_root}",
+            "data.synthetic=null",
+            "data.image_size=67",
+            "data.batch_size=32",
+            "data.num_workers=0",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=3",
+            "trainer.log_every_n_steps=1",
+        ],
+    )
     metrics, objs = train(cfg)
     return SimpleNamespace(dir=run_dir, metrics=metrics, datamodule=objs["datamodule"])
 

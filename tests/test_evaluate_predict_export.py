@@ -16,15 +16,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from alexnet_gtsrb.data.classes import CLASS_NAMES, NUM_CLASSES
 from alexnet_gtsrb.data.io import decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform, normalize_uint8
 from alexnet_gtsrb.evaluation.tta import _flip_source_index, five_crops
 from alexnet_gtsrb.inference import eval_settings, load_classifier
-from tests.helpers import CONF, read_event_tags, run_module
+from tests.helpers import compose_config, read_event_tags, run_module
 
 IMAGE_SIZE = 67
 
@@ -35,29 +33,24 @@ def tiny_ckpt(synthetic_root, tmp_path_factory) -> Path:
     from alexnet_gtsrb.train import train
 
     out = tmp_path_factory.mktemp("train_run")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(
-                config_name="train",
-                overrides=[
-                    f"paths.output_dir={out}",
-                    f"paths.log_dir={out}/logs",
-                    "experiment=demo",
-                    f"data.data_dir={synthetic_root}",
-                    "data.synthetic=null",
-                    f"data.image_size={IMAGE_SIZE}",
-                    "data.num_workers=0",
-                    "model.net.lrn=true",
-                    "trainer.max_epochs=1",
-                    "trainer.limit_train_batches=2",
-                    "trainer.limit_val_batches=1",
-                    "test=false",
-                ],
-            )
-        train(cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose_config(
+        "train",
+        [
+            f"paths.output_dir={out}",
+            f"paths.log_dir={out}/logs",
+            "experiment=demo",
+            f"data.data_dir={synthetic_root}",
+            "data.synthetic=null",
+            f"data.image_size={IMAGE_SIZE}",
+            "data.num_workers=0",
+            "model.net.lrn=true",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "test=false",
+        ],
+    )
+    train(cfg)
     ckpt = out / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     return ckpt

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from alexnet_gtsrb.errors import ConfigError
 from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, wilson_interval
 from alexnet_gtsrb.train import train
-from tests.helpers import CONF, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
 
 Z = 1.959964  # Phi^-1(0.975) to 7 digits (any normal table)
 
@@ -114,21 +112,16 @@ def _evaluate(run_dir: Path, synthetic_root: Path, out: Path) -> dict:
     """``evaluate ckpt_path=<run folder>``, in-process."""
     from alexnet_gtsrb.evaluate import evaluate
 
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(
-                config_name="eval",
-                overrides=[
-                    f"ckpt_path={run_dir}",
-                    f"data.data_dir={synthetic_root}",
-                    "data.synthetic=null",
-                    "data.num_workers=0",
-                    f"paths.output_dir={out}",
-                ],
-            )
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose_config(
+        "eval",
+        [
+            f"ckpt_path={run_dir}",
+            f"data.data_dir={synthetic_root}",
+            "data.synthetic=null",
+            "data.num_workers=0",
+            f"paths.output_dir={out}",
+        ],
+    )
     return evaluate(cfg)
 
 

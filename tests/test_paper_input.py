@@ -26,6 +26,7 @@ from torch import nn
 from alexnet_gtsrb.data.pca import rgb_pca
 from alexnet_gtsrb.evaluation.pixels import PixelModel
 from alexnet_gtsrb.models.lrn import LRN
+from tests.helpers import compose_config
 
 # Krizhevsky et al. 2012, section 3.3 (alpha divided by n per term, as in cuda-convnet, Caffe and torch)
 LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
@@ -52,31 +53,23 @@ def paper(gtsrb_root, tmp_path_factory):
     the whole training path (random crop, label-aware flip, PCA colour noise, normalisation), the raw uint8
     batch, the model built by the config at the paper's initialisation, and from one forward pass of the batch
     the input of its first LRN and its FC6 pre-activations."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
 
     from alexnet_gtsrb.data import datamodule as datamodule_module
-    from tests.helpers import CONF
 
     out = tmp_path_factory.mktemp("paper_input")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(
-                config_name="train",
-                overrides=[
-                    f"paths.output_dir={out}",
-                    f"paths.log_dir={out}/logs",
-                    "experiment=paper",
-                    f"data.data_dir={gtsrb_root}",
-                    "data.num_workers=0",
-                    f"data.batch_size={BATCH}",
-                    f"data.cache_dir={out}/cache",
-                    "data.verify=false",  # the header scan of every file: no part of the images' pipeline
-                ],
-            )
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose_config(
+        "train",
+        [
+            f"paths.output_dir={out}",
+            f"paths.log_dir={out}/logs",
+            "experiment=paper",
+            f"data.data_dir={gtsrb_root}",
+            "data.num_workers=0",
+            f"data.batch_size={BATCH}",
+            f"data.cache_dir={out}/cache",
+            "data.verify=false",  # the header scan of every file: no part of the images' pipeline
+        ],
+    )
 
     def sampled_pca(root, split, settings, paths, images, cache_dir=None):
         return rgb_pca(itertools.islice(images(), PCA_IMAGES)), Path(out) / "pca.json"

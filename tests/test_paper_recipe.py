@@ -8,8 +8,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from alexnet_gtsrb.callbacks import tensorboard as tb_callbacks
 from alexnet_gtsrb.data.dataset import GTSRBDataset
@@ -17,19 +15,11 @@ from alexnet_gtsrb.data.gtsrb import index_gtsrb
 from alexnet_gtsrb.data.transforms import build_transform
 from alexnet_gtsrb.errors import ConfigError
 from alexnet_gtsrb.evaluation.tta import tta_probabilities
-from tests.helpers import CONF, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
 
 
 def _cfg(overrides: list[str], run_dir):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(
-                config_name="train",
-                overrides=[f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir}/logs", *overrides],
-            )
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config("train", [f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir}/logs", *overrides])
 
 
 def test_ten_view_test_at_the_end_of_training(synthetic_root, tmp_path):

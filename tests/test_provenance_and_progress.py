@@ -62,7 +62,7 @@ def test_a_run_whose_stdout_is_a_file_prints_a_plain_line_per_epoch_while_it_run
     lines = [line for line in text.splitlines() if re.search(r"epoch \d/3 step \d+ \|", line)]
     assert [re.search(r"epoch (\d)/3", line).group(1) for line in lines] == ["1", "2", "3"], lines
     for line in lines:
-        assert re.search(r"train/loss \d\.\d{4} train/acc \d\.\d{4} val/loss \d\.\d{4} val/acc \d\.\d{4}", line)
+        assert re.search(r"train/loss \d+\.\d{4} train/acc \d\.\d{4} val/loss \d+\.\d{4} val/acc \d\.\d{4}", line), line
         assert re.search(r"[\d,.]+ img/s \| elapsed \d+m\d\ds \| ETA \d+m\d\ds", line), line
     assert "\r" not in text  # no bar redraws in a log file
     # the run's own log file carries the task name (experiment=demo -> demo.log) and the same lines

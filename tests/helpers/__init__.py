@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -97,3 +98,17 @@ def real_gtsrb_root() -> Path:
             pytest.fail(f"{reason}; ALEXNET_GTSRB_REQUIRE_DATA=1 makes this a failure")
         pytest.skip(reason)
     return Path(value)
+
+
+def compose_config(config_name: str, overrides: list[str]) -> Any:
+    """``conf/<config_name>.yaml`` composed with ``overrides``, Hydra's global state cleared before and after
+    (so a test can compose or run an entry point next)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
