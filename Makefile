@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 GTSRB_ROOT ?= $(abspath ../shared/gtsrb)
 PYTEST_ARGS ?=
+# two pytest workers on two cores (one torch thread each, tests/conftest.py); a module's tests share a worker, so
+# module fixtures are built once. PYTEST_XDIST= runs everything in one process.
+PYTEST_XDIST ?= -n 2 --dist loadscope
 DEMO_ARGS ?=  # appended to the demo's training command (tests/test_readme_commands.py shrinks the run)
 BENCH_ARGS ?= data.data_dir=$(GTSRB_ROOT) data.image_size=227 data.batch_size=64 model=alexnet_bn \
 	model.channels_last=true trainer.precision=32-true bench.lrn_batch=32 bench.out=logs/bench.json
@@ -33,10 +36,10 @@ test: $(STAMP)  ## lint + type check + the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
+	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest $(PYTEST_XDIST) --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## skip the slow (subprocess training) tests
-	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest $(PYTEST_XDIST) -m "not slow" --durations=10 $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## throughput/memory table: compute ceiling, end to end, input pipeline, LRN, memory
 	$(BIN)/python -m alexnet_gtsrb.bench $(BENCH_ARGS)

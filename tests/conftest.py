@@ -3,6 +3,7 @@ training run on them (at chance level), and a small network trained to be clearl
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +13,17 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from tests.helpers import CONF, compose_config, real_gtsrb_root
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist each worker (and every process it starts) gets one torch thread: two workers on two
+    cores then keep both cores busy without oversubscribing them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from alexnet_gtsrb.checkpoints import atomic_torch_save, read_checkpoint
 from alexnet_gtsrb.errors import UserError
 from alexnet_gtsrb.targets import UnsafeCheckpointError, allowed_target
-from tests.helpers import run_module, run_train, tiny_overrides
+from tests.helpers import run_in_process, run_module, run_train, tiny_overrides
 
 
 class _Payload:
@@ -86,14 +86,13 @@ def test_the_payload_is_live_when_built_without_the_check(tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.slow
 def test_a_target_outside_the_allowlist_is_refused_by_every_entry_point(tiny_run, good_ckpt, synthetic_root, tmp_path):
     marker = tmp_path / "pwned"
     crafted = json.loads(json.dumps(good_ckpt["hyper_parameters"]))
     crafted["net"]["conv_dropout"] = _target_payload(marker)
     run_dir, ckpt = _crafted_run(tiny_run, tmp_path, {**good_ckpt, "hyper_parameters": crafted})
     for module, args in _entry_point_runs(ckpt, run_dir, synthetic_root, tmp_path).items():
-        proc = run_module(module, args)
+        proc = run_in_process(module, args)
         assert proc.returncode == 2, (module, proc.stderr[-3000:])
         line = _one_error_line(proc)
         assert "net.conv_dropout._target_='torch.load'" in line and "refused" in line, (module, line)
@@ -138,7 +137,6 @@ def test_the_datamodule_settings_of_a_checkpoint_may_name_no_target(good_ckpt, t
 
 
 # -- files that are not plain-data checkpoints -----------------------------------------------------------------
-@pytest.mark.slow
 def test_pickled_truncated_and_foreign_checkpoints_are_one_line_in_predict_and_resume(
     good_ckpt, synthetic_root, tmp_path
 ):
@@ -162,13 +160,15 @@ def test_pickled_truncated_and_foreign_checkpoints_are_one_line_in_predict_and_r
     }
     image = next((synthetic_root / "GTSRB" / "Final_Test" / "Images").glob("*.ppm"))
     for path, message in expected.items():
-        resume = run_train([*tiny_overrides(synthetic_root), f"ckpt_path={path}", f"hydra.run.dir={tmp_path}/r"])
-        predict = run_module("predict", [f"ckpt_path={path}", f"images=[{image}]", f"hydra.run.dir={tmp_path}/p"])
+        resume = run_in_process(
+            "train", [*tiny_overrides(synthetic_root), f"ckpt_path={path}", f"hydra.run.dir={tmp_path}/r"]
+        )
+        predict = run_in_process("predict", [f"ckpt_path={path}", f"images=[{image}]", f"hydra.run.dir={tmp_path}/p"])
         for proc in (resume, predict):
             assert proc.returncode == 2, proc.stderr[-2000:]
             line = _one_error_line(proc)
             assert str(path) in line and message in line, line
-    foreign_line = _one_error_line(run_train([*tiny_overrides(synthetic_root), f"ckpt_path={foreign}"]))
+    foreign_line = _one_error_line(run_in_process("train", [*tiny_overrides(synthetic_root), f"ckpt_path={foreign}"]))
     assert "classifier.8.weight (10, 4096) vs the model's (43, 4096)" in foreign_line
     assert "net.classifier.8.bias" in foreign_line
 

@@ -17,7 +17,7 @@ from hydra.errors import ConfigCompositionException
 
 from alexnet_gtsrb.bench import bench_options, run_command
 from alexnet_gtsrb.data.io import roi_box, roi_crop
-from tests.helpers import run_module
+from tests.helpers import run_in_process, run_module
 
 TINY = [
     "data.synthetic=null",
@@ -216,9 +216,9 @@ def test_options_are_normalised_and_checked(bench_cfg):
     assert opts["steps"] == 2 and opts["items"] == 1000
     with pytest.raises(ConfigCompositionException):  # not a bench option: Hydra refuses it
         bench_cfg(["bench.bogus=1"])
-    proc = run_module("bench", ["+bench.bogus=1"], timeout=120)
+    proc = run_in_process("bench", ["+bench.bogus=1"])
     assert proc.returncode == 2 and "unknown bench option(s) ['bogus']" in proc.stderr, proc.stderr[-2000:]
-    proc = run_module("bench", ["bench.sections=[nope]"], timeout=120)
+    proc = run_in_process("bench", ["bench.sections=[nope]"])
     assert proc.returncode == 2 and "bench.sections=['nope']: choose from" in proc.stderr, proc.stderr[-2000:]
 
 

@@ -15,7 +15,7 @@ from alexnet_gtsrb.models.alexnet import VARIANT_REQUIRED, AlexNet
 from alexnet_gtsrb.models.lrn import LRN
 from alexnet_gtsrb.models.summary import SummaryRow, format_summary, summary_rows
 from alexnet_gtsrb.plots import conv1_kernel_grid
-from tests.helpers import run_module
+from tests.helpers import run_in_process
 
 SEED = VARIANT_REQUIRED["seed"]  # groups=1, lrn=False, batch_norm=True
 TV = VARIANT_REQUIRED["torchvision"]
@@ -489,20 +489,22 @@ def test_summary_paper_and_restores_mode():
 
 def test_summary_cli(tmp_path):
     """``python -m alexnet_gtsrb.models.summary`` (@hydra.main, conf/summary.yaml), run from an empty folder."""
-    proc = run_module(
+    proc = run_in_process(
         "models.summary", ["model=alexnet_seed", "data.image_size=150", "data.num_classes=10"], cwd=tmp_path
     )
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "96x35x35" in out and "Total params: 30,049,034" in out and "Non-trainable params: 19,136" in out
     assert "2304" in out  # the origin script's flatten size
-    proc = run_module("models.summary", ["model=alexnet_torchvision", "data.image_size=224", "data.num_classes=1000"])
+    proc = run_in_process(
+        "models.summary", ["model=alexnet_torchvision", "data.image_size=224", "data.num_classes=1000"], cwd=tmp_path
+    )
     assert "Total params: 61,100,840" in proc.stdout
     assert list(tmp_path.iterdir()) == []  # no run folder, .hydra/ or log file in the working directory
 
 
-def test_summary_cli_subprocess_bad_size():
-    proc = run_module("models.summary", ["model=alexnet_paper", "data.image_size=40"], timeout=120)
+def test_summary_cli_bad_size():
+    proc = run_in_process("models.summary", ["model=alexnet_paper", "data.image_size=40"])
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "image_size" in proc.stderr and "67" in proc.stderr
 

@@ -23,7 +23,7 @@ from alexnet_gtsrb.errors import NonFiniteLossError, UserError
 from alexnet_gtsrb.module import GTSRBClassifier
 from alexnet_gtsrb.train import train
 from alexnet_gtsrb.utils.cli import exit_on_user_error
-from tests.helpers import ROOT, run_train, tiny_overrides
+from tests.helpers import ROOT, run_in_process, run_train, tiny_overrides
 
 
 def _popen(args: list[str]) -> subprocess.Popen:
@@ -224,16 +224,16 @@ def test_impossible_config_values_exit_2_naming_the_key(compose_cfg, synthetic_r
     assert err.startswith("error: ") and "Traceback" not in err
 
 
-@pytest.mark.slow
 def test_config_errors_from_the_command_line(tmp_path, synthetic_root):
-    """The real entry point: our error (exit 2, one line) and Hydra's for an unknown key or group option."""
+    """The entry point's main (in-process): our error (exit 2, one line) and Hydra's for an unknown key or group
+    option."""
     common = [*tiny_overrides(synthetic_root), f"hydra.run.dir={tmp_path}/run"]
-    bad_value = run_train([*common, "model.net.groups=3"])
+    bad_value = run_in_process("train", [*common, "model.net.groups=3"])
     assert bad_value.returncode == 2
     assert "model.net.groups=3" in bad_value.stderr and "Traceback" not in bad_value.stderr
-    unknown_key = run_train([*common, "data.bogus_key=1"])
+    unknown_key = run_in_process("train", [*common, "data.bogus_key=1"])
     assert unknown_key.returncode != 0 and "bogus_key" in unknown_key.stderr
-    unknown_option = run_train([*common, "augment=fancy"])
+    unknown_option = run_in_process("train", [*common, "augment=fancy"])
     assert unknown_option.returncode != 0
     assert "Could not find 'augment/fancy'" in unknown_option.stderr and "gtsrb" in unknown_option.stderr
 

@@ -13,7 +13,7 @@ import torch
 from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation import calibration, corruptions
 from alexnet_gtsrb.evaluation.pixels import PixelModel, to_pixels
-from tests.helpers import read_event_tags, run_module
+from tests.helpers import read_event_tags, run_in_process, run_module
 
 
 # -- corruptions ----------------------------------------------------------------------------------------------
@@ -281,6 +281,6 @@ def test_predict_outputs_calibrated_probabilities_and_gradcam_overlays(
     ],
 )
 def test_bad_values_are_one_line_errors(tiny_ckpt, synthetic_root, tmp_path, override, message):
-    r = run_module("robustness", [f"ckpt_path={tiny_ckpt}", f"data.data_dir={synthetic_root}", override,
+    r = run_in_process("robustness", [f"ckpt_path={tiny_ckpt}", f"data.data_dir={synthetic_root}", override,
                                   f"paths.output_dir={tmp_path}"])  # fmt: skip
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]

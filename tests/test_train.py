@@ -11,7 +11,7 @@ import torch
 from alexnet_gtsrb.callbacks.ema import EMAWeights
 from alexnet_gtsrb.module import GTSRBClassifier
 from alexnet_gtsrb.train import train
-from tests.helpers import read_event_tags, run_train, tiny_overrides
+from tests.helpers import read_event_tags, run_in_process, run_train, tiny_overrides
 
 SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"}
 
@@ -80,9 +80,22 @@ def test_baseline_smoke_on_real_gtsrb(tmp_path, gtsrb_root):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
+def test_the_in_process_runner_gives_what_the_subprocess_gives(tmp_path):
+    """tests.helpers.run_in_process stands in for a subprocess in the error-path tests: for the same command it
+    must give the same exit status and the same error line as ``python -m alexnet_gtsrb.train``."""
+    args = ["experiment=baseline", "data.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}/run"]
+    child, here = run_train(args), run_in_process("train", args)
+    assert here.returncode == child.returncode == 2
+    errors = [[line for line in p.stderr.splitlines() if line.startswith("error: ")] for p in (child, here)]
+    assert errors[0] == errors[1] and len(errors[0]) == 1, errors
+
+
 def test_missing_data_fails_fast_without_traceback(tmp_path):
     start = time.monotonic()
-    proc = run_train(["experiment=baseline", "data.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}/run"])
+    proc = run_in_process(
+        "train", ["experiment=baseline", "data.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}/run"]
+    )
     elapsed = time.monotonic() - start
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

@@ -26,6 +26,77 @@ def run_module(
     )
 
 
+#: ``python -m alexnet_gtsrb.<name>`` -> the module whose ``main`` that runs (the console scripts' targets too)
+ENTRY_MODULES = {
+    "bench": "alexnet_gtsrb.bench.__main__",
+    "data.download": "alexnet_gtsrb.data.download.__main__",
+    "data.synthetic": "alexnet_gtsrb.data.synthetic.cli",
+}
+ARGPARSE_MAINS = ("report", "data.download", "data.synthetic")  # main(argv) -> exit status; the rest are Hydra's
+
+
+def run_in_process(
+    module: str, args: list[str], env_extra: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m alexnet_gtsrb.<module> *args`` run in this process: the entry point's ``main`` with
+    ``sys.argv`` set, Hydra's global state cleared before and after, ``SystemExit`` caught as the return code,
+    stdout and stderr captured; the environment, working folder, logging handlers, signal handlers and torch's
+    thread count are restored afterwards. The result reads like :func:`run_module`'s, so a test can use either.
+
+    For error paths and config checks, where the process boundary is not what is tested (it saves the ~7 s of
+    CPU that importing torch, Lightning and the package costs a fresh interpreter). Signals, DDP, console
+    scripts and one wiring run per entry point stay in real subprocesses (:func:`run_module`)."""
+    import contextlib
+    import importlib
+    import io
+    import logging
+    import signal
+
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    main = importlib.import_module(ENTRY_MODULES.get(module, f"alexnet_gtsrb.{module}")).main
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_env, saved_cwd = sys.argv[:], dict(os.environ), os.getcwd()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved_threads = torch.get_num_threads()
+    code: int | str | None = 0
+    GlobalHydra.instance().clear()
+    try:
+        sys.argv = [f"alexnet_gtsrb.{module}", *args]
+        os.environ.update(env_extra or {})
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                result = main(args) if module in ARGPARSE_MAINS else main()
+                code = result if module in ARGPARSE_MAINS and isinstance(result, int) else 0
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        GlobalHydra.instance().clear()
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        for handler in root.handlers[:]:
+            if handler not in saved_handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in saved_handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(saved_level)
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+        torch.set_num_threads(saved_threads)
+    returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    if isinstance(code, str):
+        err.write(code + "\n")
+    return subprocess.CompletedProcess(sys.argv, returncode, out.getvalue(), err.getvalue())
+
+
 def read_event_tags(event_dir: Path) -> dict[str, list]:
     """Every scalar and image tag in the TensorBoard event files under event_dir, with their events."""
     from alexnet_gtsrb.run_folder import read_events
