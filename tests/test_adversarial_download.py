@@ -16,7 +16,7 @@ import pytest
 
 from alexnet_gtsrb.data.download import OFFICIAL_ARCHIVES, Archive, layout_problems
 from alexnet_gtsrb.data.download.archive import DEFAULT_MAX_DOWNLOAD, download_cap
-from tests.helpers import run_module
+from tests.helpers import run_in_process
 from tests.helpers.hostile import (
     GT,
     TEST,
@@ -157,7 +157,7 @@ def test_cli_deadline(tmp_path: Path, mirror: HostileMirror) -> None:
 @pytest.mark.parametrize("value", ["0", "-5", "soon"])
 def test_cli_rejects_bad_deadline(tmp_path: Path, value: str) -> None:
     """A deadline must be a positive number: usage error (exit 2) before any network access."""
-    result = run_module("data.download", ["--root", str(tmp_path / "data"), "--deadline", value], timeout=60)
+    result = run_in_process("data.download", ["--root", str(tmp_path / "data"), "--deadline", value])
     assert result.returncode == 2 and "--deadline" in result.stderr
     assert not (tmp_path / "data").exists()
 

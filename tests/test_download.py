@@ -26,7 +26,7 @@ from alexnet_gtsrb.data.download import (
     layout_problems,
     main,
 )
-from tests.helpers import run_module
+from tests.helpers import run_in_process
 
 TRAIN, TEST, GT = (a.filename for a in OFFICIAL_ARCHIVES)
 GT_CSV = "GTSRB/Final_Test/Images/GT-final_test.csv"
@@ -544,8 +544,8 @@ def test_unknown_parts_are_rejected(tmp_path: Path, fake: FakeGTSRB, parts: tupl
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `python -m alexnet_gtsrb.data.download` as a subprocess (the fixture cleared GTSRB_MIRROR/ROOT)."""
-    return run_module("data.download", list(args), timeout=60)
+    """The command line's main, in-process (the fixture cleared GTSRB_MIRROR/ROOT)."""
+    return run_in_process("data.download", list(args))
 
 
 def test_cli_with_md5_overrides(tmp_path: Path, fake: FakeGTSRB, server: _Server) -> None:

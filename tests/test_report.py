@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 
 import matplotlib.image as mpimg
 import pytest
 
 from alexnet_gtsrb.report import write_report
-from tests.helpers import ROOT, read_event_tags
+from tests.helpers import read_event_tags, run_in_process
 
 
 @pytest.mark.slow
@@ -30,12 +28,6 @@ def test_report_writes_curves_and_conv1_matching_the_event_files(tiny_run, tmp_p
 
 
 def test_report_on_a_folder_that_is_not_a_run_exits_2(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "alexnet_gtsrb.report", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_in_process("report", [str(tmp_path)])
     assert proc.returncode == 2
     assert "is not a run folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -103,6 +103,7 @@ def test_missing_data_fails_fast_without_traceback(tmp_path):
     assert elapsed < 60
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verify", ["true", "false"])
 def test_corrupt_image_stops_training_with_its_name(synthetic_copy, tmp_path, verify):
     """Caught by the header scan before training (verify=true) or when a worker decodes it (verify=false).
@@ -111,7 +112,8 @@ def test_corrupt_image_stops_training_with_its_name(synthetic_copy, tmp_path, ve
     """
     victim = synthetic_copy / "GTSRB" / "Final_Test" / "Images" / "00007.ppm"
     victim.write_bytes(b"P6\n999 999\n255\n" + b"\0" * 10)
-    proc = run_train(
+    proc = run_in_process(
+        "train",
         [
             "experiment=demo",
             f"data.data_dir={synthetic_copy}",
@@ -122,7 +124,7 @@ def test_corrupt_image_stops_training_with_its_name(synthetic_copy, tmp_path, ve
             "trainer.limit_val_batches=1",
             "data.num_workers=1",
             f"hydra.run.dir={tmp_path}/run",
-        ]
+        ],
     )
     assert proc.returncode != 0
     assert victim.name in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
