@@ -38,6 +38,36 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _the_slow_marker_tells_the_truth(request, monkeypatch) -> None:
+    """A test that trains (enters Lightning's fit loop) or starts a Python process must be marked ``slow``:
+    ``make test-fast`` skips exactly those, so the marker has to be right. An unmarked one fails here, naming
+    the reason, instead of silently making the fast subset slow. Shared runs trained once by a session or module
+    fixture (``tiny_run``) are set up before this guard and may feed fast tests."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    import subprocess
+    import sys
+
+    from lightning.pytorch.loops.fit_loop import _FitLoop
+
+    def refuse_fit(*args, **kwargs):  # config and data errors raised while fit sets up are not training
+        pytest.fail("this test trains (the fit loop runs): mark it @pytest.mark.slow", pytrace=False)
+
+    popen_init = subprocess.Popen.__init__
+
+    def refuse_python(self, args, *rest, **kwargs):
+        program = args[0] if isinstance(args, (list, tuple)) and args else args
+        if isinstance(program, (str, os.PathLike)) and Path(program).name.startswith("python"):
+            pytest.fail(f"this test starts a Python process ({program}): mark it @pytest.mark.slow", pytrace=False)
+        if str(program) == sys.executable:
+            pytest.fail("this test starts a Python process: mark it @pytest.mark.slow", pytrace=False)
+        popen_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(_FitLoop, "run", refuse_fit)
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse_python)
+
+
 @pytest.fixture(scope="session")
 def gtsrb_root() -> Path:
     """The real GTSRB tree named by $GTSRB_ROOT (CI: ../shared/gtsrb); skip when unset or absent, fail instead

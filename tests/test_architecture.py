@@ -7,6 +7,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "alexnet_gtsrb"
@@ -118,3 +120,18 @@ def test_readme_layout_names_every_module_and_package():
         if name not in listed:
             missing.append(str(p.relative_to(ROOT)))
     assert not missing, f"modules or packages missing from README's layout: {missing}"
+
+
+def test_an_unmarked_test_that_trains_or_starts_python_fails():
+    """The guard in tests/conftest.py: `make test-fast` trusts the `slow` marker, so a test without it that runs
+    the fit loop or starts a Python process fails with the fix named; other programs may run."""
+    import subprocess
+    import sys
+
+    from lightning.pytorch.loops.fit_loop import _FitLoop
+
+    with pytest.raises(pytest.fail.Exception, match=r"starts a Python process.*mark it @pytest\.mark\.slow"):
+        subprocess.run([sys.executable, "-c", "pass"], check=False)
+    with pytest.raises(pytest.fail.Exception, match=r"fit loop runs.*mark it @pytest\.mark\.slow"):
+        _FitLoop.run(None)  # type: ignore[arg-type]
+    assert subprocess.run(["true"], check=False).returncode == 0

@@ -154,6 +154,7 @@ def test_train_checks_the_extra_before_hydra_composes(extra, monkeypatch, capsys
     assert capsys.readouterr().err.strip() == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", ["hpo", "export"])
 def test_missing_extra_is_one_line_naming_it(extra, tmp_path):
     """End to end (``python -m``, a subprocess): train's check, and export's inside Hydra's run."""

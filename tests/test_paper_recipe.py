@@ -22,6 +22,7 @@ def _cfg(overrides: list[str], run_dir):
     return compose_config("train", [f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir}/logs", *overrides])
 
 
+@pytest.mark.slow
 def test_ten_view_test_at_the_end_of_training(synthetic_root, tmp_path):
     """test_views=10: the test step averages the 10 views; its test/acc equals tta_probabilities' accuracy."""
     from alexnet_gtsrb.train import train

@@ -239,6 +239,7 @@ def test_config_errors_from_the_command_line(tmp_path, synthetic_root):
 
 
 # -- 6. data faults during training: counted skips ------------------------------------------------------------
+@pytest.mark.slow
 def test_image_corrupted_after_indexing_is_skipped_and_counted(compose_cfg, synthetic_copy):
     cfg = compose_cfg(
         [
@@ -266,6 +267,7 @@ def test_image_corrupted_after_indexing_is_skipped_and_counted(compose_cfg, synt
 
 
 # -- 7. reproducibility ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_same_seed_and_config_give_identical_first_epoch_metrics(compose_cfg, synthetic_root, tmp_path):
     def run(out: str) -> dict[str, float]:
         cfg = compose_cfg(

@@ -15,6 +15,7 @@ from alexnet_gtsrb.train import train
         ["trainer.precision=32-true", "model.channels_last=false"],
     ],
 )
+@pytest.mark.slow
 def test_precision_and_memory_format(compose_cfg, synthetic_root, switches):
     cfg = compose_cfg(
         [

@@ -242,6 +242,7 @@ def test_bad_params_rejected(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_cli(tmp_path: Path, capsys) -> None:
     """main() and `python -m alexnet_gtsrb.data.synthetic` generate and report the image counts."""
     root = tmp_path / "cli"

@@ -16,6 +16,7 @@ from tests.helpers import read_event_tags, run_in_process, run_train, tiny_overr
 SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"}
 
 
+@pytest.mark.slow
 def test_fast_dev_run_in_process(compose_cfg, synthetic_root):
     cfg = compose_cfg(["experiment=demo", "debug=fdr", f"data.data_dir={synthetic_root}", "data.synthetic=null"])
     metrics, objs = train(cfg)
@@ -130,6 +131,7 @@ def test_corrupt_image_stops_training_with_its_name(synthetic_copy, tmp_path, ve
     assert victim.name in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_ema_weights_are_validated_checkpointed_tested_and_resumed(compose_cfg, synthetic_root):
     """callbacks=ema: checkpoints hold the average as state_dict and the training weights beside it; the test
     after training runs on the average from the checkpoint of the test_ckpt rule (default: last.ckpt;
@@ -167,6 +169,7 @@ def test_ema_weights_are_validated_checkpointed_tested_and_resumed(compose_cfg, 
     assert objs["trainer"].global_step == 9 and int(ema._average_model.n_averaged) == 9  # the average went on
 
 
+@pytest.mark.slow
 def test_early_stopping_is_off_by_default_and_stops_a_stalled_run(compose_cfg, synthetic_root, tmp_path):
     """callbacks.early_stopping: absent from a default run; enabled, it ends a run whose val/acc stops rising."""
     from lightning.pytorch.callbacks import EarlyStopping

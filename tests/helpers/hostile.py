@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from alexnet_gtsrb.data.download import OFFICIAL_ARCHIVES, Archive, DownloadError, download_gtsrb
-from tests.helpers import run_module
+from tests.helpers import run_in_process
 
 TRAIN, TEST, GT = (a.filename for a in OFFICIAL_ARCHIVES)
 Route = Callable[[BaseHTTPRequestHandler], None]
@@ -206,7 +206,7 @@ def fails(mirror: HostileMirror, root: Path, archives: tuple[Archive, ...], **kw
 
 def cli_error(*args: str) -> tuple[int, str]:
     """Run the command line; return (exit code, stderr) after checking stderr is one 'error:' line."""
-    result = run_module("data.download", [*args, "--no-progress"], timeout=60)
+    result = run_in_process("data.download", [*args, "--no-progress"])
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
