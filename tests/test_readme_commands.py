@@ -558,3 +558,17 @@ def test_documented_command_runs(command, filled, unknown, request):
             f"exit {proc.returncode} (expected {expected}) after {seconds:.0f} s:\n{tail}",
             pytrace=False,
         )
+
+
+def test_every_test_file_and_test_the_readme_names_exists():
+    """The README's pytest commands (one test file) are not run here (they run this suite); what they name must
+    exist, down to the test function after `::`."""
+    text = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"\btests/[\w/]+\.py(?:::\w+)?", text))
+    assert any("::" not in n for n in named), "the README no longer shows how to run one test file"
+    missing = []
+    for name in sorted(named):
+        path, _, func = name.partition("::")
+        if not (ROOT / path).is_file() or (func and f"def {func}(" not in (ROOT / path).read_text()):
+            missing.append(name)
+    assert not missing, f"the README names tests that do not exist: {missing}"
