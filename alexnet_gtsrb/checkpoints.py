@@ -11,7 +11,8 @@ Every checkpoint (best, last, step-interval, on signal) goes through :class:`Ato
 temporary file in the target folder, fsync, rename over the old one, so a crash or SIGKILL at any moment
 leaves either the old complete file or the new complete one. Lightning's default writer stages the bytes in
 the system temp folder and *moves* them, which is a copy (not atomic) when that folder is on another file
-system. The writer turns "no space left on device" into one line naming the folder.
+system. The writer turns "no space left on device" into one line naming the folder, and deletes only regular
+files, never recursively (the callback side of that guarantee is :mod:`alexnet_gtsrb.callbacks.checkpoint`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path)
             return
         atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
+
+    def remove_checkpoint(self, path: _PATH) -> None:
+        """Delete one checkpoint file: a local path is unlinked only when it is a regular file (Lightning's
+        writer removes recursively, so a directory named by a hostile checkpoint's callback state would go)."""
+        local = Path(str(path).removeprefix("file://"))
+        if "://" in str(path) and not str(path).startswith("file://"):
+            super().remove_checkpoint(path)
+        elif local.is_file() and not local.is_symlink():
+            local.unlink()
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path | None = None) -> str | None:
