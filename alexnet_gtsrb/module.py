@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
 from alexnet_gtsrb.errors import ConfigError, NonFiniteLossError
 from alexnet_gtsrb.targets import check_model_configs
+from alexnet_gtsrb.utils.rng import restore_rng_states, rng_states
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
@@ -226,12 +227,15 @@ class GTSRBClassifier(LightningModule):
             )
         if self.val_acc_best.update_called:
             checkpoint["val_acc_best"] = float(self.val_acc_best.compute())
+        checkpoint["rng_states"] = rng_states()  # a resumed run continues the random draws (dropout, batch aug.)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Remember the stored best accuracy; ``on_train_start`` restores it when fitting resumes."""
         best = checkpoint.get("val_acc_best")
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"  # not load_from_checkpoint/test
         self._resumed_val_acc_best = float(best) if best is not None and fitting else None
+        if fitting:
+            restore_rng_states(checkpoint.get("rng_states"), "checkpoint")
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

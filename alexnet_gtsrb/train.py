@@ -24,7 +24,9 @@ Research workflows (all outputs of a run live in its Hydra run folder, ``logs/<t
   ``ckpt_path=last`` takes the newest ``last.ckpt`` under the run folder named by ``hydra.run.dir``.
   Repeat the first run's overrides (or none that change the model); only ``trainer.max_epochs`` and the like
   should differ. ``ckpt_path=<file.ckpt>`` also resumes the state, but into a new run folder.
-  ``checkpoints/last.ckpt`` is rewritten after every epoch (``callbacks.last_checkpoint``). The restored
+  ``checkpoints/last.ckpt`` is rewritten after every epoch (``callbacks.last_checkpoint``). The resumed run
+  continues the training order, the augmentation and dropout draws where they stopped, mid-epoch too
+  (:mod:`alexnet_gtsrb.data.sampling`, the generators' states in the checkpoint). The restored
   scheduler keeps its own horizon: ``step``/``plateau`` extend to a larger ``max_epochs``; ``onecycle`` and
   ``cosine`` (sized from the first run's ``max_epochs``) do not, so resume those with the same ``max_epochs``
   (after an interruption), or OneCycleLR stops with "Tried to step N times".
@@ -50,6 +52,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +310,11 @@ def _fit_and_test(
     if cfg.get("train", True):
         ckpt_path = _resume_from(cfg, model)
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            with warnings.catch_warnings():
+                # the training order continues mid-epoch from the global step (data/sampling.py); Lightning's
+                # "your dataloader is not resumable" does not apply
+                warnings.filterwarnings("ignore", message=".*ended before the epoch ended and your dataloader.*")
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except NonFiniteLossError as exc:
             best = _best_checkpoint(trainer) or "none saved yet"
             raise NonFiniteLossError(f"{exc} Best checkpoint: {best}.") from None

@@ -86,10 +86,10 @@ def test_class_balance_draws_classes_as_count_to_the_one_minus_alpha(gtsrb_root,
     loader = dm.train_dataloader()
     counts = dm.class_counts()
     labels = [r.label for r in dm.train_set.records]
+    draws = [index for index, _ in loader.sampler]  # (index, augmentation seed) pairs
     if alpha == 0.0:
-        assert dm.train_sampler() is None and isinstance(loader.sampler, torch.utils.data.RandomSampler)
+        assert sorted(draws) == list(range(len(labels)))  # a permutation: every image once
         return
-    draws = list(iter(loader.sampler))
     assert len(draws) == len(labels)  # an epoch is as long as without balancing
     drawn = torch.bincount(torch.tensor([labels[i] for i in draws]), minlength=43).double()
     expected = torch.tensor([counts[c] ** (1 - alpha) for c in range(43)], dtype=torch.double)

@@ -194,7 +194,7 @@ def test_ddp_cpu_two_processes_share_one_run_and_split_the_data(tmp_path, synthe
     r0, r1 = (json.loads((shards / f"rank{r}.json").read_text()) for r in (0, 1))
     n = r0["dataset_len"]
     per_rank = math.ceil(n / 2)
-    assert r0["world_size"] == r1["world_size"] == 2 and r0["sampler"] == "DistributedSampler"
+    assert r0["world_size"] == r1["world_size"] == 2 and r0["sampler"] == "DistributedSamplerWrapper"  # of RunSampler
     assert len(r0["indices"]) == len(r1["indices"]) == per_rank
     assert set(r0["indices"]) | set(r1["indices"]) == set(range(n))
     assert len(set(r0["indices"]) & set(r1["indices"])) == 2 * per_rank - n  # 0, or 1 padded repeat

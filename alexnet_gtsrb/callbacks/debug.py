@@ -39,7 +39,7 @@ class ShardDump(L.Callback):
             return
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(0)  # what the loader iterates this epoch (Lightning sets it too)
-        indices = [int(i) for i in sampler]
+        indices = [int(i[0] if isinstance(i, tuple | list) else i) for i in sampler]  # RunSampler: (index, seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         record = {
             "rank": trainer.global_rank,

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import json
 import logging
-import os
-import signal
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,7 +14,7 @@ import albumentations as A
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from alexnet_gtsrb.data.batch_augment import BatchAugment, PCANoise
 from alexnet_gtsrb.data.cache import ImageCache, cache_fit, cache_image_size, open_or_build
@@ -26,6 +22,7 @@ from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipp
 from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits
 from alexnet_gtsrb.data.pca import RGBPCA, cached_rgb_pca
+from alexnet_gtsrb.data.sampling import RunSampler, trainer_position, worker_init
 from alexnet_gtsrb.data.split import split_records
 from alexnet_gtsrb.data.transforms import (
     IMAGENET_MEAN,
@@ -40,28 +37,7 @@ from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 from alexnet_gtsrb.evaluation.tta import tta_transform
 
 log = logging.getLogger(__name__)
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 TEST_VIEWS = (1, 10)  # the test after training: the centre view, or the paper's 10 views (5 crops x flips)
-
-
-def worker_init(worker_id: int, rank: int = 0) -> None:
-    """DataLoader worker set-up: ignore Ctrl+C, return freed image buffers to the OS, seed like Lightning.
-
-    - SIGINT is ignored in workers: a Ctrl+C in the terminal reaches the whole process group, and the main
-      process (``GracefulStop``) needs its workers alive to finish the step and save a checkpoint.
-    - glibc's malloc raises its mmap threshold as it sees large frees, after which decoded/resized image
-      buffers come from the heap and are never returned: each worker's private memory then creeps up by
-      hundreds of MB. A fixed 128 KiB threshold keeps those buffers mmap-backed (freed on release).
-    - Lightning seeds workers only when a loader has no ``worker_init_fn``, so do its seeding here
-      (``seed_everything(workers=True)`` sets ``PL_SEED_WORKERS``).
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-    if int(os.environ.get("PL_SEED_WORKERS", "0")):
-        from lightning.fabric.utilities.seed import pl_worker_init_function
-
-        pl_worker_init_function(worker_id, rank=rank)
 
 
 def _check_number(name: str, value: Any, kind: type, minimum: float) -> None:
@@ -157,6 +133,7 @@ class GTSRBDataModule(LightningDataModule):
                     f"preset {preset!r} augments per item. Set data.augment.on_device=false (or augment=gtsrb)."
                 )
             self.batch_augment = BatchAugment(self.augment)
+        self.sampler_seed = torch.initial_seed() % 2**63  # seed_everything(seed) ran first: the seed itself
         self.index: GTSRBIndex | None = None
         self.train_set: GTSRBDataset | None = None
         self.val_set: GTSRBDataset | None = None
@@ -334,31 +311,40 @@ class GTSRBDataModule(LightningDataModule):
         """Training-split images per class (for reports and class weighting)."""
         return Counter(r.label for r in _set_up(self.train_set).records)
 
-    def train_sampler(self) -> WeightedRandomSampler | None:
-        """With ``class_balance`` = a > 0: draw each training image with weight count(class) ** -a.
+    def train_sampler(self) -> RunSampler:
+        """The training order (:mod:`.sampling`): a permutation per epoch, or with ``class_balance`` = a > 0 each
+        image drawn with weight count(class) ** -a, with replacement, ``len(train)`` draws per epoch (a class then
+        appears in proportion to count ** (1 - a); a = 1: all equally often). A function of the seed and the
+        trainer's position, so a resumed run continues the order; under DDP Lightning wraps it per rank."""
+        records = _set_up(self.train_set).records
+        alpha, weights = float(self.hparams.class_balance), None
+        if alpha != 0.0:
+            counts = self.class_counts()
+            weights = [counts[r.label] ** -alpha for r in records]
+        batch_size, trainer = int(self.hparams.batch_size), self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        per_rank = -(-len(records) // world)  # Lightning's DistributedSampler pads to equal shares
+        loader_batches = per_rank // batch_size if len(records) > batch_size else 1  # drop_last as in _loader
+        position = functools.partial(trainer_position, trainer, loader_batches, batch_size, world > 1)
+        return RunSampler(len(records), self.sampler_seed, position, weights)
 
-        A class then appears in proportion to count ** (1 - a) per epoch (a = 1: all classes equally often),
-        drawn with replacement, ``len(train)`` draws per epoch. Under DDP Lightning wraps this sampler in its
-        ``DistributedSamplerWrapper`` (each rank takes its share of the draws). ``None`` = plain shuffling.
-        """
-        alpha = float(self.hparams.class_balance)
-        if alpha == 0.0:
-            return None
-        counts = self.class_counts()
-        weights = [counts[r.label] ** -alpha for r in _set_up(self.train_set).records]
-        return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler_seed": self.sampler_seed}  # a resumed run without `seed=` keeps its order
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if isinstance(state_dict.get("sampler_seed"), int):
+            self.sampler_seed = int(state_dict["sampler_seed"])
 
     # -- loaders --------------------------------------------------------------------------------------
     def _loader(self, dataset: GTSRBDataset, train: bool) -> DataLoader:
         hp = self.hparams
         pin = torch.cuda.is_available() if hp.pin_memory == "auto" else bool(hp.pin_memory)
         workers = int(hp.num_workers)
-        sampler = self.train_sampler() if train else None
         return DataLoader(
             dataset,
             batch_size=int(hp.batch_size),
-            shuffle=train and sampler is None,
-            sampler=sampler,
+            sampler=self.train_sampler() if train else None,
+            generator=torch.Generator().manual_seed(self.sampler_seed),  # worker seeds leave torch's global RNG
             drop_last=train and len(dataset) > int(hp.batch_size),  # no 1-image BatchNorm batches
             num_workers=workers,
             pin_memory=pin,

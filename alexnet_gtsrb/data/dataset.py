@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,8 @@ class GTSRBDataset(Dataset):
         self.max_pixels = max_pixels  # caps of decode_rgb: plain ints, so the dataset still pickles into workers
         self.max_file_bytes = max_file_bytes
         self._rng: np.random.Generator | None = None
-        self._transform_seeded = False
+        self._py_random: random.Random | None = None
+        self._seeded_transform: Callable | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -65,19 +67,37 @@ class GTSRBDataset(Dataset):
                 image = roi_crop(image, r.roi, (r.width, r.height))
         label = r.label
         if self.flip:
-            if self._rng is None:  # seeded per worker from torch's seed, which Lightning seeds
-                self._rng = np.random.default_rng(torch.initial_seed() % 2**32)
-            image, label = flip_remap(image, label, self._rng)
+            image, label = flip_remap(image, label, self._generators()[0])
         if self.transform is not None:
-            if not self._transform_seeded and hasattr(self.transform, "set_random_seed"):
-                # albumentations keeps its own generator (OS entropy by default): seed it per process from
-                # torch's seed, so seed_everything(workers=True) makes augmentation reproducible too
-                self.transform.set_random_seed(torch.initial_seed() % 2**32)
-                self._transform_seeded = True
+            self._generators()
             image = self.transform(image=image)["image"]
         return image, label
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+    def _generators(self) -> tuple[np.random.Generator, random.Random]:
+        """One numpy and one Python generator per process, shared by the flip and every albumentations op
+        (which otherwise keep their own, seeded from OS entropy); first seeded from torch's seed, which
+        ``seed_everything(workers=True)`` sets per worker, and reseeded per item by :meth:`__getitem__` when the
+        sampler sends a seed with the index."""
+        if self._rng is None or self._py_random is None:
+            seed = torch.initial_seed() % 2**32
+            self._rng, self._py_random = np.random.Generator(np.random.PCG64(seed)), random.Random(seed)
+        if self.transform is not self._seeded_transform:  # set once per transform (the test views swap it)
+            share = getattr(self.transform, "set_random_state", None)
+            if share is not None:
+                share(self._rng, self._py_random)
+            self._seeded_transform = self.transform
+        return self._rng, self._py_random
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int] | None:
+        """``item`` is an index, or (index, seed) from :class:`~alexnet_gtsrb.data.sampling.RunSampler`: then the
+        augmentation of this item depends on that seed only (not on the worker or what it drew before)."""
+        if isinstance(item, tuple):
+            index, seed = item
+            rng, py_random = self._generators()
+            rng.bit_generator.state = np.random.PCG64(seed).state
+            py_random.seed(seed)
+        else:
+            index = item
         try:
             image, label = self.load(index)
         except BadDataError:
