@@ -7,6 +7,7 @@ hyper-parameters are plain data and ``GTSRBClassifier.load_from_checkpoint(path)
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -201,8 +202,8 @@ class GTSRBClassifier(LightningModule):
 
     def _check_schedule_length(self) -> None:
         """A resumed one-cycle schedule keeps the first run's length: refuse a run that needs more steps now,
-        instead of failing with torch's "Tried to step N times" hours later."""
-        needed = int(self.trainer.estimated_stepping_batches)
+        instead of failing with torch's "Tried to step N times" later."""
+        needed = self._steps_needed()
         for config in self.trainer.lr_scheduler_configs:
             total = getattr(config.scheduler, "total_steps", None)
             if (
@@ -211,10 +212,26 @@ class GTSRBClassifier(LightningModule):
                 and total < needed
             ):
                 raise ConfigError(
-                    f"scheduler=onecycle: the resumed schedule is {total} steps long, but trainer.max_epochs="
-                    f"{self.trainer.max_epochs} needs {needed}. One-cycle keeps its length: resume with the first "
-                    "run's trainer.max_epochs, or use scheduler=step, plateau or none to train longer."
+                    f"scheduler=onecycle: the resumed schedule is {total} steps long, but this run needs {needed} "
+                    f"(global step {self.global_step} + the rest of trainer.max_epochs={self.trainer.max_epochs} at "
+                    "the current batches per epoch). One-cycle keeps its length: resume with the first run's "
+                    "trainer.max_epochs, data.batch_size and trainer.limit_train_batches, or use scheduler=step, "
+                    "plateau or none to train longer."
                 )
+
+    def _steps_needed(self) -> int:
+        """The optimizer steps this fit will have taken when it ends: the restored global step plus what is left
+        of the current epoch and the remaining epochs at the *current* batches per epoch (a resume may change
+        data.batch_size or trainer.limit_train_batches). Lightning's own estimate assumes a fresh run."""
+        t = self.trainer
+        estimate = int(t.estimated_stepping_batches)
+        if not self.global_step or t.max_epochs is None or t.max_epochs < 0 or math.isinf(t.num_training_batches):
+            return estimate
+        accumulate = int(t.accumulate_grad_batches)
+        per_epoch = math.ceil(t.num_training_batches / accumulate)
+        done = t.fit_loop.epoch_loop.batch_progress.current.ready if t.fit_loop.restarting else 0  # mid-epoch
+        needed = self.global_step + (t.max_epochs - t.current_epoch) * per_epoch - math.ceil(done / accumulate)
+        return min(needed, t.max_steps) if t.max_steps and t.max_steps > 0 else needed
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to save NaN/inf weights; store the best validation accuracy (torchmetrics states are not saved)."""
@@ -265,6 +282,10 @@ class GTSRBClassifier(LightningModule):
                     "plateau or none); scheduler=onecycle sets one max_lr for all groups."
                 )
             scheduler_cfg.setdefault("total_steps", int(self.trainer.estimated_stepping_batches))
+            if self.trainer.ckpt_path and _one_cycle_problem(scheduler_cfg):
+                # resuming: the checkpoint's schedule replaces this one; only its construction must not fail
+                scheduler_cfg["total_steps"] += 1
+            _check_one_cycle_phases(scheduler_cfg)
         scheduler = _build("scheduler", scheduler_cfg, optimizer)
         lr_scheduler = {"scheduler": scheduler, "interval": interval, "monitor": monitor}
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
@@ -292,3 +313,30 @@ class GTSRBClassifier(LightningModule):
                 group["lr"] = float(hp.optimizer["lr"]) * scale
             groups.append(group)
         return groups
+
+
+def _one_cycle_problem(cfg: Mapping[str, Any]) -> str | None:
+    """Why torch's OneCycleLR cannot run this config (None when it can): it divides by each phase's length in
+    steps, so a phase of zero steps (a warm-up of exactly one step: ``pct_start x total_steps == 1``) fails
+    with ZeroDivisionError when the scheduler is built."""
+    total, pct = int(cfg["total_steps"]), float(cfg.get("pct_start", 0.3))
+    if total < 1:
+        return f"the run has {total} optimizer steps; it needs at least one."
+    ends = [pct * total - 1, total - 1]
+    if cfg.get("three_phase", False):
+        ends = [pct * total - 1, 2 * pct * total - 2, total - 1]
+    starts = [0.0, *ends[:-1]]
+    if any(abs(end - start) < 1e-9 for start, end in zip(starts, ends, strict=True)):
+        return (
+            f"pct_start={pct:g} of {total} optimizer steps leaves a phase of zero steps, which torch's OneCycleLR "
+            "cannot run (division by zero). Change scheduler.pct_start, or the run's length (trainer.max_epochs, "
+            "trainer.limit_train_batches, data.batch_size)."
+        )
+    return None
+
+
+def _check_one_cycle_phases(cfg: Mapping[str, Any]) -> None:
+    """One line before training instead of torch's ZeroDivisionError (see :func:`_one_cycle_problem`)."""
+    problem = _one_cycle_problem(cfg)
+    if problem:
+        raise ConfigError(f"scheduler=onecycle: {problem}")

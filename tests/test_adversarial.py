@@ -187,16 +187,29 @@ def test_nan_weights_are_refused_naming_the_tensor(good_ckpt, tmp_path):
 
 # -- config values (the bad-value cases are in tests/test_reliability.py's parametrized test) ------------------
 @pytest.mark.slow
-def test_resuming_one_cycle_with_more_epochs_is_refused_at_start(tmp_path, synthetic_root):
+@pytest.mark.parametrize(
+    ("change", "needed"),
+    [
+        (["trainer.max_epochs=3"], 18),  # more epochs: 6 + 2 x 6
+        (["trainer.max_epochs=2", "trainer.limit_train_batches=3"], 9),  # fewer batches: 6 + 3 (Lightning: 6)
+        (["trainer.max_epochs=2", "data.batch_size=128", "trainer.limit_train_batches=null"], 8),  # 6 + 2
+    ],
+    ids=["max_epochs", "limit_train_batches", "batch_size"],
+)
+def test_resuming_one_cycle_past_its_length_is_refused_at_start(tmp_path, synthetic_root, change, needed):
+    """The one-cycle schedule of a 1-epoch, 6-step run is 6 steps long. A resume that would take more steps
+    stops before training with one line: more epochs, or more epochs at fewer batches each (a smaller
+    limit_train_batches or a larger data.batch_size), which Lightning's estimate (epochs x current batches)
+    lets through, to fail later with torch's "Tried to step N times"."""
     run_dir = tmp_path / "run"
-    common = [*tiny_overrides(synthetic_root), "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
-    common += ["test=false", f"hydra.run.dir={run_dir}"]
-    first = run_train([*common, "trainer.max_epochs=1"])
+    common = [*tiny_overrides(synthetic_root, batch_size=32), "trainer.limit_val_batches=1", "test=false"]
+    common += [f"hydra.run.dir={run_dir}", "trainer.limit_train_batches=6"]
+    first = run_in_process("train", [*common, "trainer.max_epochs=1"])
     assert first.returncode == 0, first.stderr[-3000:]
-    again = run_train([*common, "trainer.max_epochs=3", "ckpt_path=last"])
-    assert again.returncode == 2
+    again = run_in_process("train", [*common, "ckpt_path=last", *change])
+    assert again.returncode == 2, again.stderr[-3000:]
     line = _one_error_line(again)
-    assert "scheduler=onecycle: the resumed schedule is 2 steps long, but trainer.max_epochs=3 needs 6" in line
+    assert f"scheduler=onecycle: the resumed schedule is 6 steps long, but this run needs {needed}" in line
 
 
 # -- the run folder --------------------------------------------------------------------------------------------

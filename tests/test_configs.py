@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.helpers import CONF
+from tests.helpers import CONF, fake_imagenet_weights
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
@@ -169,3 +169,67 @@ def test_cpu_fast_runs_the_fast_input_path_and_fused_adamw(compose_cfg):
     assert dm.batch_augment is not None and dm.batch_augment.affine_p == cfg.data.augment.affine_p
     opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("debug", ["limit", "fdr"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_debug_configs_run_with_every_experiment(compose_cfg, synthetic_root, tmp_path, monkeypatch, experiment, debug):
+    """`experiment=<each> debug=limit|fdr` trains and tests, shrunk: the tiny synthetic tree, small batches,
+    on CPU in fp32 (experiment=gpu's trainer is CUDA bf16; its on-device augmentation runs on the CPU), a
+    stand-in ImageNet file for the fine-tuning one. The experiment's model, optimizer, schedule (one-cycle:
+    6 steps, 1 step) and augmentation are its own."""
+    from alexnet_gtsrb.train import train
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    fake_imagenet_weights(tmp_path / "torch")
+    overrides = [
+        f"experiment={experiment}",
+        f"debug={debug}",
+        f"data.data_dir={synthetic_root}",
+        "data.synthetic=null",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.precision=32-true",
+        "model.compile=false",
+    ]
+    metrics, objs = train(compose_cfg(overrides))
+    steps = 1 if debug == "fdr" else 6
+    assert objs["trainer"].global_step == steps and "test/acc" in metrics
+
+
+def test_the_one_cycle_check_refuses_exactly_the_schedules_torch_cannot_run():
+    """The reference is torch itself: for every small length and pct_start, the check raises a one-line
+    ConfigError exactly when stepping torch's OneCycleLR through the run fails."""
+    from alexnet_gtsrb.errors import ConfigError
+    from alexnet_gtsrb.module import _check_one_cycle_phases
+
+    refused = 0
+    for total in range(1, 13):
+        for pct in (0.1, 0.125, 0.2, 0.25, 0.3, 0.5, 1 / 3):
+            for three_phase in (False, True):
+                param = torch.nn.Parameter(torch.zeros(1))
+                optimizer = torch.optim.SGD([param], lr=0.1)
+                try:
+                    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                        optimizer, max_lr=0.1, total_steps=total, pct_start=pct, three_phase=three_phase
+                    )
+                    for _ in range(total - 1):
+                        optimizer.step()
+                        scheduler.step()
+                    torch_fails = False
+                except ZeroDivisionError:
+                    torch_fails = True
+                cfg = {"total_steps": total, "pct_start": pct, "three_phase": three_phase}
+                if torch_fails:
+                    refused += 1
+                    with pytest.raises(ConfigError, match=f"pct_start={pct:g} of {total} optimizer steps"):
+                        _check_one_cycle_phases(cfg)
+                else:
+                    _check_one_cycle_phases(cfg)
+    assert refused >= 5  # the grid holds failing cases (4 steps x 0.25 among them)
