@@ -9,8 +9,9 @@ on the cache leave that step out: it was the dearest per-item step left.
 
 Layout: ONE ``.npy`` file of shape ``(N, S, S, 3)`` uint8 per (record list, ROI flag, size), row ``i`` holding
 record ``i`` of the list it was built from, next to a JSON sidecar ``<name>.json``. The name carries a hash of
-the settings and of the record list (paths, annotations, file sizes and mtimes), so editing an image, the
-image size or ``data.roi_crop`` selects a new file. The folder is ``data.cache_dir``; by default
+the settings and of the record list (paths, annotations, file sizes, mtimes and SHA-256 digests: a copy can
+keep a replaced file's size and mtime, not its digest), so editing an image, the image size or
+``data.roi_crop`` selects a new file. The folder is ``data.cache_dir``; by default
 ``$ALEXNET_GTSRB_CACHE/images``, else ``~/.cache/alexnet_gtsrb/images`` (the synthetic demo data lives next
 to it). Old files are never deleted automatically: remove the folder to reclaim the space.
 
@@ -18,6 +19,11 @@ Crash safety: the array is written to a temporary file beside it and renamed int
 is written (also via a temporary file); a cache counts as complete only when both exist and agree, so an interrupted
 build is simply rebuilt. Builds run in ``setup`` on every rank under an exclusive file lock: the first rank
 builds, the others wait and then open the finished file read-only.
+
+Integrity: the sidecar holds a SHA-256 of the array (over digests of blocks of rows, which threads hash in
+parallel), made while building and checked on every open (one read of the file, a fraction of a build): a
+changed file logs one warning and is rebuilt, never served. Workers map the file later; they refuse one whose
+device, inode, size, mtime or ctime differ from the checked file's. The sidecar is not signed.
 
 Memory: workers receive only the file path and shape; each opens the memmap lazily on first use, so pages
 come from the shared page cache and nothing large is pickled.
@@ -32,6 +38,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,15 +48,18 @@ import cv2
 import numpy as np
 
 from alexnet_gtsrb.data.gtsrb import Record
-from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, decode_rgb, roi_crop
+from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, decode_rgb, file_sha256, roi_crop
 from alexnet_gtsrb.data.transforms import clahe_ops
-from alexnet_gtsrb.errors import BadDataError, ConfigError
+from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError
 from alexnet_gtsrb.utils.files import atomic_path, atomic_write, cache_root, require_free_space
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the cached pixels change for the same settings (it is part of the key)
 _PROGRESS_EVERY_S = 10.0
+_DIGEST_BLOCK_BYTES = 64 * 1024**2  # the array is hashed in blocks of rows, which threads hash in parallel
+_DIGEST_THREADS = 8  # at most; hashlib releases the GIL, so blocks of a warm file hash on separate cores
+Stamp = tuple[int, ...]  # (device, inode, size, mtime_ns, ctime_ns) of the checked cache file
 
 
 def default_cache_dir() -> Path:
@@ -81,17 +91,23 @@ def _fit_op(fit: str, s: int) -> A.BasicTransform:
 
 
 def cache_key(
-    records: Sequence[Record], size: int, roi: bool, fit: str = "square", clahe: tuple[float, int] | None = None
+    records: Sequence[Record],
+    size: int,
+    roi: bool,
+    fit: str = "square",
+    clahe: tuple[float, int] | None = None,
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
 ) -> str:
     """File stem for a cache: readable settings plus a hash of the settings and the record list.
 
-    Each record contributes its path, annotation (ROI and declared size, which decide the crop), and the
-    file's size and mtime, so a replaced image invalidates the cache. A missing file hashes as (-1, -1);
-    the build then reports it.
+    Each record contributes its path, annotation (ROI and declared size, which decide the crop), the file's
+    size and mtime, and a SHA-256 of its bytes, so a replaced image invalidates the cache even when the copy
+    kept its size and mtime. A missing file stamps as (-1, -1), a file the decoder would refuse (missing,
+    not a regular file, over ``max_file_bytes``) is not read; the build then reports it.
     """
     h = hashlib.sha256()
     settings: dict[str, Any] = {"version": CACHE_VERSION, "size": int(size), "roi": bool(roi)}
-    if fit != "square":  # square keys stay as they were: existing caches remain valid
+    if fit != "square":  # keys of square caches leave fit out, as before it was a setting
         settings["fit"] = fit
     if clahe is not None:  # likewise for caches without CLAHE
         settings["clahe"] = [float(clahe[0]), int(clahe[1])]
@@ -102,24 +118,42 @@ def cache_key(
             stamp = (st.st_size, st.st_mtime_ns)
         except OSError:
             stamp = (-1, -1)
-        h.update(repr((r.path, r.roi, r.width, r.height, stamp)).encode())
+        try:
+            content = file_sha256(r.path, max_file_bytes)
+        except BadDataError:  # the build refuses it too, naming it
+            content = "unusable"
+        h.update(repr((r.path, r.roi, r.width, r.height, stamp, content)).encode())
         h.update(b"\0")
     tag = "-clahe" if clahe is not None else ""
     return f"{int(size)}px-{'roi' if roi else 'full'}{tag}-{len(records)}-{h.hexdigest()[:20]}"
 
 
-class CacheReader:
-    """Read-only access to one cache file; opens the memmap lazily so it pickles as a path and a shape."""
+def _stamp(path: Path) -> Stamp:
+    """What identifies one version of a file without reading it; ctime changes on any write or rename."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def __init__(self, path: Path, shape: tuple[int, int, int, int]) -> None:
+
+class CacheReader:
+    """Read-only access to one cache file; opens the memmap lazily so it pickles as a path and a shape. A file
+    unlike ``stamp`` (the one whose digest was checked) is refused with a UserError, which skip does not hide."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int, int], stamp: Stamp | None = None) -> None:
         self.path = Path(path)
         self.shape = tuple(shape)
+        self.stamp = stamp
         self._array: np.ndarray | None = None
 
     def image(self, row: int) -> np.ndarray:
         """A writable copy of cached image ``row`` (the memmap view itself is read-only)."""
         if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
+            array = np.load(self.path, mmap_mode="r")
+            if self.stamp is not None and _stamp(self.path) != self.stamp:
+                raise UserError(
+                    f"{self.path}: the image cache file changed after its digest was checked; "
+                    "not reading it. Run again to check it and rebuild it."
+                )
+            self._array = array
         return np.array(self._array[row], copy=True)
 
     def __getstate__(self) -> dict:
@@ -139,6 +173,7 @@ class ImageCache:
     built: bool = False  # True when this call built the file, False when it reused it
     build_s: float = 0.0
     _rows: dict[str, int] = field(default_factory=dict, repr=False)
+    stamp: Stamp | None = None  # the file whose digest was checked (see CacheReader)
 
     def row(self, path: str) -> int:
         """Row of the image of ``path``; KeyError for a record the cache was not built from (or skipped)."""
@@ -146,7 +181,7 @@ class ImageCache:
 
     def reader(self) -> CacheReader:
         """A lightweight, picklable reader for datasets and DataLoader workers."""
-        return CacheReader(self.path, self.shape)
+        return CacheReader(self.path, self.shape, self.stamp)
 
     @property
     def nbytes(self) -> int:
@@ -158,17 +193,49 @@ def _paths(stem: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
 
 
-def _load_complete(stem: Path, key: str, shape: tuple[int, int, int, int]) -> dict | None:
-    """The sidecar of a complete cache, or None if either file is missing, unreadable or disagrees."""
+def _block_rows(shape: tuple[int, ...]) -> int:
+    """Rows per digest block: about ``_DIGEST_BLOCK_BYTES`` of uint8 pixels."""
+    return max(1, _DIGEST_BLOCK_BYTES // max(1, int(np.prod(shape[1:], dtype=np.int64))))
+
+
+def _block_sha256(block: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(block).data).digest()
+
+
+def _combined(block_digests: Sequence[bytes]) -> str:
+    """The array's digest: SHA-256 over its blocks' SHA-256 digests, in row order."""
+    return hashlib.sha256(b"".join(block_digests)).hexdigest()
+
+
+def _array_sha256(array: np.ndarray, block_rows: int) -> str:
+    """The digest :func:`build_cache` stores, recomputed from the file, its blocks hashed in parallel."""
+    blocks = [array[i : i + block_rows] for i in range(0, len(array), block_rows)]
+    with ThreadPoolExecutor(max(1, min(_DIGEST_THREADS, os.cpu_count() or 1, len(blocks)))) as pool:
+        return _combined(list(pool.map(_block_sha256, blocks)))
+
+
+def _load_complete(
+    stem: Path, key: str, shape: tuple[int, int, int, int], warn: bool = True
+) -> tuple[dict, Stamp] | None:
+    """The sidecar of a complete cache and the stamp of its checked array, or None if either file is missing,
+    unreadable or disagrees, including an array whose bytes no longer match the sidecar's digest (``warn``:
+    say so in one line, as that means the file was changed after it was built)."""
     npy, meta_path = _paths(stem)
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("key") != key or meta.get("version") != CACHE_VERSION or tuple(meta.get("shape", ())) != shape:
             return None
+        before = _stamp(npy)
         array = np.load(npy, mmap_mode="r")  # raises on a truncated file
         if array.shape != shape or array.dtype != np.uint8:
             return None
-        return meta
+        same = meta.get("sha256") == _array_sha256(array, int(meta.get("sha256_block_rows", 0)))
+        del array
+        if not same or _stamp(npy) != before:  # a change during the check leaves it unproven too
+            if warn:
+                log.warning("Image cache %s does not match its sidecar's digest: rebuilding it", npy)
+            return None
+        return meta, before
     except (OSError, ValueError, TypeError):
         return None
 
@@ -235,8 +302,10 @@ def build_cache(
     log.info("Building image cache: %d images at %dx%d px (%.2f GB) -> %s", n, s, s, need / 1e9, npy)
     t0 = last = time.perf_counter()
     skipped: list[str] = []
+    block_rows = _block_rows(shape)
+    blocks: list[Future[bytes]] = []
     meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the new file
-    with atomic_path(npy) as tmp:
+    with atomic_path(npy) as tmp, ThreadPoolExecutor(1) as hasher:  # hashes finished blocks while decoding
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         for i, r in enumerate(records):
             try:
@@ -248,10 +317,13 @@ def build_cache(
                         "or set data.on_bad_image=skip to leave bad files out)"
                     ) from None
                 skipped.append(r.path)
+            if (i + 1) % block_rows == 0 or i + 1 == n:  # a skipped image's row stays zero, hashed as such
+                blocks.append(hasher.submit(_block_sha256, array[i - i % block_rows : i + 1]))
             now = time.perf_counter()
             if now - last >= _PROGRESS_EVERY_S:
                 last = now
                 log.info("  image cache: %d/%d images (%.0f img/s)", i + 1, n, (i + 1) / (now - t0))
+        digest = _combined([b.result() for b in blocks])
         array.flush()
         del array
     build_s = time.perf_counter() - t0
@@ -262,6 +334,8 @@ def build_cache(
         "roi": bool(roi),
         "clahe": list(clahe) if clahe is not None else None,
         "skipped": skipped,
+        "sha256": digest,  # of the array's bytes, checked whenever the cache is opened
+        "sha256_block_rows": block_rows,
         "build_s": round(build_s, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -295,18 +369,21 @@ def open_or_build(
     folder = Path(os.path.expanduser(str(cache_dir))) if cache_dir else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     records = tuple(records)
-    key = cache_key(records, size, roi, fit, clahe)
+    key = cache_key(records, size, roi, fit, clahe, limits[1])
     stem = folder / key
-    shape = (len(records), int(size), int(size), 3)
-    meta, built = _load_complete(stem, key, shape), False
-    if meta is None:
+    npy, shape = _paths(stem)[0], (len(records), int(size), int(size), 3)
+    t0 = time.perf_counter()
+    found, built = _load_complete(stem, key, shape), False
+    if found is None:
         with _locked(folder / f"{key}.lock"):
-            meta = _load_complete(stem, key, shape)  # another rank may have built it while we waited
-            if meta is None:
+            found = _load_complete(stem, key, shape, warn=False)  # another rank may have built it meanwhile
+            if found is None:
                 meta = build_cache(records, size, roi, stem, key, on_bad_image, limits, fit, clahe)
-                built = True
+                found, built = (meta, _stamp(npy)), True
+    meta, stamp = found
     if not built:
-        log.info("Using image cache %s (%d images at %d px)", _paths(stem)[0], len(records), int(size))
+        checked_s = time.perf_counter() - t0
+        log.info("Using image cache %s (%d images at %d px, digest checked in %.1f s)", npy, *shape[:2], checked_s)
     skipped = tuple(meta.get("skipped", ()))
     if skipped and on_bad_image != "skip":
         raise BadDataError(
@@ -316,4 +393,4 @@ def open_or_build(
     bad = set(skipped)
     rows = {r.path: i for i, r in enumerate(records) if r.path not in bad}
     kept = tuple(r for r in records if r.path not in bad)
-    return ImageCache(_paths(stem)[0], shape, kept, skipped, built, float(meta.get("build_s", 0.0)), rows)
+    return ImageCache(npy, shape, kept, skipped, built, float(meta.get("build_s", 0.0)), rows, stamp)

@@ -12,6 +12,7 @@ after decoding.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -37,6 +38,7 @@ _JPEG_MAX_SEGMENTS = 10_000  # real JPEGs have a few dozen segments before the f
 _JPEG_MARKER = re.compile(rb"\xff+([^\x00\xff])")  # fill bytes, then the marker code (as libjpeg skips)
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC share the range
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_DIGEST_CHUNK_BYTES = 1024**2  # read size of file_sha256: whole GTSRB images, bounded memory for others
 _LIMIT_KEYS = ("data.max_pixels (predict: max_pixels)", "data.max_file_bytes (predict: max_file_bytes)")
 
 
@@ -228,6 +230,24 @@ def _read_capped(f: BinaryIO, name: str, max_file_bytes: int | None) -> bytes:
     if max_file_bytes is not None and len(data) > max_file_bytes:  # grew since it was measured
         raise BadDataError(f"{name}: file is over the limit of {max_file_bytes:,} bytes; refused.")
     return data
+
+
+def file_sha256(path: str, max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> str:
+    """SHA-256 (hex) of a regular file's bytes, read in chunks; the same refusals as :func:`decode_rgb`.
+
+    The image cache keys on it: ``cp -p``, ``rsync -a`` and unzip keep a file's size and mtime across
+    other content, but not its digest.
+    """
+    _, f = _open_regular(path, max_file_bytes)
+    h = hashlib.sha256()
+    try:
+        while chunk := f.read(_DIGEST_CHUNK_BYTES):
+            h.update(chunk)
+    except OSError as e:
+        raise BadDataError(f"{path}: image file cannot be read ({e.strerror or e}).") from None
+    finally:
+        f.close()
+    return h.hexdigest()
 
 
 def decode_rgb(
