@@ -41,7 +41,7 @@ def test_notebook_is_committed_without_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path, synthetic_root, monkeypatch, tmp_path, request):
     monkeypatch.setenv("GTSRB_ROOT", str(synthetic_root))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend, as in Jupyter
     monkeypatch.setenv("ALEXNET_GTSRB_LOGS", str(tmp_path / "logs"))  # never the repository's own runs
     for key, value in NOTEBOOK_ENV.get(path.name, lambda _: {})(request).items():
         monkeypatch.setenv(key, value)
@@ -50,5 +50,10 @@ def test_notebook_executes(path, synthetic_root, monkeypatch, tmp_path, request)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources=resources).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    # every figure a cell shows reaches the notebook (a non-interactive backend set in the notebook would
+    # make plt.show() a no-op and the notebook silently figure-less)
+    shows = sum("".join(c.source).count("plt.show()") for c in nb.cells if c.cell_type == "code")
+    pngs = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert pngs >= shows, f"{pngs} figures shown for {shows} plt.show() calls"
     if path.name in NOTEBOOK_CHECKS:
         NOTEBOOK_CHECKS[path.name](nb, request)

@@ -40,7 +40,7 @@ def test_a_run_whose_stdout_is_a_file_prints_a_plain_line_per_epoch_while_it_run
     """`python -m alexnet_gtsrb.train experiment=demo > run.log`: the log shows each epoch as it ends."""
     log_path, run_dir = tmp_path / "run.log", tmp_path / "run"
     args = [*tiny_overrides(synthetic_root), "trainer.max_epochs=3", "trainer.limit_train_batches=2"]
-    args += ["trainer.limit_val_batches=1", "test=false", f"hydra.run.dir={run_dir}"]
+    args += ["trainer.limit_val_batches=1", "test=false", f"hydra.run.dir={run_dir}", "progress_every_n_steps=1"]
     with open(log_path, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "alexnet_gtsrb.train", *args],
@@ -64,6 +64,18 @@ def test_a_run_whose_stdout_is_a_file_prints_a_plain_line_per_epoch_while_it_run
     for line in lines:
         assert re.search(r"train/loss \d+\.\d{4} train/acc \d\.\d{4} val/loss \d+\.\d{4} val/acc \d\.\d{4}", line), line
         assert re.search(r"[\d,.]+ img/s \| elapsed \d+m\d\ds \| ETA \d+m\d\ds", line), line
+    # mid-epoch lines: where the epoch stands, the loss of the steps since the last line, an ETA from the step rate
+    steps = [line for line in text.splitlines() if re.search(r"epoch \d/3 step \d/2 \|", line)]
+    assert [re.search(r"epoch (\d)/3 step (\d)/2", line).groups() for line in steps] == [
+        (str(e), str(b)) for e in (1, 2, 3) for b in (1, 2)
+    ], steps
+    for line in steps:
+        assert re.search(
+            r"\| loss \d+\.\d{4} \(1 steps\) \| [\d,.]+ img/s \| elapsed \d+m\d\ds \| ETA \d+m\d\ds$", line
+        ), line
+        assert "val/" not in line  # no stale metrics of the previous epoch
+    eta = [int(m.group(1)) * 60 + int(m.group(2)) for m in (re.search(r"ETA (\d+)m(\d\d)s", x) for x in steps)]
+    assert eta[-1] == 0 and eta[0] > 0  # counts down to the end of the run
     assert "\r" not in text  # no bar redraws in a log file
     # the run's own log file carries the task name (experiment=demo -> demo.log) and the same lines
-    assert sum("epoch 3/3" in line for line in (run_dir / "demo.log").read_text().splitlines()) == 1
+    assert sum("epoch 3/3 step 6 |" in line for line in (run_dir / "demo.log").read_text().splitlines()) == 1
