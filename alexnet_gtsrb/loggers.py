@@ -24,7 +24,8 @@ class TimedCSVLogger(CSVLogger):
 
 
 class RunFolderMLFlowLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger for a store inside the run folder: the run is named after the folder, and with
+    """Lightning's MLFlowLogger for one run folder (the store is shared, ``conf/logger/mlflow.yaml``; without a
+    tracking URI it is ``<run folder>/mlruns``): the run is named after the folder, and with
     ``log_model=True`` the checkpoint uploaded at the end is the best one (``epoch_NNN.ckpt``).
 
     Lightning uploads, at the end of training, the files of the *last* ModelCheckpoint callback that saved; here

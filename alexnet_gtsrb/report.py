@@ -34,10 +34,10 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     """Write curves.png, curves.csv and conv1.png for a run folder; returns their paths."""
     run_dir = Path(run_dir)
     scalars, source = read_scalars(run_dir)
-    if source is None and (run_dir / "mlruns").is_dir():
+    if source is None and any((run_dir / name).exists() for name in ("mlruns", "checkpoints", "metrics.json")):
         raise UserError(
-            f"{run_dir} holds an MLflow store only (mlruns/): the report reads csv/ or tensorboard/; "
-            "browse it with `mlflow ui`, or train with logger=[mlflow,csv]."
+            f"{run_dir} is a run folder without csv/ or tensorboard/ (logged to MLflow only, or no logger): the "
+            "report reads those; browse an MLflow store with `mlflow ui`, or train with logger=[mlflow,csv]."
         )
     if source is None:
         raise UserError(

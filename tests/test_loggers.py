@@ -1,4 +1,4 @@
-"""Loggers beyond TensorBoard: ``logger=csv``, ``logger=mlflow`` (a store inside the run folder), ``logger=many``.
+"""Loggers beyond TensorBoard: ``logger=csv``, ``logger=mlflow`` (one store under the logs folder), ``logger=many``.
 
 One short real training per logger choice, in-process (experiment=demo at 67 px on the tiny synthetic tree, 2
 epochs of 3 batches); each store is read back with its own reader: the csv module for ``metrics.csv``, MLflow's
@@ -21,12 +21,15 @@ from alexnet_gtsrb.run_folder import epoch_table, read_metrics_csv, read_scalars
 from tests.helpers import read_event_tags, tiny_overrides
 
 
-def _train(compose_cfg, synthetic_root: Path, logger: str) -> tuple[Path, dict[str, float], Any]:
-    """Train 2 epochs of 3 batches with ``logger=<logger>``; returns the run folder, the metrics and the config."""
+def _train(compose_cfg, synthetic_root: Path, logger: str, name: str = "") -> tuple[Path, dict[str, float], Any]:
+    """Train 2 epochs of 3 batches with ``logger=<logger>``; returns the run folder, the metrics and the config.
+    ``name``: a run folder of that name beside the default one (same logs folder)."""
     from alexnet_gtsrb.train import train
 
     overrides = [*tiny_overrides(synthetic_root), "trainer.max_epochs=2", "trainer.limit_train_batches=3"]
     cfg = compose_cfg([*overrides, f"logger={logger}"])
+    if name:
+        cfg = compose_cfg([*overrides, f"logger={logger}", f"paths.output_dir={Path(cfg.paths.output_dir) / name}"])
     metrics, _ = train(cfg)
     return Path(cfg.paths.output_dir), metrics, cfg
 
@@ -84,13 +87,15 @@ def test_csv_logger_writes_metrics_csv_and_the_report_reads_it(compose_cfg, synt
 
 
 @pytest.mark.slow
-def test_mlflow_logger_writes_a_store_in_the_run_folder(compose_cfg, synthetic_root, monkeypatch):
+def test_mlflow_logger_writes_runs_to_one_shared_store_with_the_figures(compose_cfg, synthetic_root, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's file store; the logger sets it too
     run_dir, metrics, cfg = _train(compose_cfg, synthetic_root, "mlflow")
     assert not (run_dir / "tensorboard").exists() and not (run_dir / "csv").exists()
-    client = MlflowClient(f"file:{run_dir / 'mlruns'}")
+    assert not (run_dir / "mlruns").exists()  # one store for all runs, under the logs folder
+    store = Path(cfg.paths.log_dir) / "mlruns"
+    client = MlflowClient(f"file:{store}")
     experiment = client.get_experiment_by_name(cfg.task_name)
     assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id])
@@ -109,11 +114,21 @@ def test_mlflow_logger_writes_a_store_in_the_run_folder(compose_cfg, synthetic_r
     # the best checkpoint, not last.ckpt, is the uploaded model
     best = _best_checkpoint_name(run_dir)
     stem = best.removesuffix(".ckpt")
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == [stem]
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {stem, "figures", "images"} <= top
     files = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, stem)}
     assert files[f"{stem}/{best}"] == (run_dir / "checkpoints" / best).stat().st_size
-    assert Path(run.info.artifact_uri.removeprefix("file://")).resolve().is_relative_to(run_dir.resolve())
-    with pytest.raises(UserError, match="MLflow store only"):  # no metrics.csv or events for the report
+    assert Path(run.info.artifact_uri.removeprefix("file://")).resolve().is_relative_to(store.resolve())
+    # the pictures of the TensorBoard callbacks: a confusion matrix per validation epoch, images with their step
+    figures = sorted(a.path for a in client.list_artifacts(run.info.run_id, "figures"))
+    assert len(figures) == 2 and all(f.endswith(".png") and "val_confusion_matrix_step" in f for f in figures)
+    images = {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "images")}
+    assert any(i.startswith("samples_train_augmented+step+0") for i in images), images  # (conv1's grid: off here)
+    # a second run lands in the same store, comparable in one UI
+    second_dir, _, _ = _train(compose_cfg, synthetic_root, "mlflow", name="second")
+    names = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
+    assert names == {run_dir.name, second_dir.name}
+    with pytest.raises(UserError, match="logged to MLflow only, or no logger"):  # no metrics.csv, no events
         write_report(run_dir)
 
 

@@ -1,5 +1,6 @@
 """TensorBoard callbacks: conv1's kernels, augmented training samples, the validation confusion matrix and
-per-class accuracy, and the run's hyper-parameters with its final metrics (the HPARAMS tab).
+per-class accuracy, and the run's hyper-parameters with its final metrics (the HPARAMS tab). The three
+pictures go to MLflow too when ``logger`` includes it (images with a step, the confusion matrix as a figure).
 
 Each one is an entry of ``conf/callbacks/default.yaml`` and can be dropped with ``~callbacks.<name>``. Only the
 global-zero process writes; every process takes part in the collective steps (the confusion matrix's sync).
@@ -15,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
 from alexnet_gtsrb.callbacks.ema import EMAWeights
 from alexnet_gtsrb.data.classes import class_name
@@ -31,6 +32,39 @@ def _tensorboard(trainer: L.Trainer):
         if isinstance(lg, TensorBoardLogger):
             return lg.experiment
     return None
+
+
+def _mlflow_runs(trainer: L.Trainer) -> list[tuple[Any, str]]:
+    """(client, run id) of each MLflow logger: the figures go to MLflow's store too."""
+    return [(lg.experiment, lg.run_id) for lg in trainer.loggers if isinstance(lg, MLFlowLogger)]
+
+
+def _log_image(trainer: L.Trainer, tag: str, image: torch.Tensor, step: int) -> None:
+    """A (3, H, W) image in [0, 1] to TensorBoard (``tag``) and to each MLflow run (key ``tag`` with ``/`` as
+    ``_``, one image per step in MLflow's image view)."""
+    tb = _tensorboard(trainer)
+    if tb is not None:
+        tb.add_image(tag, image, global_step=step)
+    runs = _mlflow_runs(trainer)
+    if runs:
+        hwc = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        for client, run_id in runs:
+            client.log_image(run_id, hwc, key=tag.replace("/", "_"), step=step)
+
+
+def _log_figure(trainer: L.Trainer, tag: str, make_figure: Any, step: int) -> None:
+    """A matplotlib figure to TensorBoard and, as ``figures/<tag>_step<N>.png``, to each MLflow run."""
+    import matplotlib.pyplot as plt
+
+    tb, runs = _tensorboard(trainer), _mlflow_runs(trainer)
+    if tb is None and not runs:
+        return
+    figure = make_figure()
+    for client, run_id in runs:
+        client.log_figure(run_id, figure, f"figures/{tag.replace('/', '_')}_step{step:06d}.png")
+    if tb is not None:
+        tb.add_figure(tag, figure, global_step=step, close=False)
+    plt.close(figure)
 
 
 def _log_step(trainer: L.Trainer) -> int:
@@ -50,13 +84,12 @@ class Conv1KernelGrid(L.Callback):
         self.every_n_epochs = max(1, int(every_n_epochs))
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        tb = _tensorboard(trainer)
         net = getattr(pl_module, "net", None)
-        if tb is None or net is None or not trainer.is_global_zero:
+        if net is None or not trainer.is_global_zero or (_tensorboard(trainer) is None and not _mlflow_runs(trainer)):
             return
         with torch.no_grad():
             grid = conv1_kernel_grid(net)
-        tb.add_image("filters/conv1", grid.float().cpu(), global_step=trainer.global_step)
+        _log_image(trainer, "filters/conv1", grid.float().cpu(), trainer.global_step)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log(trainer, pl_module)
@@ -108,7 +141,7 @@ class TrainSampleGrid(L.Callback):
             return  # an empty batch (every image skipped): try the next one
         self._pending = False
         tb = _tensorboard(trainer)
-        if tb is None or not trainer.is_global_zero:
+        if not trainer.is_global_zero or (tb is None and not _mlflow_runs(trainer)):
             return
         from torchvision.utils import make_grid
 
@@ -118,9 +151,9 @@ class TrainSampleGrid(L.Callback):
         with torch.no_grad():
             samples = denormalize_to_uint8(images[: self.max_images].detach(), mean, std).cpu()
             grid = make_grid(samples.float() / 255.0, nrow=self.nrow, padding=2, pad_value=1.0)
-        tb.add_image("samples/train_augmented", grid, global_step=trainer.global_step)
+        _log_image(trainer, "samples/train_augmented", grid, trainer.global_step)
         labels = batch[1] if isinstance(batch, list | tuple) and len(batch) > 1 else None
-        if isinstance(labels, torch.Tensor):
+        if isinstance(labels, torch.Tensor) and tb is not None:
             text = sample_labels_markdown(labels[: self.max_images].tolist(), self.nrow)
             tb.add_text("samples/train_augmented_labels", text, global_step=trainer.global_step)
 
@@ -209,10 +242,7 @@ class ValConfusionMatrix(_ValConfusion):
     :func:`alexnet_gtsrb.plots.confusion_figure` (rows: true class, columns: predicted)."""
 
     def _log(self, trainer: L.Trainer, cm: torch.Tensor) -> None:
-        tb = _tensorboard(trainer)
-        if tb is None:
-            return
-        tb.add_figure("val/confusion_matrix", confusion_figure(cm), global_step=_log_step(trainer), close=True)
+        _log_figure(trainer, "val/confusion_matrix", lambda: confusion_figure(cm), _log_step(trainer))
 
 
 class ValClassAccuracy(_ValConfusion):
