@@ -282,7 +282,7 @@ class GTSRBClassifier(LightningModule):
                     "plateau or none); scheduler=onecycle sets one max_lr for all groups."
                 )
             scheduler_cfg.setdefault("total_steps", int(self.trainer.estimated_stepping_batches))
-            if self.trainer.ckpt_path and _one_cycle_problem(scheduler_cfg):
+            if getattr(self.trainer, "ckpt_path", None) and _one_cycle_problem(scheduler_cfg):
                 # resuming: the checkpoint's schedule replaces this one; only its construction must not fail
                 scheduler_cfg["total_steps"] += 1
             _check_one_cycle_phases(scheduler_cfg)

@@ -34,7 +34,7 @@ def _tensorboard(trainer: L.Trainer):
     return None
 
 
-def _mlflow_runs(trainer: L.Trainer) -> list[tuple[Any, str]]:
+def _mlflow_runs(trainer: L.Trainer) -> list[tuple[Any, Any]]:
     """(client, run id) of each MLflow logger: the figures go to MLflow's store too."""
     return [(lg.experiment, lg.run_id) for lg in trainer.loggers if isinstance(lg, MLFlowLogger)]
 
