@@ -32,7 +32,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from alexnet_gtsrb.errors import UserError
 from alexnet_gtsrb.models.compat import old_layout_problem
 from alexnet_gtsrb.targets import UnsafeCheckpointError, check_config, check_model_configs
-from alexnet_gtsrb.utils.files import atomic_write
+from alexnet_gtsrb.utils.files import MAX_CHECKPOINT_BYTES, atomic_write, check_regular_file
 
 
 class CheckpointError(UserError):
@@ -114,9 +114,24 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path | None = None) 
         if found is None:
             raise UserError(f"ckpt_path={ckpt_path}: no last.ckpt under this folder.")
         return str(found)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
-    return str(path)
+    return str(check_checkpoint_file(path))
+
+
+def check_checkpoint_file(path: str | Path) -> Path:
+    """``path`` once it is a regular file within :data:`MAX_CHECKPOINT_BYTES` (a named pipe would make
+    ``torch.load`` wait forever); one-line :class:`CheckpointError` naming it otherwise."""
+    try:
+        return check_regular_file(
+            path,
+            "checkpoint",
+            MAX_CHECKPOINT_BYTES,
+            "Pass ckpt_path=<a .ckpt file written by training>.",
+            CheckpointError,
+        )
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file.") from None
 
 
 def _newest_last(folder: Path) -> Path | None:
@@ -131,8 +146,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's contents as plain data, its configs checked against the allowlist; nothing is built.
 
     One-line :class:`CheckpointError` / :class:`~alexnet_gtsrb.targets.UnsafeCheckpointError` (exit 2) for
-    a pickled object, a truncated or foreign file, or a config naming a target a checkpoint may not build.
+    a pickled object, a truncated or foreign file, a pipe, device or oversized file (refused unread), or a
+    config naming a target a checkpoint may not build.
     """
+    check_checkpoint_file(path)
     try:
         raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:

@@ -23,6 +23,10 @@ class BadDataError(UserError):
     """A file in the GTSRB tree is missing, corrupt or malformed."""
 
 
+class BadFileError(UserError):
+    """A file read by name that is not a regular file (a folder, pipe or device) or is over its size cap."""
+
+
 class ConfigError(UserError):
     """A config value that cannot work; the message names the key and the allowed values."""
 

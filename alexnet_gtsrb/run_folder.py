@@ -4,13 +4,14 @@ per-epoch table, the checkpoint its results use). The loggers whose stores live 
 
 A run folder is what ``python -m alexnet_gtsrb.train`` writes under ``logs/<task_name>/runs/<time>/``:
 ``checkpoints/``, ``metrics.json``, ``.hydra/`` and the chosen loggers' stores (``conf/logger/``):
-``tensorboard/`` (events), ``csv/version_N/metrics.csv``, ``mlruns/`` (an MLflow file store).
+``tensorboard/`` (events), ``csv/version_N/metrics.csv``; MLflow's store is shared, ``<logs>/mlruns``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from alexnet_gtsrb.errors import ConfigError, UserError
+from alexnet_gtsrb.utils.files import MAX_EVENTS_BYTES, check_regular_file, read_text_file
 
 LOCK_NAME = ".run.lock"
 #: ``test_ckpt``: the checkpoint a run's final test, its ``metrics.json`` and ``evaluate ckpt_path=<run folder>``
@@ -30,6 +32,7 @@ TEST_CKPT_RULES = {
 }
 DEFAULT_TEST_CKPT = "last"
 CSV_TIME = "wall_time"  # the column loggers.TimedCSVLogger adds to metrics.csv: seconds since the epoch
+_RUN_FILE_FIX = "Training writes it as a file: remove or replace it (or pass another run folder)."
 
 
 @contextlib.contextmanager
@@ -79,7 +82,9 @@ def claim_run_folder(run_dir: str | os.PathLike[str] | None, resuming: bool) -> 
 # -- reading a run folder back --------------------------------------------------------------------------------
 def read_events(event_dir: Path, recursive: bool = False) -> tuple[dict[str, list], dict[str, list]]:
     """Scalars and images of every event file of a TensorBoard run folder (and its sub-folders if
-    ``recursive``), in the order they were written."""
+    ``recursive``), in the order they were written. Each file is checked to be a regular file within
+    :data:`~alexnet_gtsrb.utils.files.MAX_EVENTS_BYTES` first (TensorBoard's reader would wait on a named pipe
+    forever)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     scalars: dict[str, list] = {}
@@ -87,6 +92,7 @@ def read_events(event_dir: Path, recursive: bool = False) -> tuple[dict[str, lis
     pattern = "events.out.tfevents.*"
     files = Path(event_dir).rglob(pattern) if recursive else Path(event_dir).glob(pattern)
     for f in sorted(files):
+        check_regular_file(f, "TensorBoard event file", MAX_EVENTS_BYTES, _RUN_FILE_FIX)
         acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
@@ -118,7 +124,8 @@ def read_metrics_csv(csv_dir: Path) -> dict[str, list[Scalar]]:
     """
     scalars: dict[str, list[Scalar]] = {}
     for path in sorted(Path(csv_dir).rglob("metrics.csv"), key=_version_key):
-        with path.open(newline="") as f:
+        text = read_text_file(path, "metrics.csv", fix=_RUN_FILE_FIX)
+        with io.StringIO(text, newline="") as f:
             for row in csv.DictReader(f):
                 step = int(float(row.get("step") or 0))
                 wall_time = float(row.get(CSV_TIME) or "nan")
@@ -168,13 +175,13 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     """metrics.json's best checkpoint if it is still there, else the newest epoch_*.ckpt, else last.ckpt."""
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.json"
-    if metrics.is_file():
-        named = json.loads(metrics.read_text()).get("best_checkpoint")
+    if metrics.exists():
+        named = json.loads(read_text_file(metrics, "metrics.json", fix=_RUN_FILE_FIX)).get("best_checkpoint")
         if named and Path(named).is_file():
             return Path(named)
     found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"), key=lambda p: p.stat().st_mtime)
     last = run_dir / "checkpoints" / "last.ckpt"
-    return found[-1] if found else (last if last.is_file() else None)
+    return found[-1] if found else (last if last.exists() else None)  # a pipe there is refused when read
 
 
 def check_test_ckpt(rule: Any) -> str:
@@ -190,16 +197,17 @@ def run_test_ckpt(run_dir: Path) -> str:
     else the default (``last``)."""
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.json"
-    if metrics.is_file():
+    if metrics.exists():
+        text = read_text_file(metrics, "metrics.json", fix=_RUN_FILE_FIX)
         with contextlib.suppress(ValueError, AttributeError):
-            rule = json.loads(metrics.read_text()).get("test_ckpt")
+            rule = json.loads(text).get("test_ckpt")
             if rule is not None:
                 return check_test_ckpt(rule)
     config = run_dir / ".hydra" / "config.yaml"
-    if config.is_file():
+    if config.exists():
         from omegaconf import DictConfig, OmegaConf
 
-        loaded = OmegaConf.load(config)
+        loaded = OmegaConf.load(io.StringIO(read_text_file(config, "run config", fix=_RUN_FILE_FIX)))
         rule = loaded.get("test_ckpt") if isinstance(loaded, DictConfig) else None
         if rule is not None:
             return check_test_ckpt(rule)
@@ -220,7 +228,7 @@ def rule_checkpoint(run_dir: Path, rule: str | None = None) -> tuple[Path | None
     if rule == "best":
         return best_checkpoint(run_dir), rule
     last = run_dir / "checkpoints" / "last.ckpt"
-    return (last if last.is_file() else None), rule
+    return (last if last.exists() else None), rule  # a pipe or folder there is refused by name when it is read
 
 
 def checkpoint_for(ckpt_path: str | os.PathLike[str] | None) -> tuple[str | None, str]:

@@ -14,6 +14,7 @@ Jobs run by launchers in other processes are found by scanning the sweep folder 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -24,6 +25,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from alexnet_gtsrb.errors import BadFileError
+from alexnet_gtsrb.utils.files import read_text_file
+
 log = logging.getLogger(__name__)
 DEFAULT_METRICS = ("val/acc_best", "test/acc")
 
@@ -32,8 +36,8 @@ def _read_metrics(job_dir: Path) -> dict[str, Any]:
     """The job's ``metrics.json`` (empty when it wrote none, e.g. it failed)."""
     path = job_dir / "metrics.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return json.loads(read_text_file(path, "metrics.json"))
+    except (OSError, ValueError, BadFileError):  # a pipe or oversized file is refused unread, like a bad one
         return {}
 
 
@@ -42,7 +46,7 @@ def _read_overrides(job_dir: Path) -> list[str]:
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return []
-    return [str(o) for o in OmegaConf.load(path)]
+    return [str(o) for o in OmegaConf.load(io.StringIO(read_text_file(path, "overrides.yaml")))]
 
 
 def _fmt(value: Any, column: str = "") -> str:

@@ -50,7 +50,8 @@ import numpy as np
 from alexnet_gtsrb.data.gtsrb import Record
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, decode_rgb, file_sha256, roi_crop
 from alexnet_gtsrb.data.transforms import clahe_ops
-from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError
+from alexnet_gtsrb.errors import BadDataError, BadFileError, ConfigError, UserError
+from alexnet_gtsrb.utils import files
 from alexnet_gtsrb.utils.files import atomic_path, atomic_write, cache_root, require_free_space
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class CacheReader:
     def image(self, row: int) -> np.ndarray:
         """A writable copy of cached image ``row`` (the memmap view itself is read-only)."""
         if self._array is None:
-            array = np.load(self.path, mmap_mode="r")
+            array = np.load(files.check_regular_file(self.path, "image cache file", None), mmap_mode="r")
             if self.stamp is not None and _stamp(self.path) != self.stamp:
                 raise UserError(
                     f"{self.path}: the image cache file changed after its digest was checked; "
@@ -222,11 +223,11 @@ def _load_complete(
     say so in one line, as that means the file was changed after it was built)."""
     npy, meta_path = _paths(stem)
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(files.read_text_file(meta_path, "image cache sidecar"))
         if meta.get("key") != key or meta.get("version") != CACHE_VERSION or tuple(meta.get("shape", ())) != shape:
             return None
         before = _stamp(npy)
-        array = np.load(npy, mmap_mode="r")  # raises on a truncated file
+        array = np.load(files.check_regular_file(npy, "image cache file", None), mmap_mode="r")  # raises if truncated
         if array.shape != shape or array.dtype != np.uint8:
             return None
         same = meta.get("sha256") == _array_sha256(array, int(meta.get("sha256_block_rows", 0)))
@@ -236,7 +237,7 @@ def _load_complete(
                 log.warning("Image cache %s does not match its sidecar's digest: rebuilding it", npy)
             return None
         return meta, before
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, BadFileError):  # a pipe or folder in its place: rebuilt
         return None
 
 

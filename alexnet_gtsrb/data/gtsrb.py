@@ -19,6 +19,7 @@ from pathlib import Path, PurePath
 from alexnet_gtsrb.data.classes import NUM_CLASSES
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, image_size_from_header
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
+from alexnet_gtsrb.utils.files import open_regular_file
 
 LAYOUTS = ("auto", "official", "torchvision", "kaggle")
 IMAGE_SUFFIXES = (".ppm", ".png", ".jpg", ".jpeg")
@@ -110,8 +111,10 @@ def _int(row: dict, key: str, where: str) -> int:
 
 def _decoded(path: Path) -> str:
     """The CSV's text; BadDataError naming the file and the absolute byte offset of the first non-UTF-8 byte."""
+    restore = "Restore it from the GTSRB archive."
     try:
-        with open(path, "rb") as f:
+        _, f = open_regular_file(path, "annotation file", MAX_CSV_BYTES, restore, BadDataError)  # a pipe: refused
+        with f:
             data = f.read(MAX_CSV_BYTES + 1)
     except OSError as e:
         raise BadDataError(f"{path}: cannot read annotation file ({e.strerror or e}).") from None

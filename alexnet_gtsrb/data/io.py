@@ -3,19 +3,18 @@
 Used by the dataset (per item), the image cache (once per image), ``predict`` and the index's header scan,
 so every path reads and crops an image the same way.
 
-Hostile files are refused by name before they cost memory: a file over ``max_file_bytes`` is never read (its
-size comes from ``os.stat``), and an image whose header declares more than ``max_pixels`` pixels is never
-decoded. Headers are parsed here for PPM/PGM/PBM, PNG, JPEG (its SOF marker), BMP and WebP; other formats
-OpenCV reads are left to its own limit (``CV_IO_MAX_IMAGE_PIXELS``) and checked against ``max_pixels``
-after decoding.
+Hostile files are refused by name before they cost memory: a pipe, device or folder, or a file over
+``max_file_bytes``, is never read (type and size come from ``fstat`` of the opened file:
+:func:`alexnet_gtsrb.utils.files.open_regular_file`), and an image whose header declares more than
+``max_pixels`` pixels is never decoded. Headers are parsed here for PPM/PGM/PBM, PNG, JPEG (its SOF marker),
+BMP and WebP; other formats OpenCV reads are left to its own limit (``CV_IO_MAX_IMAGE_PIXELS``) and checked
+against ``max_pixels`` after decoding.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import cv2
 import numpy as np
 
 from alexnet_gtsrb.errors import BadDataError, ConfigError
+from alexnet_gtsrb.utils.files import open_regular_file
 
 cv2.setNumThreads(0)  # parallelism comes from DataLoader workers; OpenCV threads would oversubscribe
 
@@ -201,28 +201,16 @@ def _too_many_pixels(name: str, width: int, height: int, kind: str | None, max_p
 
 def _open_regular(path: str, max_file_bytes: int | None) -> tuple[int, BinaryIO]:
     """(size, open binary file) of a regular file within the size cap; BadDataError naming it otherwise."""
-    try:  # O_NONBLOCK: opening a FIFO must not hang; the file type is checked right after
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        return open_regular_file(
+            path,
+            "image file",
+            max_file_bytes,
+            f"Replace or remove it (or raise {_LIMIT_KEYS[1]} for a genuine image over the limit).",
+            BadDataError,
+        )
     except FileNotFoundError:
         raise BadDataError(f"{path}: image file is missing (listed, but not on disk).") from None
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
-        raise BadDataError(f"{path}: image file cannot be opened ({getattr(e, 'strerror', None) or e}).") from None
-    f: BinaryIO = os.fdopen(fd, "rb")
-    try:
-        st = os.fstat(fd)
-    except OSError as e:
-        f.close()
-        raise BadDataError(f"{path}: image file cannot be read ({e.strerror or e}).") from None
-    if not stat.S_ISREG(st.st_mode):
-        f.close()
-        raise BadDataError(f"{path}: not a regular file (a folder, device or pipe); only image files are read.")
-    if max_file_bytes is not None and st.st_size > max_file_bytes:
-        f.close()
-        raise BadDataError(
-            f"{path}: file of {st.st_size:,} bytes is over the limit of {max_file_bytes:,}; refused without "
-            f"reading it. Replace or remove the file, or raise {_LIMIT_KEYS[1]} if it is a genuine image."
-        )
-    return st.st_size, f
 
 
 def _read_capped(f: BinaryIO, name: str, max_file_bytes: int | None) -> bytes:

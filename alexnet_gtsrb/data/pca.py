@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_gtsrb.utils.files import atomic_write, cache_root
+from alexnet_gtsrb.errors import BadFileError
+from alexnet_gtsrb.utils.files import atomic_write, cache_root, read_text_file
 
 log = logging.getLogger(__name__)
 BESIDE_DATA = Path(".alexnet_gtsrb") / "pca"
@@ -145,8 +146,8 @@ def cached_rgb_pca(
     for place in places:
         if place.is_file():
             try:
-                return RGBPCA.from_json(json.loads(place.read_text())), place
-            except (ValueError, KeyError, TypeError):
+                return RGBPCA.from_json(json.loads(read_text_file(place, "PCA statistics file"))), place
+            except (ValueError, KeyError, TypeError, BadFileError):
                 log.warning("Ignoring unreadable PCA statistics in %s: computing them again.", place)
     stats = rgb_pca(images())
     text = json.dumps({**stats.to_json(), "root": str(Path(root).resolve()), "split": split}, indent=2)

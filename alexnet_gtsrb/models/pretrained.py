@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from alexnet_gtsrb.errors import ConfigError, UserError
+from alexnet_gtsrb.utils.files import MAX_CHECKPOINT_BYTES, check_regular_file
 
 IMAGENET = "imagenet"
 HEAD = "classifier.6."  # torchvision AlexNet's last Linear (1000 ImageNet classes)
@@ -43,8 +44,10 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
 def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict saved with ``torch.save`` (a Lightning checkpoint's ``state_dict`` with ``net.`` prefixes too)."""
     p = Path(str(path)).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"model.pretrained={p}: no such file (give a .pth state_dict, or imagenet).")
+    fix = "Give model.pretrained=<a .pth state_dict file> or imagenet."
+    check_regular_file(p, "model.pretrained weights file", MAX_CHECKPOINT_BYTES, fix)  # a pipe blocks torch.load
     try:
         raw = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zips, foreign files: one line

@@ -1,18 +1,118 @@
-"""Files: write atomically (temp file in the same folder, fsync, rename), check free space, find the cache root."""
+"""Files: read only regular files of a sane size, write atomically (temp file in the same folder, fsync, rename),
+check free space, find the cache root.
+
+Every file the project reads by name (checkpoints, weight files, ``calibration.json``, ``metrics.json``/``.csv``,
+TensorBoard event files, YAML, markers, annotation CSVs, images) is opened through :func:`open_regular_file`
+first: a named pipe would block the open or the read forever, ``/dev/zero`` would be read until memory runs
+out, and a file far larger than its kind ever is would cost that memory too. Each is refused in one line
+naming the file, before anything is read.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
-from alexnet_gtsrb.errors import UserError
+from alexnet_gtsrb.errors import BadFileError, UserError
 
 CACHE_ENV = "ALEXNET_GTSRB_CACHE"
+#: Checkpoints and weight files: an AlexNet checkpoint with optimizer state and an EMA copy is under 1 GiB.
+MAX_CHECKPOINT_BYTES = 8 * 1024**3
+#: TensorBoard event files: scalars plus the figures the callbacks log each epoch.
+MAX_EVENTS_BYTES = 2 * 1024**3
+#: JSON, YAML and CSV files of a run (metrics, calibration, configs, markers): kilobytes to a few MB.
+MAX_TEXT_BYTES = 64 * 1024**2
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _sentence(path: str | os.PathLike[str], text: str, fix: str) -> str:
+    return f"{os.fspath(path)}: {text}" + (f" {fix}" if fix else "")
+
+
+def open_regular_file(
+    path: str | os.PathLike[str], what: str, max_bytes: int | None, fix: str = "", error: type[UserError] = BadFileError
+) -> tuple[int, BinaryIO]:
+    """(size, the file opened for binary reading) when ``path`` is a regular file of at most ``max_bytes``
+    (None: no cap); otherwise ``error`` in one line naming the file, ``what`` it should be, why, and ``fix``.
+
+    Opened with ``O_NONBLOCK`` so that opening a named pipe returns at once (its type is refused right after);
+    the type and size come from ``fstat`` of the opened file, so they are those of the file that is read.
+    A missing file raises :class:`FileNotFoundError` unchanged: callers say in their own terms what to do.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        reason = getattr(e, "strerror", None) or e
+        raise error(_sentence(path, f"{what} cannot be opened ({reason}).", fix)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "another kind of file")
+            raise error(_sentence(path, f"{what} is not a regular file but {kind}; refused without reading it.", fix))
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise error(
+                _sentence(
+                    path,
+                    f"{what} of {st.st_size:,} bytes is over the limit of {max_bytes:,}; refused without reading it.",
+                    fix,
+                )
+            )
+    except OSError as e:
+        os.close(fd)
+        raise error(_sentence(path, f"{what} cannot be read ({e.strerror or e}).", fix)) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    f: BinaryIO = os.fdopen(fd, "rb")  # only now: a folder's descriptor would make fdopen raise
+    return st.st_size, f
+
+
+def check_regular_file(
+    path: str | os.PathLike[str], what: str, max_bytes: int | None, fix: str = "", error: type[UserError] = BadFileError
+) -> Path:
+    """``path`` as a Path once :func:`open_regular_file` accepts it, for readers that open it by name themselves
+    (``torch.load``, TensorBoard's event reader, ``np.load``)."""
+    open_regular_file(path, what, max_bytes, fix, error)[1].close()
+    return Path(path)
+
+
+def read_text_file(
+    path: str | os.PathLike[str],
+    what: str,
+    max_bytes: int = MAX_TEXT_BYTES,
+    fix: str = "",
+    error: type[UserError] = BadFileError,
+) -> str:
+    """The UTF-8 text of a file :func:`open_regular_file` accepts, read from the file it checked, at most
+    ``max_bytes`` (a file that grew past the cap since it was checked is refused too)."""
+    _, f = open_regular_file(path, what, max_bytes, fix, error)
+    try:
+        data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise error(_sentence(path, f"{what} cannot be read ({e.strerror or e}).", fix)) from None
+    finally:
+        f.close()
+    if len(data) > max_bytes:
+        raise error(_sentence(path, f"{what} grew over the limit of {max_bytes:,} bytes while read; refused.", fix))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(_sentence(path, f"{what} is not UTF-8 text (byte offset {e.start}).", fix)) from None
 
 
 def cache_root() -> Path:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from alexnet_gtsrb.data.classes import NUM_CLASSES
-from alexnet_gtsrb.errors import UserError
-from alexnet_gtsrb.utils.files import atomic_write
+from alexnet_gtsrb.errors import BadFileError, UserError
+from alexnet_gtsrb.utils.files import atomic_write, read_text_file
 
 DOWNLOADS_DIR = ".downloads"
 EXTRACT_PREFIX = ".extract-"
@@ -162,7 +162,7 @@ def marker_path(downloads: Path, archive: Archive) -> Path:
 def marker_complete(marker: Path, root: Path, archive: Archive) -> bool:
     """True if the marker exists, matches this archive's md5, and every file it lists is still there."""
     try:
-        data = json.loads(marker.read_text(encoding="utf-8"))
+        data = json.loads(read_text_file(marker, "extraction marker"))
         files: dict[str, list[str]] = data["files"]
         if data.get("md5") != archive.md5:
             return False
@@ -170,7 +170,7 @@ def marker_complete(marker: Path, root: Path, archive: Archive) -> bool:
             present = set(os.listdir(root.joinpath(*PurePosixPath(rel_dir).parts)))
             if not set(names) <= present:
                 return False
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, BadFileError):  # a pipe: not complete
         return False
     return True
 

@@ -27,7 +27,8 @@ import numpy as np
 
 from alexnet_gtsrb.data.classes import NUM_CLASSES
 from alexnet_gtsrb.data.synthetic.render import MAX_SIGN_SIDE, MIN_SIGN_SIDE, render_track
-from alexnet_gtsrb.utils.files import cache_root
+from alexnet_gtsrb.errors import BadFileError
+from alexnet_gtsrb.utils.files import cache_root, read_text_file
 
 #: Bump when the drawing or layout changes, so cached trees from older code are regenerated.
 FORMAT_VERSION = 1
@@ -118,8 +119,8 @@ def _build(out: Path, params: dict[str, int]) -> dict[str, int]:
 def read_marker(root: str | Path) -> dict | None:
     """The completion marker's content, or None if absent or unreadable."""
     try:
-        data = json.loads((Path(root) / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_text_file(Path(root) / MARKER_NAME, "synthetic tree marker"))
+    except (OSError, ValueError, BadFileError):  # a pipe or oversized marker is as good as none
         return None
     return data if isinstance(data, dict) else None
 
