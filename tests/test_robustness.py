@@ -143,6 +143,45 @@ def test_calibration_file_belongs_to_its_checkpoint(tmp_path):
         calibration.read_temperature(tmp_path / "neg.json", ckpt)
 
 
+def _calibration_with(tmp_path, temperature) -> tuple:
+    """A calibration.json for a checkpoint, right in every field but the temperature."""
+    ckpt, path = tmp_path / "a.ckpt", tmp_path / "calibration.json"
+    ckpt.write_bytes(b"weights of a")
+    calibration.write_calibration(path, {"temperature": 1.7}, ckpt)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "temperature": temperature}))
+    return path, ckpt
+
+
+@pytest.mark.parametrize("value", [1e-300, 1e300, float("nan"), float("inf"), -1, 0, 0.0099, 100.01, "abc", True])
+def test_a_temperature_outside_the_fitted_range_is_refused_in_one_line(tmp_path, value):
+    """Issue 28, item 5: with the right checkpoint hash, 1e-300 printed NaN probabilities and 1e300 made every
+    probability 1/43 (the top class left to rounding), both with exit 0."""
+    path, ckpt = _calibration_with(tmp_path, value)
+    with pytest.raises(ConfigError) as refused:
+        calibration.read_temperature(path, ckpt)
+    message = str(refused.value)
+    assert "\n" not in message and f"calibration={path}: temperature {value!r} " in message, message
+    assert "[0.01, 100]" in message, message
+
+
+@pytest.mark.parametrize("value", [0.01, 1, 1.7, 100])
+def test_a_temperature_in_the_fitted_range_is_read(tmp_path, value):
+    assert calibration.read_temperature(*_calibration_with(tmp_path, value)) == value
+
+
+def test_the_fitted_temperature_stays_in_the_range_the_reader_accepts(tmp_path):
+    """Logits that carry no information drive the unbounded NLL minimiser to T = infinity, logits shrunk 10,000
+    times to T = 1e-4: the fit stops at the ends of the range, and the reader takes what the fit writes."""
+    g = torch.Generator().manual_seed(0)
+    noise, guesses = torch.randn(2000, 10, generator=g) * 5, torch.randint(0, 10, (2000,), generator=g)
+    z = torch.randn(2000, 10, generator=g, dtype=torch.float64) * 2
+    labels = torch.multinomial(z.softmax(-1), 1, generator=g)[:, 0]
+    fitted = {"hot": calibration.fit_temperature(noise, guesses), "cold": calibration.fit_temperature(z * 1e-4, labels)}
+    assert fitted == {"hot": 100.0, "cold": 0.01}
+    for t in fitted.values():
+        assert calibration.read_temperature(*_calibration_with(tmp_path, t)) == t
+
+
 # -- the entry point on a trained checkpoint ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_run):
@@ -269,6 +308,17 @@ def test_predict_outputs_calibrated_probabilities_and_gradcam_overlays(
         assert p["top_k"][0]["class_id"] == s["top_k"][0]["class_id"]
     overlays = sorted((tmp_path / "b/gradcam").glob("*.png"))
     assert [o.name for o in overlays] == [f"{i:04d}_{p.stem}.png" for i, p in enumerate(images)]
+
+
+def test_predict_refuses_a_temperature_of_1e_minus_300_instead_of_printing_nan(tiny_ckpt, synthetic_root, tmp_path):
+    path = tmp_path / "calibration.json"
+    calibration.write_calibration(path, {"temperature": 1e-300}, tiny_ckpt)
+    image = next((synthetic_root / "GTSRB/Final_Test/Images").glob("*.ppm"))
+    r = run_in_process("predict", [f"ckpt_path={tiny_ckpt}", f"images=[{image}]", f"calibration={path}",
+                                   f"paths.output_dir={tmp_path}/p"])  # fmt: skip
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "nan" not in r.stdout.lower(), r.stderr[-1500:]
+    assert len(errors) == 1 and "temperature 1e-300 must be a positive finite number in [0.01, 100]" in errors[0]
 
 
 @pytest.mark.parametrize(

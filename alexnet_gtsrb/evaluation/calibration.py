@@ -2,13 +2,16 @@
 
 Temperature scaling (Guo et al. 2017) divides the logits by one scalar ``T > 0`` fitted on the *validation*
 split by minimising its negative log-likelihood; it never changes the argmax, so accuracy is unchanged. The
-fitted ``T`` is written to ``calibration.json``, which ``predict calibration=PATH`` reads.
+fitted ``T`` is written to ``calibration.json``, which ``predict calibration=PATH`` reads. The fit returns a
+temperature within :data:`TEMPERATURE_RANGE` and the reader accepts only those, so an edited file cannot turn
+the probabilities into NaN or flatten them until rounding changes the top class.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,14 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassCalibrationError
 
 from alexnet_gtsrb.errors import ConfigError, UserError
-from alexnet_gtsrb.utils.files import atomic_write
+from alexnet_gtsrb.utils.files import MAX_CHECKPOINT_BYTES, atomic_write, open_regular_file, read_text_file
 
 N_BINS = 15  # Guo et al. (2017) report ECE with 15 bins
+#: The temperatures :func:`fit_temperature` returns and :func:`read_temperature` accepts: two orders of magnitude
+#: either side of T = 1. Values far outside break float32 softmax: NaN probabilities as T nears 0, and as T
+#: grows, every probability 1/classes with the top class left to rounding.
+TEMPERATURE_RANGE = (0.01, 100.0)
+_CALIBRATION_FIX = "Pass calibration=<the calibration.json that `python -m alexnet_gtsrb.robustness` wrote>."
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
@@ -33,10 +41,13 @@ def ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, n_
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
-    """The ``T`` minimising NLL(logits / T, labels), by L-BFGS on ``log T`` (from T = 1, in float64).
+    """The ``T`` within :data:`TEMPERATURE_RANGE` minimising NLL(logits / T, labels), by L-BFGS on ``log T`` (from
+    T = 1, in float64).
 
-    NLL is convex in ``1 / T``; should the optimiser ever end worse than ``T = 1`` (it does not on any input we
-    know of), ``1.0`` is returned, so scaling never raises the NLL it was fitted on.
+    NLL is convex in ``1 / T``, so the minimiser within the range is the unbounded one clamped to it (logits that
+    carry no information, as a model at chance gives, drive the unbounded one to infinity). Should the optimiser
+    ever end worse than ``T = 1`` (it does not on any input we know of), ``1.0`` is returned, so scaling never
+    raises the NLL it was fitted on.
     """
     z = logits.detach().double()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -50,9 +61,10 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     opt.step(closure)
     t = float(log_t.detach().exp())
-    if not (t > 0 and t < float("inf")) or nll(z, labels, t) > nll(z, labels, 1.0):
+    if math.isnan(t):
         return 1.0
-    return t
+    t = min(max(t, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1])
+    return 1.0 if nll(z, labels, t) > nll(z, labels, 1.0) else t
 
 
 def reliability_bins(
@@ -103,8 +115,10 @@ def calibration_report(
 
 # -- the stored temperature, read by predict ------------------------------------------------------------------
 def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a checkpoint file, read in chunks (a pipe or device is refused unread)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    _, f = open_regular_file(path, "checkpoint", MAX_CHECKPOINT_BYTES)
+    with f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -117,12 +131,26 @@ def write_calibration(path: Path, report: dict[str, Any], ckpt_path: str | Path)
         f.write(json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
+def check_temperature(value: Any, where: str | Path) -> float:
+    """``value`` as a float when it is a number within :data:`TEMPERATURE_RANGE`; ConfigError naming ``where``,
+    the value and the range otherwise."""
+    low, high = TEMPERATURE_RANGE
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ConfigError(
+            f"calibration={where}: temperature {value!r} must be a positive finite number in [{low:g}, {high:g}] "
+            "(the range temperature fitting returns); refused. Fit it again with `python -m alexnet_gtsrb.robustness "
+            "ckpt_path=...`."
+        )
+    return float(value)
+
+
 def read_temperature(path: str | Path, ckpt_path: str | Path) -> float:
-    """The temperature stored in a ``calibration.json`` written for this very checkpoint (checked by SHA-256)."""
+    """The temperature stored in a ``calibration.json`` written for this very checkpoint (checked by SHA-256),
+    within :data:`TEMPERATURE_RANGE`. The file is read only when it is a regular file of a JSON's size."""
     p = Path(str(path)).expanduser()
     try:
-        data = json.loads(p.read_text())
-        t = float(data["temperature"])
+        data = json.loads(read_text_file(p, "calibration file", fix=_CALIBRATION_FIX, error=ConfigError))
+        t = check_temperature(data["temperature"], p)
         sha = str(data["ckpt_sha256"])
     except FileNotFoundError:
         raise UserError(
@@ -131,8 +159,6 @@ def read_temperature(path: str | Path, ckpt_path: str | Path) -> float:
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"calibration={p}: not a calibration.json written by robustness ({exc}).") from None
-    if not (t > 0 and t < float("inf")):
-        raise ConfigError(f"calibration={p}: temperature {t} must be a positive finite number.")
     if sha != file_sha256(ckpt_path):
         raise ConfigError(
             f"calibration={p} was fitted for another checkpoint ({data.get('ckpt_path')}); run robustness "
