@@ -24,6 +24,10 @@ augmentation and per-class tables in :mod:`alexnet_gtsrb.evaluation`, figures in
 
 from __future__ import annotations
 
+from alexnet_gtsrb.utils.early import answer_early
+
+answer_early("eval", "alexnet-gtsrb-evaluate", __name__ == "__main__")  # --help/--version before torch is imported
+
 import csv
 import json
 import logging

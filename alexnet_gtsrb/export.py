@@ -20,6 +20,10 @@ random batch (onnxruntime for ONNX) and the maximum absolute difference is print
 
 from __future__ import annotations
 
+from alexnet_gtsrb.utils.early import answer_early
+
+answer_early("export", "alexnet-gtsrb-export", __name__ == "__main__")  # --help/--version before torch is imported
+
 import json
 import logging
 from pathlib import Path

@@ -17,6 +17,10 @@ sign (as GTSRB's are, with a ~10% margin) for results comparable to the test acc
 
 from __future__ import annotations
 
+from alexnet_gtsrb.utils.early import answer_early
+
+answer_early("predict", "alexnet-gtsrb-predict", __name__ == "__main__")  # --help/--version before torch is imported
+
 import json
 import sys
 from collections.abc import Iterable, Sequence

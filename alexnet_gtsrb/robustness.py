@@ -18,6 +18,10 @@ epsilon, ``calibration/*``). Building blocks: :mod:`alexnet_gtsrb.evaluation`.
 
 from __future__ import annotations
 
+from alexnet_gtsrb.utils.early import answer_early
+
+answer_early("robustness", "alexnet-gtsrb-robustness", __name__ == "__main__")  # before torch is imported
+
 import csv
 import json
 import logging

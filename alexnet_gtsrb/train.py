@@ -46,6 +46,10 @@ Research workflows (all outputs of a run live in its Hydra run folder, ``logs/<t
 
 from __future__ import annotations
 
+from alexnet_gtsrb.utils.early import answer_early
+
+answer_early("train", "alexnet-gtsrb-train", __name__ == "__main__")  # --help/--version before torch is imported
+
 import json
 import logging
 import math
@@ -64,7 +68,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet_gtsrb.callbacks.debug import ShardDump
 from alexnet_gtsrb.callbacks.progress import PlainProgress
-from alexnet_gtsrb.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
+from alexnet_gtsrb.checkpoints import check_checkpoint_file, check_fits, read_checkpoint, resolve_ckpt_path
 from alexnet_gtsrb.errors import ConfigError, NonFiniteLossError
 from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, interval_metrics
 from alexnet_gtsrb.models.pretrained import load_pretrained
@@ -179,7 +183,8 @@ def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, fitted: bool) -> str:
     if rule == "last":
         import torch
 
-        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+        checked = check_checkpoint_file(path)
+        step = torch.load(checked, map_location="cpu", weights_only=True, mmap=True).get("global_step")
         if step != trainer.global_step:
             log.warning("%s is from global step %s, training ended at %d.", path, step, trainer.global_step)
     print_rank_zero(f"test checkpoint: {path} (test_ckpt={rule}: {TEST_CKPT_RULES[rule]})")

@@ -6,12 +6,12 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from lightning.pytorch.utilities import rank_zero_only
 
 from alexnet_gtsrb.errors import UserError
+from alexnet_gtsrb.utils.early import config_dir
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,16 +62,6 @@ def exit_on_user_error(fn: F) -> F:
 def print_rank_zero(*args: Any) -> None:
     """print() on global rank zero only (DDP runs one process per device)."""
     print(*args, flush=True)
-
-
-def config_dir() -> Path:
-    """The folder holding ``train.yaml``: the copy shipped inside the installed package (a wheel), else the
-    top-level ``conf/`` of a source checkout (``pip install -e .``)."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise RuntimeError(f"alexnet_gtsrb's configs are missing: neither {package / 'conf'} nor {package.parent / 'conf'}")
 
 
 #: ``config_path`` for ``@hydra.main`` (an absolute path, so it works from any working directory).
