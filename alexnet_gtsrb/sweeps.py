@@ -1,4 +1,4 @@
-"""Hydra callbacks for multiruns: a summary table at the sweep root, and an Optuna study kept in the sweep folder.
+"""A Hydra callback for multiruns: a summary table at the sweep root.
 
 :class:`SweepSummary` is registered in ``conf/hydra/default.yaml`` (``hydra.callbacks.sweep_summary``).
 Each job's ``train()`` writes ``metrics.json`` into its own output folder; ``on_job_end`` records the job
@@ -8,7 +8,7 @@ Each job's ``train()`` writes ``metrics.json`` into its own output folder; ``on_
 common to all jobs).
 Jobs run by launchers in other processes are found by scanning the sweep folder for ``metrics.json``.
 
-:class:`OptunaSweepDir` is registered by ``conf/hparams_search/optuna.yaml``.
+The Optuna sweeper (``hparams_search=optuna``) is ``hydra_plugins/alexnet_gtsrb_optuna``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from alexnet_gtsrb.errors import BadFileError
 from alexnet_gtsrb.utils.files import read_text_file
@@ -134,46 +134,3 @@ class SweepSummary(Callback):
         lines += ["| " + " | ".join(_fmt(r[c], c).replace("|", "\\|") for c in columns) + " |" for r in rows]
         (sweep_dir / f"{self.filename}.md").write_text("\n".join(lines) + "\n")
         log.info("Sweep summary (%d jobs): %s", len(rows), sweep_dir / f"{self.filename}.md")
-
-
-SQLITE = "sqlite:///"
-
-
-class OptunaSweepDir(Callback):
-    """Prepare ``hydra.sweep.dir`` for an Optuna study stored there, and make re-runs resume it.
-
-    Runs at the start of a multirun, before Hydra builds the sweeper from the same config:
-
-    * creates the sweep folder: the sweeper opens ``sqlite:///${hydra.sweep.dir}/optuna.db`` before the
-      launcher creates the folder, and SQLite cannot create a file in a missing folder;
-    * when the study already exists there (a re-run with the same ``hydra.sweep.dir``), makes ``n_trials``
-      the total number of completed trials rather than a number of new ones, and moves the sampler seed
-      on by the number of trials already made, so the resumed sampler does not draw the first trials again.
-    """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-        sweeper = config.hydra.get("sweeper")
-        storage = sweeper.get("storage") if sweeper is not None else None
-        if not isinstance(storage, str) or not storage.startswith(SQLITE):
-            return
-        if not Path(storage.removeprefix(SQLITE)).is_file():
-            return
-        import optuna
-
-        try:
-            study = optuna.load_study(study_name=sweeper.study_name, storage=storage)
-        except KeyError:  # the file holds other studies only
-            return
-        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        done = sum(t.state in finished for t in study.trials)
-        with read_write(config.hydra), open_dict(config.hydra):
-            total = int(sweeper.n_trials)
-            sweeper.n_trials = max(total - done, 0)
-            seed = sweeper.get("sampler", {}).get("seed")
-            if seed is not None:
-                sweeper.sampler.seed = int(seed) + len(study.trials)
-        log.info(
-            f"Resuming Optuna study {sweeper.study_name!r} ({storage}): {done} trial(s) done, "
-            f"{sweeper.n_trials} to go of n_trials={total}; sampler seed {seed} -> {sweeper.sampler.get('seed')}"
-        )

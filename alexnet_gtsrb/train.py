@@ -378,7 +378,18 @@ def main() -> None:
     from alexnet_gtsrb.utils.extras import require_extras_for_overrides
 
     exit_on_user_error(require_extras_for_overrides)(sys.argv[1:])
+    register_sweeper()
     hydra_main()
+
+
+def register_sweeper() -> None:
+    """Register the project's Optuna sweeper with Hydra. Hydra also finds it by scanning the ``hydra_plugins``
+    namespace, but that scan misses packages installed in editable mode (``pip install -e .``)."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.alexnet_gtsrb_optuna.optuna_sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
 
 
 if __name__ == "__main__":

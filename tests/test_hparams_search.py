@@ -7,12 +7,16 @@ resumes the study from the SQLite file in the sweep folder. SLURM cannot run her
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import get_class
 
 from tests.helpers import CONF, run_train
@@ -40,6 +44,7 @@ def test_optuna_search_composes_with_its_space_seed_and_storage_in_the_sweep_dir
     sweep_dir = tmp_path / "sweep"
     cfg = compose_hydra(["hparams_search=optuna", "experiment=baseline", f"hydra.sweep.dir={sweep_dir}"])
     sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.alexnet_gtsrb_optuna.optuna_sweeper.OptunaSweeper"
     assert get_class(sweeper._target_).__name__ == "OptunaSweeper"
     assert cfg.optimized_metric == "val/acc_best"
     assert (sweeper.direction, sweeper.study_name, sweeper.n_trials, sweeper.n_jobs) == (
@@ -62,13 +67,140 @@ def test_optuna_search_composes_with_its_space_seed_and_storage_in_the_sweep_dir
         for part in key.split("."):
             assert part in node, key
             node = node[part]
-    assert get_class(cfg.hydra.callbacks.optuna_sweep_dir._target_).__name__ == "OptunaSweepDir"
 
 
 def _completed(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
     study = optuna.load_study(study_name="alexnet_gtsrb", storage=f"sqlite:///{sweep_dir}/optuna.db")
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+# -- the project's ask/tell sweeper, in-process with a stand-in launcher ---------------------------------------
+class StubLauncher:
+    """Runs ``objective(overrides as a dict)`` for each job; an exception becomes a failed job, as in Hydra."""
+
+    def __init__(self, objective):
+        self.objective = objective
+        self.launched: list[dict[str, str]] = []
+
+    def launch(self, overrides, initial_job_idx):
+        returns = []
+        for job in overrides:
+            kv = dict(o.split("=", 1) for o in job)
+            self.launched.append(kv)
+            try:
+                value = self.objective(kv)
+                returns.append(JobReturn(overrides=list(job), status=JobStatus.COMPLETED, _return_value=value))
+            except Exception as exc:
+                returns.append(JobReturn(overrides=list(job), status=JobStatus.FAILED, _return_value=exc))
+        return returns
+
+
+def _sweeper(tmp_path, objective, **kwargs):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.alexnet_gtsrb_optuna.optuna_sweeper import OptunaSweeper
+
+    settings = {
+        "sampler": OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 1}),
+        "storage": f"sqlite:///{tmp_path}/sweep/study.db",  # the folder does not exist yet
+        "study_name": "toy",
+        "params": OmegaConf.create({"lr": "tag(log, interval(1e-4, 1.0))"}),
+        **kwargs,
+    }
+    sweeper = OptunaSweeper(**settings)
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    checked: list[list[str]] = []
+    loader = SimpleNamespace(load_sweep_config=lambda master_config, sweep_overrides: checked.append(sweep_overrides))
+    sweeper.hydra_context = SimpleNamespace(config_loader=loader)
+    sweeper.launcher = StubLauncher(objective)
+    return sweeper, checked
+
+
+def _peak(kv: dict[str, str]) -> float:
+    """A toy objective with its maximum at lr = 1e-2."""
+    return -((math.log10(float(kv["lr"])) + 2.0) ** 2)
+
+
+def test_the_search_space_holds_exactly_what_hydras_own_sweep_would_run():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from hydra_plugins.alexnet_gtsrb_optuna.optuna_sweeper import distribution
+
+    def grid(d):  # the values a stepped distribution can take
+        n = round((d.high - d.low) / d.step)
+        return [d.low + i * d.step for i in range(n + 1)]
+
+    parse = OverridesParser.create().parse_override
+    assert distribution(parse("a=choice(32, 64, 128)")) == CategoricalDistribution([32, 64, 128])
+    assert distribution(parse("a=choice(sgd, adamw)")) == CategoricalDistribution(["sgd", "adamw"])
+    assert grid(distribution(parse("a=range(2, 11, 3)"))) == list(range(2, 11, 3))  # [2, 5, 8]
+    assert grid(distribution(parse("a=range(0.0, 1.0, 0.25)"))) == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    for line in ("a=range(2, 11, 3)", "a=range(0.0, 1.0, 0.25)", "a=choice(32, 64, 128)"):
+        hydra_values = list(parse(line).sweep_iterator())  # what Hydra's basic sweeper would launch
+        found = distribution(parse(line))
+        values = found.choices if isinstance(found, CategoricalDistribution) else grid(found)
+        assert list(values) == pytest.approx(hydra_values), line
+    assert distribution(parse("a=interval(0.0, 0.7)")) == FloatDistribution(0.0, 0.7)
+    assert distribution(parse("a=tag(log, interval(1e-4, 1e-1))")) == FloatDistribution(1e-4, 1e-1, log=True)
+    assert distribution(parse("a=interval(1, 5)")) == FloatDistribution(1.0, 5.0)  # Hydra: intervals are floats
+    assert isinstance(distribution(parse("a=range(1, 5)")), IntDistribution)
+    assert distribution(parse("a=0.5")) == "0.5"  # no sweep: passed to every trial as given
+
+
+def test_the_sweeper_tells_each_jobs_value_and_resumes_without_replaying_draws(tmp_path):
+    sweeper, checked = _sweeper(tmp_path, _peak, n_trials=3)
+    sweeper.sweep(["seed=7"])
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path}/sweep/study.db")
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 3 and len(checked) == 3
+    for t, job in zip(trials, sweeper.launcher.launched, strict=True):
+        assert job["seed"] == "7" and float(job["lr"]) == t.params["lr"] and 1e-4 <= t.params["lr"] <= 1.0
+        assert t.value == pytest.approx(-((math.log10(t.params["lr"]) + 2.0) ** 2))  # the value the job returned
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(t.value for t in trials))
+
+    # n_trials is the total: a re-run with n_trials=5 runs two trials, and the seeded sampler moves on
+    again, _ = _sweeper(tmp_path, _peak, n_trials=5)
+    again.sweep(["seed=7"])
+    assert len(again.launcher.launched) == 2
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path}/sweep/study.db")
+    lrs = [t.params["lr"] for t in study.trials]
+    assert len(lrs) == 5 and lrs[3] != lrs[0] and lrs[4] != lrs[1]
+
+
+def test_failed_trials_are_told_as_failed_and_stop_the_sweep_past_the_failure_rate(tmp_path):
+    def flaky(kv):
+        if float(kv["lr"]) > 0.1:
+            raise RuntimeError("diverged")
+        return float("nan") if float(kv["lr"]) > 0.05 else _peak(kv)
+
+    sweeper, _ = _sweeper(tmp_path, flaky, n_trials=6, max_failure_rate=1.0)
+    sweeper.sweep([])
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path}/sweep/study.db")
+    assert len(study.trials) == 6
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and all(t.params["lr"] > 0.05 for t in failed)  # raised, or returned NaN
+    assert all(t.value is not None for t in study.trials if t.params["lr"] <= 0.05)
+
+    # a re-run counts only finished trials as done: the failed ones are made again
+    again, _ = _sweeper(tmp_path, _peak, n_trials=6)
+    again.sweep([])
+    assert len(again.launcher.launched) == len(failed)
+
+    strict, _ = _sweeper(tmp_path / "strict", flaky, n_trials=50, max_failure_rate=0.0)
+    with pytest.raises(Exception, match="diverged|1 of 1 trials failed"):
+        strict.sweep([])
+
+
+def test_a_sweeper_setting_out_of_range_is_refused():
+    from hydra_plugins.alexnet_gtsrb_optuna.optuna_sweeper import OptunaSweeper
+
+    with pytest.raises(ValueError, match="direction=up"):
+        OptunaSweeper(sampler=None, direction="up")
+    with pytest.raises(ValueError, match="max_failure_rate=2"):
+        OptunaSweeper(sampler=None, max_failure_rate=2)
 
 
 @pytest.mark.slow
@@ -114,7 +246,6 @@ def test_optuna_sweep_stores_trials_in_the_sweep_dir_and_resumes(tmp_path, synth
     # resume: the study is loaded from the sweep folder; n_trials is the total, so n_trials=3 adds one trial
     second = run_train([*args, "hydra.sweeper.n_trials=3"], timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "Using an existing study" in second.stdout + second.stderr
     assert "2 trial(s) done, 1 to go of n_trials=3" in second.stdout + second.stderr
     trials = _completed(sweep_dir)
     assert sorted(t.number for t in trials) == [0, 1, 2]

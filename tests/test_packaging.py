@@ -68,10 +68,11 @@ def test_package_list_names_every_package_on_disk():
     listed = set(_pyproject()["tool"]["setuptools"]["packages"])
     on_disk = {
         ".".join(d.relative_to(ROOT).parts)
-        for d in [PACKAGE, *PACKAGE.rglob("*")]
+        for d in [PACKAGE, *PACKAGE.rglob("*"), *(ROOT / "hydra_plugins").rglob("*")]
         if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))
     }
     assert listed == on_disk | {"alexnet_gtsrb.conf"}
+    assert not (ROOT / "hydra_plugins" / "__init__.py").exists()  # a namespace package other plugins share
     assert _pyproject()["tool"]["setuptools"]["package-dir"] == {"alexnet_gtsrb.conf": "conf"}
 
 
@@ -106,7 +107,7 @@ def test_overrides_that_need_an_extra_are_found(monkeypatch):
 MISSING = {
     "hpo": (
         "train",
-        ["hydra_plugins.hydra_optuna_sweeper"],
+        ["optuna"],
         ["-m", "hparams_search=optuna", "experiment=demo"],
         "error: hparams_search=optuna needs the optional 'hpo' extra: pip install 'alexnet_gtsrb[hpo]'",
     ),

@@ -17,8 +17,8 @@ DISTRIBUTION = "alexnet_gtsrb"
 
 #: Config choices given on the command line that need an extra: (group, option) -> [(import name, extra)].
 CHOICE_EXTRAS: dict[tuple[str, str], list[tuple[str, str]]] = {
-    ("hparams_search", "optuna"): [("hydra_plugins.hydra_optuna_sweeper", "hpo"), ("optuna", "hpo")],
-    ("hydra/sweeper", "optuna"): [("hydra_plugins.hydra_optuna_sweeper", "hpo"), ("optuna", "hpo")],
+    ("hparams_search", "optuna"): [("optuna", "hpo")],
+    ("hydra/sweeper", "optuna_study"): [("optuna", "hpo")],
     ("cluster", "slurm"): [("hydra_plugins.hydra_submitit_launcher", "slurm"), ("submitit", "slurm")],
     ("hydra/launcher", "submitit_slurm"): [("hydra_plugins.hydra_submitit_launcher", "slurm"), ("submitit", "slurm")],
     ("logger", "mlflow"): [("mlflow", "mlflow")],
