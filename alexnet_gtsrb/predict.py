@@ -39,6 +39,7 @@ from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError
 from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
 from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point
+from alexnet_gtsrb.utils.extras import require_extra
 
 FORMATS = ("table", "json")
 
@@ -148,6 +149,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     fmt = str(cfg.get("format", "table"))
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}; allowed: {', '.join(FORMATS)}.")
+    if cfg.get("gradcam"):
+        require_extra("captum", "robustness", "gradcam=true")
     images = cfg.images
     images = list(images) if isinstance(images, ListConfig) else str(images)
     paths = expand_paths(images)

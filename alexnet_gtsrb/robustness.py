@@ -37,7 +37,7 @@ from omegaconf import DictConfig, ListConfig
 
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.errors import ConfigError, UserError
-from alexnet_gtsrb.evaluation import adversarial, calibration, corruptions, explanations
+from alexnet_gtsrb.evaluation import calibration, corruptions
 from alexnet_gtsrb.evaluation.intervals import format_accuracy, interval_metrics
 from alexnet_gtsrb.evaluation.pixels import PixelModel, from_pixels, logits_of, preprocess_all, raw_test_images
 from alexnet_gtsrb.inference import data_config, eval_settings, load_classifier, pick_device
@@ -45,10 +45,12 @@ from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.plots import image_grid_figure, reliability_figure, save_figure
 from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
+from alexnet_gtsrb.utils.extras import require_extra
 
 log = logging.getLogger(__name__)
 
 SUITES = ("corruptions", "adversarial", "calibration", "gradcam")
+CAPTUM_SUITES = ("adversarial", "gradcam")  # these need the optional 'robustness' extra (captum)
 
 
 def _suites(value: Any) -> list[str]:
@@ -92,6 +94,9 @@ def corruption_matrix(rows: list[dict[str, Any]], severities: Sequence[int]) -> 
 def robustness(cfg: DictConfig) -> dict[str, Any]:
     """Run the chosen suites on ``cfg.ckpt_path``; write tables, figures and metrics.json; return the metrics."""
     suites = _suites(_listed(cfg.get("suites", list(SUITES))))
+    if captum_suites := [s for s in suites if s in CAPTUM_SUITES]:
+        require_extra("captum", "robustness", f"suites=[{','.join(captum_suites)}]")
+        from alexnet_gtsrb.evaluation import adversarial, explanations
     names = corruptions.resolve_names(_listed(cfg.corruptions.names)) if "corruptions" in suites else []
     severities = corruptions.check_severities(_listed(cfg.corruptions.severities)) if names else []
     adv = cfg.adversarial

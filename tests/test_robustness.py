@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -334,3 +335,35 @@ def test_bad_values_are_one_line_errors(tiny_ckpt, synthetic_root, tmp_path, ove
     r = run_in_process("robustness", [f"ckpt_path={tiny_ckpt}", f"data.data_dir={synthetic_root}", override,
                                   f"paths.output_dir={tmp_path}"])  # fmt: skip
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+
+
+@pytest.fixture()
+def without_captum(monkeypatch):
+    """As if the optional 'robustness' extra were not installed: captum and the modules built on it unimportable."""
+    import alexnet_gtsrb.evaluation as evaluation
+
+    for name in [m for m in sys.modules if m == "captum" or m.startswith("captum.")] + ["captum"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    for name in ("adversarial", "explanations"):
+        monkeypatch.delitem(sys.modules, f"alexnet_gtsrb.evaluation.{name}", raising=False)
+        monkeypatch.delattr(evaluation, name, raising=False)
+
+
+def test_captum_is_needed_only_by_the_attack_and_gradcam_suites(without_captum, tiny_ckpt, synthetic_root, tmp_path):
+    common = [f"ckpt_path={tiny_ckpt}", f"data.data_dir={synthetic_root}", "data.num_workers=0"]
+    r = run_in_process("robustness", [*common, "suites=[calibration]", f"paths.output_dir={tmp_path}/c"])
+    assert r.returncode == 0, r.stderr[-1500:]
+    extra = "needs the optional 'robustness' extra: pip install 'alexnet_gtsrb[robustness]'"
+    r = run_in_process(
+        "robustness", [*common, "suites=[calibration,gradcam,adversarial]", f"paths.output_dir={tmp_path}/g"]
+    )
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and errors[-1].startswith("error: suites=[") and errors[-1].endswith(extra), r.stderr[
+        -1500:
+    ]
+    assert "adversarial" in errors[-1] and "gradcam" in errors[-1] and "Traceback" not in r.stderr
+    image = next((synthetic_root / "GTSRB/Final_Test/Images").glob("*.ppm"))
+    r = run_in_process(
+        "predict", [f"ckpt_path={tiny_ckpt}", f"images=[{image}]", "gradcam=true", f"paths.output_dir={tmp_path}/p"]
+    )
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"error: gradcam=true {extra}", r.stderr[-1500:]
