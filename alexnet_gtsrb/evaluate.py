@@ -52,6 +52,7 @@ from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.plots import confusion_figure, misclassified_figure, save_figure
 from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
+from alexnet_gtsrb.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         log.warning("data.image_size=%d differs from the checkpoint's %d.", size, settings["image_size"])
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").unlink(missing_ok=True)  # written last: its presence marks a complete report
 
     datamodule = instantiate(data_cfg, _convert_="all")
     datamodule.prepare_data()
@@ -147,7 +149,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "settings": {**settings, "image_size": size},
         "per_class": rows,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    with atomic_write(out_dir / "metrics.json", "w") as f:  # after every other output, never half-written
+        f.write(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
     _log_scalars(cfg, {"test/acc": correct / total, **{f"test/{k}_macro": v for k, v in macro.items()}}, cm, rows)
 
     print_rank_zero(f"test set: {test_info['note']}")

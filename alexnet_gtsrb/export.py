@@ -37,6 +37,7 @@ from alexnet_gtsrb.errors import ConfigError
 from alexnet_gtsrb.inference import eval_settings, load_classifier
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
 from alexnet_gtsrb.utils.extras import require_extra
+from alexnet_gtsrb.utils.files import atomic_path
 from alexnet_gtsrb.utils.nets import unwrap_compiled
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,11 @@ def export(cfg: DictConfig) -> Path:
     size = settings["image_size"]
     example = torch.randn(2, 3, size, size)
     metadata = export_metadata(settings, fmt)
-    if fmt == "onnx":
-        export_onnx(net, example, out, metadata, int(cfg.get("opset", 17)))
-    else:
-        export_torchscript(net, example, out, metadata)
+    with atomic_path(out) as tmp:  # a full disk or an interruption leaves no half-written model file
+        if fmt == "onnx":
+            export_onnx(net, example, tmp, metadata, int(cfg.get("opset", 17)))
+        else:
+            export_torchscript(net, example, tmp, metadata)
     print_rank_zero(f"exported {fmt}: {out} (input float32 (batch, 3, {size}, {size}), normalised; output logits)")
     if cfg.get("check", True):
         x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))  # another batch size

@@ -75,6 +75,7 @@ from alexnet_gtsrb.models.pretrained import load_pretrained
 from alexnet_gtsrb.provenance import device_name, provenance
 from alexnet_gtsrb.run_folder import TEST_CKPT_RULES, check_test_ckpt, claim_run_folder
 from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero
+from alexnet_gtsrb.utils.files import atomic_write
 from alexnet_gtsrb.utils.nets import global_batch_size
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ def _write_metrics(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float
     path = Path(str(out_dir)) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
-    path.write_text(json.dumps({"metrics": clean, **extra}, indent=2, sort_keys=True))
+    with atomic_write(path, "w") as f:  # never half-written: readers take a present file as complete
+        f.write(json.dumps({"metrics": clean, **extra}, indent=2, sort_keys=True))
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
+from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from alexnet_gtsrb.errors import UserError
@@ -17,14 +20,30 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: a full disk, a quota, a read-only file system, a file too large: the user's to fix, not a bug
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+#: permissions: the user's to fix too
+NOT_ALLOWED = {errno.EACCES, errno.EPERM}
+
+
+def _disk_error(exc: OSError) -> UserError:
+    name, elsewhere = exc.filename or "a file", "or write elsewhere (hydra.run.dir=<folder>)."
+    if exc.errno in DISK_FULL:
+        return UserError(f"cannot write {name}: {exc.strerror}. Free space there, {elsewhere}")
+    return UserError(f"{name}: {exc.strerror}. Fix its permissions, {elsewhere}")
+
+
 def _user_error(exc: BaseException) -> BaseException | None:
-    """The UserError (or config ValueError raised while building objects) inside an exception chain."""
+    """The UserError (or config ValueError raised while building objects, or a disk or permission error) inside
+    an exception chain."""
     seen = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, UserError):
             return current
+        if isinstance(current, OSError) and current.errno in DISK_FULL | NOT_ALLOWED:
+            return _disk_error(current)
         if type(current).__name__ == "InstantiationException" and isinstance(current.__cause__, ValueError):
             return current.__cause__
         current = current.__cause__ or current.__context__
@@ -80,3 +99,39 @@ def hydra_entry_point(config_name: str, run: Callable[[Any], Any]) -> Callable[[
 
     main.__doc__ = f"Compose conf/{config_name}.yaml and run {run.__module__}.{run.__name__}."
     return main
+
+
+def _refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+class CheckOutputFolder(Callback):
+    """Check where a run will write before Hydra creates its folder (registered in ``conf/hydra/default.yaml``).
+
+    Hydra makes ``hydra.run.dir`` (or ``hydra.sweep.dir``) right after this callback: an empty
+    ``ALEXNET_GTSRB_LOGS`` would put it at the file-system root, a ``task_name`` with a path in it outside the
+    logs folder, and a file in the folder's place ends in a traceback. Each is one line and exit 2 instead.
+    """
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config, str(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config, str(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: Any, folder: str, key: str) -> None:
+        log_dir = config.get("paths", {}).get("log_dir")
+        if log_dir is not None and not str(log_dir).strip():
+            _refuse("paths.log_dir is empty (is ALEXNET_GTSRB_LOGS set to an empty value?): unset it or name a folder.")
+        task = str(config.get("task_name", "run"))
+        if not task.strip() or task in (".", "..") or "/" in task or "\\" in task:
+            _refuse(f"task_name={task!r} must be a plain name (it becomes a folder under paths.log_dir).")
+        path = Path(folder)
+        if path.exists() and not path.is_dir():
+            _refuse(f"{key}={folder} is a file, not a folder: name another folder.")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _refuse(f"{key}={folder}: cannot create the folder ({exc.strerror}): name a writable folder.")
