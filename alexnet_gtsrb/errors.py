@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 
 class UserError(Exception):
     """A problem the user can fix (missing data, bad file, bad config value); the message says how."""
@@ -40,3 +42,26 @@ class TrainingInterrupted(UserError):
 
     exit_code = 143
     prefix = ""
+
+
+@overload
+def int_setting(key: str, value: object, minimum: int, maximum: int | None = None) -> int: ...
+
+
+@overload
+def int_setting(key: str, value: object, minimum: int, maximum: int | None = None, *, null: str) -> int | None: ...
+
+
+def int_setting(key: str, value: object, minimum: int, maximum: int | None = None, *, null: str = "") -> int | None:
+    """``value`` as an int when it is a whole number in [minimum, maximum] (None: no upper bound); else a
+    ConfigError naming ``key``, the value and the allowed range. ``null``: what null means where null is allowed
+    (it is returned as None); empty: null is refused too. ``true`` is refused although Python counts it as 1."""
+    if value is None and null:
+        return None
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if number is not None and minimum <= number and (maximum is None or number <= maximum):
+        return number
+    allowed = f"a whole number >= {minimum}" if maximum is None else f"a whole number from {minimum} to {maximum}"
+    raise ConfigError(f"{key}={value!r} must be {allowed}" + (f", or null ({null})." if null else "."))

@@ -89,7 +89,7 @@ def test_sample_grid_logs_a_flipped_mirror_pair_image_with_the_swapped_label(syn
         add_text=lambda tag, value, global_step: logged.update({tag: value}),
     )
     monkeypatch.setattr(tb_callbacks, "_tensorboard", lambda trainer: fake_tb)
-    trainer = SimpleNamespace(is_global_zero=True, global_step=0, datamodule=None)
+    trainer = SimpleNamespace(is_global_zero=True, global_step=0, datamodule=None, loggers=[])
     module = SimpleNamespace(hparams={"mean": [0.5] * 3, "std": [0.25] * 3})
     batch = (torch.stack([im for im, _ in items]), torch.tensor([lb for _, lb in items]), 0)
     grid = tb_callbacks.TrainSampleGrid(max_images=32, nrow=4)

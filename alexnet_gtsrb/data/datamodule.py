@@ -10,7 +10,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import numpy as np
 import torch
 from lightning import LightningDataModule
@@ -27,11 +26,12 @@ from alexnet_gtsrb.data.split import split_records
 from alexnet_gtsrb.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Pipeline,
     build_transform,
     clahe_settings,
     normalize_float255,
     normalize_uint8,
-    paper_base,
+    paper_base_pipeline,
 )
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 from alexnet_gtsrb.evaluation.tta import tta_transform
@@ -216,7 +216,7 @@ class GTSRBDataModule(LightningDataModule):
         if self._dataset_pca() and stage in (None, "fit"):
             self._training_set_pca(
                 train,
-                GTSRBDataset(train, A.Compose(paper_base(hp.image_size, tf_params)), cache=train_cache, **common),
+                GTSRBDataset(train, paper_base_pipeline(hp.image_size, tf_params), cache=train_cache, **common),
             )
         eval_tf = build_transform(preset, hp.image_size, train=False, params=tf_params)
         # on_device: the random part runs on whole batches after the transfer; items get the deterministic part
@@ -296,7 +296,7 @@ class GTSRBDataModule(LightningDataModule):
             eval_tf = build_transform(preset, self.hparams.image_size, False, params)
             self.test_set.transform = self._test_transform(eval_tf)
 
-    def _test_transform(self, eval_tf: A.Compose | None) -> A.Compose | None:
+    def _test_transform(self, eval_tf: Pipeline | None) -> Pipeline | None:
         if self.test_views == 1:
             return eval_tf
         return tta_transform(self.hparams.image_size, self._transform_params())

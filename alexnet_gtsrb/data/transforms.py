@@ -1,5 +1,9 @@
 """Image pipelines: albumentations presets, the label-aware flip and normalisation, uint8 until the last step.
 
+The only module of the data pipeline that imports albumentations (``Pipeline`` is its composed type): the
+DataModule, the image cache and the test views ask for pipelines here, so a move to another library is this
+module. (The robustness corruptions use albumentations' own corruption ops, separately.)
+
 Normalisation (uint8 -> float, mean/std) is the last step and runs on the batch after it reaches the
 device (:func:`normalize_uint8`), so workers, pinned memory and the host-to-device copy move 4x fewer bytes.
 """
@@ -7,7 +11,7 @@ device (:func:`normalize_uint8`), so workers, pinned memory and the host-to-devi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import albumentations as A
 import cv2
@@ -15,22 +19,39 @@ import numpy as np
 import torch
 
 from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
-from alexnet_gtsrb.errors import ConfigError
+from alexnet_gtsrb.errors import ConfigError, int_setting
 
 PRESETS = ("none", "gtsrb", "paper")
+Pipeline: TypeAlias = A.Compose  # a per-item pipeline: ``pipeline(image=uint8 HxWx3)["image"]``
 PCA_MODES = ("dataset", "per_image")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: CLAHE's tile grid side: OpenCV allocates a histogram per tile, so 100000 asks for 10 GB (GTSRB signs are
+#: 15-250 px: even 64 tiles per side leaves tiles of a few pixels). The clip limit is a multiple of the mean
+#: bin height: 1 equalises nothing, values past a few hundred are plain histogram equalisation.
+MAX_CLAHE_TILE = 64
+MAX_CLAHE_CLIP = 1000.0
+#: The smallest per-channel std: below it one grey level spans hundreds of input units.
+MIN_STD = 1e-3
 
 _MIRROR = {a: b for a, b in MIRROR_PAIRS} | {b: a for a, b in MIRROR_PAIRS}
 
 
 def clahe_settings(params: Mapping[str, Any]) -> tuple[float, int] | None:
     """``(clip limit, tile grid side)`` of the CLAHE step that ``params`` (``data.augment``) asks for, or None
-    (also for ``preset: none``, the origin script's resize-only pipeline, which has no CLAHE step)."""
-    if not params.get("clahe", False) or params.get("preset") == "none":
+    (also for ``preset: none``, the origin script's resize-only pipeline, which has no CLAHE step). A value that
+    cannot work is a ConfigError naming it, here where every pipeline (train's start-up check, the image cache,
+    a checkpoint's settings) reads them."""
+    clahe = params.get("clahe", False)
+    if not isinstance(clahe, bool | None):
+        raise ConfigError(f"augment.clahe={clahe!r} must be true or false.")
+    if not clahe or params.get("preset") == "none":
         return None
-    return float(params.get("clahe_clip", 2.0)), int(params.get("clahe_tile", 4))
+    clip = params.get("clahe_clip", 2.0)
+    if isinstance(clip, bool) or not isinstance(clip, int | float) or not 1.0 <= clip <= MAX_CLAHE_CLIP:
+        raise ConfigError(f"augment.clahe_clip={clip!r} must be a number from 1 to {MAX_CLAHE_CLIP:g}.")
+    tile = int_setting("augment.clahe_tile", params.get("clahe_tile", 4), 1, MAX_CLAHE_TILE)
+    return float(clip), tile
 
 
 def clahe_ops(settings: tuple[float, int] | None) -> list[A.BasicTransform]:
@@ -53,6 +74,29 @@ def paper_base(image_size: int, params: Mapping[str, Any] | None = None) -> list
         A.SmallestMaxSize(max_size=big, interpolation=cv2.INTER_LINEAR),
         A.CenterCrop(big, big),
     ]
+
+
+def paper_base_pipeline(image_size: int, params: Mapping[str, Any] | None = None) -> Pipeline:
+    """:func:`paper_base` as a pipeline."""
+    return A.Compose(paper_base(image_size, params))
+
+
+def cache_pipeline(clahe: tuple[float, int] | None, fit: str, size: int) -> Pipeline:
+    """What the image cache stores: optional CLAHE, then the same first resize as the presets, so a preset's own
+    resize is a no-op on cached images. ``fit``: ``shorter_side`` (shorter side to ``size``, centre crop: the paper
+    preset's first steps) or ``square`` (a plain resize)."""
+    if fit == "shorter_side":
+        resize = [A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR), A.CenterCrop(size, size)]
+    else:
+        resize = [A.Resize(size, size, interpolation=cv2.INTER_LINEAR)]
+    return A.Compose([*clahe_ops(clahe), *resize])
+
+
+def padded_view_source(preset: str, image_size: int, params: Mapping[str, Any]) -> Pipeline:
+    """The evaluation image padded with replicated borders to the paper preset's larger side (for test views)."""
+    big = paper_big(image_size)
+    pad = A.PadIfNeeded(big, big, position="center", border_mode=cv2.BORDER_REPLICATE, p=1.0)
+    return A.Compose([build_transform(preset, image_size, train=False, params=params), pad])
 
 
 def paper_big(image_size: int) -> int:
@@ -153,6 +197,18 @@ def normalize_float255(
     m, inv = _mean_inv_std(mean, std, x.device)
     y = (x - m.view(1, 3, 1, 1)) * inv.view(1, 3, 1, 1)
     return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def check_mean_std(mean: Any, std: Any) -> tuple[list[float], list[float]]:
+    """``(mean, std)`` as float lists when each is 3 numbers (R, G, B, in [0, 1] pixel units), every mean in
+    [0, 1] and every std in [:data:`MIN_STD`, 1]; else a ConfigError naming the key. A zero std divides by
+    zero and made every probability NaN; another length failed inside the first batch."""
+    for key, values, low in (("mean", mean, 0.0), ("std", std, MIN_STD)):
+        ok = isinstance(values, Sequence) and not isinstance(values, str) and len(values) == 3
+        ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= 1.0 for v in values)
+        if not ok:
+            raise ConfigError(f"{key}={values!r} must be 3 numbers (R, G, B) from {low:g} to 1, in [0, 1] pixel units.")
+    return [float(v) for v in mean], [float(v) for v in std]
 
 
 def _mean_inv_std(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -7,12 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import albumentations as A
-import cv2
 import torch
 
 from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
-from alexnet_gtsrb.data.transforms import build_transform, paper_base, paper_big
+from alexnet_gtsrb.data.transforms import Pipeline, padded_view_source, paper_base_pipeline
 
 TTA_CROPS = 5
 
@@ -87,7 +85,7 @@ def tta_probabilities(model: Any, images: torch.Tensor, size: int) -> torch.Tens
     return total / len(crops)
 
 
-def tta_transform(image_size: int, augment: Mapping[str, Any]) -> A.Compose:
+def tta_transform(image_size: int, augment: Mapping[str, Any]) -> Pipeline:
     """The image the 5 crops of ``image_size`` are cut from, with the sign at the size the preset trains on.
 
     * ``paper``: the paper preset's evaluation pipeline without its final centre crop (CLAHE if set, shorter
@@ -104,7 +102,5 @@ def tta_transform(image_size: int, augment: Mapping[str, Any]) -> A.Compose:
     """
     preset = augment.get("preset", "none")
     if preset == "paper":
-        return A.Compose(paper_base(image_size, augment))
-    big = paper_big(image_size)
-    pad = A.PadIfNeeded(big, big, position="center", border_mode=cv2.BORDER_REPLICATE, p=1.0)
-    return A.Compose([build_transform(preset, image_size, train=False, params=augment), pad])
+        return paper_base_pipeline(image_size, augment)
+    return padded_view_source(preset, image_size, augment)
