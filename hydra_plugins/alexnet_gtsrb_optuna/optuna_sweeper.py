@@ -124,10 +124,13 @@ class OptunaSweeper(Sweeper):
                 made = len(optuna.load_study(study_name=self.study_name, storage=self.storage).trials)
             except KeyError:  # no such study yet
                 made = 0
-        sampler_config = OmegaConf.to_container(self.sampler_config, resolve=True) if self.sampler_config else None
-        if isinstance(sampler_config, dict) and sampler_config.get("seed") is not None:
-            sampler_config["seed"] = int(sampler_config["seed"]) + made
-        sampler = instantiate(sampler_config) if sampler_config else None
+        sampler: Any = self.sampler_config  # a config (the YAML sets _recursive_: false), or a built sampler
+        if isinstance(sampler, DictConfig):
+            sampler = OmegaConf.to_container(sampler, resolve=True)
+        if isinstance(sampler, dict):
+            if sampler.get("seed") is not None:
+                sampler["seed"] = int(sampler["seed"]) + made
+            sampler = instantiate(sampler)
         study = optuna.create_study(
             study_name=self.study_name,
             storage=self.storage,
