@@ -4,8 +4,10 @@ they are read back safely.
 Reading (:func:`read_checkpoint`): ``torch.load(weights_only=True)`` only, so a pickled object is refused
 ("not a plain-data checkpoint") instead of run; then every config in the hyper-parameters is checked against
 the ``_target_`` allowlist (:mod:`alexnet_gtsrb.targets`) before anything is built; truncated and foreign
-files get one line naming the file. :func:`check_finite` and :func:`check_fits` name the tensor that holds
-NaN/inf or does not fit the model.
+files get one line naming the file. Every tensor's storage must hold the shape it declares
+(:func:`check_tensors`), before anything reads a tensor's values: a crafted file can pair a one-element storage
+with a 100000x100000 shape, and the first operation on it would allocate 40 GB. :func:`check_fits` (shapes only)
+and then :func:`check_finite` name the tensor that does not fit the model or holds NaN/inf.
 
 Every checkpoint (best, last, step-interval, on signal) goes through :class:`AtomicCheckpointIO`: a
 temporary file in the target folder, fsync, rename over the old one, so a crash or SIGKILL at any moment
@@ -31,7 +33,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from alexnet_gtsrb.errors import UserError
 from alexnet_gtsrb.models.compat import old_layout_problem
-from alexnet_gtsrb.targets import UnsafeCheckpointError, check_config, check_model_configs
+from alexnet_gtsrb.targets import UnsafeCheckpointError, check_config, check_model_configs, walk
 from alexnet_gtsrb.utils.files import MAX_CHECKPOINT_BYTES, atomic_write, check_regular_file
 
 
@@ -147,7 +149,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
     One-line :class:`CheckpointError` / :class:`~alexnet_gtsrb.targets.UnsafeCheckpointError` (exit 2) for
     a pickled object, a truncated or foreign file, a pipe, device or oversized file (refused unread), or a
-    config naming a target a checkpoint may not build.
+    config naming a target a checkpoint may not build; also for settings of the wrong kind (a list where a
+    mapping goes), nesting deeper than :data:`~alexnet_gtsrb.targets.MAX_DEPTH` and a tensor its storage cannot
+    hold (:func:`check_contents`).
     """
     check_checkpoint_file(path)
     try:
@@ -163,23 +167,74 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: cannot be read as a PyTorch checkpoint (truncated, corrupt or another kind of file: "
             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})."
         ) from None
+    return check_contents(raw, path)
+
+
+def check_contents(raw: Any, path: str | Path) -> dict[str, Any]:
+    """``raw`` (a loaded checkpoint) as a dict once its layout, tensors and configs pass the checks
+    :func:`read_checkpoint` names; nothing is built and no tensor's values are read."""
     if not isinstance(raw, Mapping) or not isinstance(raw.get("state_dict"), Mapping):
         raise CheckpointError(f"{path}: not a Lightning checkpoint of this project (no state_dict).")
     if not isinstance(raw.get("hyper_parameters"), Mapping):
         raise CheckpointError(f"{path}: not a checkpoint of this project (no hyper_parameters to rebuild the model).")
+    for key in ("datamodule_hyper_parameters", "callbacks", "loops"):
+        if not isinstance(raw.get(key), Mapping | None):
+            raise CheckpointError(f"{path}: its {key} is a {type(raw[key]).__name__}, not a mapping; refused.")
+    check_tensors(raw, path)
     check_model_configs(raw["hyper_parameters"], f"{path}: hyper_parameters")
     check_config(raw.get("datamodule_hyper_parameters") or {}, f"{path}: datamodule_hyper_parameters")
     return dict(raw)
 
 
-def check_finite(state_dict: Mapping[str, Any], path: str | Path) -> None:
-    """Refuse a checkpoint whose floating-point tensors hold NaN or inf, naming the first such tensor."""
-    for name, value in state_dict.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+def check_tensors(raw: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint holding a tensor whose storage is smaller than the shape it declares, or that is not
+    a plain dense tensor, naming it; only the declared shape, strides and storage size are read. Also bounds
+    the nesting of everything in the file (:func:`alexnet_gtsrb.targets.walk`)."""
+    for key, value in walk(raw, str(path)):
+        if isinstance(value, torch.Tensor) and (problem := _storage_problem(value)):
             raise CheckpointError(
-                f"{path}: tensor {name!r} holds NaN/inf values; refused (predictions from it would be garbage). "
-                "Use an earlier checkpoint of the run."
+                f"{path}: tensor {key!r} {problem}; refused before reading it (a damaged or crafted file)."
             )
+
+
+def _storage_problem(t: torch.Tensor) -> str | None:
+    """What is wrong with ``t``'s layout, or None: its bytes (``storage_offset`` + the larger of the strided
+    extent and the element count, times the element size) must lie inside its storage, so no view repeats one
+    element over a huge shape (zero or overlapping strides) and no operation reads past the storage."""
+    if t.layout != torch.strided or t.is_quantized:
+        return f"is a {t.layout} tensor, which this project never writes"
+    if t.numel() == 0:
+        return None
+    if any(s < 0 for s in t.stride()):
+        return f"has negative strides {t.stride()}"
+    extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
+    need = (t.storage_offset() + max(extent, t.numel())) * t.element_size()
+    have = t.untyped_storage().nbytes()
+    if need > have:
+        return (
+            f"declares shape {tuple(t.shape)} (strides {t.stride()}, offset {t.storage_offset()}), {need} bytes, "
+            f"over a storage of {have} bytes"
+        )
+    return None
+
+
+def check_finite(state_dict: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose floating-point tensors hold NaN or inf, or whose BatchNorm running variance is
+    negative (its square root is NaN), naming the first such tensor. Run it after :func:`check_fits`: then every
+    tensor it reads has the model's shape."""
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue
+        if not torch.isfinite(value).all():
+            bad = "NaN/inf values"
+        elif str(name).endswith("running_var") and bool((value < 0).any()):
+            bad = "a negative BatchNorm variance"
+        else:
+            continue
+        raise CheckpointError(
+            f"{path}: tensor {name!r} holds {bad}; refused (predictions from it would be garbage). "
+            "Use an earlier checkpoint of the run."
+        )
 
 
 def check_fits(state_dict: Mapping[str, Any], model: torch.nn.Module, path: str | Path) -> None:

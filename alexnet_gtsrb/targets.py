@@ -13,7 +13,9 @@ design rather than by a deny list, the model's three configs may each name one t
 
 and nothing else anywhere: no nested ``_target_`` inside them, none in any other saved setting, and no
 interpolation (``${...}``): a saved config is resolved before it is written, and a resolver such as
-``oc.decode`` could build a new ``_target_`` after the check.
+``oc.decode`` could build a new ``_target_`` after the check. The network config builds the network itself, so
+it may not be ``_partial_`` (Hydra would hand back a factory where a module belongs). Nesting deeper than
+:data:`MAX_DEPTH` levels (Python's recursion, and a self-referencing pickle) is refused before any walk.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ NETWORKS = frozenset({"alexnet_gtsrb.models.alexnet.AlexNet", "alexnet_gtsrb.mod
 #: The project's schedule factories a checkpoint may build.
 SCHEDULES = frozenset({"alexnet_gtsrb.schedules.warmup_cosine"})
 ROLES = ("net", "optimizer", "scheduler")
+#: How deep a checkpoint's containers may nest (this project's nest under 10 levels; far below recursion limits).
+MAX_DEPTH = 64
+#: How many values a walk visits at most: a pickle can share one container many times over, so a few bytes can
+#: describe 2**60 values (this project's checkpoints hold a few thousand).
+MAX_VALUES = 1_000_000
 _OPTIM = "torch.optim."
 _SCHED = "torch.optim.lr_scheduler."
 
@@ -63,15 +70,28 @@ def allowed_target(target: str, role: str | None = None) -> bool:
     return any(_KINDS[r](str(target)) for r in roles)
 
 
-def _walk(value: Any, key: str) -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) for ``value`` and everything nested in it."""
-    yield key, value
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _walk(v, f"{key}.{k}" if key else str(k))
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            yield from _walk(v, f"{key}[{i}]")
+def walk(value: Any, where: str, key: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for ``value`` and everything nested in it, depth first, without recursion; a
+    container nested deeper than :data:`MAX_DEPTH` (or one that contains itself) and more than
+    :data:`MAX_VALUES` values in all are refused, naming the key."""
+    stack: list[tuple[str, Any, int]] = [(key, value, 0)]
+    for count in range(MAX_VALUES + 1):
+        if not stack:
+            return
+        if count == MAX_VALUES:
+            raise _refuse(where, f"more than {MAX_VALUES} values in {key or 'the checkpoint'}")
+        path, item, depth = stack.pop()
+        yield path, item
+        if not isinstance(item, Mapping | list | tuple):
+            continue
+        if depth >= MAX_DEPTH:
+            shown = path if len(path) <= 80 else f"{path[:80]}..."
+            raise _refuse(where, f"{shown or 'the top level'} nests deeper than {MAX_DEPTH} levels")
+        if isinstance(item, Mapping):
+            children = [(f"{path}.{k}" if path else str(k), v) for k, v in item.items()]
+        else:
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(item)]
+        stack.extend((p, v, depth + 1) for p, v in reversed(children))
 
 
 def _refuse(where: str, what: str) -> UnsafeCheckpointError:
@@ -83,7 +103,7 @@ def _refuse(where: str, what: str) -> UnsafeCheckpointError:
 def check_config(config: Any, where: str, allow_top_target: str | None = None, key: str = "") -> None:
     """Refuse any ``_target_`` in ``config`` (except, with ``allow_top_target`` = a role, the top-level one if
     it is of that role's kind) and any interpolation, naming the key and the value."""
-    for path, value in _walk(config, key):
+    for path, value in walk(config, where, key):
         if isinstance(value, Mapping) and "_target_" in value:
             target = str(value["_target_"])
             role = allow_top_target if path == key else None
@@ -109,4 +129,6 @@ def check_model_configs(hyper_parameters: Mapping[str, Any], where: str) -> None
         required = role is not None and not (role == "scheduler" and not value)
         if required and (not isinstance(value, Mapping) or "_target_" not in value):
             raise _refuse(where, f"{name} must be a config with a _target_, got {type(value).__name__}")
+        if role == "net" and value.get("_partial_") not in (None, False):
+            raise _refuse(where, f"net._partial_={value['_partial_']!r}: the network config must build the network")
         check_config(value, where, allow_top_target=role, key=str(name))

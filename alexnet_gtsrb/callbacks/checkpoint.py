@@ -7,7 +7,8 @@ when a better one is written, the previous ``last``) through ``fs.rm(path, recur
 ``<run>/checkpoints/../../victim`` would then delete a file or a whole directory outside the run.
 
 :class:`RunCheckpoint` closes both ends: on restore, a path that does not resolve inside this callback's own
-folder is dropped with one warning line; on delete, only a regular file that resolves inside that folder is
+folder is dropped with one warning line (as are scores that are not one-element float tensors, and a state
+that is not a mapping at all); on delete, only a regular file that resolves inside that folder is
 removed, with ``os.unlink`` (never a directory, never recursively, never through a link pointing elsewhere).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 log = logging.getLogger(__name__)
 
 _PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+_KEYS = (*_PATH_KEYS, "monitor", "best_model_score", "current_score", "dirpath", "best_k_models", "kth_value")
 
 
 def inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
@@ -48,37 +51,11 @@ class RunCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not self.dirpath:  # set in setup(); without it nothing can be judged, so nothing is restored
             return
-        clean = dict(state_dict)
-        dropped: list[str] = []
-        for key in _PATH_KEYS:
-            value = clean.get(key)
-            if not isinstance(value, str | os.PathLike) or (value and not inside(value, self.dirpath)):
-                if value:
-                    dropped.append(f"{key}={value}")
-                clean[key] = ""
-        best_k = clean.get("best_k_models")
-        if best_k is not None:
-            kept = {}
-            for path, score in best_k.items() if isinstance(best_k, dict) else []:
-                if isinstance(path, str) and isinstance(score, torch.Tensor) and inside(path, self.dirpath):
-                    kept[path] = score
-                else:
-                    dropped.append(f"best_k_models[{path!r}]")
-            if not isinstance(best_k, dict):
-                dropped.append("best_k_models (not a mapping)")
-            clean["best_k_models"] = kept
-        if not isinstance(clean.get("best_model_score"), torch.Tensor | None):
-            dropped.append("best_model_score (not a tensor)")
-            clean["best_model_score"] = None
-        if "kth_value" in clean and not isinstance(clean["kth_value"], torch.Tensor):
-            dropped.append("kth_value (not a tensor)")
-            del clean["kth_value"]  # the callback keeps its own starting value
-        if not clean["best_model_path"]:
-            clean["best_model_score"] = None  # a score without its file would keep a better new one from saving
+        clean, dropped = _clean_state(state_dict, str(self.dirpath))
         if dropped:
             log.warning(
-                "the checkpoint's %s state names files outside this run's checkpoint folder %s (%s): not "
-                "restored, so nothing outside the folder is read or deleted.",
+                "the checkpoint's %s state names files outside this run's checkpoint folder %s or holds values of "
+                "the wrong kind (%s): not restored, so nothing outside the folder is read or deleted.",
                 type(self).__name__,
                 self.dirpath,
                 ", ".join(dropped)[:300],
@@ -94,3 +71,45 @@ class RunCheckpoint(ModelCheckpoint):
                 log.warning("not deleting %s: only regular files inside %s are removed.", filepath, self.dirpath)
             return
         path.unlink()
+
+
+def _score(value: Any) -> bool:
+    """True for what ModelCheckpoint keeps as a score: a one-element floating-point tensor."""
+    return isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
+
+
+def _clean_state(state_dict: Any, dirpath: str) -> tuple[dict[str, Any], list[str]]:
+    """(the restorable part of a ModelCheckpoint state, what was dropped): paths only inside ``dirpath``, scores
+    only one-element float tensors (another tensor would make Lightning's comparisons raise or broadcast), and
+    ``dirpath`` itself only as a string (it is compared with ``==``)."""
+    if not isinstance(state_dict, Mapping):
+        return {"best_model_path": "", "best_model_score": None}, [f"the whole state (a {type(state_dict).__name__})"]
+    clean = {k: v for k, v in state_dict.items() if k in _KEYS}
+    dropped: list[str] = []
+    if not isinstance(clean.get("dirpath", dirpath), str):
+        dropped.append("dirpath (not a string)")
+        clean["dirpath"] = dirpath
+    for key in _PATH_KEYS:
+        value = clean.get(key)
+        if not isinstance(value, str) or (value and not inside(value, dirpath)):
+            if value:
+                dropped.append(f"{key}={str(value)[:80]}")
+            clean[key] = ""
+    best_k = clean.get("best_k_models")
+    if best_k is not None:
+        kept = {}
+        for path, score in best_k.items() if isinstance(best_k, Mapping) else []:
+            if isinstance(path, str) and _score(score) and inside(path, dirpath):
+                kept[path] = score
+            else:
+                dropped.append(f"best_k_models[{str(path)[:80]!r}]")
+        if not isinstance(best_k, Mapping):
+            dropped.append("best_k_models (not a mapping)")
+        clean["best_k_models"] = kept
+    for key in ("best_model_score", "kth_value", "current_score"):
+        if key in clean and clean[key] is not None and not _score(clean[key]):
+            dropped.append(f"{key} (not a one-element float tensor)")
+            del clean[key]  # the callback keeps its own starting value
+    if not clean["best_model_path"] or "best_model_score" not in clean:
+        clean["best_model_score"] = None  # a score without its file would keep a better new one from saving
+    return clean, dropped
