@@ -21,6 +21,7 @@ from alexnet_gtsrb.utils.early import answer_early
 
 answer_early("predict", "alexnet-gtsrb-predict", __name__ == "__main__")  # --help/--version before torch is imported
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits, decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform
-from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError
+from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError, int_setting
 from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
 from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point
@@ -102,20 +103,52 @@ def predict_arrays(
     return torch.cat(probs)
 
 
+def _gradcam_folder_error(folder: Path, exc: OSError) -> UserError:
+    return UserError(
+        f"gradcam=true: cannot write the Grad-CAM overlays into {folder} ({exc.strerror or exc}): free space or "
+        "fix the permissions there, or pass paths.output_dir=<a writable folder> (or gradcam=false)."
+    )
+
+
+def gradcam_folder(folder: Path) -> Path:
+    """``folder`` created for the overlays, checked before the model is loaded: a file in its place, or a folder
+    that cannot be created, is one line naming it."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(
+            f"gradcam=true: {folder} is a file, not a folder for the Grad-CAM overlays: remove it, or pass "
+            "paths.output_dir=<another folder> (or gradcam=false)."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _gradcam_folder_error(folder, exc) from None
+    return folder
+
+
 def write_gradcam(model: Any, paths: list[Path], arrays: list[np.ndarray], probs: torch.Tensor, folder: Path) -> None:
-    """``<folder>/<n>_<file stem>.png``: each preprocessed image overlaid with Grad-CAM of its top class."""
+    """``<folder>/<n>_<file stem>.png``: each preprocessed image overlaid with Grad-CAM of its top class.
+
+    Encoded in memory and written with Python's own I/O: ``cv2.imwrite`` reports a failed write (a full disk)
+    only by returning False, which would leave overlays missing without a word; here it is one line."""
     import cv2
 
     from alexnet_gtsrb.evaluation.explanations import gradcam, overlay
     from alexnet_gtsrb.evaluation.pixels import PixelModel
 
-    folder.mkdir(parents=True, exist_ok=True)
+    gradcam_folder(folder)
     pixel_model = PixelModel(model).to(next(model.parameters()).device).eval()
     device = str(next(model.parameters()).device)
     top = probs.argmax(dim=-1)
     for n, (p, image) in enumerate(zip(paths, arrays, strict=True)):
         heat = gradcam(pixel_model, image[None], top[n : n + 1], device)[0]
-        cv2.imwrite(str(folder / f"{n:04d}_{p.stem}.png"), cv2.cvtColor(overlay(image, heat), cv2.COLOR_RGB2BGR))
+        png = cv2.imencode(".png", cv2.cvtColor(overlay(image, heat), cv2.COLOR_RGB2BGR))[1].tobytes()
+        target = folder / f"{n:04d}_{p.stem}.png"
+        try:
+            target.write_bytes(png)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                target.unlink()  # no truncated PNG left behind
+            raise _gradcam_folder_error(folder, exc) from None
     print(f"Grad-CAM overlays: {folder}", file=sys.stderr, flush=True)
 
 
@@ -149,14 +182,17 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     fmt = str(cfg.get("format", "table"))
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}; allowed: {', '.join(FORMATS)}.")
+    top_k = int_setting("top_k", cfg.get("top_k", 3), 1)  # over the checkpoint's classes: every class
+    batch_size = int_setting("batch_size", cfg.get("batch_size", 64), 1)
+    device = pick_device(cfg.get("device", "auto"))
     if cfg.get("gradcam"):
         require_extra("captum", "robustness", "gradcam=true")
+        gradcam_folder(Path(cfg.paths.output_dir) / "gradcam")
     images = cfg.images
     images = list(images) if isinstance(images, ListConfig) else str(images)
     paths = expand_paths(images)
     if not paths:
         raise UserError(f"images={images}: no files to predict.")
-    device = pick_device(cfg.get("device", "auto"))
     model, data_hp = load_classifier(cfg.ckpt_path, device)
     settings = eval_settings(model, data_hp)
     augment = settings["augment"]
@@ -170,10 +206,10 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         from alexnet_gtsrb.evaluation.calibration import read_temperature
 
         temperature = read_temperature(cfg.calibration, str(checkpoint_for(cfg.ckpt_path)[0]))
-    probs = predict_arrays(model, arrays, max(1, int(cfg.get("batch_size", 64))), device, temperature)
+    probs = predict_arrays(model, arrays, batch_size, device, temperature)
     if cfg.get("gradcam"):
         write_gradcam(model, ok_paths, arrays, probs, Path(cfg.paths.output_dir) / "gradcam")
-    results = top_k_results(ok_paths, probs, int(cfg.get("top_k", 3)))
+    results = top_k_results(ok_paths, probs, top_k)
     text = json.dumps(results, indent=2) if fmt == "json" else format_table(results)
     print(text, flush=True)
     return results

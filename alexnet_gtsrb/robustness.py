@@ -36,7 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from alexnet_gtsrb.data.classes import class_name
-from alexnet_gtsrb.errors import ConfigError, UserError
+from alexnet_gtsrb.errors import ConfigError, UserError, int_setting
 from alexnet_gtsrb.evaluation import calibration, corruptions
 from alexnet_gtsrb.evaluation.intervals import format_accuracy, interval_metrics
 from alexnet_gtsrb.evaluation.pixels import PixelModel, from_pixels, logits_of, preprocess_all, raw_test_images
@@ -46,11 +46,15 @@ from alexnet_gtsrb.plots import image_grid_figure, reliability_figure, save_figu
 from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
 from alexnet_gtsrb.utils.extras import require_extra
+from alexnet_gtsrb.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 SUITES = ("corruptions", "adversarial", "calibration", "gradcam")
 CAPTUM_SUITES = ("adversarial", "gradcam")  # these need the optional 'robustness' extra (captum)
+#: PGD costs one forward and backward pass per step, image and epsilon; published evaluations use 7-100 steps
+#: and the accuracy has settled long before 1000. Past it, a typo (pgd_steps=100000) would run for days.
+MAX_PGD_STEPS = 1000
 
 
 def _suites(value: Any) -> list[str]:
@@ -65,6 +69,19 @@ def _suites(value: Any) -> list[str]:
 
 def _listed(value: Any) -> Any:
     return list(value) if isinstance(value, ListConfig | list | tuple) else value
+
+
+def _check_counts(cfg: DictConfig, suites: Sequence[str]) -> tuple[int, int | None]:
+    """(batch_size, max_images), and the chosen suites' counts checked: each a whole number in its range, one
+    line naming the key otherwise, before any model is loaded (``max(1, ...)`` and slicing hid 0 and negatives)."""
+    if "adversarial" in suites:
+        int_setting("adversarial.pgd_steps", cfg.adversarial.pgd_steps, 1, MAX_PGD_STEPS)
+        int_setting("adversarial.num_examples", cfg.adversarial.num_examples, 0)
+    if "gradcam" in suites:
+        int_setting("gradcam.num_correct", cfg.gradcam.num_correct, 0)
+        int_setting("gradcam.num_wrong", cfg.gradcam.num_wrong, 0)
+    batch_size = int_setting("batch_size", cfg.batch_size, 1)
+    return batch_size, int_setting("max_images", cfg.get("max_images"), 1, null="all test images")
 
 
 def write_table(rows: list[dict[str, Any]], out_dir: Path, stem: str, title: str) -> None:
@@ -99,11 +116,13 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
         from alexnet_gtsrb.evaluation import adversarial, explanations
     names = corruptions.resolve_names(_listed(cfg.corruptions.names)) if "corruptions" in suites else []
     severities = corruptions.check_severities(_listed(cfg.corruptions.severities)) if names else []
+    if names and not any(s > 0 for s in severities):  # the mean over severities 1-5 would be NaN
+        raise ConfigError(f"corruptions.severities={severities}: include at least one of 1-5 (0 is the clean images).")
     adv = cfg.adversarial
+    batch_size, max_images = _check_counts(cfg, suites)
     if "adversarial" in suites:
         adversarial.check_settings(_listed(adv.attacks), _listed(adv.epsilons), adv.pgd_steps, adv.pgd_step_size)
-    batch_size, seed = max(1, int(cfg.batch_size)), int(cfg.seed)
-    max_images = cfg.get("max_images")
+    seed = int_setting("seed", cfg.seed, 0)
 
     device = pick_device(cfg.get("device", "auto"))
     ckpt_file, chosen_by = checkpoint_for(cfg.get("ckpt_path"))
@@ -114,6 +133,7 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     size = int(dcfg.image_size)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").unlink(missing_ok=True)  # written last: its presence marks a complete report
     datamodule = instantiate(dcfg, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("validate" if "calibration" in suites else "test")  # the split, no training pipeline
@@ -284,7 +304,8 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
 
     metrics["seconds"]["total"] = time.perf_counter() - started
     loggers.close()
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    with atomic_write(out_dir / "metrics.json", "w") as f:  # after every other output, never half-written
+        f.write(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
     print_rank_zero(f"robustness suites {', '.join(suites)} in {metrics['seconds']['total']:.0f} s; report: {out_dir}")
     return metrics
 

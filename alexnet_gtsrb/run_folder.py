@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from alexnet_gtsrb.errors import ConfigError, UserError
+from alexnet_gtsrb.errors import BadFileError, ConfigError, UserError
 from alexnet_gtsrb.utils.files import MAX_EVENTS_BYTES, check_regular_file, read_text_file
 
 LOCK_NAME = ".run.lock"
@@ -116,6 +116,29 @@ def _version_key(path: Path) -> tuple[int, str]:
     return (int(found.group(1)) if found else -1, str(path))
 
 
+_CSV_FIX = "Training writes whole step numbers and times there: restore the file or remove it (or pass another run)."
+
+
+def _csv_step(cell: str | None, path: Path, line: int) -> int:
+    """A ``metrics.csv`` step: a whole number >= 0 (an empty cell is 0); anything else names the file and line
+    (``int(float("nan"))`` and ``int(float("1e400"))`` raise, ``-3`` or ``2.5`` would misplace the value)."""
+    try:
+        value = float(cell or 0)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value.is_integer() and value >= 0):
+        raise BadFileError(f"{path}: line {line}: step {cell!r} is not a step number (a whole number >= 0). {_CSV_FIX}")
+    return int(value)
+
+
+def _csv_time(cell: str | None, path: Path, line: int) -> float:
+    """A ``metrics.csv`` wall time in seconds (NaN when empty, and left out of the minutes when not finite)."""
+    try:
+        return float(cell or "nan")
+    except ValueError:
+        raise BadFileError(f"{path}: line {line}: {CSV_TIME} {cell!r} is not a number of seconds. {_CSV_FIX}") from None
+
+
 def read_metrics_csv(csv_dir: Path) -> dict[str, list[Scalar]]:
     """Scalars of every ``metrics.csv`` under ``csv_dir`` (CSVLogger writes one ``version_N`` folder per start of
     a run: a resumed run adds one), in the order they were written; shaped like :func:`read_events`' scalars.
@@ -126,9 +149,10 @@ def read_metrics_csv(csv_dir: Path) -> dict[str, list[Scalar]]:
     for path in sorted(Path(csv_dir).rglob("metrics.csv"), key=_version_key):
         text = read_text_file(path, "metrics.csv", fix=_RUN_FILE_FIX)
         with io.StringIO(text, newline="") as f:
-            for row in csv.DictReader(f):
-                step = int(float(row.get("step") or 0))
-                wall_time = float(row.get(CSV_TIME) or "nan")
+            reader = csv.DictReader(f)
+            for row in reader:
+                step = _csv_step(row.get("step"), path, reader.line_num)
+                wall_time = _csv_time(row.get(CSV_TIME), path, reader.line_num)
                 for tag, cell in row.items():
                     if tag in ("step", CSV_TIME) or tag is None or cell in (None, ""):
                         continue
@@ -171,14 +195,36 @@ def epoch_table(scalars: dict[str, list]) -> list[dict[str, Any]]:
     return [rows[k] for k in sorted(rows)]
 
 
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def read_metrics_json(run_dir: Path) -> dict[str, Any] | None:
+    """A run folder's ``metrics.json`` (None when it has none); a file that is not a JSON object (invalid JSON,
+    an array, a string, null) is one line naming it: a reader would otherwise fail on ``.get`` or skip it."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return None
+    text = read_text_file(path, "metrics.json", fix=_RUN_FILE_FIX)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+        what = f"invalid JSON ({str(exc).splitlines()[0][:120] or type(exc).__name__})"
+    else:
+        if isinstance(data, dict):
+            return data
+        what = "null" if data is None else _JSON_KINDS.get(type(data), type(data).__name__)
+    raise BadFileError(
+        f"{path}: metrics.json must be a JSON object (training and evaluate write one); it holds {what}. "
+        "Restore the file or remove it (or pass another run folder)."
+    )
+
+
 def best_checkpoint(run_dir: Path) -> Path | None:
     """metrics.json's best checkpoint if it is still there, else the newest epoch_*.ckpt, else last.ckpt."""
     run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.json"
-    if metrics.exists():
-        named = json.loads(read_text_file(metrics, "metrics.json", fix=_RUN_FILE_FIX)).get("best_checkpoint")
-        if named and Path(named).is_file():
-            return Path(named)
+    named = (read_metrics_json(run_dir) or {}).get("best_checkpoint")
+    if isinstance(named, str) and named and Path(named).is_file():
+        return Path(named)
     found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"), key=lambda p: p.stat().st_mtime)
     last = run_dir / "checkpoints" / "last.ckpt"
     return found[-1] if found else (last if last.exists() else None)  # a pipe there is refused when read
@@ -196,13 +242,9 @@ def run_test_ckpt(run_dir: Path) -> str:
     """The checkpoint rule a run folder declared: its metrics.json's ``test_ckpt``, else its ``.hydra/config.yaml``'s,
     else the default (``last``)."""
     run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.json"
-    if metrics.exists():
-        text = read_text_file(metrics, "metrics.json", fix=_RUN_FILE_FIX)
-        with contextlib.suppress(ValueError, AttributeError):
-            rule = json.loads(text).get("test_ckpt")
-            if rule is not None:
-                return check_test_ckpt(rule)
+    rule = (read_metrics_json(run_dir) or {}).get("test_ckpt")
+    if rule is not None:
+        return check_test_ckpt(rule)
     config = run_dir / ".hydra" / "config.yaml"
     if config.exists():
         from omegaconf import DictConfig, OmegaConf

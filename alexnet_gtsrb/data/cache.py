@@ -43,13 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
-import cv2
 import numpy as np
 
 from alexnet_gtsrb.data.gtsrb import Record
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, decode_rgb, file_sha256, roi_crop
-from alexnet_gtsrb.data.transforms import clahe_ops
+from alexnet_gtsrb.data.transforms import cache_pipeline
 from alexnet_gtsrb.errors import BadDataError, BadFileError, ConfigError, UserError
 from alexnet_gtsrb.utils import files
 from alexnet_gtsrb.utils.files import atomic_path, atomic_write, cache_root, require_free_space
@@ -82,13 +80,6 @@ def cache_fit(preset: str) -> str:
     """How the cache brings an image to its square side: ``shorter_side`` (shorter side to the size, centre crop:
     the paper preset's first steps) or ``square`` (a plain resize: where the pipeline ends with one)."""
     return "shorter_side" if preset == "paper" else "square"
-
-
-def _fit_op(fit: str, s: int) -> A.BasicTransform:
-    """The same ops as the pipelines' first resize, so the pipeline's own is a no-op on cached images."""
-    if fit == "shorter_side":
-        return A.Compose([A.SmallestMaxSize(max_size=s, interpolation=cv2.INTER_LINEAR), A.CenterCrop(s, s)])
-    return A.Resize(s, s, interpolation=cv2.INTER_LINEAR)
 
 
 def cache_key(
@@ -299,7 +290,7 @@ def build_cache(
         "point data.cache_dir elsewhere or set data.cache=false",
         error=ConfigError,
     )
-    resize = A.Compose([*clahe_ops(clahe), _fit_op(fit, s)])
+    resize = cache_pipeline(clahe, fit, s)
     log.info("Building image cache: %d images at %dx%d px (%.2f GB) -> %s", n, s, s, need / 1e9, npy)
     t0 = last = time.perf_counter()
     skipped: list[str] = []
@@ -367,8 +358,7 @@ def open_or_build(
     """The complete cache for ``records`` at ``size`` px, building it first if needed (once, under a lock).
 
     ``clahe``: ``(clip, tile)`` to store CLAHE-equalised pixels (the datasets then skip their CLAHE step)."""
-    folder = Path(os.path.expanduser(str(cache_dir))) if cache_dir else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = files.cache_folder(cache_dir, default_cache_dir())  # created; one line naming it if it cannot be
     records = tuple(records)
     key = cache_key(records, size, roi, fit, clahe, limits[1])
     stem = folder / key
@@ -376,6 +366,7 @@ def open_or_build(
     t0 = time.perf_counter()
     found, built = _load_complete(stem, key, shape), False
     if found is None:
+        files.cache_folder(cache_dir, default_cache_dir(), write=True)  # building writes: refuse a read-only folder
         with _locked(folder / f"{key}.lock"):
             found = _load_complete(stem, key, shape, warn=False)  # another rank may have built it meanwhile
             if found is None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from alexnet_gtsrb.errors import BadFileError, UserError
+from alexnet_gtsrb.errors import BadFileError, ConfigError, UserError
 
 CACHE_ENV = "ALEXNET_GTSRB_CACHE"
 #: Checkpoints and weight files: an AlexNet checkpoint with optimizer state and an EMA copy is under 1 GiB.
@@ -119,6 +119,29 @@ def cache_root() -> Path:
     """Where generated data and caches live: ``$ALEXNET_GTSRB_CACHE``, else ``~/.cache/alexnet_gtsrb``."""
     base = os.environ.get(CACHE_ENV)
     return Path(base).expanduser() if base else Path.home() / ".cache" / "alexnet_gtsrb"
+
+
+def cache_folder(cache_dir: str | os.PathLike[str] | None, default: Path, write: bool = False) -> Path:
+    """The folder ``data.cache_dir`` names (``default`` when null), created if missing. A ConfigError naming
+    the key and the folder when it is not a folder (``/dev/null``, a file), cannot be created, or, with ``write``
+    (building a cache), is read-only. A mode without write bits counts as read-only for root too, who could write
+    anyway: the folder was marked so on purpose. Reading a complete cache needs no write (a shared cache)."""
+    folder = Path(os.path.expanduser(str(cache_dir))) if cache_dir else default
+    setting = f"data.cache_dir={cache_dir or 'null'}"
+    fix = "point data.cache_dir at a writable folder or set data.cache=false"
+    if folder.exists() and not folder.is_dir():
+        kind = next((name for test, name in _FILE_KINDS if test(folder.stat().st_mode)), "a file")
+        raise ConfigError(f"{setting}: {folder} is {kind}, not a folder; {fix}.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{setting}: the folder {folder} cannot be created ({exc.strerror or exc}); {fix}.") from None
+    marked = not folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    if write and (marked or not os.access(folder, os.W_OK | os.X_OK)):
+        raise ConfigError(
+            f"{setting}: the folder {folder} is read-only, so the image cache cannot be built there; {fix}."
+        )
+    return folder
 
 
 def _fsync_dir(folder: Path) -> None:
