@@ -18,7 +18,7 @@ BENCH_ARGS ?= data.data_dir=$(GTSRB_ROOT) data.image_size=227 data.batch_size=64
 GPU_CHECK_ARGS ?=
 GPU_CHECK_OUT ?= logs/gpu_check.json
 
-.PHONY: venv demo test test-fast lint format bench gpu-check clean
+.PHONY: venv demo test test-fast lint format docs bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -32,10 +32,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## train on generated synthetic data, offline, on CPU
 	$(BIN)/python -m alexnet_gtsrb.train experiment=demo $(DEMO_ARGS)
 
-test: $(STAMP)  ## lint + type check + the whole test suite (what CI runs)
+test: $(STAMP)  ## lint + type check + the docs site, built strictly + the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(MAKE) --no-print-directory docs
 	GTSRB_ROOT=$(GTSRB_ROOT) $(BIN)/python -m pytest $(PYTEST_XDIST) --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## skip the slow (subprocess training) tests
@@ -49,6 +50,9 @@ gpu-check: $(STAMP)  ## on a GPU: fit vs bf16 ceiling, data wait, precision/form
 		"bench.sections=[ceiling,e2e,precision]" bench.steps=30 bench.warmup=5 bench.e2e_warmup=20 \
 		bench.out=$(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
+docs: $(STAMP)  ## the documentation site into site/ (mkdocs.yml); a broken link, page or docstring fails it
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -59,4 +63,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf logs .pytest_cache .ruff_cache
+	rm -rf logs site .pytest_cache .ruff_cache

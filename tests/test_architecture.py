@@ -1,5 +1,5 @@
 """The package's shape, checked: entry points only at the top and imported by nobody, no import cycles,
-no oversized modules, and every module and package named in the README's layout section."""
+no oversized modules, and every module and package named in the layout page (docs/layout.md)."""
 
 from __future__ import annotations
 
@@ -106,11 +106,12 @@ def test_no_module_over_400_lines():
     assert not long, long
 
 
-def test_readme_layout_names_every_module_and_package():
-    """The README's layout block lists every module file and package folder of alexnet_gtsrb/ by name."""
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"## Layout\n.*?```\n(.*?)```", text, re.S)
-    assert block, "README.md has no '## Layout' section with a code block"
+def test_layout_page_names_every_module_and_package():
+    """The layout page's tree (its first code block) lists every module file and package folder of alexnet_gtsrb/
+    by name."""
+    text = (ROOT / "docs" / "layout.md").read_text()
+    block = re.search(r"^# Layout\n.*?```\n(.*?)```", text, re.S | re.M)
+    assert block, "docs/layout.md has no '# Layout' page with a code block"
     listed = set(re.findall(r"[\w]+(?:\.py|/)", block.group(1)))
     missing = []
     for p in sorted(PACKAGE.rglob("*")):
@@ -119,7 +120,7 @@ def test_readme_layout_names_every_module_and_package():
         name = p.name + "/" if p.is_dir() else p.name
         if name not in listed:
             missing.append(str(p.relative_to(ROOT)))
-    assert not missing, f"modules or packages missing from README's layout: {missing}"
+    assert not missing, f"modules or packages missing from docs/layout.md: {missing}"
 
 
 def test_an_unmarked_test_that_trains_or_starts_python_fails():

@@ -102,7 +102,7 @@ def test_unknown_key_fails_as_hydra_does(compose_cfg):
 
 
 def test_alexnet_bn_config_parameter_count(compose_cfg):
-    """The BatchNorm workhorse: paper layout (groups=2), BatchNorm after each ReLU, no LRN; count in the README."""
+    """The BatchNorm workhorse: paper layout (groups=2), BatchNorm after each ReLU, no LRN; count in docs/models.md."""
     cfg = compose_cfg(["model=alexnet_bn", "data.image_size=227"])
     net = instantiate(cfg.model.net)
     assert sum(p.numel() for p in net.parameters()) == 57_063_531
@@ -145,7 +145,7 @@ def test_cpu_fast_averages_weights_and_balances_classes(compose_cfg):
 
 
 def test_cpu_long_is_cpu_fast_trained_longer(compose_cfg):
-    """The two budget points of README "Results" differ only in length (and the run's name), so the table
+    """The two budget points of docs/results.md differ only in length (and the run's name), so the table
     compares training time, not recipes."""
     from omegaconf import OmegaConf
 

@@ -125,9 +125,9 @@ def test_only_regular_files_inside_the_folder_are_deleted(tmp_path, how):
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["absolute", "dotdot"])
 def test_resuming_a_hostile_run_folder_deletes_nothing_outside_it(compose_cfg, synthetic_root, tmp_path, how):
-    """The README's resume command on a run folder whose last.ckpt was edited to name victims in every
-    restored path of both checkpoint callbacks: training goes on, the victims survive, the test checkpoint is
-    one of the run's own."""
+    """The documented resume command (docs/workflows.md) on a run folder whose last.ckpt was edited to name
+    victims in every restored path of both checkpoint callbacks: training goes on, the victims survive, the test
+    checkpoint is one of the run's own."""
     from alexnet_gtsrb.train import train
 
     common = [

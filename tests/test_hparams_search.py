@@ -280,7 +280,8 @@ def test_every_value_the_space_draws_builds_every_experiments_model(compose_hydr
 
 @pytest.mark.slow
 def test_optuna_sweep_of_the_documented_baseline_completes_on_real_gtsrb(tmp_path, gtsrb_root):
-    """The README's command, with two trials and batch limits, on the real images (it crashed on trial 1)."""
+    """The documented command (docs/workflows.md), with two trials and batch limits, on the real images (it
+    crashed on trial 1)."""
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "hparams_search=optuna", "experiment=baseline", f"data.data_dir={gtsrb_root}"]
     args += ["hydra.sweeper.n_trials=2", "trainer.max_epochs=1", "trainer.limit_train_batches=1"]

@@ -1,9 +1,9 @@
-"""Every command README.md shows in a code block (and conf/**/*.yaml in its header comment), run.
+"""Every command README.md and the docs pages show in a code block (and conf/**/*.yaml in its header comment), run.
 
 A documented command once crashed because it was only ever tested with another experiment. This module reads
-README.md and the configs' header comments at test time, collects every ``python -m alexnet_gtsrb...``,
-``alexnet-gtsrb-*`` and ``make ...`` command, and runs each one as a subprocess, exactly as documented (its
-experiment and all of its own overrides) but shrunk to seconds:
+README.md, every docs/**/*.md page and the configs' header comments at test time, collects every ``python -m
+alexnet_gtsrb...``, ``alexnet-gtsrb-*`` and ``make ...`` command, and runs each one as a subprocess, exactly as
+documented (its experiment and all of its own overrides) but shrunk to seconds:
 
 - training (and bench): one epoch of one batch of 4 images, no workers, outputs in a temporary folder; a
   command that names no data runs on the tiny synthetic tree, one that names ``../shared/gtsrb``,
@@ -69,7 +69,7 @@ JOBS = int(os.environ.get("README_COMMANDS_JOBS", "2"))  # commands run side by 
 class DocCommand:
     argv: tuple[str, ...]  # as documented: shell-split, prompt, comments and optional [...] parts removed
     env: tuple[tuple[str, str], ...] = ()  # `export NAME=VALUE` earlier in the same code block, or `NAME=VALUE cmd`
-    where: str = ""  # README.md:LINE or conf/...yaml:LINE
+    where: str = ""  # README.md:LINE, docs/PAGE.md:LINE or conf/...yaml:LINE
     cwd: str = ""  # `cd DIR` earlier in the same code block
 
     @property
@@ -191,10 +191,17 @@ def fill_placeholders(command: DocCommand) -> tuple[DocCommand, list[str]]:
     return DocCommand(tuple(argv), env, command.where, command.cwd), unknown
 
 
+def documentation_pages() -> list[Path]:
+    """README.md, then every Markdown page of the documentation site (docs/**/*.md), in path order."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
 def documented_commands() -> list[tuple[DocCommand, DocCommand, list[str]]]:
-    """(as documented, placeholders filled, unknown placeholders) for README.md, then conf/**/*.yaml; the
-    first of the commands that are the same once filled."""
-    found = markdown_commands((ROOT / "README.md").read_text())
+    """(as documented, placeholders filled, unknown placeholders) for README.md, the docs pages, then
+    conf/**/*.yaml; the first of the commands that are the same once filled."""
+    found = []
+    for page in documentation_pages():
+        found += markdown_commands(page.read_text(), str(page.relative_to(ROOT)))
     for path in sorted(CONF.rglob("*.yaml")):
         found += yaml_header_commands(path.read_text(), str(path.relative_to(ROOT)))
     seen: dict[tuple, tuple[DocCommand, DocCommand, list[str]]] = {}
@@ -464,7 +471,7 @@ COMMANDS = documented_commands()
 
 
 def test_every_documented_command_is_run_or_explained_and_no_entry_is_stale():
-    assert COMMANDS, "no command found in README.md"
+    assert COMMANDS, "no command found in README.md or docs/"
     unexplained = []
     for command, filled, unknown in COMMANDS:
         if matching(NOT_RUN, command) is None:
@@ -561,14 +568,15 @@ def test_documented_command_runs(command, filled, unknown, request):
 
 
 def test_every_test_file_and_test_the_readme_names_exists():
-    """The README's pytest commands (one test file) are not run here (they run this suite); what they name must
-    exist, down to the test function after `::`."""
-    text = (ROOT / "README.md").read_text()
-    named = set(re.findall(r"\btests/[\w/]+\.py(?:::\w+)?", text))
-    assert any("::" not in n for n in named), "the README no longer shows how to run one test file"
+    """The README's pytest commands (one test file) are not run here (they run this suite); what the README and
+    the docs pages name must exist, down to the test function after `::`."""
+    test_names = re.compile(r"\btests/[\w/]+\.py(?:::\w+)?")
+    in_readme = set(test_names.findall((ROOT / "README.md").read_text()))
+    assert any("::" not in n for n in in_readme), "the README no longer shows how to run one test file"
+    named = {n for page in documentation_pages() for n in test_names.findall(page.read_text())}
     missing = []
     for name in sorted(named):
         path, _, func = name.partition("::")
         if not (ROOT / path).is_file() or (func and f"def {func}(" not in (ROOT / path).read_text()):
             missing.append(name)
-    assert not missing, f"the README names tests that do not exist: {missing}"
+    assert not missing, f"the README or the docs pages name tests that do not exist: {missing}"

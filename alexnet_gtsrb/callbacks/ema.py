@@ -3,7 +3,7 @@
 Two things differ from Lightning's own ``EMAWeightAveraging``, each for a measured reason:
 
 - The update is torch's foreach ``get_ema_multi_avg_fn``, about 10x faster than ``EMAWeightAveraging``'s
-  per-tensor ``avg_fn`` on CPU (``python -m alexnet_gtsrb.bench bench.sections=[ema]``; numbers in the README).
+  per-tensor ``avg_fn`` on CPU (``python -m alexnet_gtsrb.bench bench.sections=[ema]``; numbers in docs/performance.md).
 - A checkpoint loaded outside fitting (``trainer.test(ckpt_path="best")`` after ``fit``) keeps the averaged
   weights. ``WeightAveraging.on_load_checkpoint`` runs for every stage once ``fit`` has created its averaged
   model, and it reloads the module from ``current_model_state``: the test after training would then measure

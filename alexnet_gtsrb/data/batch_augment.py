@@ -5,8 +5,7 @@ so that shifts far below one grey level survive (in uint8 they would be rounded 
 is the ``gtsrb`` preset's random augmentation (``data.augment.on_device=true``).
 
 Why ``BatchAugment``: per item, albumentations spends most of its time in per-call overhead on 67 px images,
-and DataLoader workers doing that work take CPU time from the training step on a 2-core machine (README
-"Performance").
+and DataLoader workers doing that work take CPU time from the training step on a 2-core machine (docs/performance.md).
 Here the same distributions are drawn per image but applied with a handful of batched tensor operations in
 ``GTSRBDataModule.on_after_batch_transfer``, on the training device (a GPU does it nearly for free). The
 workers, or the main process with ``num_workers=0``, then only read the deterministic, cached pre-processing

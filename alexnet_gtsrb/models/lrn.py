@@ -3,7 +3,7 @@
 Why: ``torch.nn.LocalResponseNorm`` builds the cross-channel window sum with ``avg_pool3d`` on a padded,
 unsqueezed copy, uses ``pow`` and lets autograd differentiate that chain (about 7 full-size temporaries in
 the forward pass, more in the backward); on CPU two such layers roughly halve the paper model's training
-throughput (README "Fast LRN" has the measured numbers; ``bench.sections=[lrn]`` measures them). This
+throughput (docs/models.md "Fast LRN" has the measured numbers; ``bench.sections=[lrn]`` measures them). This
 implementation:
 
 * computes the window sum as ``size - 1`` shifted adds over a channel-padded buffer (works for NCHW and
