@@ -29,7 +29,7 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 PACKAGE = ROOT / "alexnet_gtsrb"
 #: What `pip install .` reads from a checkout (tests, docs, notebooks, logs are not part of the wheel).
-SOURCES = ("pyproject.toml", "README.md", "alexnet_gtsrb", "conf")
+SOURCES = ("pyproject.toml", "README.md", "alexnet_gtsrb", "hydra_plugins", "conf")
 FEW_BATCHES = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
