@@ -83,7 +83,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").unlink(missing_ok=True)  # written last: its presence marks a complete report
-
     datamodule = instantiate(data_cfg, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -91,35 +90,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if tta:
         datamodule.test_set.transform = tta_transform(size, datamodule._transform_params())
         print_rank_zero(f"tta: {TTA_CROPS} crops (centre + 4 corners) + label-mapped flips")
-
-    num_classes = int(model.hparams.num_classes)
-    metrics_all = class_metrics(num_classes, device)
-    wrong: list[tuple[np.ndarray, int, int, float]] = []
-    error_rows: list[dict[str, Any]] = []
-    skipped = 0
-    loader = datamodule.test_dataloader()
-    test_set, start = datamodule.test_set, 0
-    for images, labels, n_skipped in tqdm(loader, desc="evaluate", unit="batch", disable=None, file=sys.stderr):
-        skipped += int(n_skipped)
-        indices = _kept_indices(test_set, start, len(labels) + int(n_skipped), int(n_skipped))
-        start += len(labels) + int(n_skipped)
-        if labels.numel() == 0:
-            continue
-        images, labels = images.to(device), labels.to(device)
-        probs = tta_probabilities(model, images, size) if tta else model(images).float().softmax(dim=-1)
-        metrics_all.update(probs, labels)
-        conf, pred = probs.max(dim=-1)
-        for i in torch.nonzero(pred != labels).flatten().tolist():
-            true, guess, confidence = int(labels[i]), int(pred[i]), float(conf[i])
-            if len(wrong) < MAX_MISCLASSIFIED:
-                wrong.append((images[i].cpu().numpy(), true, guess, confidence))
-            path = test_set.records[indices[i]].path
-            error_rows.append(_error_row(path, datamodule.index.root, true, guess, confidence))
-
-    scores = {k: v.cpu() for k, v in metrics_all.compute().items()}
+    test_set = datamodule.test_set
+    scores, wrong, error_rows, skipped = _score(model, datamodule, device, size, tta)
     cm = scores["confmat"]
-    support = cm.sum(dim=1)
-    total = int(support.sum())
+    total = int(cm.sum())
     if total == 0:
         raise UserError(f"No test image could be evaluated under {data_cfg.data_dir}.")
     correct = int(cm.diag().sum())
@@ -153,16 +127,50 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         f.write(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
     _log_scalars(cfg, {"test/acc": correct / total, **{f"test/{k}_macro": v for k, v in macro.items()}}, cm, rows)
 
+    _print_summary(metrics, macro, out_dir)
+    return metrics
+
+
+def _score(model: Any, datamodule: Any, device: str, size: int, tta: bool) -> tuple[dict[str, Any], list, list, int]:
+    """One pass over the test loader: (torchmetrics scores, the first misclassified images, a row per error,
+    the number of unreadable images skipped)."""
+    metrics_all = class_metrics(int(model.hparams.num_classes), device)
+    wrong: list[tuple[np.ndarray, int, int, float]] = []
+    error_rows: list[dict[str, Any]] = []
+    skipped = 0
+    loader = datamodule.test_dataloader()
+    test_set, start = datamodule.test_set, 0
+    for images, labels, n_skipped in tqdm(loader, desc="evaluate", unit="batch", disable=None, file=sys.stderr):
+        skipped += int(n_skipped)
+        indices = _kept_indices(test_set, start, len(labels) + int(n_skipped), int(n_skipped))
+        start += len(labels) + int(n_skipped)
+        if labels.numel() == 0:
+            continue
+        images, labels = images.to(device), labels.to(device)
+        probs = tta_probabilities(model, images, size) if tta else model(images).float().softmax(dim=-1)
+        metrics_all.update(probs, labels)
+        conf, pred = probs.max(dim=-1)
+        for i in torch.nonzero(pred != labels).flatten().tolist():
+            true, guess, confidence = int(labels[i]), int(pred[i]), float(conf[i])
+            if len(wrong) < MAX_MISCLASSIFIED:
+                wrong.append((images[i].cpu().numpy(), true, guess, confidence))
+            path = test_set.records[indices[i]].path
+            error_rows.append(_error_row(path, datamodule.index.root, true, guess, confidence))
+    return {k: v.cpu() for k, v in metrics_all.compute().items()}, wrong, error_rows, skipped
+
+
+def _print_summary(metrics: dict[str, Any], macro: dict[str, float], out_dir: Path) -> None:
+    test_info, total = metrics["test_set"], metrics["num_images"]
     print_rank_zero(f"test set: {test_info['note']}")
     if total != test_info["images"]:
+        skipped = metrics["skipped_images"]
         print_rank_zero(f"evaluated: {total} of its {test_info['images']} images ({skipped} unreadable, skipped)")
-    print_rank_zero(f"test/acc: {format_accuracy(correct, total)}")
+    print_rank_zero(f"test/acc: {format_accuracy(metrics['correct'], total)}")
     print_rank_zero("macro averages: " + ", ".join(f"{k} {v:.4f}" for k, v in macro.items()))
     print_rank_zero("worst classes:")
     for line in (out_dir / "per_class.md").read_text().splitlines()[:12]:
         print_rank_zero(line)
     print_rank_zero(f"report: {out_dir}")
-    return metrics
 
 
 def _kept_indices(dataset: GTSRBDataset, start: int, count: int, skipped: int) -> list[int]:

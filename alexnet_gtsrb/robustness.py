@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,29 +109,61 @@ def corruption_matrix(rows: list[dict[str, Any]], severities: Sequence[int]) -> 
     return list(out.values())
 
 
-def robustness(cfg: DictConfig) -> dict[str, Any]:
-    """Run the chosen suites on ``cfg.ckpt_path``; write tables, figures and metrics.json; return the metrics."""
+@dataclass
+class Context:
+    """What every suite works on: the checkpoint's model on pixels, the test images (raw and preprocessed), their
+    labels and logits, the evaluation pipeline, the settings, the output folder and the loggers."""
+
+    cfg: DictConfig
+    pixel_model: PixelModel
+    datamodule: Any
+    preprocess: Any
+    raw: list[np.ndarray]
+    labels: np.ndarray
+    clean: np.ndarray
+    test_logits: torch.Tensor
+    size: int
+    seed: int
+    batch_size: int
+    device: str
+    out_dir: Path
+    loggers: LoggerGroup
+    ckpt_path: str
+
+    @property
+    def clean_acc(self) -> float:
+        return int((self.test_logits.argmax(dim=-1) == torch.as_tensor(self.labels)).sum()) / len(self.raw)
+
+
+def _checked_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The chosen suites and every value they use, checked before any model is loaded (one line each)."""
     suites = _suites(_listed(cfg.get("suites", list(SUITES))))
     if captum_suites := [s for s in suites if s in CAPTUM_SUITES]:
         require_extra("captum", "robustness", f"suites=[{','.join(captum_suites)}]")
-        from alexnet_gtsrb.evaluation import adversarial, explanations
     names = corruptions.resolve_names(_listed(cfg.corruptions.names)) if "corruptions" in suites else []
     severities = corruptions.check_severities(_listed(cfg.corruptions.severities)) if names else []
     if names and not any(s > 0 for s in severities):  # the mean over severities 1-5 would be NaN
         raise ConfigError(f"corruptions.severities={severities}: include at least one of 1-5 (0 is the clean images).")
-    adv = cfg.adversarial
     batch_size, max_images = _check_counts(cfg, suites)
     if "adversarial" in suites:
+        from alexnet_gtsrb.evaluation import adversarial
+
+        adv = cfg.adversarial
         adversarial.check_settings(_listed(adv.attacks), _listed(adv.epsilons), adv.pgd_steps, adv.pgd_step_size)
     seed = int_setting("seed", cfg.seed, 0)
+    return {"suites": suites, "names": names, "severities": severities, "batch_size": batch_size,
+            "max_images": max_images, "seed": seed}  # fmt: skip
 
+
+def robustness(cfg: DictConfig) -> dict[str, Any]:
+    """Run the chosen suites on ``cfg.ckpt_path``; write tables, figures and metrics.json; return the metrics."""
+    checked = _checked_settings(cfg)
+    suites = checked["suites"]
     device = pick_device(cfg.get("device", "auto"))
     ckpt_file, chosen_by = checkpoint_for(cfg.get("ckpt_path"))
     model, data_hp = load_classifier(ckpt_file, device)
     print_rank_zero(f"checkpoint: {ckpt_file} ({chosen_by})")
-    settings = eval_settings(model, data_hp)
-    dcfg = data_config(cfg.data, settings, data_hp)
-    size = int(dcfg.image_size)
+    dcfg = data_config(cfg.data, eval_settings(model, data_hp), data_hp)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").unlink(missing_ok=True)  # written last: its presence marks a complete report
@@ -139,175 +172,156 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("validate" if "calibration" in suites else "test")  # the split, no training pipeline
     preprocess = datamodule.test_set.transform  # the checkpoint's evaluation pipeline, as evaluate uses it
     pixel_model = PixelModel(model).to(device).eval()
-    loggers = LoggerGroup(cfg.get("logger"))
 
     started = time.perf_counter()
-    raw, labels = raw_test_images(datamodule.test_set, max_images)
+    raw, labels = raw_test_images(datamodule.test_set, checked["max_images"])
     if not raw:
         raise UserError(f"No test image under {datamodule.index.root}: nothing to evaluate.")
     clean = preprocess_all(raw, preprocess)
-    test_logits = logits_of(pixel_model, clean, batch_size, device)
-    clean_correct = int((test_logits.argmax(dim=-1) == torch.as_tensor(labels)).sum())
-    clean_acc = clean_correct / len(raw)
+    logits = logits_of(pixel_model, clean, checked["batch_size"], device)
+    ctx = Context(cfg, pixel_model, datamodule, preprocess, raw, labels, clean, logits, int(dcfg.image_size),
+                  checked["seed"], checked["batch_size"], device, out_dir, LoggerGroup(cfg.get("logger")),
+                  str(ckpt_file))  # fmt: skip
+    correct = int((logits.argmax(dim=-1) == torch.as_tensor(labels)).sum())
     metrics: dict[str, Any] = {
         "ckpt_path": str(ckpt_file),
         "data_dir": str(datamodule.index.root),
         "num_images": len(raw),
-        "image_size": size,
-        "clean_accuracy": clean_acc,
-        **interval_metrics("clean_accuracy", clean_correct, len(raw)),
+        "image_size": ctx.size,
+        "clean_accuracy": ctx.clean_acc,
+        **interval_metrics("clean_accuracy", correct, len(raw)),
         "seconds": {"load": time.perf_counter() - started},
     }
-    print_rank_zero(f"clean accuracy: {format_accuracy(clean_correct, len(raw))} on test images ({size} px)")
-    loggers.scalars({"robustness/clean_accuracy": clean_acc})
-
-    if names:
-        t0 = time.perf_counter()
-        before = bool(cfg.corruptions.before_preprocessing)
-        rows = corruptions.corruption_table(
-            pixel_model,
-            raw,
-            labels,
-            names,
-            severities,
-            size,
-            preprocess,
-            seed,
-            batch_size,
-            device,
-            before,
-            print_rank_zero,
-        )
-        summary = corruptions.summarize(rows, clean_acc)
-        matrix = corruption_matrix(rows, severities)
-        write_table(rows, out_dir, "corruptions", "Accuracy per corruption and severity")
-        write_table(matrix, out_dir, "corruption_matrix", "Accuracy: corruption x severity")
-        grid = corruptions.example_grid(raw[0], names, size, preprocess, seed, before)
-        cells = [[(img, f"severity {s}") for s, img in enumerate(row)] for row in grid]
-        fig = lambda: image_grid_figure(cells, list(names), f"test image 0 ({class_name(int(labels[0]))})")  # noqa: E731
-        save_figure(fig(), out_dir / "corruption_examples.png")
-        loggers.figure("robustness/corruption_examples", fig)
-        for name in names:
-            for r in (r for r in rows if r["corruption"] == name):
-                loggers.scalars({f"corruption/{name}": r["accuracy"]}, step=int(r["severity"]))
-        loggers.scalars(
-            {
-                "corruption/mean_accuracy": summary["mean_corruption_accuracy"],
-                "corruption/relative_drop": summary["relative_drop"],
-            }
-        )
-        metrics["corruptions"] = {**summary, "before_preprocessing": before, "rows": rows}
-        metrics["seconds"]["corruptions"] = time.perf_counter() - t0
-        print_rank_zero(
-            f"mean corruption accuracy {summary['mean_corruption_accuracy']:.4f} "
-            f"(relative drop {summary['relative_drop']:.4f} from clean {clean_acc:.4f})"
-        )
-
-    if "adversarial" in suites:
-        t0 = time.perf_counter()
-        attacks, epsilons = list(_listed(adv.attacks)), [float(e) for e in _listed(adv.epsilons)]
-        rows, examples = adversarial.adversarial_table(
-            pixel_model,
-            clean,
-            labels,
-            attacks,
-            epsilons,
-            int(adv.pgd_steps),
-            float(adv.pgd_step_size),
-            bool(adv.pgd_random_start),
-            seed,
-            batch_size,
-            device,
-            int(adv.num_examples),
-            print_rank_zero,
-        )
-        write_table(rows, out_dir, "adversarial", "Accuracy under L-infinity attacks (epsilon in 1/255)")
-        cells = [
-            [
-                (img, f"T {int(t)} / P {int(p)}")
-                for img, t, p in zip(examples["clean"], examples["labels"], examples["clean_pred"], strict=True)
-            ]
-        ]
-        for attack in attacks:
-            adv_images, preds = examples[attack]
-            cells.append([(img, f"P {int(p)}") for img, p in zip(from_pixels(adv_images), preds, strict=True)])
-        row_labels = ["clean"] + [f"{a} {examples['epsilon']:g}/255" for a in attacks]
-        fig = lambda: image_grid_figure(cells, row_labels, "clean vs adversarial (T: true class, P: predicted)")  # noqa: E731
-        save_figure(fig(), out_dir / "adversarial_examples.png")
-        loggers.figure("robustness/adversarial_examples", fig)
-        for r in rows:
-            loggers.scalars({f"adversarial/{r['attack']}": r["accuracy"]}, step=int(round(r["epsilon_255"])))
-        metrics["adversarial"] = {
-            "rows": rows,
-            "pgd_steps": int(adv.pgd_steps),
-            "pgd_step_size": float(adv.pgd_step_size),
-            "pgd_random_start": bool(adv.pgd_random_start),
-            "library": "captum.robust",
-            "loss": "per-image cross-entropy on logits (float64), zero_thresh 0",
-        }
-        metrics["seconds"]["adversarial"] = time.perf_counter() - t0
-
-    if "calibration" in suites:
-        t0 = time.perf_counter()
-        val_raw, val_labels = raw_test_images(datamodule.val_set)
-        if not val_raw:
-            raise UserError("The validation split is empty: temperature scaling needs it (data.val_fraction > 0).")
-        val_logits = logits_of(pixel_model, preprocess_all(val_raw, preprocess), batch_size, device)
-        y_val, y_test = torch.as_tensor(val_labels), torch.as_tensor(labels)
-        report = calibration.calibration_report(val_logits, y_val, test_logits, y_test)
-        calibration.write_calibration(out_dir / "calibration.json", report, metrics["ckpt_path"])
-        t = report["temperature"]
-        bins = calibration.reliability_bins(test_logits, y_test), calibration.reliability_bins(test_logits, y_test, t)
-        fig = lambda: reliability_figure(bins[0], bins[1], {**report["test"], "temperature": t})  # noqa: E731
-        save_figure(fig(), out_dir / "reliability.png")
-        loggers.figure("robustness/reliability", fig)
-        loggers.scalars(
-            {
-                f"calibration/{split}_{k}": report[split][k]
-                for split in ("val", "test")
-                for k in ("ece", "ece_scaled", "nll", "nll_scaled")
-            }
-            | {"calibration/temperature": t}
-        )
-        metrics["calibration"] = report
-        metrics["seconds"]["calibration"] = time.perf_counter() - t0
-        test = report["test"]
-        print_rank_zero(
-            f"temperature {t:.4f} (fitted on {len(val_raw)} validation images): test ECE {test['ece']:.4f} -> "
-            f"{test['ece_scaled']:.4f}, NLL {test['nll']:.4f} -> {test['nll_scaled']:.4f}"
-        )
-
-    if "gradcam" in suites:
-        t0 = time.perf_counter()
-        pred = test_logits.argmax(dim=-1).numpy()
-        right = np.flatnonzero(pred == labels)[: int(cfg.gradcam.num_correct)]
-        wrong = np.flatnonzero(pred != labels)[: int(cfg.gradcam.num_wrong)]
-        cells = []
-        for title, idx in (("correct", right), ("wrong", wrong)):
-            if len(idx) == 0:
-                continue
-            maps = explanations.gradcam(pixel_model, clean[idx], torch.as_tensor(pred[idx]), device)
-            cells.append([(clean[i], f"T {labels[i]} / P {pred[i]}") for i in idx])
-            cells.append(
-                [(explanations.overlay(clean[i], m), f"{title}: P {pred[i]}") for i, m in zip(idx, maps, strict=True)]
-            )
-        row_labels = [lab for t in ("correct", "wrong") for lab in (t, "Grad-CAM")][: len(cells)]
-        fig = lambda: image_grid_figure(cells, row_labels, "Grad-CAM on conv5 for the predicted class")  # noqa: E731
-        save_figure(fig(), out_dir / "gradcam.png")
-        loggers.figure("robustness/gradcam", fig)
-        metrics["gradcam"] = {
-            "correct": right.tolist(),
-            "wrong": wrong.tolist(),
-            "layer": explanations.LAYER_DESCRIPTION,
-        }
-        metrics["seconds"]["gradcam"] = time.perf_counter() - t0
+    print_rank_zero(f"clean accuracy: {format_accuracy(correct, len(raw))} on test images ({ctx.size} px)")
+    ctx.loggers.scalars({"robustness/clean_accuracy": ctx.clean_acc})
+    runs = {
+        "corruptions": lambda: _corruptions_suite(ctx, checked["names"], checked["severities"]),
+        "adversarial": lambda: _adversarial_suite(ctx),
+        "calibration": lambda: _calibration_suite(ctx),
+        "gradcam": lambda: _gradcam_suite(ctx),
+    }
+    for suite in SUITES:
+        if suite in suites and (suite != "corruptions" or checked["names"]):
+            t0 = time.perf_counter()
+            metrics[suite] = runs[suite]()
+            metrics["seconds"][suite] = time.perf_counter() - t0
 
     metrics["seconds"]["total"] = time.perf_counter() - started
-    loggers.close()
+    ctx.loggers.close()
     with atomic_write(out_dir / "metrics.json", "w") as f:  # after every other output, never half-written
         f.write(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
     print_rank_zero(f"robustness suites {', '.join(suites)} in {metrics['seconds']['total']:.0f} s; report: {out_dir}")
     return metrics
+
+
+def _corruptions_suite(ctx: Context, names: list[str], severities: list[int]) -> dict[str, Any]:
+    """Accuracy per corruption and severity: tables, the example grid, the summary."""
+    before = bool(ctx.cfg.corruptions.before_preprocessing)
+    rows = corruptions.corruption_table(ctx.pixel_model, ctx.raw, ctx.labels, names, severities, ctx.size,
+                                        ctx.preprocess, ctx.seed, ctx.batch_size, ctx.device, before,
+                                        print_rank_zero)  # fmt: skip
+    summary = corruptions.summarize(rows, ctx.clean_acc)
+    write_table(rows, ctx.out_dir, "corruptions", "Accuracy per corruption and severity")
+    write_table(
+        corruption_matrix(rows, severities), ctx.out_dir, "corruption_matrix", "Accuracy: corruption x severity"
+    )
+    grid = corruptions.example_grid(ctx.raw[0], names, ctx.size, ctx.preprocess, ctx.seed, before)
+    cells = [[(img, f"severity {s}") for s, img in enumerate(row)] for row in grid]
+    fig = lambda: image_grid_figure(cells, list(names), f"test image 0 ({class_name(int(ctx.labels[0]))})")  # noqa: E731
+    save_figure(fig(), ctx.out_dir / "corruption_examples.png")
+    ctx.loggers.figure("robustness/corruption_examples", fig)
+    for r in rows:
+        ctx.loggers.scalars({f"corruption/{r['corruption']}": r["accuracy"]}, step=int(r["severity"]))
+    ctx.loggers.scalars({"corruption/mean_accuracy": summary["mean_corruption_accuracy"],
+                         "corruption/relative_drop": summary["relative_drop"]})  # fmt: skip
+    print_rank_zero(
+        f"mean corruption accuracy {summary['mean_corruption_accuracy']:.4f} "
+        f"(relative drop {summary['relative_drop']:.4f} from clean {ctx.clean_acc:.4f})"
+    )
+    return {**summary, "before_preprocessing": before, "rows": rows}
+
+
+def _adversarial_suite(ctx: Context) -> dict[str, Any]:
+    """Accuracy under FGSM and PGD at each epsilon, and a grid of clean and attacked images."""
+    from alexnet_gtsrb.evaluation import adversarial
+
+    adv = ctx.cfg.adversarial
+    attacks, epsilons = list(_listed(adv.attacks)), [float(e) for e in _listed(adv.epsilons)]
+    rows, examples = adversarial.adversarial_table(
+        ctx.pixel_model, ctx.clean, ctx.labels, attacks, epsilons, int(adv.pgd_steps), float(adv.pgd_step_size),
+        bool(adv.pgd_random_start), ctx.seed, ctx.batch_size, ctx.device, int(adv.num_examples), print_rank_zero,
+    )  # fmt: skip
+    write_table(rows, ctx.out_dir, "adversarial", "Accuracy under L-infinity attacks (epsilon in 1/255)")
+    pairs = zip(examples["clean"], examples["labels"], examples["clean_pred"], strict=True)
+    cells = [[(img, f"T {int(t)} / P {int(p)}") for img, t, p in pairs]]
+    for attack in attacks:
+        adv_images, preds = examples[attack]
+        cells.append([(img, f"P {int(p)}") for img, p in zip(from_pixels(adv_images), preds, strict=True)])
+    row_labels = ["clean"] + [f"{a} {examples['epsilon']:g}/255" for a in attacks]
+    fig = lambda: image_grid_figure(cells, row_labels, "clean vs adversarial (T: true class, P: predicted)")  # noqa: E731
+    save_figure(fig(), ctx.out_dir / "adversarial_examples.png")
+    ctx.loggers.figure("robustness/adversarial_examples", fig)
+    for r in rows:
+        ctx.loggers.scalars({f"adversarial/{r['attack']}": r["accuracy"]}, step=int(round(r["epsilon_255"])))
+    return {
+        "rows": rows,
+        "pgd_steps": int(adv.pgd_steps),
+        "pgd_step_size": float(adv.pgd_step_size),
+        "pgd_random_start": bool(adv.pgd_random_start),
+        "library": "captum.robust",
+        "loss": "per-image cross-entropy on logits (float64), zero_thresh 0",
+    }
+
+
+def _calibration_suite(ctx: Context) -> dict[str, Any]:
+    """Temperature scaling fitted on the validation split, scored on the test images; calibration.json."""
+    val_raw, val_labels = raw_test_images(ctx.datamodule.val_set)
+    if not val_raw:
+        raise UserError("The validation split is empty: temperature scaling needs it (data.val_fraction > 0).")
+    val_logits = logits_of(ctx.pixel_model, preprocess_all(val_raw, ctx.preprocess), ctx.batch_size, ctx.device)
+    y_val, y_test = torch.as_tensor(val_labels), torch.as_tensor(ctx.labels)
+    report = calibration.calibration_report(val_logits, y_val, ctx.test_logits, y_test)
+    calibration.write_calibration(ctx.out_dir / "calibration.json", report, ctx.ckpt_path)
+    t = report["temperature"]
+    bins = (
+        calibration.reliability_bins(ctx.test_logits, y_test),
+        calibration.reliability_bins(ctx.test_logits, y_test, t),
+    )
+    fig = lambda: reliability_figure(bins[0], bins[1], {**report["test"], "temperature": t})  # noqa: E731
+    save_figure(fig(), ctx.out_dir / "reliability.png")
+    ctx.loggers.figure("robustness/reliability", fig)
+    keys = ("ece", "ece_scaled", "nll", "nll_scaled")
+    scalars = {f"calibration/{split}_{k}": report[split][k] for split in ("val", "test") for k in keys}
+    ctx.loggers.scalars(scalars | {"calibration/temperature": t})
+    test = report["test"]
+    print_rank_zero(
+        f"temperature {t:.4f} (fitted on {len(val_raw)} validation images): test ECE {test['ece']:.4f} -> "
+        f"{test['ece_scaled']:.4f}, NLL {test['nll']:.4f} -> {test['nll_scaled']:.4f}"
+    )
+    return report
+
+
+def _gradcam_suite(ctx: Context) -> dict[str, Any]:
+    """Grad-CAM overlays of the first correctly and wrongly classified test images."""
+    from alexnet_gtsrb.evaluation import explanations
+
+    pred, labels, clean = ctx.test_logits.argmax(dim=-1).numpy(), ctx.labels, ctx.clean
+    right = np.flatnonzero(pred == labels)[: int(ctx.cfg.gradcam.num_correct)]
+    wrong = np.flatnonzero(pred != labels)[: int(ctx.cfg.gradcam.num_wrong)]
+    cells = []
+    for title, idx in (("correct", right), ("wrong", wrong)):
+        if len(idx) == 0:
+            continue
+        maps = explanations.gradcam(ctx.pixel_model, clean[idx], torch.as_tensor(pred[idx]), ctx.device)
+        cells.append([(clean[i], f"T {labels[i]} / P {pred[i]}") for i in idx])
+        cells.append(
+            [(explanations.overlay(clean[i], m), f"{title}: P {pred[i]}") for i, m in zip(idx, maps, strict=True)]
+        )
+    row_labels = [lab for t in ("correct", "wrong") for lab in (t, "Grad-CAM")][: len(cells)]
+    fig = lambda: image_grid_figure(cells, row_labels, "Grad-CAM on conv5 for the predicted class")  # noqa: E731
+    save_figure(fig(), ctx.out_dir / "gradcam.png")
+    ctx.loggers.figure("robustness/gradcam", fig)
+    return {"correct": right.tolist(), "wrong": wrong.tolist(), "layer": explanations.LAYER_DESCRIPTION}
 
 
 def _clean_accuracy(cfg: DictConfig) -> float:

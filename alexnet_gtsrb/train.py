@@ -28,8 +28,7 @@ Research workflows (all outputs of a run live in its Hydra run folder, ``logs/<t
   continues the training order, the augmentation and dropout draws where they stopped, mid-epoch too
   (:mod:`alexnet_gtsrb.data.sampling`, the generators' states in the checkpoint). The restored
   scheduler keeps its own horizon: ``step``/``plateau`` extend to a larger ``max_epochs``; ``onecycle`` and
-  ``cosine`` (sized from the first run's ``max_epochs``) do not, so resume those with the same ``max_epochs``
-  (after an interruption), or OneCycleLR stops with "Tried to step N times".
+  ``cosine`` do not (a resume that would step past a one-cycle schedule stops at start, in one line).
 - **DDP on CPU** (two gloo processes; Lightning re-runs this command for rank 1 with the same
   ``hydra.run.dir``, so both ranks share one run folder; only rank 0 logs and writes files;
   ``sync_batchnorm`` is switched off on CPU, where torch's SyncBatchNorm does not run)::
@@ -297,6 +296,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 
+def _fit(cfg: DictConfig, datamodule: Any, model: L.LightningModule, trainer: L.Trainer) -> str | None:
+    """Fit, or resume from ``cfg.ckpt_path``; returns the checkpoint resumed from."""
+    ckpt_path = _resume_from(cfg, model)
+    try:
+        with warnings.catch_warnings():
+            # the training order continues mid-epoch from the global step (data/sampling.py); Lightning's
+            # "your dataloader is not resumable" does not apply
+            warnings.filterwarnings("ignore", message=".*ended before the epoch ended and your dataloader.*")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except NonFiniteLossError as exc:
+        best = _best_checkpoint(trainer) or "none saved yet"
+        raise NonFiniteLossError(f"{exc} Best checkpoint: {best}.") from None
+    return ckpt_path
+
+
 def _fit_and_test(
     cfg: DictConfig,
     datamodule: Any,
@@ -313,18 +327,7 @@ def _fit_and_test(
         f"batch size: {sizes['batch_size_per_rank']} per rank x {sizes['world_size']} rank(s) "
         f"= {sizes['batch_size_global']} global"
     )
-    ckpt_path = None
-    if cfg.get("train", True):
-        ckpt_path = _resume_from(cfg, model)
-        try:
-            with warnings.catch_warnings():
-                # the training order continues mid-epoch from the global step (data/sampling.py); Lightning's
-                # "your dataloader is not resumable" does not apply
-                warnings.filterwarnings("ignore", message=".*ended before the epoch ended and your dataloader.*")
-                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except NonFiniteLossError as exc:
-            best = _best_checkpoint(trainer) or "none saved yet"
-            raise NonFiniteLossError(f"{exc} Best checkpoint: {best}.") from None
+    ckpt_path = _fit(cfg, datamodule, model, trainer) if cfg.get("train", True) else None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = _best_checkpoint(trainer)
     extra: dict[str, Any] = {
@@ -385,8 +388,7 @@ def main() -> None:
 
 
 def register_sweeper() -> None:
-    """Register the project's Optuna sweeper with Hydra. Hydra also finds it by scanning the ``hydra_plugins``
-    namespace, but that scan misses packages installed in editable mode (``pip install -e .``)."""
+    """Register the project's Optuna sweeper with Hydra, whose scan of ``hydra_plugins`` misses editable installs."""
     from hydra.core.plugins import Plugins
 
     from hydra_plugins.alexnet_gtsrb_optuna.optuna_sweeper import OptunaSweeper

@@ -8,12 +8,20 @@ import re
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "alexnet_gtsrb"
-ENTRY_POINTS = {"train", "evaluate", "predict", "export", "report", "bench"}
+PLUGINS = ROOT / "hydra_plugins"
+#: the top-level modules behind the console scripts (bench's is its package's __main__)
+ENTRY_POINTS = {
+    target.split(":")[0].split(".")[1]
+    for target in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"].values()
+    if target.split(":")[0].count(".") == 1 or target.split(":")[0].endswith(".__main__")
+} - {"data"}
 MAX_LINES = 400
+MAX_FUNCTION_LINES = 60
 
 
 def _module_name(path: Path) -> str:
@@ -104,6 +112,37 @@ def test_no_module_over_400_lines():
         str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not long, long
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """(name, lines) of every function or method in ``source`` longer than ``limit`` lines, docstring included."""
+    return [
+        (node.name, n)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (n := (node.end_lineno or node.lineno) - node.lineno + 1) > limit
+    ]
+
+
+def test_no_function_over_60_lines():
+    found = {
+        f"{p.relative_to(ROOT)}:{name}": n
+        for p in [*PACKAGE.rglob("*.py"), *PLUGINS.rglob("*.py")]
+        for name, n in long_functions(p.read_text())
+    }
+    assert not found, found
+
+
+def test_the_function_length_check_sees_long_functions():
+    body = "\n".join(f"    x{i} = {i}" for i in range(60))
+    assert long_functions(f"def short():\n{body[:-20]}\n") == []
+    assert long_functions(f"class C:\n    def long(self):\n    {body.replace(chr(10), chr(10) + '    ')}\n") == [
+        ("long", 61)
+    ]
+
+
+def test_entry_points_come_from_the_console_scripts():
+    assert {"train", "evaluate", "predict", "export", "report", "robustness", "bench"} <= ENTRY_POINTS
 
 
 def test_layout_page_names_every_module_and_package():

@@ -260,6 +260,33 @@ def _load_cropped(r: Record, roi: bool, limits: Limits = NO_LIMITS_GIVEN) -> np.
     return image
 
 
+def _fill(
+    array: np.ndarray, records: Sequence[Record], load: Any, on_bad_image: str, block_rows: int
+) -> tuple[list[str], str]:
+    """Write ``load(record)`` into each row of ``array``; returns (skipped files, SHA-256 of the array). Finished
+    blocks of rows are hashed in a second thread while the next ones decode."""
+    n, skipped, blocks = len(records), list[str](), list[Future[bytes]]()
+    t0 = last = time.perf_counter()
+    with ThreadPoolExecutor(1) as hasher:
+        for i, r in enumerate(records):
+            try:
+                array[i] = load(r)
+            except BadDataError as e:
+                if on_bad_image != "skip":
+                    raise BadDataError(
+                        f"{e} (found while building the image cache; "
+                        "or set data.on_bad_image=skip to leave bad files out)"
+                    ) from None
+                skipped.append(r.path)
+            if (i + 1) % block_rows == 0 or i + 1 == n:  # a skipped image's row stays zero, hashed as such
+                blocks.append(hasher.submit(_block_sha256, array[i - i % block_rows : i + 1]))
+            now = time.perf_counter()
+            if now - last >= _PROGRESS_EVERY_S:
+                last = now
+                log.info("  image cache: %d/%d images (%.0f img/s)", i + 1, n, (i + 1) / (now - t0))
+        return skipped, _combined([b.result() for b in blocks])
+
+
 def build_cache(
     records: Sequence[Record],
     size: int,
@@ -283,39 +310,17 @@ def build_cache(
     need = n * s * s * 3
     for stale in stem.parent.glob(f".{npy.name}.*.tmp"):  # leftovers of killed builds (we hold the lock)
         stale.unlink(missing_ok=True)
-    require_free_space(
-        stem.parent,
-        need,
-        f"the image cache of {n} images at {s} px (data.cache=true)",
-        "point data.cache_dir elsewhere or set data.cache=false",
-        error=ConfigError,
-    )
+    what = f"the image cache of {n} images at {s} px (data.cache=true)"
+    require_free_space(stem.parent, need, what, "point data.cache_dir elsewhere or set data.cache=false", ConfigError)
     resize = cache_pipeline(clahe, fit, s)
     log.info("Building image cache: %d images at %dx%d px (%.2f GB) -> %s", n, s, s, need / 1e9, npy)
-    t0 = last = time.perf_counter()
-    skipped: list[str] = []
+    t0 = time.perf_counter()
     block_rows = _block_rows(shape)
-    blocks: list[Future[bytes]] = []
     meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the new file
-    with atomic_path(npy) as tmp, ThreadPoolExecutor(1) as hasher:  # hashes finished blocks while decoding
+    with atomic_path(npy) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        for i, r in enumerate(records):
-            try:
-                array[i] = resize(image=_load_cropped(r, roi, limits))["image"]
-            except BadDataError as e:
-                if on_bad_image != "skip":
-                    raise BadDataError(
-                        f"{e} (found while building the image cache; "
-                        "or set data.on_bad_image=skip to leave bad files out)"
-                    ) from None
-                skipped.append(r.path)
-            if (i + 1) % block_rows == 0 or i + 1 == n:  # a skipped image's row stays zero, hashed as such
-                blocks.append(hasher.submit(_block_sha256, array[i - i % block_rows : i + 1]))
-            now = time.perf_counter()
-            if now - last >= _PROGRESS_EVERY_S:
-                last = now
-                log.info("  image cache: %d/%d images (%.0f img/s)", i + 1, n, (i + 1) / (now - t0))
-        digest = _combined([b.result() for b in blocks])
+        skipped, digest = _fill(array, records, lambda r: resize(image=_load_cropped(r, roi, limits))["image"],
+                                on_bad_image, block_rows)  # fmt: skip
         array.flush()
         del array
     build_s = time.perf_counter() - t0
@@ -335,13 +340,8 @@ def build_cache(
         f.write(json.dumps(meta, indent=1))
     if skipped:
         log.warning("Image cache: skipped %d bad image(s), e.g. %s", len(skipped), skipped[0])
-    log.info(
-        "Built image cache in %.1f s (%.0f img/s, %.2f GB): %s",
-        build_s,
-        n / max(build_s, 1e-9),
-        npy.stat().st_size / 1e9,
-        npy,
-    )
+    size_gb = npy.stat().st_size / 1e9
+    log.info("Built image cache in %.1f s (%.0f img/s, %.2f GB): %s", build_s, n / max(build_s, 1e-9), size_gb, npy)
     return meta
 
 

@@ -28,6 +28,7 @@ from alexnet_gtsrb.data.transforms import (
     IMAGENET_STD,
     Pipeline,
     build_transform,
+    check_mean_std,
     clahe_settings,
     normalize_float255,
     normalize_uint8,
@@ -57,6 +58,25 @@ def _set_up(dataset: GTSRBDataset | None) -> GTSRBDataset:
     if dataset is None:
         raise RuntimeError("GTSRBDataModule.setup() must run before its datasets are used")
     return dataset
+
+
+def _check_settings(hp: Mapping[str, Any]) -> None:
+    """The DataModule's numbers and choices, each a one-line ConfigError naming its key (at start-up, and for a
+    checkpoint's saved settings)."""
+    if hp["on_bad_image"] not in ON_BAD_IMAGE:
+        raise ConfigError(f"data.on_bad_image={hp['on_bad_image']!r}; allowed: {', '.join(ON_BAD_IMAGE)}.")
+    check_limits(hp["max_pixels"], hp["max_file_bytes"], ("data.max_pixels", "data.max_file_bytes"))
+    for key, kind, low in (("batch_size", int, 1), ("num_workers", int, 0), ("image_size", int, 1),
+                           ("num_classes", int, 1), ("split_seed", int, 0), ("val_fraction", float, 0.0),
+                           ("class_balance", float, 0.0)):  # fmt: skip
+        _check_number(key, hp[key], kind, low)
+    if not 0.0 <= float(hp["class_balance"]) <= 1.0:
+        raise ConfigError(
+            f"data.class_balance={hp['class_balance']} must lie in [0, 1]: 0 draws classes as often as they occur, "
+            "1 draws every class equally often, 0.5 in proportion to the square root of its count."
+        )
+    if hp["mean"] is not None and hp["std"] is not None:
+        check_mean_std(hp["mean"], hp["std"])  # a zero std made every probability NaN
 
 
 class GTSRBDataModule(LightningDataModule):
@@ -108,21 +128,7 @@ class GTSRBDataModule(LightningDataModule):
 
             data_dir = str(default_synthetic_root(**dict(synthetic)))  # one tree per setting
         self.save_hyperparameters(logger=False)
-        if on_bad_image not in ON_BAD_IMAGE:
-            raise ConfigError(f"data.on_bad_image={on_bad_image!r}; allowed: {', '.join(ON_BAD_IMAGE)}.")
-        check_limits(max_pixels, max_file_bytes, ("data.max_pixels", "data.max_file_bytes"))
-        _check_number("batch_size", batch_size, int, 1)
-        _check_number("num_workers", num_workers, int, 0)
-        _check_number("image_size", image_size, int, 1)
-        _check_number("num_classes", num_classes, int, 1)
-        _check_number("split_seed", split_seed, int, 0)
-        _check_number("val_fraction", val_fraction, float, 0.0)
-        _check_number("class_balance", class_balance, float, 0.0)
-        if not 0.0 <= float(class_balance) <= 1.0:
-            raise ConfigError(
-                f"data.class_balance={class_balance} must lie in [0, 1]: 0 draws classes as often as they occur, "
-                "1 draws every class equally often, 0.5 in proportion to the square root of its count."
-            )
+        _check_settings(self.hparams)
         self.augment = dict(augment or {"preset": "none"})
         preset = self.augment.get("preset", "none")
         self.batch_augment: BatchAugment | None = None

@@ -153,6 +153,46 @@ def _parts_to_fetch(
     return todo
 
 
+def _check_limits(**limits: Any) -> None:
+    for name, value in limits.items():
+        if name == "max_unpacked" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _fetch_parts(
+    root_path: Path,
+    archives: Sequence[Archive],
+    parts: Sequence[str],
+    base: str,
+    progress: bool,
+    limits: tuple[float, float, int | None],
+    say: Callable[[str], None],
+) -> None:
+    """Fetch and unpack the archives of the parts not yet in place, then check the layout they make."""
+    downloads = root_path / DOWNLOADS_DIR
+    try:
+        root_path.mkdir(parents=True, exist_ok=True)
+        remove_stale_extract_dirs(root_path, say)
+        todo = _parts_to_fetch(root_path, downloads, archives, parts, say)
+        if not todo:
+            return
+        downloads.mkdir(exist_ok=True)
+        for archive in archives:
+            if archive.part in todo:
+                _install_archive(archive, root_path, downloads, base, progress, limits, say)
+    except OSError as exc:  # anything the steps above did not already turn into a message
+        raise _os_error(exc, root_path) from exc
+    problems = layout_problems(root_path, parts)
+    if problems:
+        raise DownloadError(
+            f"archives unpacked into {root_path} but the GTSRB layout is incomplete: "
+            f"{'; '.join(problems)}. "
+            f"Delete {downloads} and {root_path / 'GTSRB'} and rerun"
+        )
+
+
 def download_gtsrb(
     root: str | os.PathLike[str],
     base_url: str | None = None,
@@ -180,11 +220,7 @@ def download_gtsrb(
     """
     validate_archives(archives)
     parts = check_parts(parts)
-    for name, value in (("timeout", timeout), ("deadline", deadline), ("max_unpacked", max_unpacked)):
-        if name == "max_unpacked" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    _check_limits(timeout=timeout, deadline=deadline, max_unpacked=max_unpacked)
     root_path = Path(root).expanduser().resolve()
     base = resolve_base_url(base_url)
 
@@ -200,26 +236,7 @@ def download_gtsrb(
     root_created = not root_path.exists()
     downloads_created = not downloads.exists()
     try:
-        try:
-            root_path.mkdir(parents=True, exist_ok=True)
-            remove_stale_extract_dirs(root_path, say)
-            todo = _parts_to_fetch(root_path, downloads, archives, parts, say)
-            if not todo:
-                return root_path
-            downloads.mkdir(exist_ok=True)
-            limits = (timeout, deadline, max_unpacked)
-            for archive in archives:
-                if archive.part in todo:
-                    _install_archive(archive, root_path, downloads, base, progress, limits, say)
-        except OSError as exc:  # anything the steps above did not already turn into a message
-            raise _os_error(exc, root_path) from exc
-        problems = layout_problems(root_path, parts)
-        if problems:
-            raise DownloadError(
-                f"archives unpacked into {root_path} but the GTSRB layout is incomplete: "
-                f"{'; '.join(problems)}. "
-                f"Delete {downloads} and {root_path / 'GTSRB'} and rerun"
-            )
+        _fetch_parts(root_path, archives, parts, base, progress, (timeout, deadline, max_unpacked), say)
     except BaseException:
         if downloads_created:
             remove_if_empty(downloads)

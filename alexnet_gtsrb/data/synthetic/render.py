@@ -114,6 +114,30 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 # Per-frame rendering
 # ---------------------------------------------------------------------------------------------------
+def _background_crop(scene: np.ndarray, centre: np.ndarray, width: int, height: int, frac: float) -> np.ndarray:
+    """The part of the scene around the sign (``frac`` of it: zooming in as the sign approaches), resized."""
+    crop_w = max(8, round(BACKGROUND_SIDE * frac * width / max(width, height)))
+    crop_h = max(8, round(BACKGROUND_SIDE * frac * height / max(width, height)))
+    x0 = min(BACKGROUND_SIDE - crop_w, max(0, round(centre[0] * BACKGROUND_SIDE - crop_w / 2)))
+    y0 = min(BACKGROUND_SIDE - crop_h, max(0, round(centre[1] * BACKGROUND_SIDE - crop_h / 2)))
+    crop = scene[y0 : y0 + crop_h, x0 : x0 + crop_w]
+    return cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _camera(
+    img: np.ndarray, rng: np.random.Generator, gain: float, contrast: float, bias: float, blur: float, noise: float
+) -> np.ndarray:
+    """Exposure, contrast, blur and sensor noise, each jittered per frame; uint8."""
+    img = img * (gain * rng.uniform(0.93, 1.07))
+    mean = float(img.mean())
+    img = (img - mean) * (contrast * rng.uniform(0.95, 1.05)) + mean + bias
+    sigma = blur + rng.uniform(-0.2, 0.4)
+    if sigma > 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), sigma)
+    img = img + rng.normal(0.0, noise, img.shape).astype(np.float32)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
 def render_track(rng: np.random.Generator, class_id: int, sizes: Sequence[float]) -> list[Frame]:
     """Frames of one physical sign at the given sign sizes (px): [(uint8 RGB image, (x1, y1, x2, y2))].
 
@@ -137,14 +161,7 @@ def render_track(rng: np.random.Generator, class_id: int, sizes: Sequence[float]
         side = max(4, round(size))
         width = min(MAX_IMAGE_SIDE, max(MIN_IMAGE_SIDE, round(side * ratio_w)))
         height = min(MAX_IMAGE_SIDE, max(MIN_IMAGE_SIDE, round(side * ratio_h)))
-        # Background: the part of the scene around the sign, zooming in as we approach.
-        frac = min(1.0, max(0.35, 0.75 * sizes[0] / size))
-        crop_w = max(8, round(BACKGROUND_SIDE * frac * width / max(width, height)))
-        crop_h = max(8, round(BACKGROUND_SIDE * frac * height / max(width, height)))
-        x0 = min(BACKGROUND_SIDE - crop_w, max(0, round(scene_centre[0] * BACKGROUND_SIDE - crop_w / 2)))
-        y0 = min(BACKGROUND_SIDE - crop_h, max(0, round(scene_centre[1] * BACKGROUND_SIDE - crop_h / 2)))
-        crop = scene[y0 : y0 + crop_h, x0 : x0 + crop_w]
-        img = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
+        img = _background_crop(scene, scene_centre, width, height, min(1.0, max(0.35, 0.75 * sizes[0] / size)))
         # Sign: shrink the template, then rotate, squash and place it.
         small = cv2.resize(template, (side, side), interpolation=cv2.INTER_AREA)
         angle = math.radians(rotation + rng.uniform(-2, 2))
@@ -167,15 +184,7 @@ def render_track(rng: np.random.Generator, class_id: int, sizes: Sequence[float]
         )
         alpha = warped[..., 3:4]
         img = warped[..., :3] + img * (1.0 - alpha)
-        # Camera: exposure, contrast, blur, sensor noise.
-        img = img * (gain * rng.uniform(0.93, 1.07))
-        mean = float(img.mean())
-        img = (img - mean) * (contrast * rng.uniform(0.95, 1.05)) + mean + bias
-        sigma = blur + rng.uniform(-0.2, 0.4)
-        if sigma > 0.3:
-            img = cv2.GaussianBlur(img, (0, 0), sigma)
-        img = img + rng.normal(0.0, noise, img.shape).astype(np.float32)
-        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        img = _camera(img, rng, gain, contrast, bias, blur, noise)
         ys, xs = np.nonzero(alpha[..., 0] > 0.5)
         roi = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
         frames.append((img, roi))
