@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CONF, ROOT, fake_imagenet_weights
+from tests.helpers import CONF, ROOT, fake_imagenet_weights, run_in_process
 
 # -- what is not run, and what is documented to fail -----------------------------------------------------------
 # {regex searched in the command as shown: reason}. Each must match at least one documented command.
@@ -515,6 +515,10 @@ def launched(request, synthetic_root):
                 futures[command] = Future()
                 futures[command].set_exception(exc)
                 continue
+            if in_process(filled):  # run by the test itself, in this process (see test_documented_command_runs)
+                futures[command] = Future()
+                futures[command].set_result((dict(ctx), out_root / f"{number:02d}"))
+                continue
             futures[command] = pool.submit(run_one, filled, dict(ctx), out_root / f"{number:02d}")
         yield futures
     finally:
@@ -527,6 +531,36 @@ def fixtures_needed(filled: DocCommand) -> list[str]:
     return sorted(
         {name for marker, name in ((RUN, "tiny_run"), (CKPT, "tiny_run"), (DATA, "gtsrb_root")) if marker in text}
     )
+
+
+#: Hydra entry points a documented `python -m` command runs in this process (its overrides, environment and folder
+#: as a subprocess would get them; tests.helpers.run_in_process restores the process afterwards): a fresh
+#: interpreter costs ~7 s of CPU per command. Console scripts, `make`, DDP (Lightning starts the other ranks by
+#: re-running the command) and cluster launches stay real processes; the wheel's console scripts and `python -m`
+#: wiring are also run as processes in tests/test_packaging.py.
+IN_PROCESS = {"train", "bench", "models.summary", "evaluate", "predict", "export", "report", "robustness"}
+
+
+def in_process(filled: DocCommand) -> bool:
+    text = " ".join(filled.argv)
+    return (
+        filled.argv[:2] == ("python", "-m")
+        and not filled.cwd  # `cd /tmp && python -m ...` shows a run from outside the checkout: a real process
+        and entry_point(filled.argv) in IN_PROCESS
+        and not re.search(r"\btrainer=ddp|\bstrategy=ddp|\bcluster=", text)
+    )
+
+
+def run_here(filled: DocCommand, ctx: dict, tmp: Path) -> tuple[list[str], subprocess.CompletedProcess, float]:
+    """:func:`run_one` in this process."""
+    tmp.mkdir(parents=True)
+    try:
+        argv, env, cwd = build(filled, ctx, tmp)
+        start = time.monotonic()
+        proc = run_in_process(entry_point(filled.argv), argv[3:], env_extra=env, cwd=cwd)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return argv, proc, time.monotonic() - start
 
 
 def run_one(filled: DocCommand, ctx: dict, tmp: Path) -> tuple[list[str], subprocess.CompletedProcess, float]:
@@ -554,7 +588,13 @@ def test_documented_command_runs(command, filled, unknown, request):
     future = request.getfixturevalue("launched")[command]
     if isinstance(future.exception(), AssertionError):  # from build(): nothing ran
         pytest.fail(f"{command.where}: `{command.text}`: {future.exception()}", pytrace=False)
-    argv, proc, seconds = future.result()  # or the real data's skip
+    if in_process(filled):
+        try:
+            argv, proc, seconds = run_here(filled, *future.result())
+        except AssertionError as exc:  # from build(): nothing ran
+            pytest.fail(f"{command.where}: `{command.text}`: {exc}", pytrace=False)
+    else:
+        argv, proc, seconds = future.result()  # or the real data's skip
     print(f"{seconds:.1f} s: {shlex.join(argv)}")
     expected_status, expected_text = matching(EXPECTED_ERRORS, command) or (0, "")
     if proc.returncode != expected_status or expected_text not in proc.stderr:

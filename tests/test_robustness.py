@@ -14,7 +14,7 @@ import torch
 from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation import calibration, corruptions
 from alexnet_gtsrb.evaluation.pixels import PixelModel, to_pixels
-from tests.helpers import read_event_tags, run_in_process, run_module
+from tests.helpers import read_event_tags, run_in_process
 
 
 # -- corruptions ----------------------------------------------------------------------------------------------
@@ -209,9 +209,9 @@ def robustness_run(tiny_run, tiny_ckpt, synthetic_root, tmp_path_factory):
         "adversarial.pgd_steps=3",
         "adversarial.epsilons=[0,2,8,32]",
     ]
-    r = run_module("robustness", args, timeout=900)
+    r = run_in_process("robustness", args)
     assert r.returncode == 0, r.stderr[-3000:]
-    evaluated = run_module("evaluate", [f"ckpt_path={tiny_ckpt}", f"data.data_dir={synthetic_root}",
+    evaluated = run_in_process("evaluate", [f"ckpt_path={tiny_ckpt}", f"data.data_dir={synthetic_root}",
                                         "data.num_workers=0", f"paths.output_dir={out}/evaluate"])  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     return out, json.loads((out / "metrics.json").read_text()), json.loads((out / "evaluate/metrics.json").read_text())
@@ -295,8 +295,8 @@ def test_predict_outputs_calibrated_probabilities_and_gradcam_overlays(
     out, metrics, _ = robustness_run
     images = sorted((synthetic_root / "GTSRB/Final_Test/Images").glob("*.ppm"))[:3]
     common = [f"ckpt_path={tiny_ckpt}", f"images=[{','.join(map(str, images))}]", "format=json", "top_k=43"]
-    plain = run_module("predict", [*common, f"paths.output_dir={tmp_path}/a"])
-    scaled = run_module(
+    plain = run_in_process("predict", [*common, f"paths.output_dir={tmp_path}/a"])
+    scaled = run_in_process(
         "predict", [*common, f"calibration={out}/calibration.json", "gradcam=true", f"paths.output_dir={tmp_path}/b"]
     )
     assert plain.returncode == 0 and scaled.returncode == 0, scaled.stderr[-2000:]
