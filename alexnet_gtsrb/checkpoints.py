@@ -3,7 +3,7 @@ they are read back safely.
 
 Reading (:func:`read_checkpoint`): ``torch.load(weights_only=True)`` only, so a pickled object is refused
 ("not a plain-data checkpoint") instead of run; then every config in the hyper-parameters is checked against
-the ``_target_`` allowlist (:mod:`alexnet_gtsrb.targets`) before anything is built; truncated and foreign
+the ``_target_`` allowlist (:mod:`alexnet_gtsrb.allowlist`) before anything is built; truncated and foreign
 files get one line naming the file. Every tensor's storage must hold the shape it declares
 (:func:`check_tensors`), before anything reads a tensor's values: a crafted file can pair a one-element storage
 with a 100000x100000 shape, and the first operation on it would allocate 40 GB. :func:`check_fits` (shapes only)
@@ -31,9 +31,9 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from alexnet_gtsrb.allowlist import UnsafeCheckpointError, check_config, check_model_configs, walk
 from alexnet_gtsrb.errors import UserError
 from alexnet_gtsrb.models.compat import old_layout_problem
-from alexnet_gtsrb.targets import UnsafeCheckpointError, check_config, check_model_configs, walk
 from alexnet_gtsrb.utils.files import MAX_CHECKPOINT_BYTES, atomic_write, check_regular_file
 
 
@@ -147,10 +147,10 @@ def _newest_last(folder: Path) -> Path | None:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's contents as plain data, its configs checked against the allowlist; nothing is built.
 
-    One-line :class:`CheckpointError` / :class:`~alexnet_gtsrb.targets.UnsafeCheckpointError` (exit 2) for
+    One-line :class:`CheckpointError` / :class:`~alexnet_gtsrb.allowlist.UnsafeCheckpointError` (exit 2) for
     a pickled object, a truncated or foreign file, a pipe, device or oversized file (refused unread), or a
     config naming a target a checkpoint may not build; also for settings of the wrong kind (a list where a
-    mapping goes), nesting deeper than :data:`~alexnet_gtsrb.targets.MAX_DEPTH` and a tensor its storage cannot
+    mapping goes), nesting deeper than :data:`~alexnet_gtsrb.allowlist.MAX_DEPTH` and a tensor its storage cannot
     hold (:func:`check_contents`).
     """
     check_checkpoint_file(path)
@@ -189,7 +189,7 @@ def check_contents(raw: Any, path: str | Path) -> dict[str, Any]:
 def check_tensors(raw: Mapping[str, Any], path: str | Path) -> None:
     """Refuse a checkpoint holding a tensor whose storage is smaller than the shape it declares, or that is not
     a plain dense tensor, naming it; only the declared shape, strides and storage size are read. Also bounds
-    the nesting of everything in the file (:func:`alexnet_gtsrb.targets.walk`)."""
+    the nesting of everything in the file (:func:`alexnet_gtsrb.allowlist.walk`)."""
     for key, value in walk(raw, str(path)):
         if isinstance(value, torch.Tensor) and (problem := _storage_problem(value)):
             raise CheckpointError(

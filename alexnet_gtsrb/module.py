@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from alexnet_gtsrb.allowlist import check_model_configs
 from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
 from alexnet_gtsrb.errors import ConfigError, NonFiniteLossError
-from alexnet_gtsrb.targets import check_model_configs
 from alexnet_gtsrb.utils.rng import restore_rng_states, rng_states
 
 log = logging.getLogger(__name__)

@@ -133,7 +133,7 @@ def write_gradcam(model: Any, paths: list[Path], arrays: list[np.ndarray], probs
     import cv2
 
     from alexnet_gtsrb.evaluation.explanations import gradcam, overlay
-    from alexnet_gtsrb.evaluation.pixels import PixelModel
+    from alexnet_gtsrb.evaluation.pixel_model import PixelModel
 
     gradcam_folder(folder)
     pixel_model = PixelModel(model).to(next(model.parameters()).device).eval()

@@ -40,7 +40,7 @@ from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.errors import ConfigError, UserError, int_setting
 from alexnet_gtsrb.evaluation import calibration, corruptions
 from alexnet_gtsrb.evaluation.intervals import format_accuracy, interval_metrics
-from alexnet_gtsrb.evaluation.pixels import PixelModel, from_pixels, logits_of, preprocess_all, raw_test_images
+from alexnet_gtsrb.evaluation.pixel_model import PixelModel, from_pixels, logits_of, preprocess_all, raw_test_images
 from alexnet_gtsrb.inference import data_config, eval_settings, load_classifier, pick_device
 from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.plots import image_grid_figure, reliability_figure, save_figure

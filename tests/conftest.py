@@ -154,7 +154,7 @@ def separable_model() -> SimpleNamespace:
     of about 4 to 21, so float32 softmax rounds ``p_y`` to 1 on many images.
 
     Returns ``model``, the held-out batch (never trained on) as ``images`` (uint8, (N, 32, 32, 3), the layout
-    :func:`alexnet_gtsrb.evaluation.pixels.to_pixels` reads), ``x`` (the same as float pixels (N, 3, 32, 32)),
+    :func:`alexnet_gtsrb.evaluation.pixel_model.to_pixels` reads), ``x`` (the same as float pixels (N, 3, 32, 32)),
     ``y`` (int64 labels), ``num_classes`` and ``accuracy`` (held-out, asserted >= 0.9 here).
     """
     import numpy as np

@@ -20,9 +20,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from alexnet_gtsrb.allowlist import UnsafeCheckpointError, allowed_target
 from alexnet_gtsrb.checkpoints import atomic_torch_save, read_checkpoint
 from alexnet_gtsrb.errors import UserError
-from alexnet_gtsrb.targets import UnsafeCheckpointError, allowed_target
 from tests.helpers import run_in_process, run_module, run_train, tiny_overrides
 
 

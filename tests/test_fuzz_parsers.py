@@ -284,9 +284,9 @@ def test_mutated_checkpoint_hyper_parameters_build_a_model_or_raise_a_user_error
     model build either succeed or end in a UserError (one line for the user); nothing else escapes."""
     import copy
 
+    from alexnet_gtsrb.allowlist import check_config
     from alexnet_gtsrb.errors import UserError
     from alexnet_gtsrb.inference import build_classifier
-    from alexnet_gtsrb.targets import check_config
 
     hp = copy.deepcopy(real_checkpoint["hyper_parameters"])
     for _ in range(data.draw(st.integers(1, 2))):

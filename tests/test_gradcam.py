@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from alexnet_gtsrb.evaluation.explanations import gradcam, rectified_last_maps
-from alexnet_gtsrb.evaluation.pixels import PixelModel
+from alexnet_gtsrb.evaluation.pixel_model import PixelModel
 from alexnet_gtsrb.models.alexnet import AlexNet
 from alexnet_gtsrb.models.towers import AlexNetTowers, towers_to_grouped
 

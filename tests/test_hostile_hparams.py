@@ -26,11 +26,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from alexnet_gtsrb.allowlist import MAX_DEPTH
 from alexnet_gtsrb.callbacks.checkpoint import RunCheckpoint
 from alexnet_gtsrb.checkpoints import check_contents
 from alexnet_gtsrb.errors import UserError
 from alexnet_gtsrb.inference import build_classifier, check_saved_settings, eval_settings, load_classifier
-from alexnet_gtsrb.targets import MAX_DEPTH
 from tests.helpers import compose_config, run_in_process
 
 FUZZ = settings(

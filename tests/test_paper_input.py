@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from alexnet_gtsrb.data.pca import rgb_pca
-from alexnet_gtsrb.evaluation.pixels import PixelModel
+from alexnet_gtsrb.evaluation.pixel_model import PixelModel
 from alexnet_gtsrb.models.lrn import LRN
 from tests.helpers import compose_config
 

@@ -13,7 +13,7 @@ import torch
 
 from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation import calibration, corruptions
-from alexnet_gtsrb.evaluation.pixels import PixelModel, to_pixels
+from alexnet_gtsrb.evaluation.pixel_model import PixelModel, to_pixels
 from tests.helpers import read_event_tags, run_in_process
 
 

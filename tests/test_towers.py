@@ -135,7 +135,7 @@ def test_tower_devices_on_one_device_and_bad_values():
 
 
 def test_the_checkpoint_allowlist_admits_the_tower_net_as_a_net_only():
-    from alexnet_gtsrb.targets import allowed_target
+    from alexnet_gtsrb.allowlist import allowed_target
 
     assert allowed_target("alexnet_gtsrb.models.towers.AlexNetTowers", "net")
     assert not allowed_target("alexnet_gtsrb.models.towers.AlexNetTowers", "optimizer")

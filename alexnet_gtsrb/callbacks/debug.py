@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 
-from alexnet_gtsrb.models.summary import format_summary, summary_rows
+from alexnet_gtsrb.models.layer_summary import format_summary, summary_rows
 from alexnet_gtsrb.utils.nets import unwrap_compiled
 
 

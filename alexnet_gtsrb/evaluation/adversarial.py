@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from captum.robust import FGSM, PGD
 
 from alexnet_gtsrb.errors import ConfigError
-from alexnet_gtsrb.evaluation.pixels import to_pixels
+from alexnet_gtsrb.evaluation.pixel_model import to_pixels
 
 ATTACKS = ("fgsm", "pgd")
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from alexnet_gtsrb.errors import ConfigError
-from alexnet_gtsrb.evaluation.pixels import logits_of
+from alexnet_gtsrb.evaluation.pixel_model import logits_of
 
 SEVERITIES = (1, 2, 3, 4, 5)
 IMAGENET_C_SIZE = 224  # ImageNet-C's image size; blur radii below are given for it

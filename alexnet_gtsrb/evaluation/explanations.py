@@ -19,7 +19,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from alexnet_gtsrb.evaluation.pixels import to_pixels
+from alexnet_gtsrb.evaluation.pixel_model import to_pixels
 from alexnet_gtsrb.models.towers import AlexNetTowers
 
 #: What the maps explain, for reports.
