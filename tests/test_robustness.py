@@ -328,6 +328,8 @@ def test_predict_refuses_a_temperature_of_1e_minus_300_instead_of_printing_nan(t
         ("suites=[bogus]", "suites=['bogus']: allowed"),
         ("corruptions.names=[rain]", "unknown ['rain']"),
         ("adversarial.epsilons=[-1]", "adversarial.epsilons"),
+        ("adversarial.epsilons=[nan]", "adversarial.epsilons=[nan]"),
+        ("adversarial.pgd_step_size=abc", "pgd_step_size=abc"),
         ("adversarial.attacks=[cw]", "adversarial.attacks"),
     ],
 )

@@ -74,13 +74,17 @@ def check_settings(attacks: Sequence[str], epsilons: Sequence[float], steps: int
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
         raise ConfigError(f"adversarial.attacks={list(attacks)}: allowed: {', '.join(ATTACKS)}.")
-    if not epsilons or any(float(e) < 0 or float(e) > 255 for e in epsilons):
+    if not epsilons or not all(_number(e) and 0 <= float(e) <= 255 for e in epsilons):  # NaN fails the range
         raise ConfigError(f"adversarial.epsilons={list(epsilons)}: in 1/255 units, each between 0 and 255.")
-    if int(steps) < 1 or not 0 < float(step_size) <= 1:
+    if not _number(steps) or int(steps) < 1 or not _number(step_size) or not 0 < float(step_size) <= 1:
         raise ConfigError(
             f"adversarial.pgd_steps={steps}, pgd_step_size={step_size}: steps >= 1, step size a fraction of "
             "epsilon in (0, 1]."
         )
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def attack_batch(
