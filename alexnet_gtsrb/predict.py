@@ -207,6 +207,12 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 
         temperature = read_temperature(cfg.calibration, str(checkpoint_for(cfg.ckpt_path)[0]))
     probs = predict_arrays(model, arrays, batch_size, device, temperature)
+    if not bool(torch.isfinite(probs).all()):  # finite weights can still overflow the logits
+        bad = int((~torch.isfinite(probs)).any(dim=-1).sum())
+        raise UserError(
+            f"{checkpoint_for(cfg.ckpt_path)[0]}: the network's outputs are not finite (NaN or inf) for {bad} of "
+            f"{len(arrays)} image(s); its weights overflow, so nothing is printed. Use another checkpoint."
+        )
     if cfg.get("gradcam"):
         write_gradcam(model, ok_paths, arrays, probs, Path(cfg.paths.output_dir) / "gradcam")
     results = top_k_results(ok_paths, probs, top_k)

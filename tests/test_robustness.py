@@ -322,6 +322,19 @@ def test_predict_refuses_a_temperature_of_1e_minus_300_instead_of_printing_nan(t
     assert len(errors) == 1 and "temperature 1e-300 must be a positive finite number in [0.01, 100]" in errors[0]
 
 
+def test_predict_refuses_a_network_whose_finite_weights_overflow_its_outputs(tiny_ckpt, synthetic_root, tmp_path):
+    raw = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    last = [k for k in raw["state_dict"] if k.endswith(".weight") and raw["state_dict"][k].ndim == 2][-1]
+    raw["state_dict"][last] = torch.full_like(raw["state_dict"][last], 3e38)  # finite, but the logits are inf
+    torch.save(raw, tmp_path / "overflow.ckpt")
+    image = next((synthetic_root / "GTSRB/Final_Test/Images").glob("*.ppm"))
+    r = run_in_process("predict", [f"ckpt_path={tmp_path / 'overflow.ckpt'}", f"images=[{image}]",
+                                   f"paths.output_dir={tmp_path}/p"])  # fmt: skip
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 2 and "nan" not in r.stdout.lower() and len(errors) == 1, r.stderr[-1500:]
+    assert "outputs are not finite (NaN or inf) for 1 of 1 image(s)" in errors[0]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
