@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from alexnet_gtsrb.errors import BadFileError, ConfigError, UserError
-from alexnet_gtsrb.utils.files import MAX_EVENTS_BYTES, check_regular_file, read_text_file
+from alexnet_gtsrb.utils.files import MAX_EVENTS_BYTES, check_regular_file, open_lock_file, read_text_file
 
 LOCK_NAME = ".run.lock"
 #: ``test_ckpt``: the checkpoint a run's final test, its ``metrics.json`` and ``evaluate ckpt_path=<run folder>``
@@ -52,7 +52,8 @@ def claim_run_folder(run_dir: str | os.PathLike[str] | None, resuming: bool) -> 
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks, the checks below still run
         fcntl = None  # type: ignore[assignment]
-    handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held for the whole run
+    fix = "Remove it, or name another folder (leave hydra.run.dir unset)."
+    handle = open_lock_file(folder / LOCK_NAME, "the run folder's lock file", fix)  # held for the whole run
     try:
         if fcntl is not None:
             try:

@@ -170,3 +170,26 @@ def test_pretrained_weights_that_are_a_pipe_are_refused(tmp_path):
     fifo = _fifo(tmp_path / "alexnet.pth")
     with pytest.raises(UserError, match="model.pretrained weights file is not a regular file but a named pipe"):
         file_state_dict(fifo)
+
+
+def test_a_pipe_as_a_lock_file_is_refused_instead_of_waiting_for_a_reader(tmp_path, synthetic_root):
+    """The run folder's lock and the image cache's lock are opened for writing: a blocking open of a FIFO would
+    wait forever for a reader. Both are refused at once; a plain lock file still works."""
+    from alexnet_gtsrb.data.cache import _locked
+    from alexnet_gtsrb.run_folder import LOCK_NAME, claim_run_folder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / LOCK_NAME)
+    with pytest.raises(BadFileError, match=r"the run folder's lock file is not a regular file but a named pipe"):
+        with claim_run_folder(run, resuming=False):
+            pass
+    os.mkfifo(tmp_path / "cache.lock")
+    with pytest.raises(BadFileError, match=r"the image cache's lock file is not a regular file but a named pipe"):
+        with _locked(tmp_path / "cache.lock"):
+            pass
+    with claim_run_folder(tmp_path / "fresh", resuming=False), _locked(tmp_path / "plain.lock"):
+        assert (tmp_path / "fresh" / LOCK_NAME).read_text() == str(os.getpid())
+    r = run_in_process("train", [*tiny_overrides(synthetic_root), f"hydra.run.dir={run}"])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 2 and len(errors) == 1 and LOCK_NAME in errors[0], r.stderr[-1500:]

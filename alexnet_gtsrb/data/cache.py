@@ -240,7 +240,7 @@ def _locked(lock_path: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(lock_path, "a") as f:
+    with files.open_lock_file(lock_path, "the image cache's lock file", "Remove it.") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield

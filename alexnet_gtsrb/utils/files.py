@@ -91,6 +91,23 @@ def check_regular_file(
     return Path(path)
 
 
+def open_lock_file(path: str | os.PathLike[str], what: str, fix: str = "") -> IO[str]:
+    """``path`` opened (created if missing) for reading and writing as a lock file, or :class:`BadFileError` in one
+    line when something else sits there: opened non-blocking, so a named pipe in its place is refused at once
+    (a blocking open for writing would wait forever for a reader)."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        raise BadFileError(_sentence(path, f"{what} cannot be opened ({e.strerror or e}).", fix)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "another kind of file")
+        raise BadFileError(_sentence(path, f"{what} is not a regular file but {kind}; refused.", fix))
+    return os.fdopen(fd, "r+")
+
+
 def read_text_file(
     path: str | os.PathLike[str],
     what: str,
