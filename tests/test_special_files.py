@@ -181,13 +181,13 @@ def test_a_pipe_as_a_lock_file_is_refused_instead_of_waiting_for_a_reader(tmp_pa
     run = tmp_path / "run"
     run.mkdir()
     os.mkfifo(run / LOCK_NAME)
-    with pytest.raises(BadFileError, match=r"the run folder's lock file is not a regular file but a named pipe"):
-        with claim_run_folder(run, resuming=False):
-            pass
+    refused = r"the run folder's lock file is not a regular file but a named pipe"
+    with pytest.raises(BadFileError, match=refused), claim_run_folder(run, resuming=False):
+        pass
     os.mkfifo(tmp_path / "cache.lock")
-    with pytest.raises(BadFileError, match=r"the image cache's lock file is not a regular file but a named pipe"):
-        with _locked(tmp_path / "cache.lock"):
-            pass
+    refused = r"the image cache's lock file is not a regular file but a named pipe"
+    with pytest.raises(BadFileError, match=refused), _locked(tmp_path / "cache.lock"):
+        pass
     with claim_run_folder(tmp_path / "fresh", resuming=False), _locked(tmp_path / "plain.lock"):
         assert (tmp_path / "fresh" / LOCK_NAME).read_text() == str(os.getpid())
     r = run_in_process("train", [*tiny_overrides(synthetic_root), f"hydra.run.dir={run}"])
