@@ -129,10 +129,11 @@ class Context:
     out_dir: Path
     loggers: LoggerGroup
     ckpt_path: str
+    correct: int  # test images classified correctly without any corruption or attack
 
     @property
     def clean_acc(self) -> float:
-        return int((self.test_logits.argmax(dim=-1) == torch.as_tensor(self.labels)).sum()) / len(self.raw)
+        return self.correct / len(self.raw)
 
 
 def _checked_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -179,10 +180,10 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"No test image under {datamodule.index.root}: nothing to evaluate.")
     clean = preprocess_all(raw, preprocess)
     logits = logits_of(pixel_model, clean, checked["batch_size"], device)
+    correct = int((logits.argmax(dim=-1) == torch.as_tensor(labels)).sum())
     ctx = Context(cfg, pixel_model, datamodule, preprocess, raw, labels, clean, logits, int(dcfg.image_size),
                   checked["seed"], checked["batch_size"], device, out_dir, LoggerGroup(cfg.get("logger")),
-                  str(ckpt_file))  # fmt: skip
-    correct = int((logits.argmax(dim=-1) == torch.as_tensor(labels)).sum())
+                  str(ckpt_file), correct)  # fmt: skip
     metrics: dict[str, Any] = {
         "ckpt_path": str(ckpt_file),
         "data_dir": str(datamodule.index.root),

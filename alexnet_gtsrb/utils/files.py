@@ -37,6 +37,11 @@ _FILE_KINDS = (
 )
 
 
+def _kind(mode: int, other: str = "another kind of file") -> str:
+    """What a file of ``mode`` is, in words, when it is not a regular file."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), other)
+
+
 def _sentence(path: str | os.PathLike[str], text: str, fix: str) -> str:
     return f"{os.fspath(path)}: {text}" + (f" {fix}" if fix else "")
 
@@ -62,7 +67,7 @@ def open_regular_file(
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "another kind of file")
+            kind = _kind(st.st_mode)
             raise error(_sentence(path, f"{what} is not a regular file but {kind}; refused without reading it.", fix))
         if max_bytes is not None and st.st_size > max_bytes:
             raise error(
@@ -103,7 +108,7 @@ def open_lock_file(path: str | os.PathLike[str], what: str, fix: str = "") -> IO
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "another kind of file")
+        kind = _kind(st.st_mode)
         raise BadFileError(_sentence(path, f"{what} is not a regular file but {kind}; refused.", fix))
     return os.fdopen(fd, "r+")
 
@@ -147,7 +152,7 @@ def cache_folder(cache_dir: str | os.PathLike[str] | None, default: Path, write:
     setting = f"data.cache_dir={cache_dir or 'null'}"
     fix = "point data.cache_dir at a writable folder or set data.cache=false"
     if folder.exists() and not folder.is_dir():
-        kind = next((name for test, name in _FILE_KINDS if test(folder.stat().st_mode)), "a file")
+        kind = _kind(folder.stat().st_mode, "a file")
         raise ConfigError(f"{setting}: {folder} is {kind}, not a folder; {fix}.")
     try:
         folder.mkdir(parents=True, exist_ok=True)

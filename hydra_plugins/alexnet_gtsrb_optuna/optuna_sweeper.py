@@ -118,26 +118,18 @@ class OptunaSweeper(Sweeper):
 
         if isinstance(self.storage, str) and self.storage.startswith(SQLITE):
             Path(self.storage.removeprefix(SQLITE)).parent.mkdir(parents=True, exist_ok=True)
-        made = 0
-        if self.storage is not None and self.study_name is not None:
-            try:
-                made = len(optuna.load_study(study_name=self.study_name, storage=self.storage).trials)
-            except KeyError:  # no such study yet
-                made = 0
+        study = optuna.create_study(
+            study_name=self.study_name, storage=self.storage, direction=self.direction, load_if_exists=True
+        )
         sampler: Any = self.sampler_config  # a config (the YAML sets _recursive_: false), or a built sampler
         if isinstance(sampler, DictConfig):
             sampler = OmegaConf.to_container(sampler, resolve=True)
         if isinstance(sampler, dict):
-            if sampler.get("seed") is not None:
-                sampler["seed"] = int(sampler["seed"]) + made
+            if sampler.get("seed") is not None:  # moved on by the trials an earlier run made
+                sampler["seed"] = int(sampler["seed"]) + len(study.trials)
             sampler = instantiate(sampler)
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=self.storage,
-            sampler=sampler,
-            direction=self.direction,
-            load_if_exists=True,
-        )
+        if sampler is not None:
+            study.sampler = sampler
         return study
 
     def sweep(self, arguments: list[str]) -> None:
