@@ -6,7 +6,7 @@ A checkpoint's ``hyper_parameters`` hold the network, optimizer and scheduler as
 other callable and run code in ``evaluate``, ``predict``, ``export``, ``report`` or a resumed run. Hence, by
 design rather than by a deny list, the model's three configs may each name one target of their own kind:
 
-- ``net``: one of the project's networks (:data:`NETWORKS`);
+- ``net``: one of the project's networks or one registered with :func:`register_network` (:data:`NETWORKS`);
 - ``optimizer``: a class in ``torch.optim`` that subclasses ``torch.optim.Optimizer``;
 - ``scheduler`` (or none): a class in ``torch.optim.lr_scheduler`` that subclasses ``LRScheduler`` or
   ``ReduceLROnPlateau``, or one of the project's schedule factories (:data:`SCHEDULES`);
@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from alexnet_gtsrb.errors import UserError
 
-#: The project's networks a checkpoint may build.
-NETWORKS = frozenset({"alexnet_gtsrb.models.alexnet.AlexNet", "alexnet_gtsrb.models.towers.AlexNetTowers"})
+#: The networks a checkpoint may build, by ``_target_``: the project's, and those :func:`register_network` adds.
+NETWORKS = {"alexnet_gtsrb.models.alexnet.AlexNet", "alexnet_gtsrb.models.towers.AlexNetTowers"}
 #: The project's schedule factories a checkpoint may build.
 SCHEDULES = frozenset({"alexnet_gtsrb.schedules.warmup_cosine"})
 ROLES = ("net", "optimizer", "scheduler")
@@ -39,11 +39,23 @@ MAX_DEPTH = 64
 #: describe 2**60 values (this project's checkpoints hold a few thousand).
 MAX_VALUES = 1_000_000
 _OPTIM = "torch.optim."
+T = TypeVar("T")
 _SCHED = "torch.optim.lr_scheduler."
 
 
 class UnsafeCheckpointError(UserError):
     """A checkpoint names something it may not build; nothing was built."""
+
+
+def register_network(builder: T) -> T:
+    """Allow ``builder`` (an ``nn.Module`` class or a function returning one) as ``model.net._target_``, in
+    configs and in checkpoints; usable as a decorator (docs/extending.md). Its ``_target_`` is its module and
+    qualified name, so registering needs the module imported: ``extensions=[that.module]``."""
+    qualname = getattr(builder, "__qualname__", "<none>")
+    if not callable(builder) or "<" in qualname:
+        raise UserError(f"register_network({builder!r}): a network builder is a module-level class or function.")
+    NETWORKS.add(f"{builder.__module__}.{qualname}")
+    return builder
 
 
 def _is_optimizer(target: str) -> bool:
@@ -115,7 +127,7 @@ def check_config(config: Any, where: str, allow_top_target: str | None = None, k
 
 
 _ALLOWED = {
-    "net": "the project's networks",
+    "net": "the project's networks and those registered with register_network",
     "optimizer": "torch.optim optimizers",
     "scheduler": "torch.optim.lr_scheduler schedulers and the project's schedules",
 }

@@ -73,7 +73,7 @@ from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accurac
 from alexnet_gtsrb.models.pretrained import load_pretrained
 from alexnet_gtsrb.provenance import device_name, provenance
 from alexnet_gtsrb.run_folder import TEST_CKPT_RULES, check_test_ckpt, claim_run_folder
-from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero
+from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero, use_extensions
 from alexnet_gtsrb.utils.files import atomic_write
 from alexnet_gtsrb.utils.nets import global_batch_size
 
@@ -175,11 +175,8 @@ def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, fitted: bool) -> str:
         return ""
     path = _best_checkpoint(trainer) if rule == "best" else _last_checkpoint(trainer)
     if not path:
-        log.warning(
-            "test_ckpt=%s: no checkpoint written (fast_dev_run, no validation, or no such checkpoint callback): "
-            "testing the weights in memory.",
-            rule,
-        )
+        why = "no checkpoint written (fast_dev_run, no validation, or no such checkpoint callback)"
+        log.warning("test_ckpt=%s: %s: testing the weights in memory.", rule, why)
         return ""
     if rule == "last":
         import torch
@@ -261,6 +258,7 @@ def _use_test_views(cfg: DictConfig, datamodule: Any, model: L.LightningModule) 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test as the config says; returns (metrics, objects) for callers and tests."""
     start = time.monotonic()
+    use_extensions(cfg)  # presets and networks registered outside the package
     check_test_ckpt(cfg.get("test_ckpt", "last"))  # a typo stops the run now, not after training
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)

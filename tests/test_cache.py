@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from alexnet_gtsrb.data import cache as cache_mod
-from alexnet_gtsrb.data.cache import cache_image_size, default_cache_dir
+from alexnet_gtsrb.data.cache import default_cache_dir
 from alexnet_gtsrb.data.datamodule import GTSRBDataModule
+from alexnet_gtsrb.data.transforms import get_preset
 from alexnet_gtsrb.errors import BadDataError
 
 SIZE = 32  # small, so the synthetic cache builds in well under a second
@@ -59,8 +60,8 @@ def npy_files(folder: Path) -> list[Path]:
 
 
 def test_cache_image_size_follows_the_preset():
-    assert cache_image_size("none", 227) == cache_image_size("gtsrb", 227) == 227
-    assert cache_image_size("paper", 227) == 256
+    assert get_preset("none").cache_side(227) == get_preset("gtsrb").cache_side(227) == 227
+    assert get_preset("paper").cache_side(227) == 256  # the paper's 256 side for 227 px crops
 
 
 def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
@@ -88,7 +89,7 @@ def test_cached_eval_items_equal_uncached(synthetic_root, tmp_path, preset):
     """Eval pipelines start with the resize the cache already did, so they match pixel for pixel too."""
     plain = ready(make_dm(synthetic_root, None, preset))
     cached = ready(make_dm(synthetic_root, tmp_path, preset))
-    assert cached.caches["train"].shape[1] == cache_image_size(preset, SIZE)
+    assert cached.caches["train"].shape[1] == get_preset(preset).cache_side(SIZE)
     for part in ("val_set", "test_set"):
         a, b = getattr(plain, part), getattr(cached, part)
         for i in range(0, len(a), 7):

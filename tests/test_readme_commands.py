@@ -48,6 +48,8 @@ NOT_RUN = {
     "parts run in tests/test_bench.py::test_gpu_check_runs_its_cpu_parts",
     r"^make gpu-check\b": "measures a GPU; tests/test_bench.py::test_gpu_check_runs_its_cpu_parts runs the same make "
     "target with the CPU standing in (trainer=cpu, fp32, ceiling + e2e)",
+    r"\bextensions=\[toy_ext\]": "the toy extension of docs/extending.md: tests/test_extending.py writes the two "
+    "files the page shows and runs these commands, shrunk",
     r"^make test\b": "make test runs this suite (ruff, mypy and pytest on tests/, this file included)",
     # When the README shows the downloader in a code block:
     # r"alexnet_gtsrb\.data\.download\b": "needs the official server; tests/test_download.py::"

@@ -2,7 +2,7 @@
 
 Why: GTSRB files are tiny, but at 227 px decoding, cropping and up-scaling every image every epoch can
 become the data-loading bottleneck. The cache holds the ROI-cropped image already resized to the size the
-augmentation pipeline starts from (:func:`cache_image_size`), so the pipeline's first resize is a no-op and
+augmentation pipeline starts from (the preset's ``cache_side``), so the pipeline's first resize is a no-op and
 the dataset only copies one ``(H, W, 3)`` slice per item. When ``data.augment.clahe`` is on, the cached pixels
 are already CLAHE-equalised (at the image's own size, before the resize, as uncached) and the datasets built
 on the cache leave that step out: it was the dearest per-item step left.
@@ -64,22 +64,6 @@ Stamp = tuple[int, ...]  # (device, inode, size, mtime_ns, ctime_ns) of the chec
 def default_cache_dir() -> Path:
     """``<cache root>/images``: ``$ALEXNET_GTSRB_CACHE/images``, else ``~/.cache/alexnet_gtsrb/images``."""
     return cache_root() / "images"
-
-
-def cache_image_size(preset: str, image_size: int) -> int:
-    """Side of the cached images: the size the augmentation pipeline of ``preset`` starts from.
-
-    ``none``/``gtsrb`` end with a resize to ``image_size`` (a no-op on cached images); ``paper`` starts by
-    resizing to ``round(image_size * 256 / 227)`` before its random or centre crop.
-    """
-    s = int(image_size)
-    return round(s * 256 / 227) if preset == "paper" else s
-
-
-def cache_fit(preset: str) -> str:
-    """How the cache brings an image to its square side: ``shorter_side`` (shorter side to the size, centre crop:
-    the paper preset's first steps) or ``square`` (a plain resize: where the pipeline ends with one)."""
-    return "shorter_side" if preset == "paper" else "square"
 
 
 def cache_key(

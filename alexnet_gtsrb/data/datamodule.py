@@ -16,7 +16,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 from alexnet_gtsrb.data.batch_augment import BatchAugment, PCANoise
-from alexnet_gtsrb.data.cache import ImageCache, cache_fit, cache_image_size, open_or_build
+from alexnet_gtsrb.data.cache import ImageCache, open_or_build
 from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipping_bad
 from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
 from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits
@@ -30,9 +30,10 @@ from alexnet_gtsrb.data.transforms import (
     build_transform,
     check_mean_std,
     clahe_settings,
+    get_preset,
     normalize_float255,
     normalize_uint8,
-    paper_base_pipeline,
+    view_source,
 )
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 from alexnet_gtsrb.evaluation.tta import tta_transform
@@ -130,13 +131,13 @@ class GTSRBDataModule(LightningDataModule):
         self.save_hyperparameters(logger=False)
         _check_settings(self.hparams)
         self.augment = dict(augment or {"preset": "none"})
-        preset = self.augment.get("preset", "none")
+        self.preset = get_preset(self.augment)
         self.batch_augment: BatchAugment | None = None
         if self.augment.get("on_device", False):
-            if preset != "gtsrb":
+            if not self.preset.batch_augment:
                 raise ConfigError(
-                    f"data.augment.on_device=true applies the gtsrb preset's augmentation to whole batches; "
-                    f"preset {preset!r} augments per item. Set data.augment.on_device=false (or augment=gtsrb)."
+                    f"data.augment.on_device=true runs a preset's augmentation on whole batches; preset "
+                    f"{self.preset.name!r} augments per item. Set data.augment.on_device=false (or augment=gtsrb)."
                 )
             self.batch_augment = BatchAugment(self.augment)
         self.sampler_seed = torch.initial_seed() % 2**63  # seed_everything(seed) ran first: the seed itself
@@ -149,7 +150,7 @@ class GTSRBDataModule(LightningDataModule):
         self.pca_file: Path | None = None
         self.pca_noise: PCANoise | None = None  # their colour noise, added to training batches on the device
         self.test_views = 1
-        build_transform(preset, image_size, train=True, params=self.augment)  # a bad preset fails now, not in a worker
+        build_transform(self.preset.name, image_size, train=True, params=self.augment)  # fails now, not in a worker
 
     # -- data on disk -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -199,12 +200,10 @@ class GTSRBDataModule(LightningDataModule):
         """Index, verify, (with data.cache) open or build the image caches, and split once; build the datasets."""
         if self.index is not None:
             return
-        hp = self.hparams
-        preset = self.augment.get("preset", "none")
+        hp, preset = self.hparams, self.preset
         index = self._checked_index(need_train=stage != "test")  # evaluating needs only the test set
         if hp.cache:  # built on every rank under a file lock: the first builds, the others reuse
-            size = cache_image_size(preset, hp.image_size)
-            fit, clahe = cache_fit(preset), clahe_settings(self.augment)
+            size, fit, clahe = preset.cache_side(hp.image_size), preset.cache_fit, clahe_settings(self.augment)
             for part in ("train", "test"):
                 limits = (hp.max_pixels, hp.max_file_bytes)
                 self.caches[part] = open_or_build(
@@ -222,15 +221,15 @@ class GTSRBDataModule(LightningDataModule):
         if self._dataset_pca() and stage in (None, "fit"):
             self._training_set_pca(
                 train,
-                GTSRBDataset(train, paper_base_pipeline(hp.image_size, tf_params), cache=train_cache, **common),
+                GTSRBDataset(train, view_source(hp.image_size, tf_params), cache=train_cache, **common),
             )
-        eval_tf = build_transform(preset, hp.image_size, train=False, params=tf_params)
+        eval_tf = build_transform(preset.name, hp.image_size, train=False, params=tf_params)
         # on_device: the random part runs on whole batches after the transfer; items get the deterministic part
         if self.batch_augment:
             train_tf = eval_tf
         else:
-            train_tf = build_transform(preset, hp.image_size, train=True, params=tf_params)
-        if hp.cache and preset != "paper":  # cached rows are the evaluation pipeline's output: nothing left to do
+            train_tf = build_transform(preset.name, hp.image_size, train=True, params=tf_params)
+        if hp.cache and preset.cache_is_eval:  # cached rows are the evaluation pipeline's output: nothing left to do
             eval_tf = None
             train_tf = None if self.batch_augment else train_tf
         self.train_set = GTSRBDataset(train, train_tf, flip=hp.flip_remap, cache=train_cache, **common)
@@ -256,7 +255,7 @@ class GTSRBDataModule(LightningDataModule):
                         raise
 
         settings = {
-            "pipeline": "paper_base",
+            "pipeline": f"{self.preset.name} view source",
             "image_size": hp.image_size,
             "roi_crop": hp.roi_crop,
             "cache": hp.cache,
@@ -289,8 +288,8 @@ class GTSRBDataModule(LightningDataModule):
                 (out_dir / "pca.json").write_text(json.dumps(stats.to_json(), indent=2) + "\n")
 
     def _dataset_pca(self) -> bool:
-        """The paper preset with the paper's PCA colour noise (the training split's statistics)."""
-        return self.augment.get("preset") == "paper" and self.augment.get("pca", "dataset") == "dataset"
+        """Training adds the paper's PCA colour noise (the training split's statistics): the paper preset's default."""
+        return self.preset.dataset_pca(self.augment)
 
     def use_test_views(self, views: int) -> None:
         """``1``: the evaluation pipeline; ``10``: the image the test step cuts 5 crops and flips from."""
@@ -298,8 +297,7 @@ class GTSRBDataModule(LightningDataModule):
             raise ConfigError(f"test_views={views!r}; allowed: {', '.join(map(str, TEST_VIEWS))}.")
         self.test_views = int(views)
         if self.test_set is not None:
-            preset, params = self.augment.get("preset", "none"), self._transform_params()
-            eval_tf = build_transform(preset, self.hparams.image_size, False, params)
+            eval_tf = build_transform(self.preset.name, self.hparams.image_size, False, self._transform_params())
             self.test_set.transform = self._test_transform(eval_tf)
 
     def _test_transform(self, eval_tf: Pipeline | None) -> Pipeline | None:

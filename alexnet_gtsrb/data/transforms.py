@@ -10,7 +10,8 @@ device (:func:`normalize_uint8`), so workers, pinned memory and the host-to-devi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import albumentations as A
@@ -21,7 +22,6 @@ import torch
 from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
 from alexnet_gtsrb.errors import ConfigError, int_setting
 
-PRESETS = ("none", "gtsrb", "paper")
 Pipeline: TypeAlias = A.Compose  # a per-item pipeline: ``pipeline(image=uint8 HxWx3)["image"]``
 PCA_MODES = ("dataset", "per_image")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,7 +45,7 @@ def clahe_settings(params: Mapping[str, Any]) -> tuple[float, int] | None:
     clahe = params.get("clahe", False)
     if not isinstance(clahe, bool | None):
         raise ConfigError(f"augment.clahe={clahe!r} must be true or false.")
-    if not clahe or params.get("preset") == "none":
+    if not clahe or not get_preset(params).clahe:
         return None
     clip = params.get("clahe_clip", 2.0)
     if isinstance(clip, bool) or not isinstance(clip, int | float) or not 1.0 <= clip <= MAX_CLAHE_CLIP:
@@ -62,46 +62,46 @@ def clahe_ops(settings: tuple[float, int] | None) -> list[A.BasicTransform]:
     return [A.CLAHE(clip_limit=(clip, clip), tile_grid_size=(tile, tile), p=1.0)]
 
 
-def _clahe(params: Mapping[str, Any]) -> list[A.BasicTransform]:
-    return clahe_ops(clahe_settings(params))
-
-
-def paper_base(image_size: int, params: Mapping[str, Any] | None = None) -> list[A.BasicTransform]:
-    """The paper's 256x256 image (scaled by ``image_size``/227): optional CLAHE, shorter side to 256, centre
-    256 crop (Krizhevsky et al. 2012, section 2). Crops of ``image_size`` are cut from it."""
-    big = paper_big(image_size)
-    return _clahe(dict(params or {})) + [
-        A.SmallestMaxSize(max_size=big, interpolation=cv2.INTER_LINEAR),
-        A.CenterCrop(big, big),
-    ]
-
-
-def paper_base_pipeline(image_size: int, params: Mapping[str, Any] | None = None) -> Pipeline:
-    """:func:`paper_base` as a pipeline."""
-    return A.Compose(paper_base(image_size, params))
-
-
-def cache_pipeline(clahe: tuple[float, int] | None, fit: str, size: int) -> Pipeline:
-    """What the image cache stores: optional CLAHE, then the same first resize as the presets, so a preset's own
-    resize is a no-op on cached images. ``fit``: ``shorter_side`` (shorter side to ``size``, centre crop: the paper
-    preset's first steps) or ``square`` (a plain resize)."""
-    if fit == "shorter_side":
-        resize = [A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR), A.CenterCrop(size, size)]
-    else:
-        resize = [A.Resize(size, size, interpolation=cv2.INTER_LINEAR)]
-    return A.Compose([*clahe_ops(clahe), *resize])
-
-
-def padded_view_source(preset: str, image_size: int, params: Mapping[str, Any]) -> Pipeline:
-    """The evaluation image padded with replicated borders to the paper preset's larger side (for test views)."""
-    big = paper_big(image_size)
-    pad = A.PadIfNeeded(big, big, position="center", border_mode=cv2.BORDER_REPLICATE, p=1.0)
-    return A.Compose([build_transform(preset, image_size, train=False, params=params), pad])
+def _clahe(params: Mapping[str, Any], preset: Preset) -> list[A.BasicTransform]:
+    return clahe_ops(clahe_settings(params)) if preset.clahe else []
 
 
 def paper_big(image_size: int) -> int:
     """The side the paper preset crops from: 256 for 227 px crops, scaled with ``image_size``."""
     return round(int(image_size) * 256 / 227)
+
+
+def _paper_square(s: int, p: Mapping[str, Any]) -> list[A.BasicTransform]:
+    """The paper's 256x256 image (scaled by ``image_size``/227): shorter side to 256, centre 256 crop
+    (Krizhevsky et al. 2012, section 2). Crops of ``image_size`` are cut from it."""
+    big = paper_big(s)
+    return [A.SmallestMaxSize(max_size=big, interpolation=cv2.INTER_LINEAR), A.CenterCrop(big, big)]
+
+
+def _resize(s: int, p: Mapping[str, Any]) -> list[A.BasicTransform]:
+    return [A.Resize(s, s, interpolation=cv2.INTER_LINEAR)]
+
+
+def _gtsrb_train(s: int, p: Mapping[str, Any]) -> list[A.BasicTransform]:
+    """Small affine, brightness/contrast, blur or noise, then one resize (augmenting at the small native size is
+    cheaper than at 227 px)."""
+    return [
+        A.Affine(
+            scale=(1 - p.get("scale", 0.1), 1 + p.get("scale", 0.1)),
+            translate_percent=(-p.get("shift", 0.1), p.get("shift", 0.1)),
+            rotate=(-p.get("rotate", 10.0), p.get("rotate", 10.0)),
+            border_mode=cv2.BORDER_REPLICATE,
+            p=p.get("affine_p", 0.8),
+        ),
+        A.RandomBrightnessContrast(
+            brightness_limit=p.get("brightness", 0.2), contrast_limit=p.get("contrast", 0.2), p=0.5
+        ),
+        A.OneOf(
+            [A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, 1.0)), A.GaussNoise(std_range=(0.02, 0.06))],
+            p=p.get("blur_noise_p", 0.3),
+        ),
+        *_resize(s, p),
+    ]
 
 
 def _pca_noise(params: Mapping[str, Any]) -> list[A.BasicTransform]:
@@ -117,53 +117,111 @@ def _pca_noise(params: Mapping[str, Any]) -> list[A.BasicTransform]:
     return []
 
 
-def build_transform(preset: str, image_size: int, train: bool, params: Mapping[str, Any] | None = None) -> A.Compose:
-    """An albumentations pipeline for a preset; uint8 RGB HxWx3 in, uint8 ``image_size``^2 out.
+Ops = Callable[[int, Mapping[str, Any]], list[A.BasicTransform]]
 
-    ``none``: resize. ``gtsrb``: optional CLAHE, small affine, brightness/contrast, blur or noise, then
-    one resize (augmenting at the small native size is cheaper than at 227 px). ``paper``: shorter side to
-    256/227 of the size and centre crop to a square (:func:`paper_base`), then for training a random crop (and
-    FancyPCA with ``augment.pca=per_image``; the paper's own PCA noise is added on the device), otherwise the
-    centre crop.
-    No preset flips blindly: see ``flip_remap`` for the label-aware flip.
+
+@dataclass(frozen=True)
+class Preset:
+    """An augmentation preset (``data.augment.preset=<name>``): everything the data pipeline asks about one.
+    The DataModule, the image cache, the test views and the colour statistics read these fields, never the
+    preset's name; :func:`register_preset` adds one (docs/extending.md).
+
+    ``train`` / ``evaluate``: ``(image_size, data.augment) -> albumentations ops`` from the decoded (or cached)
+    uint8 image to ``image_size`` x ``image_size``, after the CLAHE step, which a preset with ``clahe=True``
+    gets first. ``cache_side`` / ``cache_fit``: the side the image cache stores and how it gets there
+    (``square``: a plain resize; ``shorter_side``: shorter side to it, centre crop), i.e. where ``train`` and
+    ``evaluate`` start. ``cache_is_eval``: the cached image already is the evaluation image (``evaluate`` is
+    then skipped on cached rows). ``view_source``: the image the 10 test views are cut from (None: the
+    evaluation image padded with replicated borders). ``batch_augment``: ``train``'s random part also runs on
+    whole batches on the device (``data.augment.on_device=true``). ``dataset_pca``: whether training needs
+    the training split's colour PCA (the paper's colour noise), given ``data.augment``.
+    """
+
+    name: str
+    train: Ops
+    evaluate: Ops
+    clahe: bool = True
+    cache_side: Callable[[int], int] = int
+    cache_fit: str = "square"
+    cache_is_eval: bool = False
+    view_source: Ops | None = None
+    batch_augment: bool = False
+    dataset_pca: Callable[[Mapping[str, Any]], bool] = lambda params: False
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Make ``preset`` available as ``data.augment.preset=<preset.name>`` (a name taken is a ConfigError)."""
+    if preset.name in PRESETS and PRESETS[preset.name] is not preset:
+        raise ConfigError(f"augment preset {preset.name!r} is registered already; pick another name.")
+    if preset.cache_fit not in ("square", "shorter_side"):
+        raise ConfigError(f"preset {preset.name!r}: cache_fit={preset.cache_fit!r}; allowed: square, shorter_side.")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(params: Mapping[str, Any] | str | None) -> Preset:
+    """The preset ``data.augment`` (or a preset name) names; ``none`` when unset; a ConfigError naming the
+    value and the registered names otherwise."""
+    name = params if isinstance(params, str) else (params or {}).get("preset", "none")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"augment.preset={name!r} is not a known preset; allowed: {', '.join(PRESETS)}.")
+    return PRESETS[name]
+
+
+register_preset(Preset("none", train=_resize, evaluate=_resize, clahe=False, cache_is_eval=True))
+register_preset(Preset("gtsrb", train=_gtsrb_train, evaluate=_resize, cache_is_eval=True, batch_augment=True))
+register_preset(
+    Preset(
+        "paper",
+        train=lambda s, p: [*_paper_square(s, p), A.RandomCrop(s, s), *_pca_noise(p)],
+        evaluate=lambda s, p: [*_paper_square(s, p), A.CenterCrop(s, s)],
+        cache_side=paper_big,
+        cache_fit="shorter_side",
+        view_source=_paper_square,
+        dataset_pca=lambda p: p.get("pca", "dataset") == "dataset",
+    )
+)
+
+
+def build_transform(preset: str, image_size: int, train: bool, params: Mapping[str, Any] | None = None) -> A.Compose:
+    """A preset's training or evaluation pipeline: uint8 RGB HxWx3 in, uint8 ``image_size``^2 out.
+
+    ``none``: resize (no CLAHE). ``gtsrb``: optional CLAHE, small affine, brightness/contrast, blur or noise,
+    then one resize. ``paper``: optional CLAHE, shorter side to 256/227 of the size and centre crop to a
+    square, then for training a random crop (and FancyPCA with ``augment.pca=per_image``; the paper's own
+    PCA noise is added on the device), otherwise the centre crop. No preset flips blindly: see ``flip_remap``
+    for the label-aware flip.
     """
     p = dict(params or {})
-    s = int(image_size)
-    resize = A.Resize(s, s, interpolation=cv2.INTER_LINEAR)
-    if preset == "none":
-        ops: list[A.BasicTransform] = [resize]
-    elif preset == "gtsrb":
-        ops = _clahe(p)
-        if train:
-            ops += [
-                A.Affine(
-                    scale=(1 - p.get("scale", 0.1), 1 + p.get("scale", 0.1)),
-                    translate_percent=(-p.get("shift", 0.1), p.get("shift", 0.1)),
-                    rotate=(-p.get("rotate", 10.0), p.get("rotate", 10.0)),
-                    border_mode=cv2.BORDER_REPLICATE,
-                    p=p.get("affine_p", 0.8),
-                ),
-                A.RandomBrightnessContrast(
-                    brightness_limit=p.get("brightness", 0.2), contrast_limit=p.get("contrast", 0.2), p=0.5
-                ),
-                A.OneOf(
-                    [
-                        A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, 1.0)),
-                        A.GaussNoise(std_range=(0.02, 0.06)),
-                    ],
-                    p=p.get("blur_noise_p", 0.3),
-                ),
-            ]
-        ops.append(resize)
-    elif preset == "paper":
-        ops = paper_base(s, p)
-        if train:
-            ops += [A.RandomCrop(s, s), *_pca_noise(p)]
-        else:
-            ops += [A.CenterCrop(s, s)]
+    chosen = get_preset(preset)
+    ops = (chosen.train if train else chosen.evaluate)(int(image_size), p)
+    return A.Compose([*_clahe(p, chosen), *ops])
+
+
+def view_source(image_size: int, params: Mapping[str, Any]) -> Pipeline:
+    """The image the 10 test views are cut from (see :func:`alexnet_gtsrb.evaluation.tta.tta_transform`): the
+    preset's own ``view_source`` after CLAHE, else its evaluation image padded with replicated borders to the
+    paper preset's larger side."""
+    chosen, s = get_preset(params), int(image_size)
+    if chosen.view_source is not None:
+        return A.Compose([*_clahe(params, chosen), *chosen.view_source(s, params)])
+    big = paper_big(s)
+    pad = A.PadIfNeeded(big, big, position="center", border_mode=cv2.BORDER_REPLICATE, p=1.0)
+    return A.Compose([build_transform(chosen.name, s, train=False, params=params), pad])
+
+
+def cache_pipeline(clahe: tuple[float, int] | None, fit: str, size: int) -> Pipeline:
+    """What the image cache stores: optional CLAHE, then the same first resize as the presets, so a preset's own
+    resize is a no-op on cached images. ``fit``: ``shorter_side`` (shorter side to ``size``, centre crop: the paper
+    preset's first steps) or ``square`` (a plain resize)."""
+    if fit == "shorter_side":
+        resize = [A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR), A.CenterCrop(size, size)]
     else:
-        raise ConfigError(f"augment.preset={preset!r} is not a known preset; allowed: {', '.join(PRESETS)}.")
-    return A.Compose(ops)
+        resize = [A.Resize(size, size, interpolation=cv2.INTER_LINEAR)]
+    return A.Compose([*clahe_ops(clahe), *resize])
 
 
 def flip_remap(image: np.ndarray, label: int, rng: np.random.Generator, p: float = 0.5) -> tuple[np.ndarray, int]:

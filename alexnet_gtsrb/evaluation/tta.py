@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
-from alexnet_gtsrb.data.transforms import Pipeline, padded_view_source, paper_base_pipeline
+from alexnet_gtsrb.data.transforms import Pipeline, view_source
 
 TTA_CROPS = 5
 
@@ -100,7 +100,4 @@ def tta_transform(image_size: int, augment: Mapping[str, Any]) -> Pipeline:
     ``augment`` is ``data.augment`` as the per-item pipelines see it (without CLAHE where the image cache has
     already applied it).
     """
-    preset = augment.get("preset", "none")
-    if preset == "paper":
-        return paper_base_pipeline(image_size, augment)
-    return padded_view_source(preset, image_size, augment)
+    return view_source(image_size, augment)

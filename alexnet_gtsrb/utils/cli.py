@@ -95,10 +95,19 @@ def hydra_entry_point(config_name: str, run: Callable[[Any], Any]) -> Callable[[
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
     @exit_on_user_error
     def main(cfg: Any) -> Any:
+        use_extensions(cfg)
         return run(cfg)
 
     main.__doc__ = f"Compose conf/{config_name}.yaml and run {run.__module__}.{run.__name__}."
     return main
+
+
+def use_extensions(cfg: Any) -> None:
+    """Import the modules ``cfg.extensions`` names (their presets and networks register on import)."""
+    if cfg.get("extensions"):
+        from alexnet_gtsrb.extensions import load_extensions
+
+        load_extensions(cfg.extensions)
 
 
 def _refuse(message: str) -> None:
