@@ -68,14 +68,57 @@ def _tta(cfg: DictConfig) -> bool:
     return bool(cfg.get("tta", False)) or views == 10
 
 
+SPLITS = ("test", "val")
+
+
+def _committee(cfg: DictConfig, device: str, settings: dict[str, Any]) -> list[Any]:
+    """The further checkpoints of ``committee=[...]`` (files or run folders), each with the same evaluation
+    settings as ``ckpt_path``'s (a committee averages probabilities of one image, so it must see one image)."""
+    members = cfg.get("committee") or []
+    if isinstance(members, str):
+        raise ConfigError(f"committee={members!r} must be a list: committee=[run_a,run_b].")
+    models = []
+    for member in members:
+        file, chosen_by = checkpoint_for(str(member))
+        model, data_hp = load_classifier(file, device)
+        if eval_settings(model, data_hp) != settings:
+            raise ConfigError(f"committee: {file} was trained with other evaluation settings than ckpt_path's.")
+        print_rank_zero(f"committee member: {file} ({chosen_by})")
+        models.append(model)
+    return models
+
+
+def _scored_set(cfg: DictConfig, datamodule: Any, size: int) -> tuple[str, Any, Any, bool]:
+    """(split name, dataset, loader factory, tta): the official test images, or with ``split=val`` the validation
+    split the training run held out (the checkpoint's split settings), where recipe decisions are made; with
+    ``tta`` the dataset yields the image the 10 views are cut from."""
+    split = cfg.get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}; allowed: {', '.join(SPLITS)}.")
+    datamodule.prepare_data()
+    datamodule.setup("test" if split == "test" else "validate")
+    dataset, loader = (
+        (datamodule.val_set, datamodule.val_dataloader)
+        if split == "val"
+        else (datamodule.test_set, datamodule.test_dataloader)
+    )
+    tta = _tta(cfg)
+    if tta:
+        dataset.transform = tta_transform(size, datamodule._transform_params())
+        print_rank_zero(f"tta: {TTA_CROPS} crops (centre + 4 corners) + label-mapped flips")
+    return split, dataset, loader, tta
+
+
 @torch.inference_mode()
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path`` on the official test images; write the report; return the metrics dict."""
+    """Evaluate ``cfg.ckpt_path`` (with ``committee``: the mean probabilities of several checkpoints) on the
+    official test images or the validation split; write the report; return the metrics dict."""
     device = pick_device(cfg.get("device", "auto"))
     ckpt_file, chosen_by = checkpoint_for(cfg.get("ckpt_path"))
     model, data_hp = load_classifier(ckpt_file, device)
     print_rank_zero(f"checkpoint: {ckpt_file} ({chosen_by})")
     settings = eval_settings(model, data_hp)
+    models = [model, *_committee(cfg, device, settings)]
     data_cfg = data_config(cfg.data, settings, data_hp)
     size = int(data_cfg.image_size)
     if size != settings["image_size"]:
@@ -84,21 +127,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").unlink(missing_ok=True)  # written last: its presence marks a complete report
     datamodule = instantiate(data_cfg, _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    tta = _tta(cfg)
-    if tta:
-        datamodule.test_set.transform = tta_transform(size, datamodule._transform_params())
-        print_rank_zero(f"tta: {TTA_CROPS} crops (centre + 4 corners) + label-mapped flips")
-    test_set = datamodule.test_set
-    scores, wrong, error_rows, skipped = _score(model, datamodule, device, size, tta)
+    split, dataset, loader, tta = _scored_set(cfg, datamodule, size)
+    scores, wrong, error_rows, skipped = _score(models, datamodule, dataset, loader(), device, size, tta)
     cm = scores["confmat"]
     total = int(cm.sum())
     if total == 0:
-        raise UserError(f"No test image could be evaluated under {data_cfg.data_dir}.")
+        raise UserError(f"No {split} image could be evaluated under {data_cfg.data_dir}.")
     correct = int(cm.diag().sum())
     acc = float(scores["acc_micro"])
-    test_info = describe_test_set(r.label for r in test_set.records)
+    test_info = describe_test_set(r.label for r in dataset.records)
+    if split == "val":
+        test_info["note"] = f"the validation split the run held out ({len(dataset.records):,} training-set images)"
     macro = {name: float(scores[f"{name}_macro"]) for name in SCORES}
     rows = per_class_rows(scores, cm)
 
@@ -107,10 +146,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     save_figure(misclassified_figure(wrong, MAX_MISCLASSIFIED), out_dir / "misclassified.png")
     _write_errors(error_rows, out_dir / "misclassified.csv")
     metrics = {
-        "test/acc": correct / total,
-        **interval_metrics("test/acc", correct, total),
-        "test/acc_torchmetrics": acc,
-        **{f"test/{name}_macro": value for name, value in macro.items()},
+        f"{split}/acc": correct / total,
+        **interval_metrics(f"{split}/acc", correct, total),
+        f"{split}/acc_torchmetrics": acc,
+        **{f"{split}/{name}_macro": value for name, value in macro.items()},
+        "split": split,
         "correct": correct,
         "num_images": total,
         "skipped_images": skipped,
@@ -118,6 +158,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "views_per_image": 2 * TTA_CROPS if tta else 1,
         "ckpt_path": str(ckpt_file),
         "ckpt_chosen_by": chosen_by,
+        "committee": [str(m) for m in cfg.get("committee") or []],
         "test_set": test_info,
         "data_dir": str(datamodule.index.root),
         "settings": {**settings, "image_size": size},
@@ -125,36 +166,39 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     with atomic_write(out_dir / "metrics.json", "w") as f:  # after every other output, never half-written
         f.write(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
-    _log_scalars(cfg, {"test/acc": correct / total, **{f"test/{k}_macro": v for k, v in macro.items()}}, cm, rows)
+    scalars = {f"{split}/acc": correct / total, **{f"{split}/{k}_macro": v for k, v in macro.items()}}
+    _log_scalars(cfg, scalars, cm, rows, split)
 
     _print_summary(metrics, macro, out_dir)
     return metrics
 
 
-def _score(model: Any, datamodule: Any, device: str, size: int, tta: bool) -> tuple[dict[str, Any], list, list, int]:
-    """One pass over the test loader: (torchmetrics scores, the first misclassified images, a row per error,
-    the number of unreadable images skipped)."""
-    metrics_all = class_metrics(int(model.hparams.num_classes), device)
+def _score(
+    models: list[Any], datamodule: Any, dataset: Any, loader: Any, device: str, size: int, tta: bool
+) -> tuple[dict[str, Any], list, list, int]:
+    """One pass over the loader: (torchmetrics scores, the first misclassified images, a row per error, the
+    number of unreadable images skipped). Several models: their probabilities averaged (a committee)."""
+    metrics_all = class_metrics(int(models[0].hparams.num_classes), device)
     wrong: list[tuple[np.ndarray, int, int, float]] = []
     error_rows: list[dict[str, Any]] = []
-    skipped = 0
-    loader = datamodule.test_dataloader()
-    test_set, start = datamodule.test_set, 0
+    skipped, start = 0, 0
     for images, labels, n_skipped in tqdm(loader, desc="evaluate", unit="batch", disable=None, file=sys.stderr):
         skipped += int(n_skipped)
-        indices = _kept_indices(test_set, start, len(labels) + int(n_skipped), int(n_skipped))
+        indices = _kept_indices(dataset, start, len(labels) + int(n_skipped), int(n_skipped))
         start += len(labels) + int(n_skipped)
         if labels.numel() == 0:
             continue
         images, labels = images.to(device), labels.to(device)
-        probs = tta_probabilities(model, images, size) if tta else model(images).float().softmax(dim=-1)
+        probs = torch.stack(
+            [tta_probabilities(m, images, size) if tta else m(images).float().softmax(dim=-1) for m in models]
+        ).mean(dim=0)
         metrics_all.update(probs, labels)
         conf, pred = probs.max(dim=-1)
         for i in torch.nonzero(pred != labels).flatten().tolist():
             true, guess, confidence = int(labels[i]), int(pred[i]), float(conf[i])
             if len(wrong) < MAX_MISCLASSIFIED:
                 wrong.append((images[i].cpu().numpy(), true, guess, confidence))
-            path = test_set.records[indices[i]].path
+            path = dataset.records[indices[i]].path
             error_rows.append(_error_row(path, datamodule.index.root, true, guess, confidence))
     return {k: v.cpu() for k, v in metrics_all.compute().items()}, wrong, error_rows, skipped
 
@@ -165,7 +209,7 @@ def _print_summary(metrics: dict[str, Any], macro: dict[str, float], out_dir: Pa
     if total != test_info["images"]:
         skipped = metrics["skipped_images"]
         print_rank_zero(f"evaluated: {total} of its {test_info['images']} images ({skipped} unreadable, skipped)")
-    print_rank_zero(f"test/acc: {format_accuracy(metrics['correct'], total)}")
+    print_rank_zero(f"{metrics['split']}/acc: {format_accuracy(metrics['correct'], total)}")
     print_rank_zero("macro averages: " + ", ".join(f"{k} {v:.4f}" for k, v in macro.items()))
     print_rank_zero("worst classes:")
     for line in (out_dir / "per_class.md").read_text().splitlines()[:12]:
@@ -200,19 +244,24 @@ def _write_errors(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _log_scalars(cfg: DictConfig, scalars: dict[str, float], cm: torch.Tensor, rows: list[dict[str, Any]]) -> None:
-    """test/acc, the macro averages and per-class precision/recall/F1 to every logger of the logger group, and
-    the confusion-matrix figure to TensorBoard."""
-    per_class = {f"test_class_{name}/{r['class_id']:02d}": r[name] for r in rows if r["support"] for name in SCORES[1:]}
+def _log_scalars(
+    cfg: DictConfig, scalars: dict[str, float], cm: torch.Tensor, rows: list[dict[str, Any]], split: str
+) -> None:
+    """<split>/acc, the macro averages and per-class precision/recall/F1 to every logger of the logger group,
+    and the confusion-matrix figure to TensorBoard."""
+    per_class = {
+        f"{split}_class_{name}/{r['class_id']:02d}": r[name] for r in rows if r["support"] for name in SCORES[1:]
+    }
     loggers = LoggerGroup(cfg.get("logger"))
     loggers.scalars({**scalars, **per_class}, step=0)
-    loggers.figure("test/confusion_matrix", lambda: confusion_figure(cm))
+    loggers.figure(f"{split}/confusion_matrix", lambda: confusion_figure(cm))
     loggers.close()
 
 
 def _test_accuracy(cfg: DictConfig) -> float:
-    """Evaluate and return test/acc (for a sweeper)."""
-    return float(evaluate(cfg)["test/acc"])
+    """Evaluate and return the accuracy (for a sweeper)."""
+    metrics = evaluate(cfg)
+    return float(metrics[f"{metrics['split']}/acc"])
 
 
 main = hydra_entry_point("eval", _test_accuracy)

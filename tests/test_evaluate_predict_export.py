@@ -130,6 +130,64 @@ def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
     assert any(t.startswith("test_class_recall/") for t in tags)
 
 
+@pytest.mark.slow
+def test_evaluate_a_committee_on_the_validation_split(tiny_ckpt, synthetic_root, tmp_path):
+    """``split=val committee=[second]``: every image of the validation split the run held out, scored by the
+    mean of two checkpoints' probabilities; the correct count equals that mean computed here, image by image,
+    from the two models (the second is the first with its weights perturbed, so the two disagree)."""
+    from alexnet_gtsrb.data.datamodule import GTSRBDataModule
+    from tests.helpers import run_in_process
+
+    raw = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    for name, value in raw["state_dict"].items():
+        if value.is_floating_point() and name.endswith("weight"):
+            value.add_(0.5 * value.std() * torch.randn(value.shape, generator=generator))
+    second = tmp_path / "second.ckpt"
+    torch.save(raw, second)
+    run_dir = tmp_path / "eval_val"
+    args = [f"ckpt_path={tiny_ckpt}", f"committee=[{second}]", "split=val", f"data.data_dir={synthetic_root}"]
+    proc = run_in_process("evaluate", [*args, f"hydra.run.dir={run_dir}", "logger=none"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["split"] == "val" and "val/acc" in metrics and "test/acc" not in metrics
+    assert re.search(r"^val/acc: ", proc.stdout, re.M) and f"committee member: {second}" in proc.stdout
+
+    models = [load_classifier(str(path))[0] for path in (tiny_ckpt, second)]
+    settings = eval_settings(*load_classifier(str(tiny_ckpt)))
+    dm = GTSRBDataModule(
+        data_dir=str(synthetic_root),
+        image_size=IMAGE_SIZE,
+        roi_crop=settings["roi_crop"],
+        augment=settings["augment"],
+        num_workers=0,
+        verify=False,
+    )
+    dm.setup("validate")
+    assert metrics["num_images"] == len(dm.val_set) > 0
+    assert not {r.track for r in dm.val_set.records} & {r.track for r in dm.train_set.records}
+    images, labels = zip(*(dm.val_set.load(i) for i in range(len(dm.val_set))), strict=True)
+    batch = torch.from_numpy(np.stack(images))
+    with torch.inference_mode():
+        probs = [m(batch).softmax(dim=-1) for m in models]
+    predictions = [p.argmax(dim=-1) for p in probs]
+    assert not torch.equal(predictions[0], predictions[1])  # two opinions: the committee is not one model
+    mean = (probs[0] + probs[1]) / 2
+    assert metrics["correct"] == int((mean.argmax(dim=-1) == torch.tensor(labels)).sum())
+    with open(run_dir / "misclassified.csv") as f:  # each error's class and confidence: the mean's, not one model's
+        errors = {r["file"]: r for r in csv.DictReader(f)}
+    rows = {Path(r.path).relative_to(dm.index.root).as_posix(): i for i, r in enumerate(dm.val_set.records)}
+    assert errors and len(errors) == metrics["num_images"] - metrics["correct"]
+    for file, row in errors.items():
+        confidence, pred = mean[rows[file]].max(dim=-1)
+        assert int(row["pred_id"]) == int(pred) and float(row["confidence"]) == pytest.approx(
+            float(confidence), abs=2e-4
+        )
+
+    bad = run_in_process("evaluate", [*args[:1], "split=train", f"data.data_dir={synthetic_root}"])
+    assert bad.returncode == 2 and "split='train'; allowed: test, val" in bad.stderr
+
+
 def _gt_labels(root: Path) -> dict[str, int]:
     """{file name: ClassId} straight from the official test CSV (semicolon-separated)."""
     with open(root / "GTSRB" / "Final_Test" / "Images" / "GT-final_test.csv", newline="") as f:
