@@ -36,9 +36,9 @@ from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.errors import ConfigError
 from alexnet_gtsrb.inference import eval_settings, load_classifier
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
-from alexnet_gtsrb.utils.extras import require_extra
 from alexnet_gtsrb.utils.files import atomic_path
-from alexnet_gtsrb.utils.nets import unwrap_compiled
+from alexnet_gtsrb.utils.optional_deps import require_extra
+from alexnet_gtsrb.utils.wrappers import unwrap_compiled
 
 log = logging.getLogger(__name__)
 

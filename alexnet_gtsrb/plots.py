@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from alexnet_gtsrb.data.classes import class_name
-from alexnet_gtsrb.utils.nets import unwrap_compiled
+from alexnet_gtsrb.utils.wrappers import unwrap_compiled
 
 DPI = 110
 

@@ -40,7 +40,7 @@ from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError, int_setti
 from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
 from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point
-from alexnet_gtsrb.utils.extras import require_extra
+from alexnet_gtsrb.utils.optional_deps import require_extra
 
 FORMATS = ("table", "json")
 

@@ -46,8 +46,8 @@ from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.plots import image_grid_figure, reliability_figure, save_figure
 from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
-from alexnet_gtsrb.utils.extras import require_extra
 from alexnet_gtsrb.utils.files import atomic_write
+from alexnet_gtsrb.utils.optional_deps import require_extra
 
 log = logging.getLogger(__name__)
 

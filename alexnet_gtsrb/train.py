@@ -75,7 +75,7 @@ from alexnet_gtsrb.provenance import device_name, provenance
 from alexnet_gtsrb.run_folder import TEST_CKPT_RULES, check_test_ckpt, claim_run_folder
 from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero, use_extensions
 from alexnet_gtsrb.utils.files import atomic_write
-from alexnet_gtsrb.utils.nets import global_batch_size
+from alexnet_gtsrb.utils.wrappers import global_batch_size
 
 log = logging.getLogger(__name__)
 DUMP_SHARDS_ENV = "ALEXNET_GTSRB_DUMP_SHARDS"
@@ -378,7 +378,7 @@ def main() -> None:
     not; Hydra's own error names neither), then let Hydra compose and run :func:`hydra_main`."""
     import sys
 
-    from alexnet_gtsrb.utils.extras import require_extras_for_overrides
+    from alexnet_gtsrb.utils.optional_deps import require_extras_for_overrides
 
     exit_on_user_error(require_extras_for_overrides)(sys.argv[1:])
     register_sweeper()

@@ -22,7 +22,7 @@ import pytest
 
 from alexnet_gtsrb.errors import UserError
 from alexnet_gtsrb.utils import extras
-from alexnet_gtsrb.utils.extras import require_extra, require_extras_for_overrides
+from alexnet_gtsrb.utils.optional_deps import require_extra, require_extras_for_overrides
 from tests.helpers import CONF, ROOT, tiny_overrides
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+

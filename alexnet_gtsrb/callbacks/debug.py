@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 
 from alexnet_gtsrb.models.layer_summary import format_summary, summary_rows
-from alexnet_gtsrb.utils.nets import unwrap_compiled
+from alexnet_gtsrb.utils.wrappers import unwrap_compiled
 
 
 class LayerSummary(L.Callback):

@@ -22,7 +22,7 @@ from alexnet_gtsrb.callbacks.ema import EMAWeights
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.plots import confusion_figure, conv1_kernel_grid
 from alexnet_gtsrb.provenance import device_name, provenance
-from alexnet_gtsrb.utils.nets import global_batch_size
+from alexnet_gtsrb.utils.wrappers import global_batch_size
 
 HPARAMS_METRICS = ("val/acc_best", "test/acc", "test/loss")
 

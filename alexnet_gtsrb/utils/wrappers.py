@@ -1,4 +1,4 @@
-"""Networks and trainers: the module under a ``torch.compile`` wrapper, the global batch size."""
+"""What wraps a network at run time: torch.compile's module (unwrapped), the ranks of DDP (the global batch size)."""
 
 from __future__ import annotations
 
