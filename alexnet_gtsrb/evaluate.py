@@ -1,4 +1,4 @@
-"""Entry point: ``python -m alexnet_gtsrb.evaluate ckpt_path=PATH [data.data_dir=DIR] [tta=true | test_views=10]``.
+"""Entry point: ``python -m alexnet_gtsrb.evaluate ckpt_path=PATH [data.data_dir=DIR] [test_views=10] [split=val]``.
 
 Evaluates a trained checkpoint on the official GTSRB test images and writes a report into the run folder
 (``${paths.output_dir}``): ``metrics.json``, ``per_class.csv`` / ``per_class.md`` (worst classes first),
@@ -43,10 +43,11 @@ from tqdm import tqdm
 
 from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.data.dataset import GTSRBDataset
+from alexnet_gtsrb.data.transforms import view_source
 from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, interval_metrics
 from alexnet_gtsrb.evaluation.per_class import SCORES, class_metrics, per_class_rows, write_per_class
-from alexnet_gtsrb.evaluation.tta import TTA_CROPS, tta_probabilities, tta_transform
+from alexnet_gtsrb.evaluation.views import CROPS, ten_view_probabilities
 from alexnet_gtsrb.inference import data_config, eval_settings, load_classifier, pick_device
 from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.plots import confusion_figure, misclassified_figure, save_figure
@@ -60,12 +61,12 @@ MAX_MISCLASSIFIED = 64
 
 
 # -- the evaluation -------------------------------------------------------------------------------------------
-def _tta(cfg: DictConfig) -> bool:
-    """``tta=true`` or ``test_views=10`` (the training config's name): the paper's 10 views."""
+def _ten_views(cfg: DictConfig) -> bool:
+    """``test_views=10``: the paper's 10 views (5 crops and their label-mapped flips); 1: the centre view."""
     views = cfg.get("test_views")
     if views is not None and (views not in (1, 10) or isinstance(views, bool)):
         raise ConfigError(f"test_views={views!r}; allowed: 1 (one centre view), 10 (5 crops + label-mapped flips).")
-    return bool(cfg.get("tta", False)) or views == 10
+    return views == 10
 
 
 SPLITS = ("test", "val")
@@ -89,9 +90,9 @@ def _committee(cfg: DictConfig, device: str, settings: dict[str, Any]) -> list[A
 
 
 def _scored_set(cfg: DictConfig, datamodule: Any, size: int) -> tuple[str, Any, Any, bool]:
-    """(split name, dataset, loader factory, tta): the official test images, or with ``split=val`` the validation
+    """(split name, dataset, loader factory, ten views): the official test images, or with ``split=val`` the validation
     split the training run held out (the checkpoint's split settings), where recipe decisions are made; with
-    ``tta`` the dataset yields the image the 10 views are cut from."""
+    ``test_views=10`` the dataset yields the image the 10 views are cut from."""
     split = cfg.get("split", "test")
     if split not in SPLITS:
         raise ConfigError(f"split={split!r}; allowed: {', '.join(SPLITS)}.")
@@ -102,11 +103,11 @@ def _scored_set(cfg: DictConfig, datamodule: Any, size: int) -> tuple[str, Any, 
         if split == "val"
         else (datamodule.test_set, datamodule.test_dataloader)
     )
-    tta = _tta(cfg)
-    if tta:
-        dataset.transform = tta_transform(size, datamodule._transform_params())
-        print_rank_zero(f"tta: {TTA_CROPS} crops (centre + 4 corners) + label-mapped flips")
-    return split, dataset, loader, tta
+    ten = _ten_views(cfg)
+    if ten:
+        dataset.transform = view_source(size, datamodule._transform_params())
+        print_rank_zero(f"test views: {CROPS} crops (centre + 4 corners) + label-mapped flips")
+    return split, dataset, loader, ten
 
 
 @torch.inference_mode()
@@ -127,8 +128,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").unlink(missing_ok=True)  # written last: its presence marks a complete report
     datamodule = instantiate(data_cfg, _convert_="all")
-    split, dataset, loader, tta = _scored_set(cfg, datamodule, size)
-    scores, wrong, error_rows, skipped = _score(models, datamodule, dataset, loader(), device, size, tta)
+    split, dataset, loader, ten = _scored_set(cfg, datamodule, size)
+    scores, wrong, error_rows, skipped = _score(models, datamodule, dataset, loader(), device, size, ten)
     cm = scores["confmat"]
     total = int(cm.sum())
     if total == 0:
@@ -154,8 +155,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "correct": correct,
         "num_images": total,
         "skipped_images": skipped,
-        "tta": tta,
-        "views_per_image": 2 * TTA_CROPS if tta else 1,
+        "test_views": 2 * CROPS if ten else 1,
         "ckpt_path": str(ckpt_file),
         "ckpt_chosen_by": chosen_by,
         "committee": [str(m) for m in cfg.get("committee") or []],
@@ -174,7 +174,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _score(
-    models: list[Any], datamodule: Any, dataset: Any, loader: Any, device: str, size: int, tta: bool
+    models: list[Any], datamodule: Any, dataset: Any, loader: Any, device: str, size: int, ten: bool
 ) -> tuple[dict[str, Any], list, list, int]:
     """One pass over the loader: (torchmetrics scores, the first misclassified images, a row per error, the
     number of unreadable images skipped). Several models: their probabilities averaged (a committee)."""
@@ -190,7 +190,7 @@ def _score(
             continue
         images, labels = images.to(device), labels.to(device)
         probs = torch.stack(
-            [tta_probabilities(m, images, size) if tta else m(images).float().softmax(dim=-1) for m in models]
+            [ten_view_probabilities(m, images, size) if ten else m(images).float().softmax(dim=-1) for m in models]
         ).mean(dim=0)
         metrics_all.update(probs, labels)
         conf, pred = probs.max(dim=-1)

@@ -179,15 +179,15 @@ class GTSRBClassifier(LightningModule):
         return {"loss": loss, "preds": logits.argmax(dim=-1), "target": y}
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        """One view per image, or with ``test_views = 10`` the paper's ten (5 crops of the enlarged test image
-        and their label-mapped flips, softmax averaged: :func:`alexnet_gtsrb.evaluation.tta.tta_probabilities`)."""
+        """One view per image, or with ``test_views = 10`` the paper's ten (5 crops of the enlarged test image and
+        their label-mapped flips, softmax averaged: :func:`alexnet_gtsrb.evaluation.views.ten_view_probabilities`)."""
         if self.test_views == 1:
             self._shared_step(batch, "test")
             return
-        from alexnet_gtsrb.evaluation.tta import tta_probabilities
+        from alexnet_gtsrb.evaluation.views import ten_view_probabilities
 
         size = int(self.hparams.net["image_size"])
-        self._shared_step(batch, "test", lambda x: tta_probabilities(self, x, size).clamp_min(1e-12).log())
+        self._shared_step(batch, "test", lambda x: ten_view_probabilities(self, x, size).clamp_min(1e-12).log())
 
     def on_train_start(self) -> None:
         # Sanity-check validation must not count towards the best accuracy; a resumed run keeps its best.

@@ -12,7 +12,7 @@ from tests.helpers import ROOT
 
 TOOLS = {  # module -> (console script, words its help must show)
     "train": ("alexnet-gtsrb-train", ["experiment=demo", "ckpt_path=last", "== Configuration groups", "experiment:"]),
-    "evaluate": ("alexnet-gtsrb-evaluate", ["ckpt_path", "tta=true", "data.data_dir"]),
+    "evaluate": ("alexnet-gtsrb-evaluate", ["ckpt_path", "test_views=10", "data.data_dir"]),
     "predict": ("alexnet-gtsrb-predict", ["images=[a.ppm,b.png]", "top_k", "calibration"]),
     "export": ("alexnet-gtsrb-export", ["format=onnx", "format=torchscript"]),
     "robustness": ("alexnet-gtsrb-robustness", ["suites=[calibration]", "adversarial.epsilons"]),

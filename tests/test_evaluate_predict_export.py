@@ -20,7 +20,7 @@ import torch
 from alexnet_gtsrb.data.classes import CLASS_NAMES, NUM_CLASSES
 from alexnet_gtsrb.data.io import decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform, normalize_uint8
-from alexnet_gtsrb.evaluation.tta import _flip_source_index, five_crops
+from alexnet_gtsrb.evaluation.views import _flip_source_index, five_crops
 from alexnet_gtsrb.inference import eval_settings, load_classifier
 from tests.helpers import compose_config, read_event_tags, run_module
 
@@ -83,7 +83,7 @@ def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
     assert printed == pytest.approx(metrics["test/acc"], abs=5e-5)
     assert metrics["test/acc_torchmetrics"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert metrics["settings"]["image_size"] == IMAGE_SIZE  # from the checkpoint, not the data group's 227
-    assert metrics["tta"] is False and metrics["views_per_image"] == 1
+    assert metrics["test_views"] == 1
     # the 95% Wilson interval (Wilson 1927), written out here: centre and half-width of the score interval
     k, z = metrics["correct"], 1.959964
     p, d = k / n_test, 1 + z * z / n_test
@@ -262,8 +262,8 @@ def _ten_view_probabilities(model: torch.nn.Module, plain: list[np.ndarray], siz
 
 
 @pytest.mark.slow
-def test_evaluate_tta(tiny_ckpt, synthetic_root, tmp_path):
-    """``tta=true`` on a gtsrb-preset checkpoint equals the 10-view average computed here by hand from each
+def test_evaluate_ten_views(tiny_ckpt, synthetic_root, tmp_path):
+    """``test_views=10`` on a gtsrb-preset checkpoint equals the 10-view average computed here by hand from each
     image's one-view evaluation image: the same correct count, and the same predicted class and confidence for
     every misclassified image (a near-chance checkpoint: most images are in misclassified.csv)."""
     from alexnet_gtsrb.data.datamodule import GTSRBDataModule
@@ -275,14 +275,14 @@ def test_evaluate_tta(tiny_ckpt, synthetic_root, tmp_path):
             f"ckpt_path={tiny_ckpt}",
             f"data.data_dir={synthetic_root}",
             f"hydra.run.dir={run_dir}",
-            "tta=true",
+            "test_views=10",
             "logger=none",
         ],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "tta: 5 crops" in proc.stdout
+    assert "test views: 5 crops" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["tta"] is True and metrics["views_per_image"] == 10
+    assert metrics["test_views"] == 10
     assert metrics["num_images"] == len(_test_images(synthetic_root))
     assert not (run_dir / "tensorboard").exists()  # logger=none
     with open(run_dir / "misclassified.csv") as f:

@@ -14,7 +14,7 @@ from alexnet_gtsrb.data.dataset import GTSRBDataset
 from alexnet_gtsrb.data.gtsrb import index_gtsrb
 from alexnet_gtsrb.data.transforms import build_transform
 from alexnet_gtsrb.errors import ConfigError
-from alexnet_gtsrb.evaluation.tta import tta_probabilities
+from alexnet_gtsrb.evaluation.views import ten_view_probabilities
 from tests.helpers import compose_config, tiny_overrides
 
 
@@ -24,7 +24,7 @@ def _cfg(overrides: list[str], run_dir):
 
 @pytest.mark.slow
 def test_ten_view_test_at_the_end_of_training(synthetic_root, tmp_path):
-    """test_views=10: the test step averages the 10 views; its test/acc equals tta_probabilities' accuracy."""
+    """test_views=10: the test step averages the 10 views; its test/acc equals ten_view_probabilities' accuracy."""
     from alexnet_gtsrb.train import train
 
     limits = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
@@ -39,7 +39,7 @@ def test_ten_view_test_at_the_end_of_training(synthetic_root, tmp_path):
     with torch.no_grad():
         for batch in dm.test_dataloader():
             x, y, _ = dm.on_after_batch_transfer(batch, 0)
-            correct += int((tta_probabilities(model, x, 67).argmax(-1) == y).sum())
+            correct += int((ten_view_probabilities(model, x, 67).argmax(-1) == y).sum())
             total += len(y)
     assert total == len(dm.test_set) == 86
     assert metrics["test/acc"] == pytest.approx(correct / total, abs=1e-6)
@@ -102,13 +102,13 @@ def test_sample_grid_logs_a_flipped_mirror_pair_image_with_the_swapped_label(syn
         assert cell.startswith("20_" if was_flipped else "19_"), (cell, was_flipped)
 
 
-def test_evaluate_takes_test_views_as_the_name_for_tta():
+def test_evaluate_takes_test_views_as_training_does():
     from omegaconf import OmegaConf
 
-    from alexnet_gtsrb.evaluate import _tta
+    from alexnet_gtsrb.evaluate import _ten_views
 
-    assert _tta(OmegaConf.create({"tta": False, "test_views": 10}))
-    assert _tta(OmegaConf.create({"tta": True, "test_views": None}))
-    assert not _tta(OmegaConf.create({"tta": False, "test_views": 1}))
-    with pytest.raises(ConfigError, match=r"test_views=3; allowed: 1 .*10"):
-        _tta(OmegaConf.create({"tta": False, "test_views": 3}))
+    assert _ten_views(OmegaConf.create({"test_views": 10}))
+    assert not _ten_views(OmegaConf.create({"test_views": 1}))
+    for bad in (3, True):
+        with pytest.raises(ConfigError, match=r"test_views=.*; allowed: 1 .*10"):
+            _ten_views(OmegaConf.create({"test_views": bad}))

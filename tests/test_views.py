@@ -13,8 +13,8 @@ import torch
 from omegaconf import OmegaConf
 
 from alexnet_gtsrb.data.io import decode_rgb
-from alexnet_gtsrb.data.transforms import build_transform
-from alexnet_gtsrb.evaluation.tta import five_crops, tta_probabilities, tta_transform
+from alexnet_gtsrb.data.transforms import build_transform, view_source
+from alexnet_gtsrb.evaluation.views import five_crops, ten_view_probabilities
 from tests.helpers import CONF
 
 SIZE = 67
@@ -35,7 +35,7 @@ def _photo(h: int, w: int, seed: int) -> np.ndarray:
 
 
 def _views(image: np.ndarray, augment: dict) -> list[np.ndarray]:
-    big = tta_transform(SIZE, augment)(image=image)["image"]
+    big = view_source(SIZE, augment)(image=image)["image"]
     return [c[0].numpy() for c in five_crops(torch.from_numpy(big)[None], SIZE)]
 
 
@@ -89,7 +89,7 @@ def test_paper_views_are_crops_of_the_image_the_paper_preset_trains_on(gtsrb_roo
     for path in sorted(Path(gtsrb_root, "GTSRB", "Final_Test", "Images").glob("*.ppm"))[:5]:
         image = decode_rgb(str(path))
         plain = build_transform("paper", SIZE, train=False, params=augment)(image=image)["image"]
-        big = tta_transform(SIZE, augment)(image=image)["image"]
+        big = view_source(SIZE, augment)(image=image)["image"]
         assert big.shape == (BIG, BIG, 3)
         assert np.array_equal(_views(image, augment)[0], plain)
 
@@ -138,7 +138,7 @@ def test_flipped_view_of_a_mirror_pair_sign_counts_for_its_twin_and_not_for_one_
     flipped[[CURVE_LEFT, CURVE_RIGHT, SPEED_30, YIELD]] = torch.tensor([-1.0, 3.0, 4.0, 1.0])
     image = np.zeros((BIG, BIG, 3), np.uint8)
     image[:, BIG // 2 :] = 200
-    probs = tta_probabilities(_Scripted(plain, flipped), torch.from_numpy(image)[None], SIZE)[0].double()
+    probs = ten_view_probabilities(_Scripted(plain, flipped), torch.from_numpy(image)[None], SIZE)[0].double()
 
     p, pf = plain.double().softmax(0).numpy(), flipped.double().softmax(0).numpy()
     q = p.copy()

@@ -36,7 +36,6 @@ from alexnet_gtsrb.data.transforms import (
     view_source,
 )
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
-from alexnet_gtsrb.evaluation.tta import tta_transform
 
 log = logging.getLogger(__name__)
 TEST_VIEWS = (1, 10)  # the test after training: the centre view, or the paper's 10 views (5 crops x flips)
@@ -303,7 +302,7 @@ class GTSRBDataModule(LightningDataModule):
     def _test_transform(self, eval_tf: Pipeline | None) -> Pipeline | None:
         if self.test_views == 1:
             return eval_tf
-        return tta_transform(self.hparams.image_size, self._transform_params())
+        return view_source(self.hparams.image_size, self._transform_params())
 
     def _transform_params(self) -> dict[str, Any]:
         """``data.augment`` for the per-item pipelines: without CLAHE when the image cache already applied it."""

@@ -202,9 +202,20 @@ def build_transform(preset: str, image_size: int, train: bool, params: Mapping[s
 
 
 def view_source(image_size: int, params: Mapping[str, Any]) -> Pipeline:
-    """The image the 10 test views are cut from (see :func:`alexnet_gtsrb.evaluation.tta.tta_transform`): the
-    preset's own ``view_source`` after CLAHE, else its evaluation image padded with replicated borders to the
-    paper preset's larger side."""
+    """The image the 5 crops of the 10 test views (:mod:`alexnet_gtsrb.evaluation.views`) are cut from, with the
+    sign at the size the preset trains on: the preset's own ``view_source`` after CLAHE, else its evaluation
+    image padded with replicated borders to the paper preset's larger side (256/227 of the size).
+
+    * ``paper``: its evaluation pipeline without the final centre crop (CLAHE if set, shorter side to 256/227
+      of the size, centre square): it trains on random crops of that same image, so every view shows the sign
+      at the training scale (Krizhevsky et al. 2012, section 4.1).
+    * ``gtsrb`` and ``none`` train on the whole (ROI) image resized to ``image_size``: the centre view is then
+      exactly the one-view evaluation image and each corner view is it shifted by half the padding (4-5 px at
+      67 px, 14-15 px at 227 px: 6-7.5% of the side), the sign keeping its training size; the ``gtsrb``
+      preset trains with shifts of up to 10% and the same replicated borders (``none`` without shifts).
+
+    ``params`` is ``data.augment`` as the per-item pipelines see it (without CLAHE where the image cache has
+    already applied it)."""
     chosen, s = get_preset(params), int(image_size)
     if chosen.view_source is not None:
         return A.Compose([*_clahe(params, chosen), *chosen.view_source(s, params)])

@@ -1,18 +1,16 @@
-"""Flip-safe test-time augmentation: five crops, each with a horizontal flip used only through the label mapping
-under which it is valid (GTSRB has left/right sign pairs). The crops are cut at the scale the preset trains at
-(:func:`tta_transform`)."""
+"""The paper's 10 test views (``test_views=10``), flip-safe: five crops, each with a horizontal flip used only
+through the label mapping under which it is valid (GTSRB has left/right sign pairs). The crops are cut from the
+image :func:`alexnet_gtsrb.data.transforms.view_source` gives, at the scale the preset trains at."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
-from alexnet_gtsrb.data.transforms import Pipeline, view_source
 
-TTA_CROPS = 5
+CROPS = 5
 
 
 def _flip_source_index(num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,15 +42,15 @@ def five_crops(images: torch.Tensor, size: int) -> list[torch.Tensor]:
     hd, wd = _hw_dims(images)
     h, w = images.shape[hd], images.shape[wd]
     if h < size or w < size:
-        raise ValueError(f"TTA: images of {h}x{w} are smaller than the crop size {size}")
+        raise ValueError(f"test views: images of {h}x{w} are smaller than the crop size {size}")
     top, left = (h - size) // 2, (w - size) // 2
     corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
     return [images.narrow(hd, y, size).narrow(wd, x, size) for y, x in [(top, left), *corners]]
 
 
 @torch.inference_mode()
-def tta_probabilities(model: Any, images: torch.Tensor, size: int) -> torch.Tensor:
-    """Flip-safe TTA: softmax averaged over 5 crops, each with a label-mapped horizontal flip.
+def ten_view_probabilities(model: Any, images: torch.Tensor, size: int) -> torch.Tensor:
+    """The 10 views' softmax averaged over 5 crops, each with a label-mapped horizontal flip.
 
     The paper averages 10 views (5 crops and their flips); on GTSRB a flip changes the meaning of some
     signs, and at test time the class is unknown, so a flipped view is used only through the label mapping
@@ -83,21 +81,3 @@ def tta_probabilities(model: Any, images: torch.Tensor, size: int) -> torch.Tens
         view = (p + q) / 2
         total = total + view
     return total / len(crops)
-
-
-def tta_transform(image_size: int, augment: Mapping[str, Any]) -> Pipeline:
-    """The image the 5 crops of ``image_size`` are cut from, with the sign at the size the preset trains on.
-
-    * ``paper``: the paper preset's evaluation pipeline without its final centre crop (CLAHE if set, shorter
-      side to 256/227 of the size, centre square): it trains on random crops of that same image, so every view
-      shows the sign at the training scale (Krizhevsky et al. 2012, section 4.1).
-    * ``gtsrb`` and ``none`` train on the whole (ROI) image resized to ``image_size``: the views come from that
-      evaluation image, padded with replicated borders to 256/227 of the size. The centre view is then exactly
-      the one-view evaluation image and each corner view is it shifted by half the padding (4-5 px at 67 px,
-      14-15 px at 227 px: 6-7.5% of the side), the sign keeping its training size; the ``gtsrb`` preset
-      trains with shifts of up to 10% and the same replicated borders (``none`` trains without shifts).
-
-    ``augment`` is ``data.augment`` as the per-item pipelines see it (without CLAHE where the image cache has
-    already applied it).
-    """
-    return view_source(image_size, augment)
