@@ -22,7 +22,7 @@ from alexnet_gtsrb.utils.early import answer_early
 
 answer_early("robustness", "alexnet-gtsrb-robustness", __name__ == "__main__")  # before torch is imported
 
-import csv
+
 import json
 import logging
 import time
@@ -46,7 +46,7 @@ from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.plots import image_grid_figure, reliability_figure, save_figure
 from alexnet_gtsrb.run_folder import checkpoint_for
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
-from alexnet_gtsrb.utils.files import atomic_write
+from alexnet_gtsrb.utils.files import atomic_write, write_table
 from alexnet_gtsrb.utils.optional_deps import require_extra
 
 log = logging.getLogger(__name__)
@@ -83,19 +83,6 @@ def _check_counts(cfg: DictConfig, suites: Sequence[str]) -> tuple[int, int | No
         int_setting("gradcam.num_wrong", cfg.gradcam.num_wrong, 0)
     batch_size = int_setting("batch_size", cfg.batch_size, 1)
     return batch_size, int_setting("max_images", cfg.get("max_images"), 1, null="all test images")
-
-
-def write_table(rows: list[dict[str, Any]], out_dir: Path, stem: str, title: str) -> None:
-    """``<stem>.csv`` and ``<stem>.md`` of the same rows."""
-    keys = list(rows[0]) if rows else []
-    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [f"# {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
-    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 def corruption_matrix(rows: list[dict[str, Any]], severities: Sequence[int]) -> list[dict[str, Any]]:
@@ -222,9 +209,9 @@ def _corruptions_suite(ctx: Context, names: list[str], severities: list[int]) ->
                                         ctx.preprocess, ctx.seed, ctx.batch_size, ctx.device, before,
                                         print_rank_zero)  # fmt: skip
     summary = corruptions.summarize(rows, ctx.clean_acc)
-    write_table(rows, ctx.out_dir, "corruptions", "Accuracy per corruption and severity")
+    write_table(rows, ctx.out_dir, "corruptions", "# Accuracy per corruption and severity")
     write_table(
-        corruption_matrix(rows, severities), ctx.out_dir, "corruption_matrix", "Accuracy: corruption x severity"
+        corruption_matrix(rows, severities), ctx.out_dir, "corruption_matrix", "# Accuracy: corruption x severity"
     )
     grid = corruptions.example_grid(ctx.raw[0], names, ctx.size, ctx.preprocess, ctx.seed, before)
     cells = [[(img, f"severity {s}") for s, img in enumerate(row)] for row in grid]
@@ -252,7 +239,7 @@ def _adversarial_suite(ctx: Context) -> dict[str, Any]:
         ctx.pixel_model, ctx.clean, ctx.labels, attacks, epsilons, int(adv.pgd_steps), float(adv.pgd_step_size),
         bool(adv.pgd_random_start), ctx.seed, ctx.batch_size, ctx.device, int(adv.num_examples), print_rank_zero,
     )  # fmt: skip
-    write_table(rows, ctx.out_dir, "adversarial", "Accuracy under L-infinity attacks (epsilon in 1/255)")
+    write_table(rows, ctx.out_dir, "adversarial", "# Accuracy under L-infinity attacks (epsilon in 1/255)")
     pairs = zip(examples["clean"], examples["labels"], examples["clean_pred"], strict=True)
     cells = [[(img, f"T {int(t)} / P {int(p)}") for img, t, p in pairs]]
     for attack in attacks:

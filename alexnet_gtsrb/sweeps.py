@@ -13,11 +13,9 @@ The Optuna sweeper (``hparams_search=optuna``) is ``hydra_plugins/alexnet_gtsrb_
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_gtsrb.errors import BadFileError
-from alexnet_gtsrb.utils.files import read_text_file
+from alexnet_gtsrb.utils.files import read_text_file, write_table
 
 log = logging.getLogger(__name__)
 DEFAULT_METRICS = ("val/acc_best", "test/acc")
@@ -47,15 +45,6 @@ def _read_overrides(job_dir: Path) -> list[str]:
     if not path.is_file():
         return []
     return [str(o) for o in OmegaConf.load(io.StringIO(read_text_file(path, "overrides.yaml")))]
-
-
-def _fmt(value: Any, column: str = "") -> str:
-    """A Markdown cell: metrics with 4 decimals, seconds with 1, empty for missing values."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return ""
-        return f"{value:.1f}" if column.endswith("_s") else f"{value:.4f}"
-    return "" if value is None else str(value)
 
 
 def _common_overrides(rows: list[dict[str, Any]]) -> list[str]:
@@ -124,13 +113,6 @@ class SweepSummary(Callback):
         common = _common_overrides(rows)
         for r in rows:  # the overrides column shows what varies between jobs
             r["overrides"] = " ".join(o for o in r["overrides"].split() if o not in common)
-        columns = list(rows[0])
-        with (sweep_dir / f"{self.filename}.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-        lines = [f"Sweep {sweep_dir}; overrides common to all jobs: `{' '.join(common) or '-'}`", ""]
-        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_fmt(r[c], c).replace("|", "\\|") for c in columns) + " |" for r in rows]
-        (sweep_dir / f"{self.filename}.md").write_text("\n".join(lines) + "\n")
+        title = f"Sweep {sweep_dir}; overrides common to all jobs: `{' '.join(common) or '-'}`"
+        write_table(rows, sweep_dir, self.filename, title)
         log.info("Sweep summary (%d jobs): %s", len(rows), sweep_dir / f"{self.filename}.md")

@@ -109,7 +109,7 @@ def test_evaluate_writes_report(tiny_ckpt, synthetic_root, tmp_path):
     accs = [float(r["accuracy"]) for r in rows if r["accuracy"]]
     assert accs == sorted(accs)  # worst first
     md = (run_dir / "per_class.md").read_text().splitlines()
-    assert len(md) == 2 + NUM_CLASSES + 1 and md[0].startswith("| class | name |") and "macro average" in md[-1]
+    assert len(md) == 2 + NUM_CLASSES + 1 and md[0].startswith("| class_id | name |") and "macro average" in md[-1]
     # precision / recall / F1 per class (torchmetrics): recall is the class's accuracy, F1 their harmonic mean
     for r in rows:
         if not r["support"] or r["support"] == "0":

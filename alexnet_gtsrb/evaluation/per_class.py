@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 
 from alexnet_gtsrb.data.classes import class_name
+from alexnet_gtsrb.utils.files import write_table
 
 SCORES = ("accuracy", "precision", "recall", "f1")
 
@@ -53,25 +53,10 @@ def per_class_rows(scores: Mapping[str, torch.Tensor], confmat: torch.Tensor) ->
     return sorted(rows, key=lambda r: (r["support"] == 0, r["accuracy"] if r["support"] else 0.0, r["class_id"]))
 
 
-def _cell(row: Mapping[str, Any], name: str, empty: str) -> str:
-    return empty if row["support"] == 0 else f"{row[name]:.4f}"
-
-
 def write_per_class(rows: list[dict[str, Any]], out_dir: Path, macro: Mapping[str, float] | None = None) -> None:
     """per_class.csv (machine-readable) and per_class.md (a Markdown table; macro averages in its last row)."""
-    fields = ["class_id", "name", "support", "correct", *SCORES]
-    with open(out_dir / "per_class.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, **{name: _cell(r, name, "") for name in SCORES}})
-    lines = ["| class | name | support | correct | accuracy | precision | recall | F1 |"]
-    lines.append("|---:|:---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        cells = " | ".join(_cell(r, name, "n/a") for name in SCORES)
-        lines.append(f"| {r['class_id']} | {r['name']} | {r['support']} | {r['correct']} | {cells} |")
+    footer = None
     if macro:
-        total = sum(r["support"] for r in rows)
-        cells = " | ".join(f"{macro[name]:.4f}" for name in SCORES)
-        lines.append(f"| | **macro average** | {total} | {sum(r['correct'] for r in rows)} | {cells} |")
-    (out_dir / "per_class.md").write_text("\n".join(lines) + "\n")
+        total, correct = sum(r["support"] for r in rows), sum(r["correct"] for r in rows)
+        footer = {"name": "**macro average**", "support": total, "correct": correct, **macro}
+    write_table(rows, out_dir, "per_class", footer=footer)

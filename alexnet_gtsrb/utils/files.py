@@ -11,11 +11,13 @@ naming the file, before anything is read.
 from __future__ import annotations
 
 import contextlib
+import csv
+import math
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -226,3 +228,31 @@ def require_free_space(
             f"not enough disk space in {where} for {what}: need {needed / 2**20:,.0f} MiB, "
             f"{free / 2**20:,.0f} MiB free; {fix}"
         )
+
+
+def table_cell(value: Any, column: str = "") -> str:
+    """A Markdown cell: floats with 4 decimals (1 in columns of seconds, ``*_s``), empty for None, NaN and inf."""
+    if isinstance(value, float):
+        text = "" if not math.isfinite(value) else f"{value:.1f}" if column.endswith("_s") else f"{value:.4f}"
+    else:
+        text = "" if value is None else str(value)
+    return text.replace("|", "\\|")
+
+
+def write_table(
+    rows: Sequence[Mapping[str, Any]], folder: Path, stem: str, title: str = "", footer: Mapping[str, Any] | None = None
+) -> None:
+    """``<stem>.csv`` (the values; empty cells for None, NaN, inf) and ``<stem>.md`` (``title``, then a Markdown
+    table of the same rows in :func:`table_cell`'s format, then the ``footer`` row) in ``folder``: every table
+    the project writes (per-class results, robustness suites, sweep summaries)."""
+    columns = list(rows[0]) if rows else []
+    missing = lambda v: v is None or (isinstance(v, float) and not math.isfinite(v))  # noqa: E731
+    with open(folder / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: "" if missing(v) else v for k, v in r.items()} for r in rows)
+    lines = [title, ""] if title else []
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in [*rows, *([footer] if footer else [])]:
+        lines.append("| " + " | ".join(table_cell(r.get(c), c) for c in columns) + " |")
+    (folder / f"{stem}.md").write_text("\n".join(lines) + "\n")
