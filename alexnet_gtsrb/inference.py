@@ -53,7 +53,7 @@ def check_saved_settings(model: GTSRBClassifier, data_hp: Mapping[str, Any], pat
 
     try:
         settings = eval_settings(model, data_hp)
-        split = {key: data_hp.get(key, default) for key, default in SPLIT_DEFAULTS.items()}
+        split = {key: data_hp.get(key, default) for key, default in _split_defaults().items()}
         keys = ("image_size", "num_classes", "roi_crop", "mean", "std", "augment")
         GTSRBDataModule(**split, **{key: settings[key] for key in keys})
     except ConfigError as exc:
@@ -132,7 +132,14 @@ def pick_device(name: str | None = "auto") -> str:
     )
 
 
-SPLIT_DEFAULTS = {"val_fraction": 0.2, "split": "track", "split_seed": 0}  # GTSRBDataModule's defaults
+def _split_defaults() -> dict[str, Any]:
+    """GTSRBDataModule's own defaults of the split settings (read from its signature, not copied)."""
+    import inspect
+
+    from alexnet_gtsrb.data.datamodule import GTSRBDataModule
+
+    params = inspect.signature(GTSRBDataModule.__init__).parameters
+    return {key: params[key].default for key in ("val_fraction", "split", "split_seed")}
 
 
 def data_config(data: Any, settings: Mapping[str, Any], data_hp: Mapping[str, Any]) -> Any:
@@ -146,7 +153,7 @@ def data_config(data: Any, settings: Mapping[str, Any], data_hp: Mapping[str, An
         for key in ("image_size", "roi_crop", "mean", "std", "num_classes"):
             if out.get(key) is None:
                 out[key] = settings[key]
-        for key, default in SPLIT_DEFAULTS.items():
+        for key, default in _split_defaults().items():
             if key in out and out.get(key) is None:
                 out[key] = data_hp.get(key, default)
         if OmegaConf.is_missing(out, "augment") or out.get("augment") is None:
