@@ -1,4 +1,4 @@
-"""The image cache never serves pixels that differ from its inputs (issue 28, item 2).
+"""The image cache never serves pixels that differ from its inputs.
 
 Two attacks: images replaced by others of the same byte size with their mtimes restored (what ``cp -p``,
 ``rsync -a`` or an unzip leave behind), and a cache array overwritten by other content of the same shape.

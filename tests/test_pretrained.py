@@ -1,4 +1,4 @@
-"""ImageNet fine-tuning (issue 17, item 4), offline: torchvision's weights API reads a state_dict this test writes
+"""ImageNet fine-tuning, offline: torchvision's weights API reads a state_dict this test writes
 where it caches downloads; a local file works the same way; without internet the run stops with one line."""
 
 from __future__ import annotations

@@ -176,6 +176,8 @@ def fill_placeholders(command: DocCommand) -> tuple[DocCommand, list[str]]:
             return CKPT if value.endswith(".ckpt") or value in ("...", "PATH") or "path/to/" in value else RUN
         if key in ("hydra.run.dir", "") and placeholder:
             return RUN
+        if key == "committee" and placeholder:  # committee=[<run folder>]: the tiny run again
+            return f"[{RUN}]"
         if placeholder or "$" in value:
             unknown.append(f"{key}={value}" if key else value)
         return value

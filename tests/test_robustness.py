@@ -1,4 +1,4 @@
-"""Robustness, calibration and explanations (issue 16): the building blocks, then the entry point end to end on a
+"""Robustness, calibration and explanations: the building blocks, then the entry point end to end on a
 checkpoint of a real (tiny) training run, read back from its CSV, JSON and TensorBoard files."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Files that are not regular files (issue 28, item 3): a named pipe (FIFO) where a checkpoint, a calibration file,
+"""Files that are not regular files: a named pipe (FIFO) where a checkpoint, a calibration file,
 a ``metrics.csv`` or a TensorBoard event file should be would make ``open`` or ``read`` wait forever, and
 ``/dev/zero`` would be read until memory runs out. Each is refused in one line naming the file, before anything
 is read (:func:`alexnet_gtsrb.utils.files.open_regular_file`).
@@ -114,8 +114,8 @@ def test_a_pipe_as_last_ckpt_ends_predict_and_resume_in_one_line(synthetic_root,
 
 
 def test_a_pipe_as_the_run_folders_checkpoint_is_named_by_report(tiny_run, tmp_path):
-    """The run's rule (``last``) picks ``checkpoints/last.ckpt``; a pipe there is refused by name (it used to be
-    taken for "no checkpoint", and the conv1 figure silently left out)."""
+    """The run's rule (``last``) picks ``checkpoints/last.ckpt``; a pipe there is refused by name (without the
+    check it is taken for "no checkpoint", and the conv1 figure silently left out)."""
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run.dir / "tensorboard", run_dir / "tensorboard")
     fifo = _fifo(run_dir / "checkpoints" / "last.ckpt")
