@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_gtsrb.errors import UserError
-from alexnet_gtsrb.utils import extras
+from alexnet_gtsrb.utils import optional_deps
 from alexnet_gtsrb.utils.optional_deps import require_extra, require_extras_for_overrides
 from tests.helpers import CONF, ROOT, tiny_overrides
 
@@ -97,7 +97,7 @@ def test_require_extra_names_the_extra_and_the_real_missing_module(tmp_path, mon
 
 
 def test_overrides_that_need_an_extra_are_found(monkeypatch):
-    monkeypatch.setitem(extras.CHOICE_EXTRAS, ("group", "opt"), [("alexnet_gtsrb_no_such_module", "x")])
+    monkeypatch.setitem(optional_deps.CHOICE_EXTRAS, ("group", "opt"), [("alexnet_gtsrb_no_such_module", "x")])
     require_extras_for_overrides(["-m", "group=other", "experiment=demo", "opt=group", "--cfg", "job"])
     for override in ("group=opt", "+group=opt", "++group=opt", "group=other,opt"):
         with pytest.raises(UserError, match=r"^group=opt needs the optional 'x' extra"):
