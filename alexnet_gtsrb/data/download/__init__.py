@@ -77,21 +77,10 @@ __all__ = [
     "DownloadError",
     "download_gtsrb",
     "layout_problems",
-    "main",
     "resolve_base_url",
 ]
 
 ROOT_ENV_VAR = "GTSRB_ROOT"
-
-
-def __getattr__(name: str) -> Any:
-    """``main`` (the command line) is imported on first use: importing ``__main__`` here would make
-    ``python -m alexnet_gtsrb.data.download`` warn that the module was already imported."""
-    if name == "main":
-        from alexnet_gtsrb.data.download.__main__ import main
-
-        return main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _install_archive(

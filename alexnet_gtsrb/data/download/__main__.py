@@ -2,7 +2,7 @@
 
 Downloads, verifies and unpacks GTSRB into --root, then prints the ``export GTSRB_ROOT=...`` line.
 Any failure prints one ``error: ...`` line on stderr and exits 1 (130 on Ctrl-C, 2 for a usage error).
-``main`` also serves as a console-script entry point (``alexnet_gtsrb.data.download:main``).
+``main`` is also the ``alexnet-gtsrb-download`` console script (``alexnet_gtsrb.data.download.__main__:main``).
 """
 
 from __future__ import annotations
