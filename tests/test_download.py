@@ -24,8 +24,8 @@ from alexnet_gtsrb.data.download import (
     DownloadError,
     download_gtsrb,
     layout_problems,
-    main,
 )
+from alexnet_gtsrb.data.download.__main__ import main
 from tests.helpers import run_in_process
 
 TRAIN, TEST, GT = (a.filename for a in OFFICIAL_ARCHIVES)
