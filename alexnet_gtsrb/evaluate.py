@@ -45,7 +45,7 @@ from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.data.dataset import GTSRBDataset
 from alexnet_gtsrb.data.transforms import view_source
 from alexnet_gtsrb.errors import ConfigError, UserError
-from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, interval_metrics
+from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, interval_metrics, track_interval
 from alexnet_gtsrb.evaluation.per_class import SCORES, class_metrics, per_class_rows, write_per_class
 from alexnet_gtsrb.evaluation.views import CROPS, ten_view_probabilities
 from alexnet_gtsrb.inference import data_config, eval_settings, load_classifier, pick_device
@@ -129,13 +129,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "metrics.json").unlink(missing_ok=True)  # written last: its presence marks a complete report
     datamodule = instantiate(data_cfg, _convert_="all")
     split, dataset, loader, ten = _scored_set(cfg, datamodule, size)
-    scores, wrong, error_rows, skipped = _score(models, datamodule, dataset, loader(), device, size, ten)
+    scores, wrong, error_rows, skipped, by_track = _score(models, datamodule, dataset, loader(), device, size, ten)
     cm = scores["confmat"]
     total = int(cm.sum())
     if total == 0:
         raise UserError(f"No {split} image could be evaluated under {data_cfg.data_dir}.")
     correct = int(cm.diag().sum())
-    acc = float(scores["acc_micro"])
     test_info = describe_test_set(r.label for r in dataset.records)
     if split == "val":
         test_info["note"] = f"the validation split the run held out ({len(dataset.records):,} training-set images)"
@@ -149,7 +148,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = {
         f"{split}/acc": correct / total,
         **interval_metrics(f"{split}/acc", correct, total),
-        f"{split}/acc_torchmetrics": acc,
+        **_track_metrics(split, by_track),
+        f"{split}/acc_torchmetrics": float(scores["acc_micro"]),
         **{f"{split}/{name}_macro": value for name, value in macro.items()},
         "split": split,
         "correct": correct,
@@ -173,14 +173,24 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _track_metrics(split: str, by_track: dict[str | None, list[int]]) -> dict[str, Any]:
+    """The track-bootstrap interval of the accuracy, where every image has a track (the validation split)."""
+    if not by_track or None in by_track:
+        return {}
+    low, high = track_interval({t: (c, n) for t, (c, n) in by_track.items() if t is not None})
+    return {f"{split}/acc_track_ci_low": low, f"{split}/acc_track_ci_high": high, "tracks": len(by_track)}
+
+
 def _score(
     models: list[Any], datamodule: Any, dataset: Any, loader: Any, device: str, size: int, ten: bool
-) -> tuple[dict[str, Any], list, list, int]:
+) -> tuple[dict[str, Any], list, list, int, dict[str | None, list[int]]]:
     """One pass over the loader: (torchmetrics scores, the first misclassified images, a row per error, the
-    number of unreadable images skipped). Several models: their probabilities averaged (a committee)."""
+    number of unreadable images skipped, [correct, images] per track). Several models: their probabilities
+    averaged (a committee)."""
     metrics_all = class_metrics(int(models[0].hparams.num_classes), device)
     wrong: list[tuple[np.ndarray, int, int, float]] = []
     error_rows: list[dict[str, Any]] = []
+    by_track: dict[str | None, list[int]] = {}
     skipped, start = 0, 0
     for images, labels, n_skipped in tqdm(loader, desc="evaluate", unit="batch", disable=None, file=sys.stderr):
         skipped += int(n_skipped)
@@ -194,13 +204,17 @@ def _score(
         ).mean(dim=0)
         metrics_all.update(probs, labels)
         conf, pred = probs.max(dim=-1)
+        for i, hit in zip(indices, (pred == labels).tolist(), strict=True):
+            counts = by_track.setdefault(dataset.records[i].track, [0, 0])
+            counts[0] += int(hit)
+            counts[1] += 1
         for i in torch.nonzero(pred != labels).flatten().tolist():
             true, guess, confidence = int(labels[i]), int(pred[i]), float(conf[i])
             if len(wrong) < MAX_MISCLASSIFIED:
                 wrong.append((images[i].cpu().numpy(), true, guess, confidence))
             path = dataset.records[indices[i]].path
             error_rows.append(_error_row(path, datamodule.index.root, true, guess, confidence))
-    return {k: v.cpu() for k, v in metrics_all.compute().items()}, wrong, error_rows, skipped
+    return {k: v.cpu() for k, v in metrics_all.compute().items()}, wrong, error_rows, skipped, by_track
 
 
 def _print_summary(metrics: dict[str, Any], macro: dict[str, float], out_dir: Path) -> None:
@@ -210,6 +224,9 @@ def _print_summary(metrics: dict[str, Any], macro: dict[str, float], out_dir: Pa
         skipped = metrics["skipped_images"]
         print_rank_zero(f"evaluated: {total} of its {test_info['images']} images ({skipped} unreadable, skipped)")
     print_rank_zero(f"{metrics['split']}/acc: {format_accuracy(metrics['correct'], total)}")
+    if "tracks" in metrics:
+        low, high = (metrics[f"{metrics['split']}/acc_track_ci_{end}"] for end in ("low", "high"))
+        print_rank_zero(f"  95% track-bootstrap interval ({metrics['tracks']} tracks): {low:.4f}-{high:.4f}")
     print_rank_zero("macro averages: " + ", ".join(f"{k} {v:.4f}" for k, v in macro.items()))
     print_rank_zero("worst classes:")
     for line in (out_dir / "per_class.md").read_text().splitlines()[:12]:

@@ -20,6 +20,7 @@ import torch
 from alexnet_gtsrb.data.classes import CLASS_NAMES, NUM_CLASSES
 from alexnet_gtsrb.data.io import decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform, normalize_uint8
+from alexnet_gtsrb.evaluation.intervals import track_interval
 from alexnet_gtsrb.evaluation.views import _flip_source_index, five_crops
 from alexnet_gtsrb.inference import eval_settings, load_classifier
 from tests.helpers import compose_config, read_event_tags, run_module
@@ -178,6 +179,14 @@ def test_evaluate_a_committee_on_the_validation_split(tiny_ckpt, synthetic_root,
         errors = {r["file"]: r for r in csv.DictReader(f)}
     rows = {Path(r.path).relative_to(dm.index.root).as_posix(): i for i, r in enumerate(dm.val_set.records)}
     assert errors and len(errors) == metrics["num_images"] - metrics["correct"]
+    per_track: dict[str, list[int]] = {}  # the track interval from the committee's hits, counted here
+    for record, hit in zip(dm.val_set.records, (mean.argmax(dim=-1) == torch.tensor(labels)).tolist(), strict=True):
+        per_track.setdefault(record.track, [0, 0])[0] += int(hit)
+        per_track[record.track][1] += 1
+    assert metrics["tracks"] == len(per_track) > 1
+    expected = track_interval({t: (c, n) for t, (c, n) in per_track.items()})
+    assert (metrics["val/acc_track_ci_low"], metrics["val/acc_track_ci_high"]) == pytest.approx(expected, abs=1e-12)
+    assert "track-bootstrap interval" in proc.stdout
     for file, row in errors.items():
         confidence, pred = mean[rows[file]].max(dim=-1)
         assert int(row["pred_id"]) == int(pred) and float(row["confidence"]) == pytest.approx(

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from alexnet_gtsrb.errors import ConfigError
-from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, wilson_interval
+from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, track_interval, wilson_interval
 from alexnet_gtsrb.train import train
 from tests.helpers import compose_config, tiny_overrides
 
@@ -84,6 +84,39 @@ def test_wilson_interval_refuses_impossible_counts():
     for k, n in [(5, 4), (-1, 4), (1, 0), (0.5, 4)]:
         with pytest.raises(ValueError):
             wilson_interval(k, n)  # type: ignore[arg-type]
+
+
+def test_track_interval_with_one_image_per_track_is_the_normal_binomial_interval():
+    """Tracks of one image are independent images: the bootstrap percentiles come out at the normal
+    approximation p +- z sqrt(p (1 - p) / n) (good at n = 1000, p = 0.9), up to the resampling noise."""
+    counts = {f"t{i}": (int(i >= 100), 1) for i in range(1000)}  # 900 of 1000 right
+    half = Z * math.sqrt(0.9 * 0.1 / 1000)
+    low, high = track_interval(counts)
+    assert low == pytest.approx(0.9 - half, abs=0.004) and high == pytest.approx(0.9 + half, abs=0.004)
+
+
+def _binomial_quantile(q: float, n: int, p: float) -> int:
+    """The smallest x with P(X <= x) >= q for X ~ Binomial(n, p), from the probability mass function."""
+    cdf = 0.0
+    for x in range(n + 1):
+        cdf += math.comb(n, x) * p**x * (1 - p) ** (n - x)
+        if cdf >= q:
+            return x
+    return n
+
+
+def test_track_interval_counts_a_misread_sign_once_not_per_frame():
+    """100 tracks of 10 frames, 5 tracks wholly wrong (accuracy 0.95). Resampling tracks makes the number of
+    wrong tracks Binomial(100, 0.05), so the interval is 1 - (its 97.5% and 2.5% quantiles) / 100; an
+    implementation that resampled frames would give about Wilson's interval of 950/1000, four times
+    narrower."""
+    counts = {f"t{i}": (0 if i < 5 else 10, 10) for i in range(100)}
+    low, high = track_interval(counts)
+    expected = (1 - _binomial_quantile(0.975, 100, 0.05) / 100, 1 - _binomial_quantile(0.025, 100, 0.05) / 100)
+    assert low == pytest.approx(expected[0], abs=0.011) and high == pytest.approx(expected[1], abs=0.011)
+    wilson_low, wilson_high = wilson_interval(950, 1000)
+    assert high - low > 2.5 * (wilson_high - wilson_low)
+    assert track_interval(counts) == (low, high)  # fixed seed: the same counts, the same interval
 
 
 def test_test_set_description_says_when_numbers_are_not_comparable():
