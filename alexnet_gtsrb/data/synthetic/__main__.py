@@ -1,7 +1,5 @@
 """``python -m alexnet_gtsrb.data.synthetic --root DIR [--preview grid.png]``: see :func:`.cli.main`."""
 
-from __future__ import annotations
-
 import sys
 
 from alexnet_gtsrb.data.synthetic.cli import main
