@@ -152,9 +152,18 @@ def test_paper_batch_norm_and_conv_dropout():
     assert n_params(net) == 57_044_395 + bn_affine
 
 
-def test_paper_init():
+@pytest.mark.parametrize(
+    "variant,kwargs",
+    [
+        ("paper", {}),
+        ("seed", {"groups": 1, "lrn": False, "batch_norm": True}),
+        ("torchvision", {"groups": 1, "lrn": False}),
+    ],
+)
+def test_paper_init(variant, kwargs):
+    """Paper section 5: biases 1 in conv2, conv4, conv5 and the two hidden FC layers, 0 elsewhere; N(0, 0.01)."""
     torch.manual_seed(0)
-    net = AlexNet(num_classes=43, image_size=67)  # small image: the FC6 input is 256, init is quick
+    net = AlexNet(num_classes=43, image_size=67, variant=variant, init="paper", **kwargs)  # small: quick init
     convs = net.conv_layers()
     linears = [m for m in net.classifier if isinstance(m, nn.Linear)]
     for m in [*convs, *linears]:
@@ -581,3 +590,24 @@ def test_a_seed_checkpoint_without_the_conv3_conv4_dropouts_is_refused_in_one_li
         load_classifier(str(path))
     assert "\n" not in str(info.value) and str(path) in str(info.value)
     assert "without Dropout after conv3 and conv4" in str(info.value)
+
+
+@pytest.mark.parametrize("size,conv1,conv1_side", [(51, (7, 2), 23), (67, (7, 2), 31), (35, (5, 1), 31)])
+def test_conv1_adaptation_keeps_the_source_resolution(size, conv1, conv1_side):
+    """model.net.conv1=[kernel, stride] (alexnet_bn only): conv1's map is (size - kernel) // stride + 1, then the
+    paper's three 3/2 poolings; the paper's 11x11/4 at 67 px keeps only 15x15 and a 1x1 map for FC6."""
+    net = AlexNet(43, size, batch_norm=True, lrn=False, conv1=conv1)
+    side = (size - conv1[0]) // conv1[1] + 1
+    assert side == conv1_side
+    for _ in range(3):
+        side = (side - 3) // 2 + 1
+    assert net.feature_shape == (256, side, side) and net.flat_features == 256 * side * side
+    out = net.features[:2](torch.zeros(1, 3, size, size))
+    assert out.shape[-1] == conv1_side
+    assert AlexNet(43, 67, batch_norm=True, lrn=False).feature_shape == (256, 1, 1)
+
+
+@pytest.mark.parametrize("variant,kwargs", [("paper", {}), ("seed", {"groups": 1, "lrn": False, "batch_norm": True})])
+def test_conv1_adaptation_is_refused_outside_alexnet_bn(variant, kwargs):
+    with pytest.raises(ValueError, match="only model=alexnet_bn"):
+        AlexNet(43, 67, variant=variant, conv1=(7, 2), **kwargs)

@@ -1,10 +1,8 @@
 """AlexNet in three documented variants (paper, Keras "seed" script, torchvision) with exact, tested shapes.
 
-Why: "AlexNet" means different networks in different places. The variants here are spelled out layer by
-layer so that parameter counts, feature-map sizes and checkpoints are reproducible and comparable.
+"AlexNet" means different networks in different places: each variant is spelled out layer by layer so that
+parameter counts, feature-map sizes and checkpoints are reproducible and comparable.
 
-Variants
---------
 ``paper``  Krizhevsky, Sutskever & Hinton (2012). Convs 96-256-384-384-256 (conv1 11x11/4 pad 0, conv2 5x5
     pad 2, conv3-5 3x3 pad 1); conv2/conv4/conv5 split into ``groups`` (the two GPU "towers"), conv3 and the
     FC layers see both towers; ReLU -> LRN(5, alpha=1e-4, beta=0.75, k=2) after conv1 and conv2; overlapping
@@ -18,9 +16,10 @@ Variants
     reference code (cuda-convnet), Caffe and ``torch.nn.LocalResponseNorm`` all use ``alpha / n``. We follow
     cuda-convnet/Caffe/torch (``alpha / n``, n = 5), i.e. the paper's alpha=1e-4 acts as 2e-5 per term.
 
-    ``batch_norm=True`` (a fast-converging, non-paper option) inserts BatchNorm2d after every conv's ReLU
-    (before LRN/pooling) and BatchNorm1d after the FC6 and FC7 ReLUs (before their dropout), as in ``seed``.
-    ``conv_dropout > 0`` adds Dropout after each pooled block (after pool1, pool2, pool5).
+    Non-paper options: ``batch_norm=True`` inserts BatchNorm2d after every conv's ReLU (before LRN/pooling)
+    and BatchNorm1d after the FC6 and FC7 ReLUs (before their dropout), as in ``seed``; ``conv_dropout > 0``
+    adds Dropout after pool1, pool2 and pool5; ``conv1=(kernel, stride)`` other than (11, 4), with BatchNorm
+    only (``model=alexnet_bn``), adapts conv1 to small sources.
 
 ``seed``  The model of the Keras "AlexNet" blog script this project started from, layer for layer as its
     ``Sequential`` (``Conv2D(..., activation='relu')`` is the convolution then ReLU; BatchNormalization follows)::
@@ -53,6 +52,7 @@ below 1x1. Works with channels_last and bf16 autocast.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -61,13 +61,7 @@ from torch import nn
 from alexnet_gtsrb.models.lrn import LRN
 from alexnet_gtsrb.models.shapes import min_image_size, spatial_trace
 
-__all__ = [
-    "VARIANTS",
-    "INITS",
-    "LRN_IMPLS",
-    "VARIANT_REQUIRED",
-    "AlexNet",
-]
+__all__ = ["VARIANTS", "INITS", "LRN_IMPLS", "VARIANT_REQUIRED", "AlexNet"]
 
 VARIANTS = ("paper", "seed", "torchvision")
 INITS = ("paper", "kaiming", "keras", "torch")
@@ -86,6 +80,16 @@ VARIANT_REQUIRED: dict[str, dict[str, Any]] = {
 }
 
 _LRN_ARGS: dict[str, Any] = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+
+
+def _bias_one(layer: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:
+    """Marks a layer whose bias the paper init sets to 1. Paper section 5: "We initialized the neuron biases in
+    the second, fourth, and fifth convolutional layers, as well as in the fully-connected hidden layers, with
+    the constant 1" (to give the ReLUs positive inputs early); the mark is a plain attribute, not state."""
+    layer.paper_bias_one = True  # type: ignore[assignment]
+    return layer
+
+
 _KERAS_BN: dict[str, Any] = {"eps": 1e-3, "momentum": 0.01}
 
 
@@ -110,9 +114,11 @@ class AlexNet(nn.Module):
         conv_dropout: float = 0.0,
         init: str = "paper",
         lrn_impl: str = "fast",
+        conv1: Sequence[int] = (11, 4),
     ) -> None:
         super().__init__()
         self._validate(num_classes, image_size, variant, groups, lrn, batch_norm, dropout, conv_dropout, init, lrn_impl)
+        self.conv1_shape = _check_conv1(conv1, variant, batch_norm)
         self.variant = variant
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
@@ -126,7 +132,7 @@ class AlexNet(nn.Module):
             self.features = self._seed_features(conv_dropout)
             self.avgpool = nn.Identity()
         else:
-            self.features = self._paper_features(self.groups, lrn, lrn_impl, batch_norm, conv_dropout)
+            self.features = self._paper_features(self.groups, lrn, lrn_impl, batch_norm, conv_dropout, self.conv1_shape)
             self.avgpool = nn.Identity()
         self.flatten = nn.Flatten(1)
 
@@ -134,7 +140,7 @@ class AlexNet(nn.Module):
         if trace is None:
             raise ValueError(
                 f"model.net.image_size={image_size} is too small for the {variant} AlexNet: "
-                f"minimum is {self.min_image_size(self.features)}"
+                f"minimum is {min_image_size(self.features)}"
             )
         last_channels = self.conv_layers()[-1].out_channels
         side = 6 if variant == "torchvision" else trace[-1]
@@ -163,20 +169,11 @@ class AlexNet(nn.Module):
         init: str,
         lrn_impl: str,
     ) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"model.net.variant={variant!r} is unknown: allowed values are {list(VARIANTS)}")
-        if init not in INITS:
-            raise ValueError(f"model.net.init={init!r} is unknown: allowed values are {list(INITS)}")
-        if lrn_impl not in LRN_IMPLS:
-            raise ValueError(f"model.net.lrn_impl={lrn_impl!r} is unknown: allowed values are {list(LRN_IMPLS)}")
-        if groups not in GROUPS:
-            raise ValueError(f"model.net.groups={groups!r} is not allowed: allowed values are {list(GROUPS)}")
-        for name, (c_in, c_out) in {"conv2": (96, 256), "conv4": (384, 384), "conv5": (384, 256)}.items():
-            if c_in % groups or c_out % groups:
-                raise ValueError(
-                    f"model.net.groups={groups} does not divide {name}'s {c_in}->{c_out} channels: "
-                    f"allowed values are {list(GROUPS)}"
-                )
+        # every channel count of conv2/4/5 is even, so both group counts divide them
+        choices = {"variant": VARIANTS, "init": INITS, "lrn_impl": LRN_IMPLS, "groups": GROUPS}
+        for key, value in {"variant": variant, "init": init, "lrn_impl": lrn_impl, "groups": groups}.items():
+            if value not in choices[key]:
+                raise ValueError(f"model.net.{key}={value!r} is unknown: allowed values are {list(choices[key])}")
         if not 1 <= int(num_classes) <= MAX_CLASSES:
             raise ValueError(f"model.net.num_classes must lie in 1..{MAX_CLASSES}, got {num_classes}")
         if not 1 <= int(image_size) <= MAX_IMAGE_SIZE:
@@ -197,11 +194,6 @@ class AlexNet(nn.Module):
                     f"{key}={required!r} (set model.net.{key}={str(required).lower()} for this variant)"
                 )
 
-    @staticmethod
-    def min_image_size(features: nn.Sequential) -> int:
-        """Smallest square input for which no feature map of ``features`` drops below 1x1."""
-        return min_image_size(features)
-
     # ------------------------------------------------------------------ builders
     @staticmethod
     def _lrn(enabled: bool, impl: str) -> nn.Module:
@@ -214,18 +206,18 @@ class AlexNet(nn.Module):
         return factory(*args, **kwargs) if enabled else nn.Identity()
 
     def _paper_features(
-        self, groups: int, lrn: bool, lrn_impl: str, batch_norm: bool, conv_dropout: float
+        self, groups: int, lrn: bool, lrn_impl: str, batch_norm: bool, conv_dropout: float, conv1: tuple[int, int]
     ) -> nn.Sequential:
         bn = lambda c: self._maybe(batch_norm, nn.BatchNorm2d, c)
         drop = lambda: self._maybe(conv_dropout > 0, nn.Dropout, conv_dropout)
         return nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4, padding=0),  # 0 conv1
+            nn.Conv2d(3, 96, conv1[0], stride=conv1[1], padding=0),  # 0 conv1 (the paper's 11x11/4 by default)
             nn.ReLU(inplace=True),
             bn(96),
             self._lrn(lrn, lrn_impl),
             nn.MaxPool2d(3, 2),
             drop(),
-            nn.Conv2d(96, 256, 5, padding=2, groups=groups),  # 6 conv2
+            _bias_one(nn.Conv2d(96, 256, 5, padding=2, groups=groups)),  # 6 conv2
             nn.ReLU(inplace=True),
             bn(256),
             self._lrn(lrn, lrn_impl),
@@ -234,10 +226,10 @@ class AlexNet(nn.Module):
             nn.Conv2d(256, 384, 3, padding=1),  # 12 conv3 (sees both towers)
             nn.ReLU(inplace=True),
             bn(384),
-            nn.Conv2d(384, 384, 3, padding=1, groups=groups),  # 15 conv4
+            _bias_one(nn.Conv2d(384, 384, 3, padding=1, groups=groups)),  # 15 conv4
             nn.ReLU(inplace=True),
             bn(384),
-            nn.Conv2d(384, 256, 3, padding=1, groups=groups),  # 18 conv5
+            _bias_one(nn.Conv2d(384, 256, 3, padding=1, groups=groups)),  # 18 conv5
             nn.ReLU(inplace=True),
             bn(256),
             nn.MaxPool2d(3, 2),
@@ -247,11 +239,11 @@ class AlexNet(nn.Module):
     def _paper_classifier(self, dropout: float, batch_norm: bool, num_classes: int) -> nn.Sequential:
         # Caffe bvlc_alexnet train_val.prototxt: fc6 relu6 drop6 fc7 relu7 drop7 fc8 (dropout on the outputs).
         return nn.Sequential(
-            nn.Linear(self.flat_features, 4096),  # 0 FC6
+            _bias_one(nn.Linear(self.flat_features, 4096)),  # 0 FC6
             nn.ReLU(inplace=True),
             self._maybe(batch_norm, nn.BatchNorm1d, 4096),
             nn.Dropout(dropout),
-            nn.Linear(4096, 4096),  # 4 FC7
+            _bias_one(nn.Linear(4096, 4096)),  # 4 FC7
             nn.ReLU(inplace=True),
             self._maybe(batch_norm, nn.BatchNorm1d, 4096),
             nn.Dropout(dropout),
@@ -268,7 +260,7 @@ class AlexNet(nn.Module):
             bn(96),
             nn.MaxPool2d(3, 2),
             drop(),
-            nn.Conv2d(96, 256, 5, padding=2),  # 5 conv2, 'same'
+            _bias_one(nn.Conv2d(96, 256, 5, padding=2)),  # 5 conv2, 'same'
             nn.ReLU(inplace=True),
             bn(256),
             nn.MaxPool2d(3, 2),
@@ -277,11 +269,11 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             bn(384),
             drop(),
-            nn.Conv2d(384, 384, 3, padding=1),  # 14 conv4
+            _bias_one(nn.Conv2d(384, 384, 3, padding=1)),  # 14 conv4
             nn.ReLU(inplace=True),
             bn(384),
             drop(),
-            nn.Conv2d(384, 256, 3, padding=1),  # 18 conv5
+            _bias_one(nn.Conv2d(384, 256, 3, padding=1)),  # 18 conv5
             nn.ReLU(inplace=True),
             bn(256),
             nn.MaxPool2d(3, 2),
@@ -290,11 +282,11 @@ class AlexNet(nn.Module):
 
     def _seed_classifier(self, dropout: float, num_classes: int) -> nn.Sequential:
         return nn.Sequential(
-            nn.Linear(self.flat_features, 4096),
+            _bias_one(nn.Linear(self.flat_features, 4096)),
             nn.ReLU(inplace=True),
             nn.BatchNorm1d(4096, **_KERAS_BN),
             nn.Dropout(dropout),
-            nn.Linear(4096, 4096),
+            _bias_one(nn.Linear(4096, 4096)),
             nn.ReLU(inplace=True),
             nn.BatchNorm1d(4096, **_KERAS_BN),
             nn.Dropout(dropout),
@@ -308,14 +300,14 @@ class AlexNet(nn.Module):
             nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            _bias_one(nn.Conv2d(64, 192, kernel_size=5, padding=2)),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Conv2d(192, 384, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            _bias_one(nn.Conv2d(384, 256, kernel_size=3, padding=1)),
             nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            _bias_one(nn.Conv2d(256, 256, kernel_size=3, padding=1)),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
@@ -323,10 +315,10 @@ class AlexNet(nn.Module):
     def _torchvision_classifier(self, dropout: float, num_classes: int) -> nn.Sequential:
         return nn.Sequential(
             nn.Dropout(p=dropout),
-            nn.Linear(self.flat_features, 4096),
+            _bias_one(nn.Linear(self.flat_features, 4096)),
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),
+            _bias_one(nn.Linear(4096, 4096)),
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
         )
@@ -336,8 +328,8 @@ class AlexNet(nn.Module):
     def reset_parameters(self, init: str = "paper") -> None:
         """(Re-)initialise weights.
 
-        ``paper``: every conv/FC weight ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, FC6, FC7 (to give
-        ReLUs positive inputs early), 0 elsewhere. ``kaiming``: He-normal (fan_in, ReLU gain) weights, zero
+        ``paper``: every conv/FC weight ~ N(0, 0.01); biases 1 in the layers the builders mark (conv2, conv4,
+        conv5, FC6, FC7), 0 elsewhere. ``kaiming``: He-normal (fan_in, ReLU gain) weights, zero
         biases, the last layer N(0, 0.01). ``keras``: Glorot-uniform weights and zero biases (Keras defaults,
         the seed script's init). ``torch``: PyTorch's default layer init. BatchNorm: weight 1, bias 0.
         """
@@ -353,13 +345,12 @@ class AlexNet(nn.Module):
             for layer in layers:
                 layer.reset_parameters()
             return
-        one_bias = {id(convs[1]), id(convs[3]), id(convs[4]), id(linears[0]), id(linears[1])}
         for m in layers:
             bias = m.bias
             assert bias is not None  # every AlexNet conv and FC layer has a bias
             if init == "paper":
                 nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.constant_(bias, 1.0 if id(m) in one_bias else 0.0)
+                nn.init.constant_(bias, 1.0 if getattr(m, "paper_bias_one", False) else 0.0)
             elif init == "kaiming":
                 if m is linears[-1]:
                     nn.init.normal_(m.weight, 0.0, 0.01)
@@ -375,6 +366,11 @@ class AlexNet(nn.Module):
         """The five convolutions in order (conv1 ... conv5)."""
         return [m for m in self.features if isinstance(m, nn.Conv2d)]
 
+    @staticmethod
+    def is_backbone(name: str) -> bool:
+        """Whether parameter ``name`` belongs to the convolutional backbone (``model.backbone_lr_scale``)."""
+        return name.startswith("features.")
+
     @property
     def conv1(self) -> nn.Conv2d:
         """The first convolution (a property, so it is not registered twice in ``state_dict``)."""
@@ -388,3 +384,14 @@ class AlexNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, image_size={self.image_size}, num_classes={self.num_classes}"
+
+
+def _check_conv1(conv1: Sequence[int], variant: str, batch_norm: bool) -> tuple[int, int]:
+    """(kernel, stride) of conv1: the paper's (11, 4), or kernel 3-11 and stride 1-4 as a GTSRB adaptation to
+    small sources in ``model=alexnet_bn`` only (``paper``, ``seed`` and ``torchvision`` stay exact)."""
+    shape = tuple(int(v) for v in conv1 if isinstance(v, int)) if isinstance(conv1, Sequence) else ()
+    if len(shape) != 2 or len(conv1) != 2 or not (3 <= shape[0] <= 11 and 1 <= shape[1] <= min(4, shape[0])):
+        raise ValueError(f"model.net.conv1={conv1!r} must be [kernel, stride] with kernel 3-11, stride 1-4")
+    if shape != (11, 4) and not (variant == "paper" and batch_norm):
+        raise ValueError(f"model.net.conv1={list(shape)} adapts conv1 to small images: only model=alexnet_bn takes it")
+    return shape[0], shape[1]

@@ -66,6 +66,7 @@ TOWER_LAYERS: dict[str, str] = {
     "classifier.4": "fc7",
     "classifier.6": "bn7",
 }
+_BACKBONE = {v for k, v in TOWER_LAYERS.items() if k.startswith("features.")}  # conv1-conv5 and their BNs
 _WHOLE = {"classifier.8": "fc8"}  # not split: on the first tower's device
 _SHARED = ("num_batches_tracked",)  # a BatchNorm counter: the same in both towers
 
@@ -174,6 +175,12 @@ class AlexNetTowers(nn.Module):
         h = [t.drop(t.bn7(t.relu(t.fc7(y)))) for t, y in zip(towers, self._both(h, devices), strict=True)]
         out = self.fc8(torch.cat([h[0], h[1].to(devices[0])], dim=1))
         return out.to(x.device)
+
+    @staticmethod
+    def is_backbone(name: str) -> bool:
+        """Whether parameter ``name`` belongs to the convolutional backbone (``model.backbone_lr_scale``)."""
+        parts = name.split(".")
+        return len(parts) > 2 and parts[0] == "towers" and parts[2] in _BACKBONE
 
     def rectified_conv5(self) -> list[nn.Module]:
         """Each tower's conv5 ReLU: their outputs, joined along channels, are the grouped net's rectified conv5."""
