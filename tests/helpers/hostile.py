@@ -1,7 +1,7 @@
 """A hostile GTSRB mirror and hostile archives for the adversarial download tests
-(tests/test_adversarial_download.py, tests/test_adversarial_archive.py): zips built in memory (conflicting
-members, patched sizes), an HTTP server on 127.0.0.1 whose behaviour per file is a route (honest, endless,
-trickling), a small tmpfs to fill, and the checks every test repeats (one-line errors, nothing left)."""
+(tests/test_adversarial_download.py, tests/test_adversarial_archive.py): zips built in memory (patched
+sizes), an HTTP server on 127.0.0.1 whose behaviour per file is a route (honest, endless), a small tmpfs to
+fill, and the checks every test repeats (one-line errors)."""
 
 from __future__ import annotations
 
@@ -138,33 +138,6 @@ def endless(content_length: int | None = None) -> Route:
     return route
 
 
-def trickle(data: bytes, interval: float) -> Route:
-    """The file with a correct Content-Length, one byte every `interval` seconds (each byte resets the
-    client's per-read timeout)."""
-
-    def route(h: BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        for i in range(len(data)):
-            h.wfile.write(data[i : i + 1])
-            if h.server.stop.wait(interval):  # type: ignore[attr-defined]
-                return
-
-    return route
-
-
-def trickle_headers(interval: float) -> Route:
-    """A status line, then header bytes one at a time, never finishing the headers."""
-
-    def route(h: BaseHTTPRequestHandler) -> None:
-        h.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
-        while not h.server.stop.wait(interval):  # type: ignore[attr-defined]
-            h.wfile.write(b"z")
-
-    return route
-
-
 @contextlib.contextmanager
 def running_mirror() -> Iterator[HostileMirror]:
     """Run a hostile mirror in a background thread; stop its handlers and shut it down afterwards."""
@@ -211,12 +184,6 @@ def cli_error(*args: str) -> tuple[int, str]:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     return result.returncode, lines[0]
-
-
-def assert_no_leftovers(root: Path) -> None:
-    """No .part and no temporary extraction directory under root."""
-    assert not list(root.glob(".extract-*"))
-    assert not list(root.glob(".downloads/*.part"))
 
 
 @contextlib.contextmanager

@@ -1,185 +1,269 @@
-"""Download and unpack the official GTSRB archives into a data root, safely and resumably.
-
-After a successful run the root holds the layout the rest of the package expects::
+"""Download, md5-check and unpack the official GTSRB archives into a data root, which then holds::
 
     <root>/GTSRB/Final_Training/Images/000NN/*.ppm (+ GT-000NN.csv)   43 class directories   part "train"
     <root>/GTSRB/Final_Test/Images/*.ppm + GT-final_test.csv                                  part "test"
 
-``parts=("test",)`` fetches only the test archives (~85 MB), enough to evaluate a checkpoint on the
-official 12,630 test images without the 263 MB training archive.
-
-Why the care: the archives are large (~350 MB) and come from a single academic server, so runs get
-interrupted, mirrors get used, and a half-written or tampered archive must never turn into a silently
-broken dataset, and a hostile mirror or archive must never fill the disk, hang the run or write outside
-the root. Hence: streamed downloads into ``.part`` files (resumed with HTTP Range when possible), capped in
-size (1.25x the official size) and in time (an overall deadline per archive, 6 h by default), md5
-verification, checks of every zip member before anything is written (path traversal, symlinks, members
-that conflict with each other or with what is already in the root, zip-bomb caps on the member count and
-on the declared uncompressed size, by default 20x the archive's size), extraction into a temporary
-directory (each member cut off past its declared size) followed by renames into place, per-archive
-``.extracted`` markers so reruns are cheap, and one-line errors that remove partial files (a ``.part`` is
-kept only where a rerun can resume it).
-
-Modules: :mod:`.transport` (HTTP, resume, md5, size cap, progress bars), :mod:`.deadline` (the overall time
-limit), :mod:`.archive` (the archive list, sizes, markers, layout check), :mod:`.unpack` (member checks,
-safe extraction), :mod:`.__main__` (the command line)::
-
-    python -m alexnet_gtsrb.data.download --root DIR [--only {all,test}] [--mirror URL] [--no-progress]
-                                          [--md5 FILE=HASH] [--size FILE=BYTES] [--timeout SECONDS]
-                                          [--deadline SECONDS] [--max-unpacked BYTES]
+The md5 of each archive, checked before anything is unpacked, is the trust boundary: an archive that matches it
+is the official one (or the one the user vouched for with ``--md5``), so its members need no zip-bomb caps. pooch
+downloads into a temporary file under ``<root>/.downloads`` that takes the archive's name only once its md5
+matches, retries network errors, and reuses a cached archive only if its md5 matches. Added here: a size cap on
+what a mirror may send before the md5 can be checked, the refusal of member paths that leave the root, the
+layout check, one-line errors. The command line is :mod:`.__main__`.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
+import errno
+import logging
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alexnet_gtsrb.data.download.archive import (
-    DOWNLOADS_DIR,
-    NO_SPACE_FIX,
-    OFFICIAL_ARCHIVES,
-    PARTS,
-    Archive,
-    BadArchiveError,
-    DownloadError,
-    check_parts,
-    is_no_space,
-    layout_problems,
-    marker_complete,
-    marker_path,
-    os_error_text,
-    validate_archives,
-    write_marker,
-)
-from alexnet_gtsrb.data.download.deadline import DEFAULT_DEADLINE
-from alexnet_gtsrb.data.download.transport import (
-    DEFAULT_BASE_URL,
-    MIRROR_ENV_VAR,
-    archive_url,
-    cached_archive_ok,
-    download,
-    resolve_base_url,
-)
-from alexnet_gtsrb.data.download.unpack import extract, remove_if_empty, remove_stale_extract_dirs
+import pooch
 
-__all__ = [
-    "DEFAULT_BASE_URL",
-    "DEFAULT_DEADLINE",
-    "MIRROR_ENV_VAR",
-    "OFFICIAL_ARCHIVES",
-    "PARTS",
-    "ROOT_ENV_VAR",
-    "Archive",
-    "DownloadError",
-    "download_gtsrb",
-    "layout_problems",
-    "resolve_base_url",
-]
+from alexnet_gtsrb.data.classes import NUM_CLASSES
+from alexnet_gtsrb.errors import UserError
 
+DEFAULT_BASE_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"
+MIRROR_ENV_VAR = "GTSRB_MIRROR"
 ROOT_ENV_VAR = "GTSRB_ROOT"
+DOWNLOADS_DIR = ".downloads"
+#: The parts of the dataset an archive can belong to, in download order.
+PARTS: tuple[str, ...] = ("train", "test")
+#: Network retries after the first try (pooch waits 1 s, then 2 s); a 4xx answer or a wrong md5 is not retried.
+RETRIES = 2
+#: A member name that would leave the folder it is unpacked into: absolute, a drive letter, or a '..' part.
+_UNSAFE_MEMBER = re.compile(r"^[\\/]|^[A-Za-z]:|(^|[\\/])\.\.([\\/]|$)")
 
 
-def _install_archive(
-    archive: Archive,
-    root: Path,
-    downloads: Path,
-    base_url: str,
-    progress: bool,
-    limits: tuple[float, float, int | None],
-    say: Callable[[str], None],
-) -> None:
-    """Make sure one archive is downloaded, verified and unpacked (skipping whatever is already done).
+class DownloadError(UserError, RuntimeError):
+    """GTSRB cannot be fetched, verified or unpacked; the one-line message says what to do next (a UserError:
+    the training entry point reports it without a traceback)."""
 
-    `limits` is (network timeout, overall download deadline, cap on the declared uncompressed size)."""
-    timeout, deadline, max_unpacked = limits
-    marker = marker_path(downloads, archive)
-    if marker.is_file():
-        if marker_complete(marker, root, archive):
-            say(f"{archive.filename}: already unpacked, skipping")
-            return
-        say(f"{archive.filename}: earlier extraction is incomplete or outdated; unpacking again")
-        marker.unlink()
-    final = downloads / archive.filename
-    part = downloads / f"{archive.filename}.part"
-    if cached_archive_ok(final, archive, say):
-        say(f"{archive.filename}: reusing verified archive {final}")
-        part.unlink(missing_ok=True)
-    else:
-        download(archive_url(base_url, archive.filename), archive, part, final, progress, timeout, say, deadline)
-    say(f"{archive.filename}: unpacking")
+
+@dataclass(frozen=True)
+class Archive:
+    """One zip on the mirror: its file name, md5, the part of the dataset it carries ("train" or "test"), its
+    size in bytes, and the sub-path of the data root where its members land ("" = the root)."""
+
+    filename: str
+    md5: str
+    part: str
+    size: int
+    dest: str = ""
+
+    @property
+    def cap(self) -> int:
+        """Bytes a mirror may send for this archive before the transfer is stopped: twice its size plus 1 MiB,
+        room for a mirror that repackages the same files uncompressed (the images are ~1.7x their zips)."""
+        return 2 * self.size + 2**20
+
+
+# Checksums. No md5 published by the dataset's authors was found (their download page,
+# https://benchmark.ini.rub.de/gtsrb_dataset.html, could not be checked directly), so each value below is the
+# one that established dataset loaders pin for the same file at the same sid.erda.dk URL, with its source
+# named beside it; two independent loaders agree on each of the test md5s. Not 513f3c79a4c5141765e10e952eaa2478:
+# that is the md5 of GTSRB-Training_fixed.zip, a different archive (the one torchvision fetches), so no
+# download of GTSRB_Final_Training_Images.zip could ever match it.
+#
+# Sizes: the Content-Length the sid.erda.dk server sends for each file, as recorded in public wget logs of these
+# exact URLs ("Length: 276294756 (263M) [application/zip]", "Length: 88978620 (85M)", "Length: 99620 (97K)",
+# each followed by "saved [N/N]"); an independent public table of GTSRB file sizes lists the same two test
+# sizes. They only cap downloads (Archive.cap); the md5 is what checks the content.
+OFFICIAL_ARCHIVES: tuple[Archive, ...] = (
+    # md5: github.com/google-deepmind/dm_nevis, dm_nevis/datasets_storage/handlers/german_tsr.py
+    # (german_tsr_dataset.download_urls). torchvision pins no md5 for this file.
+    Archive("GTSRB_Final_Training_Images.zip", "f33fd80ac59bff73c82d25ab499e03a3", "train", 276_294_756),
+    # md5: github.com/pytorch/vision, torchvision/datasets/gtsrb.py (GTSRB.download, split="test");
+    # dm_nevis german_tsr.py (above) pins the same value.
+    Archive("GTSRB_Final_Test_Images.zip", "c7e4e6327067d32654124b0fe9e82185", "test", 88_978_620),
+    # md5: github.com/pytorch/vision, torchvision/datasets/gtsrb.py (GTSRB.download, split="test");
+    # dm_nevis german_tsr.py (above) pins the same value.
+    # GT-final_test.csv sits at the top level of this zip; it belongs next to the test images.
+    Archive("GTSRB_Final_Test_GT.zip", "fe31e9c9270bbcd7b84b7f21a9d9d9e5", "test", 99_620, "GTSRB/Final_Test/Images"),
+)
+
+
+# ------------------------------------------------------------------------------------------------ layout
+
+
+def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
+    """The requested parts in canonical order; ValueError for an empty selection or an unknown part."""
+    parts = (parts,) if isinstance(parts, str) else tuple(parts)
+    if not parts or any(p not in PARTS for p in parts):
+        raise ValueError(f"parts must be a non-empty selection of {', '.join(PARTS)}, got {parts!r}")
+    return tuple(p for p in PARTS if p in parts)
+
+
+def _has_ppm(folder: Path) -> bool:
+    """True if the folder exists and holds at least one .ppm image (stops at the first one)."""
+    return folder.is_dir() and any(p.suffix.lower() == ".ppm" for p in folder.iterdir())
+
+
+def layout_problems(root: str | os.PathLike[str], parts: Sequence[str] = PARTS) -> list[str]:
+    """What is missing from the official GTSRB layout under root for the given parts ("train", "test";
+    default both). An empty list means those parts are complete."""
+    parts = check_parts(parts)
+    base, problems = Path(root) / "GTSRB", []
+    if "train" in parts:
+        train = base / "Final_Training" / "Images"
+        missing = [f"{c:05d}" for c in range(NUM_CLASSES) if not _has_ppm(train / f"{c:05d}")]
+        problems += [f"{train} lacks images of {len(missing)} classes ({', '.join(missing)})"] if missing else []
+    if "test" in parts:
+        test = base / "Final_Test" / "Images"
+        if not _has_ppm(test):
+            problems.append(f"no .ppm test images in {test}")
+        if not (test / "GT-final_test.csv").is_file():
+            problems.append(f"missing {test / 'GT-final_test.csv'} (from GTSRB_Final_Test_GT.zip)")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------- transfer
+
+
+def _say(progress: bool, message: str) -> None:
+    """A status line on stderr when progress output is on."""
+    if progress:
+        print(f"[gtsrb] {message}", file=sys.stderr, flush=True)
+
+
+def _network_error(url: str, exc: Exception, downloads: Path) -> DownloadError:
+    """A requests failure as one line naming the URL and the ways out."""
+    response = getattr(exc, "response", None)
+    what = f"HTTP {response.status_code} {response.reason}" if response is not None else type(exc).__name__
+    return DownloadError(
+        f"could not fetch {url} ({what}). Check the network, try another --mirror URL (or ${MIRROR_ENV_VAR}), "
+        f"or put the file into {downloads}/ yourself and rerun"
+    )
+
+
+def _os_error(exc: OSError, doing: str, where: Path) -> DownloadError:
+    """A filesystem failure as one line (a full disk gets its own wording)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DownloadError(
+            f"no space left on device in {where} while {doing}; free some space or choose another --root, then rerun"
+        )
+    reason = (exc.strerror or type(exc).__name__) + (f": {exc.filename}" if exc.filename else "")
+    return DownloadError(f"{doing} failed in {where} ({reason}); move what is in the way or fix its permissions, rerun")
+
+
+class _CappedFile:
+    """The file pooch's HTTPDownloader streams into, refusing to grow past the archive's cap."""
+
+    def __init__(self, fh: Any, archive: Archive, url: str) -> None:
+        self.fh, self.archive, self.url, self.size = fh, archive, url, 0
+
+    def write(self, chunk: bytes) -> int:
+        self.size += len(chunk)
+        if self.size > self.archive.cap:
+            raise DownloadError(
+                f"{self.url} sent more than {self.archive.cap:,} bytes, twice the {self.archive.size:,} of "
+                f"{self.archive.filename} plus 1 MiB; the transfer was stopped and nothing kept. Try another --mirror"
+            )
+        return int(self.fh.write(chunk))
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+@dataclass(frozen=True)
+class _Downloader:
+    """A pooch downloader: HTTP(S) through pooch.HTTPDownloader with the size cap, then the md5 check, so that
+    a wrong archive is refused (and pooch deletes its temporary file) with expected and actual md5 named."""
+
+    archive: Archive
+    progress: bool
+    timeout: float
+
+    def __call__(self, url: str, output_file: str, fetcher: Any) -> None:
+        import requests  # pooch imports it lazily too
+
+        _say(self.progress, f"downloading {url}")
+        http = pooch.HTTPDownloader(progressbar=self.progress, timeout=self.timeout, chunk_size=2**16)
+        try:
+            with open(output_file, "wb") as fh:
+                http(url, _CappedFile(fh, self.archive, url), fetcher)
+        except requests.HTTPError as exc:  # a 4xx will not change on a retry; 5xx and network errors are retried
+            if exc.response is not None and exc.response.status_code < 500:
+                raise _network_error(url, exc, Path(output_file).parent) from exc
+            raise
+        got, expected = pooch.file_hash(output_file, alg="md5"), self.archive.md5.lower()
+        if got != expected:
+            name = self.archive.filename
+            raise DownloadError(
+                f"checksum mismatch for {name} from {url}: expected md5 {expected}, got {got}; the download was "
+                f"deleted. Rerun, try another --mirror, or give a mirror's own archive its md5 with --md5 {name}=HASH"
+            )
+
+
+# ------------------------------------------------------------------------------------------------ unpack
+
+
+def _install(archive: Archive, fetcher: pooch.Pooch, root: Path, progress: bool, timeout: float) -> None:
+    """Fetch one archive (a cached copy is reused when its md5 matches) and unpack it, after refusing any member
+    whose path would leave its folder. A marker stands while it unpacks, so that the next run redoes a cut-off
+    unpack; an archive refused or found corrupt is deleted, so that the next run downloads it again."""
+    import requests
+
+    downloads, name = fetcher.abspath, archive.filename
+    if os.path.lexists(downloads / name) and not (downloads / name).is_file():  # pooch would hash a FIFO forever
+        raise DownloadError(f"{downloads / name} is not a regular file; move it aside and rerun")
     try:
-        installed = extract(final, root, archive.dest, max_unpacked)
-    except BadArchiveError:
-        final.unlink(missing_ok=True)
-        raise
-    write_marker(marker, archive, installed)
+        path = Path(fetcher.fetch(name, downloader=_Downloader(archive, progress, timeout)))
+    except requests.RequestException as exc:
+        raise _network_error(fetcher.get_url(name), exc, downloads) from exc
+    except OSError as exc:
+        raise _os_error(exc, f"downloading {name}", downloads) from exc
+    _say(progress, f"{name}: md5 ok, unpacking")
+    unfinished = downloads / f"{name}.unpacking"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = next((m for m in zf.namelist() if _UNSAFE_MEMBER.search(m)), None)
+            if bad is None:
+                unfinished.touch()
+                zf.extractall(root / archive.dest)
+                unfinished.unlink()
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:  # corrupt, encrypted
+        path.unlink()
+        raise DownloadError(
+            f"{name} is not a readable zip ({exc}); it was deleted, rerun to download it again"
+        ) from exc
+    except OSError as exc:
+        raise _os_error(exc, f"unpacking {name}", root) from exc
+    if bad is not None:
+        path.unlink()
+        raise DownloadError(
+            f"refusing to unpack {name}: member '{bad}' has an unsafe path (absolute, drive letter or '..'); "
+            "nothing was unpacked and the archive was deleted. Check where it came from (--mirror, --md5)"
+        )
 
 
-def _os_error(exc: OSError, root: Path) -> DownloadError:
-    """A one-line DownloadError for a filesystem failure not handled where it happened."""
-    if is_no_space(exc):
-        folder = Path(exc.filename).parent if exc.filename else root
-        return DownloadError(f"no space left on device in {folder} while installing GTSRB into {root}; {NO_SPACE_FIX}")
-    return DownloadError(f"could not install GTSRB into {root} ({os_error_text(exc)})")
+def resolve_base_url(base_url: str | None = None) -> str:
+    """The mirror (argument, else $GTSRB_MIRROR, else the official server), with a trailing slash."""
+    url = (base_url or os.environ.get(MIRROR_ENV_VAR, "") or DEFAULT_BASE_URL).strip()
+    if not url.startswith(("http://", "https://")):
+        raise DownloadError(
+            f"--mirror must be an http:// or https:// URL, got {url!r}; for local copies of the zips, put them "
+            f"into <root>/{DOWNLOADS_DIR}/ and leave --mirror out"
+        )
+    return url if url.endswith("/") else url + "/"
 
 
-def _parts_to_fetch(
-    root: Path, downloads: Path, archives: Sequence[Archive], parts: Sequence[str], say: Callable[[str], None]
-) -> list[str]:
-    """The requested parts that need work: a part whose layout is already complete and none of whose
-    archives has a marker (unpacked by hand) is left alone."""
+def _todo(root: Path, downloads: Path, archives: Sequence[Archive], parts: Sequence[str]) -> list[Archive]:
+    """The archives of the parts that need work: not those of a complete part, unless one was cut off unpacking."""
     todo = []
     for part in parts:
-        markers = [marker_path(downloads, a) for a in archives if a.part == part]
-        if not any(m.exists() for m in markers) and not layout_problems(root, (part,)):
-            say(f"complete GTSRB {part} layout already present in {root}; nothing to download for it")
-            continue
-        todo.append(part)
+        mine = [a for a in archives if a.part == part]
+        if layout_problems(root, (part,)) or any((downloads / f"{a.filename}.unpacking").exists() for a in mine):
+            todo += mine
     return todo
-
-
-def _check_limits(**limits: Any) -> None:
-    for name, value in limits.items():
-        if name == "max_unpacked" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-
-
-def _fetch_parts(
-    root_path: Path,
-    archives: Sequence[Archive],
-    parts: Sequence[str],
-    base: str,
-    progress: bool,
-    limits: tuple[float, float, int | None],
-    say: Callable[[str], None],
-) -> None:
-    """Fetch and unpack the archives of the parts not yet in place, then check the layout they make."""
-    downloads = root_path / DOWNLOADS_DIR
-    try:
-        root_path.mkdir(parents=True, exist_ok=True)
-        remove_stale_extract_dirs(root_path, say)
-        todo = _parts_to_fetch(root_path, downloads, archives, parts, say)
-        if not todo:
-            return
-        downloads.mkdir(exist_ok=True)
-        for archive in archives:
-            if archive.part in todo:
-                _install_archive(archive, root_path, downloads, base, progress, limits, say)
-    except OSError as exc:  # anything the steps above did not already turn into a message
-        raise _os_error(exc, root_path) from exc
-    problems = layout_problems(root_path, parts)
-    if problems:
-        raise DownloadError(
-            f"archives unpacked into {root_path} but the GTSRB layout is incomplete: "
-            f"{'; '.join(problems)}. "
-            f"Delete {downloads} and {root_path / 'GTSRB'} and rerun"
-        )
 
 
 def download_gtsrb(
@@ -189,47 +273,40 @@ def download_gtsrb(
     progress: bool = True,
     timeout: float = 60,
     parts: Sequence[str] = PARTS,
-    deadline: float = DEFAULT_DEADLINE,
-    max_unpacked: int | None = None,
+    retries: int = RETRIES,
 ) -> Path:
-    """Download, verify and unpack the GTSRB archives of the given parts into root; return the absolute root.
+    """Download, verify and unpack the archives of `parts` ("train", "test") into root; return the absolute root.
 
-    `parts` selects the parts of the dataset ("train", "test"; default both): only the archives whose
-    ``part`` is selected are fetched, and only those parts' layout is required at the end.
-    Idempotent, per part: archives already unpacked (per their marker) are skipped, cached archives are
-    reused after an md5 check, and a part whose layout is already complete without any marker (unpacked
-    by hand) is left alone. `base_url` defaults to $GTSRB_MIRROR, then to the official server.
-    Status messages and progress bars go to stderr when `progress` is true.
-
-    Limits against a broken or hostile mirror: `timeout` seconds per network read; `deadline` seconds for
-    each archive's whole transfer (passing it raises, keeping the ``.part`` for a resume); at most
-    ``Archive.size`` x 1.25 bytes per archive (2 GiB when the size is None); and a cap on the uncompressed
-    size an archive's members declare: `max_unpacked` bytes, or by default 20x the archive's size (at least
-    16 MiB, at most 2 GiB). Every failure is a DownloadError with a one-line message.
-    """
-    validate_archives(archives)
+    A part already complete (unpacked earlier, or by hand) is left alone. `base_url` defaults to $GTSRB_MIRROR,
+    then the official server; `timeout` is the network timeout in seconds; status lines and progress bars go to
+    stderr when `progress` is true. A failure is a one-line DownloadError that leaves no unverified archive and
+    removes the folders the run created if they stayed empty."""
     parts = check_parts(parts)
-    _check_limits(timeout=timeout, deadline=deadline, max_unpacked=max_unpacked)
     root_path = Path(root).expanduser().resolve()
     base = resolve_base_url(base_url)
-
-    def say(message: str) -> None:
-        """Print a status line to stderr when progress output is on."""
-        if progress:
-            print(f"[gtsrb] {message}", file=sys.stderr, flush=True)
-
     downloads = root_path / DOWNLOADS_DIR
-    for folder in (root_path, downloads):
-        if os.path.lexists(folder) and not folder.is_dir():
-            raise DownloadError(f"{folder} exists but is not a directory; move it aside or choose another --root")
-    root_created = not root_path.exists()
-    downloads_created = not downloads.exists()
+    created = [d for d in (root_path, downloads) if not os.path.lexists(d)]
+    pooch.get_logger().setLevel(logging.WARNING)  # our own status lines instead of pooch's
     try:
-        _fetch_parts(root_path, archives, parts, base, progress, (timeout, deadline, max_unpacked), say)
-    except BaseException:
-        if downloads_created:
-            remove_if_empty(downloads)
-        if root_created:
-            remove_if_empty(root_path)
-        raise
+        todo = _todo(root_path, downloads, archives, parts)
+        if not todo:
+            _say(progress, f"the GTSRB {' and '.join(parts)} layout is already complete in {root_path}")
+        registry = {a.filename: f"md5:{a.md5}" for a in todo}
+        fetcher = pooch.Pooch(path=downloads, base_url=base, registry=registry, retry_if_failed=retries)
+        for stale in downloads.glob("tmp*"):  # pooch's temporary file of a killed run
+            stale.unlink()
+        for archive in todo:
+            _install(archive, fetcher, root_path, progress, timeout)
+    except OSError as exc:  # anything the steps above did not already turn into a message
+        raise _os_error(exc, "installing GTSRB", root_path) from exc
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if it stayed empty
+    problems = layout_problems(root_path, parts)
+    if problems:
+        raise DownloadError(
+            f"archives unpacked into {root_path} but the GTSRB layout is incomplete: {'; '.join(problems)}. "
+            f"Delete {downloads} and {root_path / 'GTSRB'} and rerun"
+        )
     return root_path

@@ -1,162 +1,65 @@
-"""Command line: ``python -m alexnet_gtsrb.data.download --root DIR [--only {all,test}] ...``.
-
-Downloads, verifies and unpacks GTSRB into --root, then prints the ``export GTSRB_ROOT=...`` line.
-Any failure prints one ``error: ...`` line on stderr and exits 1 (130 on Ctrl-C, 2 for a usage error).
-``main`` is also the ``alexnet-gtsrb-download`` console script (``alexnet_gtsrb.data.download.__main__:main``).
-"""
+"""``python -m alexnet_gtsrb.data.download --root DIR [--only {all,test}] [--mirror URL] [--md5 FILE=HASH] ...``,
+also the ``alexnet-gtsrb-download`` console script: fills --root, then prints the ``export GTSRB_ROOT=...`` line.
+A failure is one ``error: ...`` line on stderr and exit 1 (130 on Ctrl-C, 2 for a usage error)."""
 
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import os
+import re
 import shlex
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import Any
+from collections.abc import Sequence
 
-from alexnet_gtsrb.data.download import (
-    DEFAULT_BASE_URL,
-    DEFAULT_DEADLINE,
-    MIRROR_ENV_VAR,
-    OFFICIAL_ARCHIVES,
-    PARTS,
-    ROOT_ENV_VAR,
-    Archive,
-    DownloadError,
-    download_gtsrb,
-)
-from alexnet_gtsrb.data.download.archive import (
-    DEFAULT_MAX_DOWNLOAD,
-    DEFAULT_MAX_UNPACKED,
-    MAX_RATIO,
-    MD5_RE,
-    RATIO_FLOOR,
-    SIZE_MARGIN,
-)
+from alexnet_gtsrb.data import download as dl
 
 #: --only choices and the parts of the dataset each one fetches.
-ONLY_CHOICES: dict[str, tuple[str, ...]] = {"all": PARTS, "test": ("test",)}
+ONLY_CHOICES: dict[str, tuple[str, ...]] = {"all": dl.PARTS, "test": ("test",)}
 
 
-def _split_override(flag: str, item: str, names: Sequence[str], what: str) -> tuple[str, str]:
-    """Split a FILENAME=VALUE override of `flag`, checking that FILENAME names an archive."""
-    name, sep, value = item.partition("=")
-    name, value = name.strip(), value.strip()
-    if not sep or name not in names:
-        raise ValueError(f"{flag} expects FILENAME={what} with FILENAME one of {', '.join(names)}; got {item!r}")
-    return name, value
-
-
-def _md5_value(name: str, value: str) -> str | None:
-    if value.lower() == "none":
-        return None
-    if MD5_RE.fullmatch(value):
-        return value.lower()
-    raise ValueError(f"--md5 {name}: HASH must be 32 hex digits or 'none', got {value!r}")
-
-
-def _size_value(name: str, value: str) -> int | None:
-    if value.lower() == "none":
-        return None
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    raise ValueError(f"--size {name}: BYTES must be a positive whole number or 'none', got {value!r}")
-
-
-#: --md5 FILENAME=HASH and --size FILENAME=BYTES: (what the value is called, the Archive field, its parser)
-_OVERRIDES = {"--md5": ("HASH", "md5", _md5_value), "--size": ("BYTES", "size", _size_value)}
-
-
-def _apply_overrides(archives: Sequence[Archive], flag: str, overrides: Sequence[str]) -> tuple[Archive, ...]:
-    """Apply FILENAME=VALUE overrides of ``flag`` ('none': no check / unknown) to a set of archives."""
-    what, field, parse = _OVERRIDES[flag]
-    by_name = {a.filename: a for a in archives}
+def with_md5s(overrides: Sequence[str]) -> tuple[dl.Archive, ...]:
+    """The official archives with the --md5 FILENAME=HASH overrides applied; ValueError for a bad one."""
+    by_name = {a.filename: a for a in dl.OFFICIAL_ARCHIVES}
     for item in overrides:
-        name, value = _split_override(flag, item, tuple(by_name), what)
-        changes: dict[str, Any] = {field: parse(name, value)}
-        by_name[name] = replace(by_name[name], **changes)
-    return tuple(by_name[a.filename] for a in archives)
-
-
-def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
-    """argparse type: a positive int or float."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-        if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-
-    return parse
-
-
-def _one_line(exc: BaseException) -> str:
-    """Collapse an exception message onto a single line for the CLI."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+        name, _, md5 = (s.strip() for s in item.partition("="))
+        if name not in by_name or not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
+            raise ValueError(
+                f"--md5 expects FILENAME=HASH (32 hex digits), FILENAME one of {', '.join(by_name)}; got {item!r}"
+            )
+        by_name[name] = dataclasses.replace(by_name[name], md5=md5.lower())
+    return tuple(by_name.values())
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The argument parser (defaults for --root come from $GTSRB_ROOT)."""
+    """The argument parser (--root defaults to $GTSRB_ROOT)."""
     parser = argparse.ArgumentParser(
         prog="python -m alexnet_gtsrb.data.download",
-        description="Download, verify and unpack the official GTSRB archives (resumable, idempotent).",
+        description="Download, md5-check and unpack the official GTSRB archives (idempotent; retries network errors).",
     )
-    parser.add_argument(
-        "--root", default=os.environ.get(ROOT_ENV_VAR) or None, help=f"data root to fill (default: ${ROOT_ENV_VAR})"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("--root", default=os.environ.get(dl.ROOT_ENV_VAR) or None, help=f"data root (default: ${dl.ROOT_ENV_VAR})")
+    add(
         "--only",
         choices=tuple(ONLY_CHOICES),
         default="all",
-        help="what to fetch: all (training + test archives, default) or test (only the test images and "
-        "GT-final_test.csv, enough to evaluate a checkpoint; skips the 263 MB training archive)",
+        help="all (training + test archives, default) or test (the test images and GT-final_test.csv: enough to "
+        "evaluate a checkpoint, without the 263 MB training archive)",
     )
-    parser.add_argument(
+    add(
         "--mirror",
-        default=None,
-        help=f"base URL holding the zip files (default: ${MIRROR_ENV_VAR}, else {DEFAULT_BASE_URL})",
+        help=f"http(s) base URL holding the zips (default: ${dl.MIRROR_ENV_VAR}, else {dl.DEFAULT_BASE_URL}); "
+        "they must match the official md5s, or those given with --md5",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars or status lines")
-    parser.add_argument(
+    add(
         "--md5",
         action="append",
         default=[],
         metavar="FILENAME=HASH",
-        help="override an archive's expected md5 (repeatable; HASH 'none' skips the check). A mirror that "
-        "repackages the archives needs --size too",
+        help="a mirror's own md5 of an archive (repeatable)",
     )
-    parser.add_argument(
-        "--size",
-        action="append",
-        default=[],
-        metavar="FILENAME=BYTES",
-        help=f"override an archive's expected size (repeatable): a download is stopped and deleted once it passes "
-        f"{SIZE_MARGIN:g}x this size; BYTES 'none' caps it at {DEFAULT_MAX_DOWNLOAD // 2**30} GiB instead",
-    )
-    parser.add_argument(
-        "--timeout", type=_positive(float), default=60.0, help="network timeout in seconds, per read (default 60)"
-    )
-    parser.add_argument(
-        "--deadline",
-        type=_positive(float),
-        default=DEFAULT_DEADLINE,
-        help=f"overall time limit per archive download, in seconds (default {DEFAULT_DEADLINE:g} = "
-        f"{DEFAULT_DEADLINE / 3600:g} h); past it the download stops, keeping its partial file for a rerun to resume",
-    )
-    parser.add_argument(
-        "--max-unpacked",
-        type=_positive(int),
-        default=None,
-        metavar="BYTES",
-        help=f"refuse an archive whose members declare more than BYTES uncompressed (zip-bomb guard; default: "
-        f"{MAX_RATIO}x the archive's size, at least {RATIO_FLOOR // 2**20} MiB, at most "
-        f"{DEFAULT_MAX_UNPACKED // 2**30} GiB)",
-    )
+    add("--no-progress", action="store_true", help="no progress bars or status lines")
+    add("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
     return parser
 
 
@@ -165,33 +68,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.root:
-        parser.error(f"--root is required (or set ${ROOT_ENV_VAR})")
+        parser.error(f"--root is required (or set ${dl.ROOT_ENV_VAR})")
+    if not 0 < args.timeout < float("inf"):
+        parser.error(f"--timeout must be a positive number of seconds, got {args.timeout}")
     try:
-        archives = _apply_overrides(_apply_overrides(OFFICIAL_ARCHIVES, "--md5", args.md5), "--size", args.size)
+        archives = with_md5s(args.md5)
     except ValueError as exc:
         parser.error(str(exc))
-
     try:
-        root = download_gtsrb(
-            args.root,
-            base_url=args.mirror,
-            archives=archives,
-            progress=not args.no_progress,
-            timeout=args.timeout,
-            parts=ONLY_CHOICES[args.only],
-            deadline=args.deadline,
-            max_unpacked=None if args.max_unpacked is None else int(args.max_unpacked),
-        )
+        parts, progress = ONLY_CHOICES[args.only], not args.no_progress
+        root = dl.download_gtsrb(args.root, args.mirror, archives, progress, args.timeout, parts)
     except KeyboardInterrupt:
-        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        print("error: interrupted; nothing unverified was kept, rerun the same command", file=sys.stderr)
         return 130
-    except (DownloadError, OSError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+    except (dl.DownloadError, OSError) as exc:
+        print("error: " + (" ".join(str(exc).split()) or type(exc).__name__), file=sys.stderr)
         return 1
     what = "GTSRB" if args.only == "all" else "The GTSRB test set"
-    print(f"{what} is ready in {root / 'GTSRB'}")
-    print("Point the training code at it with:")
-    print(f"export {ROOT_ENV_VAR}={shlex.quote(str(root))}")
+    print(f"{what} is ready in {root / 'GTSRB'}\nPoint the training code at it with:")
+    print(f"export {dl.ROOT_ENV_VAR}={shlex.quote(str(root))}")
     return 0
 
 
