@@ -42,7 +42,6 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from alexnet_gtsrb.data.classes import class_name
-from alexnet_gtsrb.data.dataset import GTSRBDataset
 from alexnet_gtsrb.data.transforms import view_source
 from alexnet_gtsrb.errors import ConfigError, UserError
 from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, interval_metrics, track_interval
@@ -129,7 +128,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "metrics.json").unlink(missing_ok=True)  # written last: its presence marks a complete report
     datamodule = instantiate(data_cfg, _convert_="all")
     split, dataset, loader, ten = _scored_set(cfg, datamodule, size)
-    scores, wrong, error_rows, skipped, by_track = _score(models, datamodule, dataset, loader(), device, size, ten)
+    scores, wrong, error_rows, by_track = _score(models, datamodule, dataset, loader(), device, size, ten)
     cm = scores["confmat"]
     total = int(cm.sum())
     if total == 0:
@@ -154,7 +153,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "split": split,
         "correct": correct,
         "num_images": total,
-        "skipped_images": skipped,
         "test_views": 2 * CROPS if ten else 1,
         "ckpt_path": str(ckpt_file),
         "ckpt_chosen_by": chosen_by,
@@ -183,21 +181,17 @@ def _track_metrics(split: str, by_track: dict[str | None, list[int]]) -> dict[st
 
 def _score(
     models: list[Any], datamodule: Any, dataset: Any, loader: Any, device: str, size: int, ten: bool
-) -> tuple[dict[str, Any], list, list, int, dict[str | None, list[int]]]:
-    """One pass over the loader: (torchmetrics scores, the first misclassified images, a row per error, the
-    number of unreadable images skipped, [correct, images] per track). Several models: their probabilities
-    averaged (a committee)."""
+) -> tuple[dict[str, Any], list, list, dict[str | None, list[int]]]:
+    """One pass over the loader: (torchmetrics scores, the first misclassified images, a row per error,
+    [correct, images] per track). Several models: their probabilities averaged (a committee)."""
     metrics_all = class_metrics(int(models[0].hparams.num_classes), device)
     wrong: list[tuple[np.ndarray, int, int, float]] = []
     error_rows: list[dict[str, Any]] = []
     by_track: dict[str | None, list[int]] = {}
-    skipped, start = 0, 0
-    for images, labels, n_skipped in tqdm(loader, desc="evaluate", unit="batch", disable=None, file=sys.stderr):
-        skipped += int(n_skipped)
-        indices = _kept_indices(dataset, start, len(labels) + int(n_skipped), int(n_skipped))
-        start += len(labels) + int(n_skipped)
-        if labels.numel() == 0:
-            continue
+    start = 0  # the loader is unshuffled: batch rows are dataset rows start, start + 1, ...
+    for images, labels in tqdm(loader, desc="evaluate", unit="batch", disable=None, file=sys.stderr):
+        indices = range(start, start + len(labels))
+        start += len(labels)
         images, labels = images.to(device), labels.to(device)
         probs = torch.stack(
             [ten_view_probabilities(m, images, size) if ten else m(images).float().softmax(dim=-1) for m in models]
@@ -214,15 +208,12 @@ def _score(
                 wrong.append((images[i].cpu().numpy(), true, guess, confidence))
             path = dataset.records[indices[i]].path
             error_rows.append(_error_row(path, datamodule.index.root, true, guess, confidence))
-    return {k: v.cpu() for k, v in metrics_all.compute().items()}, wrong, error_rows, skipped, by_track
+    return {k: v.cpu() for k, v in metrics_all.compute().items()}, wrong, error_rows, by_track
 
 
 def _print_summary(metrics: dict[str, Any], macro: dict[str, float], out_dir: Path) -> None:
-    test_info, total = metrics["test_set"], metrics["num_images"]
-    print_rank_zero(f"test set: {test_info['note']}")
-    if total != test_info["images"]:
-        skipped = metrics["skipped_images"]
-        print_rank_zero(f"evaluated: {total} of its {test_info['images']} images ({skipped} unreadable, skipped)")
+    total = metrics["num_images"]
+    print_rank_zero(f"test set: {metrics['test_set']['note']}")
     print_rank_zero(f"{metrics['split']}/acc: {format_accuracy(metrics['correct'], total)}")
     if "tracks" in metrics:
         low, high = (metrics[f"{metrics['split']}/acc_track_ci_{end}"] for end in ("low", "high"))
@@ -232,13 +223,6 @@ def _print_summary(metrics: dict[str, Any], macro: dict[str, float], out_dir: Pa
     for line in (out_dir / "per_class.md").read_text().splitlines()[:12]:
         print_rank_zero(line)
     print_rank_zero(f"report: {out_dir}")
-
-
-def _kept_indices(dataset: GTSRBDataset, start: int, count: int, skipped: int) -> list[int]:
-    """Dataset indices of the images in one test batch: the unshuffled loader's ``count`` items from ``start``
-    less those it skipped as unreadable (found by reading them again; only a batch with a skip pays that)."""
-    span = range(start, start + count)
-    return list(span) if not skipped else [i for i in span if dataset[i] is not None]
 
 
 def _error_row(path: str, root: Path, true: int, guess: int, confidence: float) -> dict[str, Any]:

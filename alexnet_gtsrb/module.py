@@ -97,14 +97,7 @@ class GTSRBClassifier(LightningModule):
             self.metrics[f"{s}_loss"] = MeanMetric()
         self.val_acc_best: Any = MaxMetric()
         self._resumed_val_acc_best: float | None = None
-        self.skipped_images = 0
         self.test_views = 1  # set by train.py from the config's test_views (1 or 10) before the test
-        self._log_skipped = False  # set in setup() from the DataModule's on_bad_image
-
-    def setup(self, stage: str) -> None:
-        """Log skipped-image counts only where images can be skipped (data.on_bad_image=skip)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        self._log_skipped = getattr(datamodule, "hparams", {}).get("on_bad_image") == "skip"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised float batch, or for raw uint8 (B, H, W, 3) images."""
@@ -124,18 +117,10 @@ class GTSRBClassifier(LightningModule):
     # -- steps ------------------------------------------------------------------------------------------
     def _shared_step(
         self, batch: Any, stage: str, logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss, accuracy and their logging; ``logits_fn`` (default: the network) maps the images to logits
         (log-probabilities work too: cross-entropy of log p is -log p_y)."""
-        x, y, skipped = batch
-        skipped = int(skipped)
-        self.skipped_images += skipped
-        if self._log_skipped:  # images dropped under data.on_bad_image=skip, summed per epoch (and over ranks)
-            self.log(
-                f"{stage}/skipped_images", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True
-            )
-        if y.numel() == 0:
-            return None
+        x, y = batch
         logits = (logits_fn or self)(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
@@ -149,11 +134,8 @@ class GTSRBClassifier(LightningModule):
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss, logits.detach(), y
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        out = self._shared_step(batch, "train")
-        if out is None:
-            return None
-        loss = out[0]
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self._shared_step(batch, "train")[0]
         if not torch.isfinite(loss.detach()):  # one host sync per step; a diverged run must not go on
             raise NonFiniteLossError(self._divergence_message(float(loss.detach())))
         return loss
@@ -170,12 +152,9 @@ class GTSRBClassifier(LightningModule):
             "the best and last checkpoints are those of the last finite step."
         )
 
-    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """Returns predictions and targets for callbacks (confusion matrix, per-class accuracy)."""
-        out = self._shared_step(batch, "val")
-        if out is None:
-            return None
-        loss, logits, y = out
+        loss, logits, y = self._shared_step(batch, "val")
         return {"loss": loss, "preds": logits.argmax(dim=-1), "target": y}
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
@@ -292,16 +271,22 @@ class GTSRBClassifier(LightningModule):
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """No weight decay on biases and normalisation parameters (1-D tensors), unless asked (paper); with
-        ``backbone_lr_scale`` != 1 the convolutional backbone (``net.features``) gets its own groups at
-        ``optimizer.lr x backbone_lr_scale`` (fine-tuning)."""
+        ``backbone_lr_scale`` != 1 the convolutional backbone (the parameters the network's ``is_backbone(name)``
+        names) gets its own groups at ``optimizer.lr x backbone_lr_scale`` (fine-tuning)."""
         hp = self.hparams
         scale = float(hp.get("backbone_lr_scale", 1.0))
+        is_backbone = getattr(self.net, "is_backbone", None)
+        if scale != 1.0 and not callable(is_backbone):
+            raise ConfigError(
+                f"model.backbone_lr_scale={scale:g} needs a network that names its backbone (an is_backbone(name) "
+                f"method); {type(self.net).__name__} has none: set model.backbone_lr_scale=1."
+            )
         kinds = ("all",) if hp.decay_bias_and_norm else ("weights", "no_decay")
         parts = ("", "backbone_") if scale != 1.0 else ("",)
         params: dict[str, list[torch.nn.Parameter]] = {p + k: [] for p in parts for k in kinds}
         for name, p in self.net.named_parameters():
             if p.requires_grad:
-                part = "backbone_" if scale != 1.0 and name.startswith("features.") else ""
+                part = "backbone_" if scale != 1.0 and is_backbone(name) else ""  # type: ignore[misc]
                 kind = "all" if hp.decay_bias_and_norm else ("no_decay" if p.ndim <= 1 else "weights")
                 params[part + kind].append(p)
         groups: list[dict[str, Any]] = []

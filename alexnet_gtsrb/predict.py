@@ -6,8 +6,9 @@ image's Grad-CAM overlay (top class) into ``<run folder>/gradcam/``.
 
 Prints the top-k classes (id, English name, probability) of each image, as an aligned table or as JSON on
 stdout. ``images`` is a file, a folder (all files under it, sorted) or a list of either. Files that are
-missing, not images, or fail to decode are reported by name on stderr and skipped; the exit code is 0 when at
-least one image was predicted, 2 (one-line message, no traceback) when none was.
+missing, not images, over 25 megapixels (:data:`alexnet_gtsrb.data.io.MAX_PIXELS`) or fail to decode are reported
+by name on stderr and skipped; the exit code is 0 when at least one image was predicted, 2 (one-line message, no
+traceback) when none was.
 
 Preprocessing is the checkpoint's evaluation pipeline (its preset, CLAHE and image size; see
 :func:`alexnet_gtsrb.inference.eval_settings`) applied to the whole image: the GTSRB ROI crop needs the
@@ -34,7 +35,7 @@ from omegaconf import DictConfig, ListConfig
 from tqdm import tqdm
 
 from alexnet_gtsrb.data.classes import class_name
-from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits, decode_rgb
+from alexnet_gtsrb.data.io import decode_rgb
 from alexnet_gtsrb.data.transforms import build_transform
 from alexnet_gtsrb.errors import BadDataError, ConfigError, UserError, int_setting
 from alexnet_gtsrb.inference import eval_settings, load_classifier, pick_device
@@ -62,18 +63,12 @@ def _report_skip(message: str) -> None:
     print(f"skipped: {message}", file=sys.stderr, flush=True)
 
 
-def load_images(
-    paths: Iterable[Path],
-    transform: Any,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
-) -> tuple[list[Path], list[np.ndarray]]:
+def load_images(paths: Iterable[Path], transform: Any) -> tuple[list[Path], list[np.ndarray]]:
     """Decode and preprocess each file; those that fail are reported on stderr and left out.
 
-    A file over ``max_file_bytes`` is skipped unread, one whose header declares more than ``max_pixels``
-    pixels undecoded (see :func:`alexnet_gtsrb.data.io.decode_rgb`); only the preprocessed images are kept.
+    A file too large is skipped unread, one whose header declares too many pixels undecoded (the limits of
+    :func:`alexnet_gtsrb.data.io.decode_rgb`); only the preprocessed images are kept.
     """
-    check_limits(max_pixels, max_file_bytes, ("max_pixels", "max_file_bytes"))
     ok_paths: list[Path] = []
     arrays: list[np.ndarray] = []
     for p in tqdm(list(paths), desc="read", unit="image", disable=None, file=sys.stderr):
@@ -81,7 +76,7 @@ def load_images(
             _report_skip(f"{p}: no such file.")
             continue
         try:
-            image = decode_rgb(str(p), max_pixels, max_file_bytes)
+            image = decode_rgb(str(p))
         except BadDataError as exc:
             _report_skip(str(exc))
             continue
@@ -197,8 +192,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     settings = eval_settings(model, data_hp)
     augment = settings["augment"]
     transform = build_transform(augment.get("preset", "none"), settings["image_size"], train=False, params=augment)
-    limits = cfg.get("max_pixels", DEFAULT_MAX_PIXELS), cfg.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES)
-    ok_paths, arrays = load_images(paths, transform, *limits)
+    ok_paths, arrays = load_images(paths, transform)
     if not arrays:
         raise UserError(f"none of the {len(paths)} file(s) could be read as an image; nothing was predicted.")
     temperature = 1.0

@@ -190,8 +190,8 @@ def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, fitted: bool) -> str:
 
 
 class _TestImageCount(L.Callback):
-    """Counts the test images the test really scored (a ``limit_test_batches`` or a skipped unreadable image
-    makes it fewer than the test set), summed over DDP ranks: the n of test/acc's interval."""
+    """Counts the test images the test really scored (``trainer.limit_test_batches`` makes it fewer than the test
+    set), summed over DDP ranks: the n of test/acc's interval."""
 
     def __init__(self) -> None:
         self.images = 0
@@ -356,7 +356,7 @@ def _fit_and_test(
             if counts["test_images"] != counts["test_set"]["images"]:
                 print_rank_zero(
                     f"tested: {counts['test_images']} of its {counts['test_set']['images']} images "
-                    "(trainer.limit_test_batches, or unreadable images skipped)"
+                    "(trainer.limit_test_batches)"
                 )
             print_rank_zero(f"test/acc: {format_accuracy(counts['test_correct'], counts['test_images'])}")
     _write_metrics(cfg, trainer, metrics, {**extra, "wall_time_s": round(time.monotonic() - start, 3)})

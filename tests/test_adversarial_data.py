@@ -2,7 +2,7 @@
 
 Annotation CSVs that are not UTF-8, name files outside their folder, list an image twice, carry impossible
 ROIs, lack columns or list no test images; images whose headers declare huge sizes (PPM, a real 1.1 MB PNG
-bomb, JPEG), a 2 GB sparse file. Unit-level calls, plus the two commands a user types: one training run
+bomb, JPEG), a 2 GB sparse file, a pipe. Unit-level calls, plus the two commands a user types: one training run
 (a hostile test image with data.verify=false: exit 2 naming it) and one predict run (bad files skipped by name,
 good ones predicted, bounded memory), which uses the checkpoint that training left behind.
 """
@@ -26,15 +26,15 @@ import cv2
 import numpy as np
 import pytest
 
+from alexnet_gtsrb.data import io as image_io
 from alexnet_gtsrb.data.datamodule import GTSRBDataModule
 from alexnet_gtsrb.data.dataset import GTSRBDataset
 from alexnet_gtsrb.data.gtsrb import Record, index_gtsrb, verify_records
-from alexnet_gtsrb.data.io import decode_rgb, image_size_from_header
-from alexnet_gtsrb.errors import BadDataError, ConfigError
-from alexnet_gtsrb.predict import load_images
+from alexnet_gtsrb.data.io import decode_rgb
+from alexnet_gtsrb.errors import BadDataError
 from tests.helpers import ROOT, run_train, tiny_overrides
 
-HUGE_PPM = b"P6\n100000 100000\n255\n" + b"\0" * 64
+HUGE_PPM = b"P6\n6000 5000\n255\n" + b"\0" * 64  # 30 MP: over our limit, under Pillow's own
 KAGGLE_HEADER = "Width,Height,Roi.X1,Roi.Y1,Roi.X2,Roi.Y2,ClassId,Path"
 
 
@@ -230,74 +230,72 @@ def _peak_rss_mb() -> float:
 @pytest.mark.parametrize(
     ("name", "make", "match"),
     [
-        ("huge.ppm", lambda p: p.write_bytes(HUGE_PPM), "PNM header declares 100000x100000"),
-        ("bomb.png", _png_bomb, "PNG header declares 20000x20000"),
-        ("huge.jpg", lambda p: p.write_bytes(_jpeg(declared=(60000, 60000))), "JPEG header declares 60000x60000"),
+        ("huge.ppm", lambda p: p.write_bytes(HUGE_PPM), "its PPM header declares 6000x5000 = 30,000,000 pixels"),
+        ("bomb.png", _png_bomb, "more pixels than Pillow's decompression-bomb limit"),
+        ("huge.jpg", lambda p: p.write_bytes(_jpeg(declared=(60000, 60000))), "decompression-bomb limit"),
         ("sparse.ppm", _sparse, "2,147,483,648 bytes is over the limit"),
     ],
 )
-def test_caps_refuse_before_reading_or_decoding(tmp_path, name, make, match):
+def test_limits_refuse_before_reading_or_decoding(tmp_path, name, make, match):
     path = tmp_path / name
     make(path)
     before, start = _peak_rss_mb(), time.perf_counter()
-    assert _refused(match, decode_rgb, str(path)).startswith(f"{path}: ")
+    message = _refused(match, decode_rgb, str(path))
+    assert message.startswith(f"{path}: ") and ("refused before decoding" in message or "without reading" in message)
     assert time.perf_counter() - start < 2.0 and _peak_rss_mb() - before < 100  # nothing big was read
-    bad = verify_records([Record(str(path), 0)])  # the header scan before training says the same
-    assert len(bad) == 1 and match.split(" ")[-1] in bad[0][1]
+    bad = verify_records([Record(str(path), 0)])  # verifying the index says the same
+    assert len(bad) == 1 and bad[0][1] == message
 
 
-@pytest.mark.parametrize("ext", [".ppm", ".png", ".jpg", ".bmp", ".webp"])
-def test_pixel_cap_boundary_from_each_header(tmp_path, ext):
+@pytest.mark.parametrize("ext", [".ppm", ".png", ".jpg", ".bmp", ".webp", ".tiff"])
+def test_pixel_and_byte_limits_at_their_boundary(tmp_path, monkeypatch, ext):
     path = tmp_path / f"img{ext}"
     path.write_bytes(cv2.imencode(ext, np.zeros((5, 7, 3), np.uint8))[1].tobytes())
-    assert image_size_from_header(str(path), max_pixels=35) == (7, 5)
-    assert decode_rgb(str(path), max_pixels=35).shape == (5, 7, 3)
-    _refused("declares 7x5 = 35 pixels, over the limit of 34", decode_rgb, str(path), 34)
-    _refused("over the limit of 34", image_size_from_header, str(path), 34)
-    _refused(
-        f"{path.stat().st_size - 1:,}; refused without reading", decode_rgb, str(path), 35, path.stat().st_size - 1
-    )
+    monkeypatch.setattr(image_io, "MAX_PIXELS", 35)
+    assert decode_rgb(str(path)).shape == (5, 7, 3)
+    monkeypatch.setattr(image_io, "MAX_PIXELS", 34)
+    _refused("header declares 7x5 = 35 pixels, over the limit of 34; refused before decoding", decode_rgb, str(path))
+    monkeypatch.setattr(image_io, "MAX_PIXELS", 35)
+    monkeypatch.setattr(image_io, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    _refused(f"over the limit of {path.stat().st_size - 1:,}; refused without reading", decode_rgb, str(path))
 
 
 def test_jpeg_frame_header_beyond_the_first_64_kib(tmp_path):
     path = tmp_path / "commented.jpg"
     path.write_bytes(_jpeg(comments=2))
-    assert image_size_from_header(str(path)) == (6, 4) and decode_rgb(str(path)).shape == (4, 6, 3)
+    assert decode_rgb(str(path)).shape == (4, 6, 3)
 
 
 def test_a_pipe_is_refused_without_hanging(tmp_path):
     fifo = tmp_path / "pipe.ppm"
     os.mkfifo(fifo)
     _refused("not a regular file", decode_rgb, str(fifo))
-    _refused("not a regular file", image_size_from_header, str(fifo))
 
 
-def test_caps_reach_the_dataset_and_the_datamodule(synthetic_copy):
+def test_a_huge_image_is_refused_by_verifying_the_dataset_and_the_cache(synthetic_copy, tmp_path):
+    """data.verify=true names it before training; skip leaves it out; unverified, the dataset and the image
+    cache refuse it by name when they reach it."""
     victim = sorted(_class_dir(synthetic_copy).glob("*.ppm"))[0]
     victim.write_bytes(HUGE_PPM)
     records = [r for r in index_gtsrb(synthetic_copy).train if r.path == str(victim)]
-    ds = pickle.loads(pickle.dumps(GTSRBDataset(records, max_pixels=10**12, max_file_bytes=1000)))
-    assert (ds.max_pixels, ds.max_file_bytes) == (10**12, 1000)  # what a DataLoader worker receives
-    _refused("100000x100000", GTSRBDataset(records).__getitem__, 0)
-    assert GTSRBDataset(records, on_bad_image="skip")[0] is None  # skip + count, as for any bad image
+    dataset = pickle.loads(pickle.dumps(GTSRBDataset(records)))  # what a DataLoader worker receives
+    _refused(f"{victim}: its PPM header declares 6000x5000", dataset.__getitem__, 0)
     dm = GTSRBDataModule(str(synthetic_copy), image_size=67, num_workers=0)
-    with pytest.raises(BadDataError, match=f"{victim}: its PNM header declares 100000x100000"):
-        dm.setup("fit")  # data.verify=true: refused by the header scan, before training
-    dm = GTSRBDataModule(str(synthetic_copy), image_size=67, num_workers=0, verify=False, max_pixels=40 * 40)
+    message = _refused(f"^{victim}: its PPM header declares 6000x5000", dm.setup, "fit")
+    assert message.endswith("Or set data.on_bad_image=skip to leave bad files out.")
+    dm = GTSRBDataModule(str(synthetic_copy), image_size=67, num_workers=0, on_bad_image="skip")
     dm.setup("fit")
-    ds = next(d for d in (dm.train_set, dm.val_set) if records[0] in d.records)
-    _refused("over the limit of 1,600", ds.load, ds.records.index(records[0]))
-    for key, value in (("max_pixels", 0), ("max_file_bytes", -1), ("max_pixels", 2.5)):
-        with pytest.raises(ConfigError, match=f"data.{key}="):
-            GTSRBDataModule(**{key: value})
-    with pytest.raises(ConfigError, match="^max_file_bytes=0 must be a positive integer"):
-        load_images([victim], None, max_file_bytes=0)
+    assert str(victim) not in {r.path for r in dm.train_set.records + dm.val_set.records}
+    cached = GTSRBDataModule(str(synthetic_copy), image_size=32, num_workers=0, verify=False, cache=True,
+                             cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    _refused(f"^{victim}: its PPM header declares 6000x5000 .* \\(found while building the image cache\\)$",
+             cached.setup, "fit")  # fmt: skip
 
 
 # -- the two commands a user types ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hostile_training(synthetic_root, tmp_path_factory):
-    """One training run (data.verify=false) whose first official test image declares 100000x100000 pixels."""
+    """One training run (data.verify=false) whose first official test image declares 6000x5000 pixels."""
     root = tmp_path_factory.mktemp("hostile")
     shutil.copytree(synthetic_root / "GTSRB", root / "GTSRB")
     victim = root / "GTSRB" / "Final_Test" / "Images" / "00000.ppm"
@@ -314,7 +312,7 @@ def test_training_stops_with_exit_2_naming_the_hostile_test_image(hostile_traini
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: {victim}: its PNM header declares 100000x100000") and "refused" in last
+    assert last.startswith(f"error: {victim}: its PPM header declares 6000x5000") and "refused" in last
     assert "test/acc" not in proc.stdout and (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -354,7 +352,7 @@ def test_predict_skips_hostile_files_by_name_with_bounded_memory(hostile_trainin
     assert [r["file"] for r in json.loads(stdout)] == [str(p) for p in good]
     skipped = [line for line in stderr.splitlines() if line.startswith("skipped: ")]
     assert [line.split(": ")[1] for line in skipped] == [str(huge), str(bomb), str(sparse)]
-    assert "100000x100000" in skipped[0] and "20000x20000" in skipped[1] and "2,147,483,648 bytes" in skipped[2]
+    assert "6000x5000" in skipped[0] and "decompression-bomb" in skipped[1] and "2,147,483,648 bytes" in skipped[2]
     assert "Traceback" not in stderr
     assert seconds < 120
     # The peak is that of importing torch and Lightning (~1.1 GB here): the hostile files add nothing. Reading

@@ -148,11 +148,11 @@ def test_datamodule_augments_training_batches_only(synthetic_root, tmp_path):
     for training, expect_equal in ((False, True), (True, False)):
         dm.trainer = SimpleNamespace(training=training)  # what the hook reads
         torch.manual_seed(0)
-        out, _, _ = dm.on_after_batch_transfer((images, labels, 0), 0)
+        out, _ = dm.on_after_batch_transfer((images, labels), 0)
         assert out.shape == plain.shape and out.dtype == torch.float32
         assert torch.equal(out, plain) == expect_equal
     dm.trainer = None
-    out, _, _ = dm.on_after_batch_transfer((images, labels, 0), 0)
+    out, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert torch.equal(out, plain)
 
 
@@ -162,7 +162,7 @@ def test_everything_off_on_device_equals_the_per_item_pipeline_off(synthetic_roo
     dm.setup("fit")
     dm.trainer = SimpleNamespace(training=True)
     images = torch.stack([dm.train_set[i][0] for i in range(6)])
-    out, _, _ = dm.on_after_batch_transfer((images, torch.zeros(6, dtype=torch.long), 0), 0)
+    out, _ = dm.on_after_batch_transfer((images, torch.zeros(6, dtype=torch.long)), 0)
     ref = normalize_uint8(images, IMAGENET_MEAN, IMAGENET_STD)
     assert torch.allclose(out, ref, atol=1e-5)
     assert math.isclose(float(out.mean()), float(ref.mean()), abs_tol=1e-5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import struct
@@ -15,6 +14,7 @@ import torch
 from alexnet_gtsrb.data import cache as cache_mod
 from alexnet_gtsrb.data.cache import default_cache_dir
 from alexnet_gtsrb.data.datamodule import GTSRBDataModule
+from alexnet_gtsrb.data.gtsrb import index_gtsrb
 from alexnet_gtsrb.data.transforms import get_preset
 from alexnet_gtsrb.errors import BadDataError
 
@@ -151,11 +151,11 @@ def test_interrupted_build_is_rebuilt(synthetic_root, tmp_path, builds, monkeypa
     real = cache_mod._load_cropped
     count = {"n": 0}
 
-    def dying(record, roi, limits=cache_mod.NO_LIMITS_GIVEN):
+    def dying(record, roi):
         count["n"] += 1
         if count["n"] == 20:
             raise KeyboardInterrupt
-        return real(record, roi, limits)
+        return real(record, roi)
 
     monkeypatch.setattr(cache_mod, "_load_cropped", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -182,7 +182,7 @@ def test_interrupted_build_is_rebuilt(synthetic_root, tmp_path, builds, monkeypa
 
 
 def _undecodable_png(path: Path) -> None:
-    """A file whose PNG header is valid (so the header scan passes) but whose pixel data is garbage."""
+    """A file whose PNG header is valid but whose pixel data is garbage."""
     ihdr = struct.pack(">IIBBBBB", 40, 40, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
@@ -190,26 +190,24 @@ def _undecodable_png(path: Path) -> None:
 
 
 def test_corrupt_image_during_build_names_the_file(synthetic_copy, tmp_path):
+    """Unverified (or changed after verifying), a bad image stops the build naming it."""
     bad = sorted((synthetic_copy / "GTSRB" / "Final_Training" / "Images" / "00007").glob("*.ppm"))[1]
     _undecodable_png(bad)
-    with pytest.raises(BadDataError, match=rf"{bad.name}.*cannot be decoded.*image cache"):
-        ready(make_dm(synthetic_copy, tmp_path))
+    with pytest.raises(BadDataError, match=rf"{bad.name}: image cannot be decoded.*image cache"):
+        ready(make_dm(synthetic_copy, tmp_path, verify=False))
     assert not npy_files(tmp_path) and not list(tmp_path.glob("*.tmp-*"))
 
 
-def test_skip_leaves_bad_images_out_consistently(synthetic_copy, tmp_path, builds):
+def test_skip_builds_the_cache_from_the_verified_records(synthetic_copy, tmp_path, builds):
     bad = sorted((synthetic_copy / "GTSRB" / "Final_Training" / "Images" / "00007").glob("*.ppm"))[1]
     _undecodable_png(bad)
+    listed = len(index_gtsrb(synthetic_copy).train)
     dm = ready(make_dm(synthetic_copy, tmp_path, on_bad_image="skip"))
-    n_all = len(dm.caches["train"].records) + 1
-    assert dm.caches["train"].skipped == (str(bad),) and dm.caches["train"].shape[0] == n_all
     used = [r.path for r in dm.train_set.records + dm.val_set.records]
-    assert str(bad) not in used and len(used) == n_all - 1 == len(dm.index.train)
-    assert all(dm.train_set[i] is not None for i in range(len(dm.train_set)))
-    meta = json.loads(dm.caches["train"].path.with_suffix(".json").read_text())
-    assert meta["skipped"] == [str(bad)]
+    assert str(bad) not in used and len(used) == listed - 1 == len(dm.index.train) == dm.caches["train"].shape[0]
+    assert sorted(dm.caches["train"].row(p) for p in used) == list(range(len(used)))  # one row per kept image
     again = ready(make_dm(synthetic_copy, tmp_path, on_bad_image="skip"))  # reused: same records
-    assert len(builds) == 2 and again.index.train == dm.index.train
+    assert len(builds) == 2 and again.index.train == dm.index.train and not again.caches["train"].built
     with pytest.raises(BadDataError, match=bad.name):  # the file is still bad; with error it stops the run
         ready(make_dm(synthetic_copy, tmp_path, on_bad_image="error"))
 
@@ -225,8 +223,8 @@ def test_dataset_pickles_small_and_maps_lazily_in_workers(synthetic_root, tmp_pa
     assert pickle.loads(pickle.dumps(clone)).cache._array is None
     dm.hparams.num_workers = 1
     dm.hparams.persistent_workers = False
-    images, labels, skipped = next(iter(dm.val_dataloader()))
-    assert images.shape == (16, SIZE, SIZE, 3) and skipped == 0
+    images, labels = next(iter(dm.val_dataloader()))
+    assert images.shape == (16, SIZE, SIZE, 3) and labels.shape == (16,)
     assert torch.equal(images[0], dm.val_set[0][0])
 
 
@@ -237,8 +235,11 @@ def test_config_defaults(compose_cfg):
     assert default_cache_dir().name == "images"
 
 
-def test_cache_build_applies_the_configured_size_caps(synthetic_root, tmp_path):
-    """data.max_pixels reaches the cache build too: an image over the cap is named, as in the uncached path."""
-    dm = make_dm(synthetic_root, tmp_path, max_pixels=100, verify=False)  # no header scan: the build must refuse
+def test_cache_build_applies_the_pixel_limit(synthetic_root, tmp_path, monkeypatch):
+    """The cache build decodes with the same limit: an image over it is named, as in the uncached path."""
+    from alexnet_gtsrb.data import io as image_io
+
+    monkeypatch.setattr(image_io, "MAX_PIXELS", 100)
+    dm = make_dm(synthetic_root, tmp_path, verify=False)  # not verified: the build must refuse
     with pytest.raises(BadDataError, match=r"\.ppm.*image cache"):
         dm.setup("fit")

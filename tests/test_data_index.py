@@ -90,8 +90,12 @@ def test_image_listed_but_missing(synthetic_copy):
 def test_truncated_image(synthetic_copy):
     victim = sorted(_class_dir(synthetic_copy).glob("*.ppm"))[1]
     victim.write_bytes(victim.read_bytes()[:40])
-    bad = verify_records(index_gtsrb(synthetic_copy).train)
+    records = index_gtsrb(synthetic_copy).train
+    assert verify_records(records) == []  # the header is intact: only decoding (on_bad_image=skip) finds it
+    bad = verify_records(records, decode=True)
     assert len(bad) == 1 and victim.name in bad[0][1] and "truncated" in bad[0][1]
+    with pytest.raises(BadDataError, match=victim.name):
+        GTSRBDataset([r for r in records if r.path == str(victim)])[0]
 
 
 def test_garbage_image_fails_with_its_name_on_decode(synthetic_copy):
@@ -103,7 +107,6 @@ def test_garbage_image_fails_with_its_name_on_decode(synthetic_copy):
     ds = GTSRBDataset([r for r in records if r.path == str(victim)])
     with pytest.raises(BadDataError, match=victim.name):
         ds[0]
-    assert GTSRBDataset(ds.records, on_bad_image="skip")[0] is None
 
 
 def test_malformed_csv_row(synthetic_copy):

@@ -25,9 +25,9 @@ def test_training_batch_is_normalised_float(synthetic_root, preset):
     dm.setup("fit")
     raw = next(iter(dm.train_dataloader()))
     assert raw[0].dtype == torch.uint8 and raw[0].shape == (8, 67, 67, 3)  # uint8 until the device
-    x, y, skipped = dm.on_after_batch_transfer(raw, 0)
+    x, y = dm.on_after_batch_transfer(raw, 0)
     assert x.dtype == torch.float32 and x.shape == (8, 3, 67, 67)
-    assert y.dtype == torch.long and y.shape == (8,) and skipped == 0
+    assert y.dtype == torch.long and y.shape == (8,)
     assert torch.allclose(x, (raw[0].permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25, atol=1e-5)
     assert x.min() >= -2.0 - 1e-5 and x.max() <= 2.0 + 1e-5
 
@@ -37,15 +37,15 @@ def test_paper_training_batch_gets_one_colour_shift_per_image_in_float(synthetic
     batch differs from the evaluation normalisation by a constant per image and channel, and only in training."""
     dm = GTSRBDataModule(str(synthetic_root), image_size=67, batch_size=8, num_workers=0, augment={"preset": "paper"})
     dm.setup("fit")
-    images, labels, _ = next(iter(dm.train_dataloader()))
+    images, labels = next(iter(dm.train_dataloader()))
     mean, std = torch.tensor(dm.hparams.mean).view(1, 3, 1, 1), torch.tensor(dm.hparams.std).view(1, 3, 1, 1)
     plain = (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
     dm.trainer = SimpleNamespace(training=False)
-    x, _, _ = dm.on_after_batch_transfer((images, labels, 0), 0)
+    x, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert torch.allclose(x, plain, atol=1e-5)
     dm.trainer = SimpleNamespace(training=True)
     torch.manual_seed(0)
-    x, _, _ = dm.on_after_batch_transfer((images, labels, 0), 0)
+    x, _ = dm.on_after_batch_transfer((images, labels), 0)
     diff = x - plain
     per_image = diff.mean((2, 3), keepdim=True)
     assert (diff - per_image).abs().max() < 1e-4 and per_image.abs().min() > 0

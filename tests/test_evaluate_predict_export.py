@@ -204,19 +204,22 @@ def _gt_labels(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_misclassified_csv_names_each_error_even_after_a_skipped_image(tiny_ckpt, synthetic_copy, tmp_path):
-    """misclassified.csv lists every error once, with the file the loader really read: a test image that turns
-    unreadable after indexing (skipped, not verified up front) must not shift the names of the images after it."""
+def test_misclassified_csv_names_each_error_even_after_a_left_out_image(tiny_ckpt, synthetic_copy, tmp_path):
+    """misclassified.csv lists every error once, with the file the loader really read: a corrupt test image left
+    out under data.on_bad_image=skip (found once, by verifying, although evaluate sets data.verify=false) must
+    not shift the names of the images after it."""
     from alexnet_gtsrb.data.classes import class_name
 
     images = _test_images(synthetic_copy)
     images[5].write_bytes(b"P6\n999 999\n255\n" + b"\0" * 10)  # corrupt, inside the first batch
     run_dir = tmp_path / "eval_skip"
     args = [f"ckpt_path={tiny_ckpt}", f"data.data_dir={synthetic_copy}", f"hydra.run.dir={run_dir}", "logger=none"]
-    proc = run_module("evaluate", [*args, "data.verify=false", "data.on_bad_image=skip", "data.batch_size=16"])
+    proc = run_module("evaluate", [*args, "data.on_bad_image=skip", "data.batch_size=16"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    warned = [line for line in (proc.stdout + proc.stderr).splitlines() if "unreadable image(s)" in line]
+    assert len(warned) == 1 and f"leaving out 1 unreadable image(s): {images[5]}" in warned[0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["skipped_images"] == 1 and metrics["num_images"] == len(images) - 1
+    assert metrics["num_images"] == len(images) - 1 == metrics["test_set"]["images"]
     with open(run_dir / "misclassified.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == metrics["num_images"] - metrics["correct"] > 10  # an untrained net: many errors

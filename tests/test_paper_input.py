@@ -81,7 +81,7 @@ def paper(gtsrb_root, tmp_path_factory):
         dm.setup("fit")
     raw = next(iter(dm.train_dataloader()))
     dm.trainer = SimpleNamespace(training=True)  # what the hook reads: the training path, PCA noise included
-    x, _, _ = dm.on_after_batch_transfer(raw, 0)
+    x, _ = dm.on_after_batch_transfer(raw, 0)
     dm.trainer = None
     model = instantiate(cfg.model, _recursive_=False).eval()
     lrn_in, fc6 = _hooked(model.net, x)
@@ -169,7 +169,7 @@ def test_paper_input_is_raw_pixels_minus_the_mean_everywhere(paper):
     used by evaluate/predict/export through ``preprocess`` and by attacks/Grad-CAM through ``PixelModel``)."""
     dm, model, raw = paper["dm"], paper["model"], paper["raw"][:4]
     expected = raw.permute(0, 3, 1, 2).float() - IMAGENET_MEAN_255.view(1, 3, 1, 1)
-    evaluated, _, _ = dm.on_after_batch_transfer((raw, torch.zeros(4, dtype=torch.long), 0), 0)
+    evaluated, _ = dm.on_after_batch_transfer((raw, torch.zeros(4, dtype=torch.long)), 0)
     torch.testing.assert_close(evaluated, expected, atol=1e-3, rtol=0)
     assert list(model.hparams.mean) == list(dm.hparams.mean) and list(model.hparams.std) == list(dm.hparams.std)
     torch.testing.assert_close(model.preprocess(raw), expected, atol=1e-3, rtol=0)

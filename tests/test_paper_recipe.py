@@ -38,7 +38,7 @@ def test_ten_view_test_at_the_end_of_training(synthetic_root, tmp_path):
     model.eval()
     with torch.no_grad():
         for batch in dm.test_dataloader():
-            x, y, _ = dm.on_after_batch_transfer(batch, 0)
+            x, y = dm.on_after_batch_transfer(batch, 0)
             correct += int((ten_view_probabilities(model, x, 67).argmax(-1) == y).sum())
             total += len(y)
     assert total == len(dm.test_set) == 86

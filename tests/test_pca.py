@@ -175,15 +175,15 @@ def test_applied_shift_follows_the_intended_one_on_every_component(gtsrb_root, m
     )
     dm.setup("fit")
     assert dm.pca is not None and dm.pca_noise is not None
-    images, labels, _ = next(iter(dm.train_dataloader()))
+    images, labels = next(iter(dm.train_dataloader()))
     drawn = []
     draw = dm.pca_noise.draw
     monkeypatch.setattr(dm.pca_noise, "draw", lambda n, device: drawn.append(draw(n, device)) or drawn[-1])
     torch.manual_seed(0)
     dm.trainer = SimpleNamespace(training=True)
-    noised, _, _ = dm.on_after_batch_transfer((images, labels, 0), 0)
+    noised, _ = dm.on_after_batch_transfer((images, labels), 0)
     dm.trainer = SimpleNamespace(training=False)
-    clean, _, _ = dm.on_after_batch_transfer((images, labels, 0), 0)
+    clean, _ = dm.on_after_batch_transfer((images, labels), 0)
     dm.trainer = None
     per_pixel = (noised - clean) * (255.0 * torch.tensor(std).view(1, 3, 1, 1))  # grey levels
     applied = per_pixel.mean((2, 3)).double().numpy()  # (B, 3) RGB

@@ -98,3 +98,31 @@ def test_without_internet_the_message_names_the_local_file_option(synthetic_root
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert f"model.pretrained=/path/to/{IMAGENET_FILE}" in lines[0]
     assert "cannot download torchvision's ImageNet AlexNet weights" in lines[0]
+
+
+def test_the_two_tower_network_names_its_backbone(compose_cfg):
+    """model=alexnet_towers: conv1-conv5 of both towers (and their BatchNorms) are the backbone, as the grouped
+    net's ``features.*``: the same number of weights; FC6-FC8 are not."""
+    import re
+
+    from hydra.utils import instantiate
+
+    from alexnet_gtsrb.models.alexnet import AlexNet
+
+    overrides = [
+        "model=alexnet_towers",
+        "data.image_size=67",
+        "+model.backbone_lr_scale=0.1",
+        "model.net.batch_norm=true",
+    ]
+    model = instantiate(compose_cfg(overrides).model, _recursive_=False)
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    groups = {g["name"]: [names[id(p)] for p in g["params"]] for g in model._param_groups()}
+    backbone = groups["backbone_weights"] + groups["backbone_no_decay"]
+    rest = groups["weights"] + groups["no_decay"]
+    assert backbone and all(re.fullmatch(r"towers\.[01]\.(conv[1-5]|bn[1-5])\.(weight|bias)", n) for n in backbone)
+    assert rest and all(re.fullmatch(r"(towers\.[01]\.(fc[67]|bn[67])|fc8)\.(weight|bias)", n) for n in rest)
+    grouped = AlexNet(43, 67, batch_norm=True)
+    params = dict(model.net.named_parameters())
+    grouped_backbone = sum(p.numel() for n, p in grouped.named_parameters() if n.startswith("features."))
+    assert sum(params[n].numel() for n in backbone) == grouped_backbone

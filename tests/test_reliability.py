@@ -7,6 +7,7 @@ act on it the way a cluster or a user would: kill -9, kill -TERM, Ctrl+C.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -19,7 +20,8 @@ import pytest
 import torch
 
 from alexnet_gtsrb.checkpoints import AtomicCheckpointIO, atomic_torch_save
-from alexnet_gtsrb.errors import NonFiniteLossError, UserError
+from alexnet_gtsrb.data.gtsrb import index_gtsrb
+from alexnet_gtsrb.errors import BadDataError, NonFiniteLossError, UserError
 from alexnet_gtsrb.module import GTSRBClassifier
 from alexnet_gtsrb.train import train
 from alexnet_gtsrb.utils.cli import exit_on_user_error
@@ -238,32 +240,39 @@ def test_config_errors_from_the_command_line(tmp_path, synthetic_root):
     assert "Could not find 'augment/fancy'" in unknown_option.stderr and "gtsrb" in unknown_option.stderr
 
 
-# -- 6. data faults during training: counted skips ------------------------------------------------------------
+# -- 6. bad images: left out once when the index is verified, a named stop after that ---------------------------
 @pytest.mark.slow
-def test_image_corrupted_after_indexing_is_skipped_and_counted(compose_cfg, synthetic_copy):
+def test_bad_images_are_left_out_once_under_skip_and_a_later_one_is_named(compose_cfg, synthetic_copy, caplog):
     cfg = compose_cfg(
         [
             *tiny_overrides(synthetic_copy),
             "data.on_bad_image=skip",
-            "data.verify=false",
+            "data.verify=false",  # skip verifies anyway: it leaves out what verifying finds
             "trainer.max_epochs=1",
             "data.val_fraction=0.5",
             "test=false",
             "callbacks.step_checkpoint=null",
         ]
     )
-    from hydra.utils import instantiate
-
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.setup("fit")
-    victims = dm.train_set.records[:3]
-    for rec in victims:  # after indexing: one vanishes, two turn into garbage
+    listed = index_gtsrb(synthetic_copy).train
+    victims = listed[:3]
+    for rec in victims:  # one vanishes, two turn into garbage
         Path(rec.path).write_bytes(b"not an image")
     Path(victims[0].path).unlink()
-    metrics, objs = train(cfg)
-    assert metrics["train/skipped_images"] == 3
-    assert metrics["val/skipped_images"] == 0
-    assert objs["model"].skipped_images == 3
+    with caplog.at_level(logging.WARNING, logger="alexnet_gtsrb"):
+        metrics, objs = train(cfg)
+    warned = [m for m in caplog.messages if "unreadable image(s)" in m]
+    assert len(warned) == 1 and "\n" not in warned[0]
+    assert f"leaving out 3 unreadable image(s): {', '.join(r.path for r in victims)} " in warned[0]
+    dm = objs["datamodule"]
+    kept = {r.path for r in dm.train_set.records + dm.val_set.records}
+    assert len(kept) == len(listed) - 3 and not kept & {r.path for r in victims}
+    assert "train/acc" in metrics and "val/acc" in metrics  # the run went on
+    late = dm.train_set.records[0]  # a file that turns bad after verifying stops whoever reads it, by name
+    Path(late.path).write_bytes(b"garbage")
+    with pytest.raises(BadDataError, match=f"^{re.escape(late.path)}: image cannot be decoded") as raised:
+        dm.train_set[0]
+    assert "\n" not in str(raised.value)
 
 
 # -- 7. reproducibility ---------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def test_ddp_cpu_two_processes_share_one_run_and_split_the_data(tmp_path, synthe
     preds, labels = [], []
     with torch.no_grad():
         for batch in dm.val_dataloader():
-            x, y, _ = dm.on_after_batch_transfer(batch, 0)
+            x, y = dm.on_after_batch_transfer(batch, 0)
             preds.append(model(x).argmax(-1))
             labels.append(y)
     correct = (torch.cat(preds) == torch.cat(labels)).float()

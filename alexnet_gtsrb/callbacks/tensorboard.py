@@ -138,7 +138,7 @@ class TrainSampleGrid(L.Callback):
             return
         images = batch[0] if isinstance(batch, list | tuple) else batch
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
-            return  # an empty batch (every image skipped): try the next one
+            return  # not an image batch: try the next one
         self._pending = False
         tb = _tensorboard(trainer)
         if not trainer.is_global_zero or (tb is None and not _mlflow_runs(trainer)):

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_gtsrb.data.gtsrb import Record
-from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, decode_rgb, file_sha256, roi_crop
+from alexnet_gtsrb.data.io import decode_rgb, file_sha256, roi_crop
 from alexnet_gtsrb.data.transforms import cache_pipeline
 from alexnet_gtsrb.errors import BadDataError, BadFileError, ConfigError, UserError
 from alexnet_gtsrb.utils import files
@@ -72,14 +72,13 @@ def cache_key(
     roi: bool,
     fit: str = "square",
     clahe: tuple[float, int] | None = None,
-    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
 ) -> str:
     """File stem for a cache: readable settings plus a hash of the settings and the record list.
 
     Each record contributes its path, annotation (ROI and declared size, which decide the crop), the file's
     size and mtime, and a SHA-256 of its bytes, so a replaced image invalidates the cache even when the copy
     kept its size and mtime. A missing file stamps as (-1, -1), a file the decoder would refuse (missing,
-    not a regular file, over ``max_file_bytes``) is not read; the build then reports it.
+    not a regular file, too large) is not read; the build then reports it.
     """
     h = hashlib.sha256()
     settings: dict[str, Any] = {"version": CACHE_VERSION, "size": int(size), "roi": bool(roi)}
@@ -95,7 +94,7 @@ def cache_key(
         except OSError:
             stamp = (-1, -1)
         try:
-            content = file_sha256(r.path, max_file_bytes)
+            content = file_sha256(r.path)
         except BadDataError:  # the build refuses it too, naming it
             content = "unusable"
         h.update(repr((r.path, r.roi, r.width, r.height, stamp, content)).encode())
@@ -112,7 +111,7 @@ def _stamp(path: Path) -> Stamp:
 
 class CacheReader:
     """Read-only access to one cache file; opens the memmap lazily so it pickles as a path and a shape. A file
-    unlike ``stamp`` (the one whose digest was checked) is refused with a UserError, which skip does not hide."""
+    unlike ``stamp`` (the one whose digest was checked) is refused with a UserError."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int, int], stamp: Stamp | None = None) -> None:
         self.path = Path(path)
@@ -140,19 +139,17 @@ class CacheReader:
 
 @dataclass
 class ImageCache:
-    """A complete cache: its file, the records it serves (bad ones left out) and how it came to be."""
+    """A complete cache: its file, the row of each record it serves and how it came to be."""
 
     path: Path
     shape: tuple[int, int, int, int]
-    records: tuple[Record, ...]  # the usable records, in the order of the list the cache was built from
-    skipped: tuple[str, ...] = ()  # paths left out under on_bad_image=skip
     built: bool = False  # True when this call built the file, False when it reused it
     build_s: float = 0.0
     _rows: dict[str, int] = field(default_factory=dict, repr=False)
     stamp: Stamp | None = None  # the file whose digest was checked (see CacheReader)
 
     def row(self, path: str) -> int:
-        """Row of the image of ``path``; KeyError for a record the cache was not built from (or skipped)."""
+        """Row of the image of ``path``; KeyError for a record the cache was not built from."""
         return self._rows[path]
 
     def reader(self) -> CacheReader:
@@ -201,6 +198,8 @@ def _load_complete(
         meta = json.loads(files.read_text_file(meta_path, "image cache sidecar"))
         if meta.get("key") != key or meta.get("version") != CACHE_VERSION or tuple(meta.get("shape", ())) != shape:
             return None
+        if meta.get("skipped"):  # zero rows for bad images, from builds that skipped them: rebuilt, which names them
+            return None
         before = _stamp(npy)
         array = np.load(files.check_regular_file(npy, "image cache file", None), mmap_mode="r")  # raises if truncated
         if array.shape != shape or array.dtype != np.uint8:
@@ -232,43 +231,32 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-Limits = tuple[int | None, int | None]  # (max_pixels, max_file_bytes) of decode_rgb
-NO_LIMITS_GIVEN: Limits = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_FILE_BYTES)
-
-
-def _load_cropped(r: Record, roi: bool, limits: Limits = NO_LIMITS_GIVEN) -> np.ndarray:
-    """Decode (within the configured size caps) and ROI-crop exactly as the uncached dataset does."""
-    image = decode_rgb(r.path, *limits)
+def _load_cropped(r: Record, roi: bool) -> np.ndarray:
+    """Decode and ROI-crop exactly as the uncached dataset does."""
+    image = decode_rgb(r.path)
     if roi and r.roi is not None:
         image = roi_crop(image, r.roi, (r.width, r.height))
     return image
 
 
-def _fill(
-    array: np.ndarray, records: Sequence[Record], load: Any, on_bad_image: str, block_rows: int
-) -> tuple[list[str], str]:
-    """Write ``load(record)`` into each row of ``array``; returns (skipped files, SHA-256 of the array). Finished
-    blocks of rows are hashed in a second thread while the next ones decode."""
-    n, skipped, blocks = len(records), list[str](), list[Future[bytes]]()
+def _fill(array: np.ndarray, records: Sequence[Record], load: Any, block_rows: int) -> str:
+    """Write ``load(record)`` into each row of ``array``; returns the SHA-256 of the array. Finished blocks of rows
+    are hashed in a second thread while the next ones decode."""
+    n, blocks = len(records), list[Future[bytes]]()
     t0 = last = time.perf_counter()
     with ThreadPoolExecutor(1) as hasher:
         for i, r in enumerate(records):
             try:
                 array[i] = load(r)
-            except BadDataError as e:
-                if on_bad_image != "skip":
-                    raise BadDataError(
-                        f"{e} (found while building the image cache; "
-                        "or set data.on_bad_image=skip to leave bad files out)"
-                    ) from None
-                skipped.append(r.path)
-            if (i + 1) % block_rows == 0 or i + 1 == n:  # a skipped image's row stays zero, hashed as such
+            except BadDataError as e:  # the records were verified: this file changed since
+                raise BadDataError(f"{e} (found while building the image cache)") from None
+            if (i + 1) % block_rows == 0 or i + 1 == n:
                 blocks.append(hasher.submit(_block_sha256, array[i - i % block_rows : i + 1]))
             now = time.perf_counter()
             if now - last >= _PROGRESS_EVERY_S:
                 last = now
                 log.info("  image cache: %d/%d images (%.0f img/s)", i + 1, n, (i + 1) / (now - t0))
-        return skipped, _combined([b.result() for b in blocks])
+        return _combined([b.result() for b in blocks])
 
 
 def build_cache(
@@ -277,16 +265,13 @@ def build_cache(
     roi: bool,
     stem: Path,
     key: str,
-    on_bad_image: str = "error",
-    limits: Limits = NO_LIMITS_GIVEN,
     fit: str = "square",
     clahe: tuple[float, int] | None = None,
 ) -> dict:
     """Decode, crop, (with ``clahe``) equalise and resize every record into ``<stem>.npy``; write ``<stem>.json``
     last. Returns the sidecar. CLAHE runs before the resize, at the image's own size, as in the uncached pipeline.
 
-    Call under the cache's lock. Bad images raise BadDataError naming the file, or with ``skip`` leave a
-    zero row and are listed in the sidecar. Any failure removes the temp file.
+    Call under the cache's lock. A bad image raises BadDataError naming the file. Any failure removes the temp file.
     """
     npy, meta_path = _paths(stem)
     n, s = len(records), int(size)
@@ -303,8 +288,7 @@ def build_cache(
     meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the new file
     with atomic_path(npy) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        skipped, digest = _fill(array, records, lambda r: resize(image=_load_cropped(r, roi, limits))["image"],
-                                on_bad_image, block_rows)  # fmt: skip
+        digest = _fill(array, records, lambda r: resize(image=_load_cropped(r, roi))["image"], block_rows)
         array.flush()
         del array
     build_s = time.perf_counter() - t0
@@ -314,7 +298,6 @@ def build_cache(
         "shape": list(shape),
         "roi": bool(roi),
         "clahe": list(clahe) if clahe is not None else None,
-        "skipped": skipped,
         "sha256": digest,  # of the array's bytes, checked whenever the cache is opened
         "sha256_block_rows": block_rows,
         "build_s": round(build_s, 3),
@@ -322,8 +305,6 @@ def build_cache(
     }
     with atomic_write(meta_path, "w") as f:
         f.write(json.dumps(meta, indent=1))
-    if skipped:
-        log.warning("Image cache: skipped %d bad image(s), e.g. %s", len(skipped), skipped[0])
     size_gb = npy.stat().st_size / 1e9
     log.info("Built image cache in %.1f s (%.0f img/s, %.2f GB): %s", build_s, n / max(build_s, 1e-9), size_gb, npy)
     return meta
@@ -334,17 +315,16 @@ def open_or_build(
     size: int,
     roi: bool = True,
     cache_dir: str | os.PathLike | None = None,
-    on_bad_image: str = "error",
-    limits: Limits = NO_LIMITS_GIVEN,
     fit: str = "square",
     clahe: tuple[float, int] | None = None,
 ) -> ImageCache:
-    """The complete cache for ``records`` at ``size`` px, building it first if needed (once, under a lock).
+    """The complete cache for ``records`` (verified: see :func:`~alexnet_gtsrb.data.gtsrb.verify_records`) at
+    ``size`` px, building it first if needed (once, under a lock).
 
     ``clahe``: ``(clip, tile)`` to store CLAHE-equalised pixels (the datasets then skip their CLAHE step)."""
     folder = files.cache_folder(cache_dir, default_cache_dir())  # created; one line naming it if it cannot be
     records = tuple(records)
-    key = cache_key(records, size, roi, fit, clahe, limits[1])
+    key = cache_key(records, size, roi, fit, clahe)
     stem = folder / key
     npy, shape = _paths(stem)[0], (len(records), int(size), int(size), 3)
     t0 = time.perf_counter()
@@ -354,19 +334,11 @@ def open_or_build(
         with _locked(folder / f"{key}.lock"):
             found = _load_complete(stem, key, shape, warn=False)  # another rank may have built it meanwhile
             if found is None:
-                meta = build_cache(records, size, roi, stem, key, on_bad_image, limits, fit, clahe)
+                meta = build_cache(records, size, roi, stem, key, fit, clahe)
                 found, built = (meta, _stamp(npy)), True
     meta, stamp = found
     if not built:
         checked_s = time.perf_counter() - t0
         log.info("Using image cache %s (%d images at %d px, digest checked in %.1f s)", npy, *shape[:2], checked_s)
-    skipped = tuple(meta.get("skipped", ()))
-    if skipped and on_bad_image != "skip":
-        raise BadDataError(
-            f"{skipped[0]}: image cannot be decoded (recorded when the image cache was built with "
-            f"data.on_bad_image=skip; {len(skipped)} bad file(s)). Replace it or set data.on_bad_image=skip."
-        )
-    bad = set(skipped)
-    rows = {r.path: i for i, r in enumerate(records) if r.path not in bad}
-    kept = tuple(r for r in records if r.path not in bad)
-    return ImageCache(npy, shape, kept, skipped, built, float(meta.get("build_s", 0.0)), rows, stamp)
+    rows = {r.path: i for i, r in enumerate(records)}
+    return ImageCache(npy, shape, built, float(meta.get("build_s", 0.0)), rows, stamp)

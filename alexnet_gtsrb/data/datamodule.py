@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -17,9 +18,8 @@ from torch.utils.data import DataLoader
 
 from alexnet_gtsrb.data.batch_augment import BatchAugment, PCANoise
 from alexnet_gtsrb.data.cache import ImageCache, open_or_build
-from alexnet_gtsrb.data.dataset import ON_BAD_IMAGE, GTSRBDataset, collate_skipping_bad
+from alexnet_gtsrb.data.dataset import GTSRBDataset
 from alexnet_gtsrb.data.gtsrb import GTSRBIndex, Record, detect_layout, index_gtsrb, verify_records
-from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, check_limits
 from alexnet_gtsrb.data.pca import RGBPCA, cached_rgb_pca
 from alexnet_gtsrb.data.sampling import RunSampler, trainer_position, worker_init
 from alexnet_gtsrb.data.split import split_records
@@ -39,6 +39,7 @@ from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 TEST_VIEWS = (1, 10)  # the test after training: the centre view, or the paper's 10 views (5 crops x flips)
+ON_BAD_IMAGE = ("error", "skip")  # what verifying the index does with an unreadable image
 
 
 def _check_number(name: str, value: Any, kind: type, minimum: float) -> None:
@@ -65,7 +66,6 @@ def _check_settings(hp: Mapping[str, Any]) -> None:
     checkpoint's saved settings)."""
     if hp["on_bad_image"] not in ON_BAD_IMAGE:
         raise ConfigError(f"data.on_bad_image={hp['on_bad_image']!r}; allowed: {', '.join(ON_BAD_IMAGE)}.")
-    check_limits(hp["max_pixels"], hp["max_file_bytes"], ("data.max_pixels", "data.max_file_bytes"))
     for key, kind, low in (("batch_size", int, 1), ("num_workers", int, 0), ("image_size", int, 1),
                            ("num_classes", int, 1), ("split_seed", int, 0), ("val_fraction", float, 0.0),
                            ("class_balance", float, 0.0)):  # fmt: skip
@@ -119,8 +119,6 @@ class GTSRBDataModule(LightningDataModule):
         cache: bool = False,
         cache_dir: str | None = None,
         class_balance: float = 0.0,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         super().__init__()
         if synthetic and not data_dir:
@@ -178,22 +176,29 @@ class GTSRBDataModule(LightningDataModule):
                 f"images carry {len(labels)} distinct labels (max {max(labels)}). Set data.num_classes={len(labels)} "
                 "or point data.data_dir at a complete GTSRB tree."
             )
-        if hp.verify:
-            train = self._verified(index.train, "training")
-            test = self._verified(index.test, "test")
-            index = GTSRBIndex(index.root, index.layout, tuple(train), tuple(test))
+        if hp.verify or hp.on_bad_image == "skip":  # skip leaves out what verifying finds
+            index = self._verified(index)
         return index
 
-    def _verified(self, records: Sequence[Record], what: str) -> list[Record]:
-        bad = verify_records(records, self.hparams.max_pixels, self.hparams.max_file_bytes)
+    def _verified(self, index: GTSRBIndex) -> GTSRBIndex:
+        """``index`` once each image's header was read (under ``data.on_bad_image=skip``: each image decoded):
+        bad ones left out under skip (one warning line), else the first one named in a BadDataError."""
+        t0 = time.perf_counter()
+        bad = verify_records(index.train + index.test, decode=self.hparams.on_bad_image == "skip")
+        log.info("Verified %d images in %.1f s", len(index.train) + len(index.test), time.perf_counter() - t0)
         if not bad:
-            return list(records)
-        if self.hparams.on_bad_image == "skip":
-            log.warning("Skipping %d bad %s image(s), e.g. %s", len(bad), what, bad[0][1])
-            bad_paths = {r.path for r, _ in bad}
-            return [r for r in records if r.path not in bad_paths]
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise BadDataError(f"{bad[0][1]}{more} Or set data.on_bad_image=skip to leave bad files out.")
+            return index
+        if self.hparams.on_bad_image != "skip":
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise BadDataError(f"{bad[0][1]}{more} Or set data.on_bad_image=skip to leave bad files out.")
+        paths = [r.path for r, _ in bad]
+        log.warning(
+            "data.on_bad_image=skip: leaving out %d unreadable image(s): %s%s (first problem: %s)",
+            len(bad), ", ".join(paths[:3]), ", ..." if len(bad) > 3 else "", bad[0][1],
+        )  # fmt: skip
+        drop = set(paths)
+        train, test = (tuple(r for r in part if r.path not in drop) for part in (index.train, index.test))
+        return GTSRBIndex(index.root, index.layout, train, test)
 
     def setup(self, stage: str | None = None) -> None:
         """Index, verify, (with data.cache) open or build the image caches, and split once; build the datasets."""
@@ -204,16 +209,10 @@ class GTSRBDataModule(LightningDataModule):
         if hp.cache:  # built on every rank under a file lock: the first builds, the others reuse
             size, fit, clahe = preset.cache_side(hp.image_size), preset.cache_fit, clahe_settings(self.augment)
             for part in ("train", "test"):
-                limits = (hp.max_pixels, hp.max_file_bytes)
-                self.caches[part] = open_or_build(
-                    getattr(index, part), size, hp.roi_crop, hp.cache_dir, hp.on_bad_image, limits, fit, clahe
-                )
-            # images that failed to decode during the build (on_bad_image=skip) leave the split too
-            index = GTSRBIndex(index.root, index.layout, self.caches["train"].records, self.caches["test"].records)
+                self.caches[part] = open_or_build(getattr(index, part), size, hp.roi_crop, hp.cache_dir, fit, clahe)
         self.index = index
         train, val = split_records(self.index.train, hp.split, hp.val_fraction, hp.split_seed)
-        common = {"roi": hp.roi_crop, "on_bad_image": hp.on_bad_image}
-        common |= {"max_pixels": hp.max_pixels, "max_file_bytes": hp.max_file_bytes}
+        common = {"roi": hp.roi_crop}
         train_cache, test_cache = self.caches.get("train"), self.caches.get("test")
         # the training-set colour statistics only where the training pipeline is used (not validate/test)
         tf_params = self._transform_params()
@@ -247,11 +246,7 @@ class GTSRBDataModule(LightningDataModule):
         def images() -> Iterator[np.ndarray]:
             log.info("PCA colour statistics: reading the %d training-split images once...", len(pixels))
             for i in range(len(pixels)):
-                try:
-                    yield pixels.load(i)[0]
-                except BadDataError:
-                    if hp.on_bad_image != "skip":
-                        raise
+                yield pixels.load(i)[0]
 
         settings = {
             "pipeline": f"{self.preset.name} view source",
@@ -353,7 +348,6 @@ class GTSRBDataModule(LightningDataModule):
             pin_memory=pin,
             persistent_workers=bool(hp.persistent_workers) and workers > 0,
             prefetch_factor=4 if workers > 0 else None,
-            collate_fn=collate_skipping_bad,
             worker_init_fn=functools.partial(worker_init, rank=self.trainer.global_rank if self.trainer else 0)
             if workers > 0
             else None,
@@ -369,14 +363,12 @@ class GTSRBDataModule(LightningDataModule):
         return self._loader(_set_up(self.test_set), train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 (B, H, W, 3) on the device -> normalised float (B, 3, H, W); labels and skip count pass.
+        """uint8 (B, H, W, 3) on the device -> normalised float (B, 3, H, W); labels pass.
 
         A training batch is augmented here first with ``data.augment.on_device`` (the gtsrb preset) and gets
         the paper's PCA colour noise with ``augment.pca=dataset`` (the paper preset), both in float
         (:mod:`.batch_augment`)."""
-        images, labels, skipped = batch
-        if images.numel() == 0:
-            return images.float(), labels, skipped
+        images, labels = batch
         hp = self.hparams
         if self.trainer is not None and self.trainer.training and (self.batch_augment or self._dataset_pca()):
             if self.batch_augment is not None:
@@ -385,5 +377,5 @@ class GTSRBDataModule(LightningDataModule):
                 floats = self.pca_noise(images.permute(0, 3, 1, 2).float())
             else:
                 raise RuntimeError("augment.pca=dataset: training needs setup('fit'), which computes the statistics.")
-            return normalize_float255(floats, hp.mean, hp.std, hp.channels_last), labels, skipped
-        return normalize_uint8(images, hp.mean, hp.std, hp.channels_last), labels, skipped
+            return normalize_float255(floats, hp.mean, hp.std, hp.channels_last), labels
+        return normalize_uint8(images, hp.mean, hp.std, hp.channels_last), labels

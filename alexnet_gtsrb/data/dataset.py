@@ -11,14 +11,11 @@ import torch
 from torch.utils.data import Dataset
 
 from alexnet_gtsrb.data.gtsrb import Record
-from alexnet_gtsrb.data.io import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, decode_rgb, roi_crop
+from alexnet_gtsrb.data.io import decode_rgb, roi_crop
 from alexnet_gtsrb.data.transforms import flip_remap
-from alexnet_gtsrb.errors import BadDataError
 
 if TYPE_CHECKING:
     from alexnet_gtsrb.data.cache import ImageCache
-
-ON_BAD_IMAGE = ("error", "skip")
 
 
 class GTSRBDataset(Dataset):
@@ -35,10 +32,7 @@ class GTSRBDataset(Dataset):
         transform: Callable | None = None,
         roi: bool = True,
         flip: bool = False,
-        on_bad_image: str = "error",
         cache: ImageCache | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         self.records = tuple(records)
         self.cache = cache.reader() if cache is not None else None
@@ -46,9 +40,6 @@ class GTSRBDataset(Dataset):
         self.transform = transform
         self.roi = roi
         self.flip = flip
-        self.on_bad_image = on_bad_image
-        self.max_pixels = max_pixels  # caps of decode_rgb: plain ints, so the dataset still pickles into workers
-        self.max_file_bytes = max_file_bytes
         self._rng: np.random.Generator | None = None
         self._py_random: random.Random | None = None
         self._seeded_transform: Callable | None = None
@@ -62,7 +53,7 @@ class GTSRBDataset(Dataset):
         if self.cache is not None:
             image = self.cache.image(self._rows[index])  # already cropped (if roi) and resized
         else:
-            image = decode_rgb(r.path, self.max_pixels, self.max_file_bytes)
+            image = decode_rgb(r.path)
             if self.roi and r.roi is not None:
                 image = roi_crop(image, r.roi, (r.width, r.height))
         label = r.label
@@ -88,9 +79,10 @@ class GTSRBDataset(Dataset):
             self._seeded_transform = self.transform
         return self._rng, self._py_random
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """``item`` is an index, or (index, seed) from :class:`~alexnet_gtsrb.data.sampling.RunSampler`: then the
-        augmentation of this item depends on that seed only (not on the worker or what it drew before)."""
+        augmentation of this item depends on that seed only (not on the worker or what it drew before). A file that
+        became unreadable after the index was verified raises BadDataError naming it."""
         if isinstance(item, tuple):
             index, seed = item
             rng, py_random = self._generators()
@@ -98,21 +90,5 @@ class GTSRBDataset(Dataset):
             py_random.seed(seed)
         else:
             index = item
-        try:
-            image, label = self.load(index)
-        except BadDataError:
-            if self.on_bad_image == "skip":
-                return None
-            raise
+        image, label = self.load(index)
         return torch.from_numpy(np.ascontiguousarray(image)), label
-
-
-def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack (image, label) pairs; ``None`` items (bad images under on_bad_image=skip) are dropped and counted."""
-    good = [b for b in batch if b is not None]
-    skipped = len(batch) - len(good)
-    if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
-    images = torch.stack([g[0] for g in good])
-    labels = torch.tensor([g[1] for g in good], dtype=torch.long)
-    return images, labels, skipped
