@@ -53,11 +53,12 @@ class WorkClock:
 
 @pytest.fixture()
 def work_clock(monkeypatch):
-    """work_clock(module, tick=0.0) -> a WorkClock installed as that bench module's ``time``."""
+    """work_clock(*modules, tick=0.0) -> one WorkClock installed as the ``time`` of each of those bench modules."""
 
-    def install(module, tick: float = 0.0) -> WorkClock:
+    def install(*modules, tick: float = 0.0) -> WorkClock:
         clock = WorkClock(tick)
-        monkeypatch.setattr(module, "time", clock)
+        for module in modules:
+            monkeypatch.setattr(module, "time", clock)
         return clock
 
     return install
@@ -193,6 +194,7 @@ def test_tiny_real_run_prints_every_section_and_writes_json(tiny_tree, tmp_path,
         marks = {m: by_what[("memory", f"{who}, after {m}")] for m in ("first batch (4 items)", "1x (12 items)")}
         three = by_what[("memory", f"{who}, after 3x (36 items)")]
         assert three["ratio"] == pytest.approx(three["value"] / marks["1x (12 items)"]["value"])
+        assert three["value"] > 0  # read while the worker is alive, at the last batch
     assert any(r["what"] == "loader throughput over 36 items (batch 4)" for r in memory)
     assert e2e["note"].startswith("1 warm-up + 1 timed batches")  # bench.e2e_warmup=1, bench.steps=1
 
@@ -220,6 +222,15 @@ def test_options_are_normalised_and_checked(bench_cfg):
     assert proc.returncode == 2 and "unknown bench option(s) ['bogus']" in proc.stderr, proc.stderr[-2000:]
     proc = run_in_process("bench", ["bench.sections=[nope]"])
     assert proc.returncode == 2 and "bench.sections=['nope']: choose from" in proc.stderr, proc.stderr[-2000:]
+    for override, message in [
+        ("bench.steps=0", "bench.steps=0: must be an integer >= 1."),
+        ("bench.warmup=abc", "bench.warmup=abc: must be an integer >= 0."),
+        ("bench.lrn_batch=-2", "bench.lrn_batch=-2: must be an integer >= 1 or null."),
+    ]:
+        proc = run_in_process("bench", [override])
+        assert proc.returncode == 2 and message in proc.stderr, (override, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+    assert bench_options(bench_cfg(["bench.memory_records=null", "bench.sections=ema"]))["sections"] == ["ema"]
 
 
 @pytest.mark.parametrize(
@@ -328,10 +339,10 @@ def test_profile_section_names_hooks_ops_and_stages(tiny_tree, bench_cfg, work_c
     The stage timers read a clock that moves 1 us per reading and 3 ms per batch augmentation: each item stage
     must then read 1.00 us per item (one reading's worth per item and stage, averaged over the items timed) and
     the batch stage 3.00 ms per batch (over the timed calls, the warm-up call left out)."""
-    from alexnet_gtsrb.bench import sections_profile
+    from alexnet_gtsrb.bench import sections_data, throughput
     from alexnet_gtsrb.data.batch_augment import BatchAugment
 
-    clock = work_clock(sections_profile, tick=1e-6)
+    clock = work_clock(sections_data, throughput, tick=1e-6)
     floats = BatchAugment.floats
 
     def priced_floats(self, images):
@@ -371,9 +382,9 @@ def test_ema_section_times_both_updates(bench_cfg, work_clock, monkeypatch):
     from hydra.utils import instantiate
     from torch.optim.swa_utils import AveragedModel
 
-    from alexnet_gtsrb.bench import sections_compute
+    from alexnet_gtsrb.bench import throughput
 
-    clock = work_clock(sections_compute)
+    clock = work_clock(throughput)
     update = AveragedModel.update_parameters
 
     def priced_update(self, model):
@@ -423,3 +434,27 @@ def test_gpu_check_runs_its_cpu_parts(tiny_tree, tmp_path):
     wait = by_what[("e2e", "waiting for the next batch")]["value"]
     assert 0.0 <= wait < 1.0
     assert "waiting for the next batch" in r.stdout
+
+
+def test_busy_cores_count_live_children():
+    """The cores note counts live child processes (DataLoader workers) from /proc before they exit: a child that
+    spins shows CPU time while it runs, no more than the kernel reports for it at exit (os.wait4), and once it
+    is reaped the same seconds come from getrusage instead."""
+    import os
+    import subprocess
+    import time
+
+    from alexnet_gtsrb.bench.throughput import cpu_seconds
+
+    if not os.path.exists("/proc/self/task"):
+        pytest.skip("needs /proc")
+    base = cpu_seconds()
+    own = os.times()
+    child = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    time.sleep(1.0)
+    live = cpu_seconds() - base - (os.times().user - own.user) - (os.times().system - own.system)
+    child.kill()
+    _, _, usage = os.wait4(child.pid, 0)
+    total = usage.ru_utime + usage.ru_stime
+    assert 0.1 < live <= total + 0.05, (live, total)
+    assert cpu_seconds() - base >= total - 0.01
