@@ -284,7 +284,7 @@ class GTSRBClassifier(LightningModule):
         kinds = ("all",) if hp.decay_bias_and_norm else ("weights", "no_decay")
         parts = ("", "backbone_") if scale != 1.0 else ("",)
         params: dict[str, list[torch.nn.Parameter]] = {p + k: [] for p in parts for k in kinds}
-        for name, p in self.net.named_parameters():
+        for name, p in getattr(self.net, "_orig_mod", self.net).named_parameters():  # compiled: the original names
             if p.requires_grad:
                 part = "backbone_" if scale != 1.0 and is_backbone(name) else ""  # type: ignore[misc]
                 kind = "all" if hp.decay_bias_and_norm else ("no_decay" if p.ndim <= 1 else "weights")

@@ -377,3 +377,17 @@ def test_a_test_only_tree_is_enough_to_evaluate_but_not_to_train(synthetic_root,
     refused = run_train([*tiny_overrides(synthetic_root), f"data.data_dir={root}", f"hydra.run.dir={tmp_path}/t"])
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "holds only the official test set" in refused.stderr and "alexnet_gtsrb.data.download" in refused.stderr
+
+
+def test_a_header_between_pillows_warning_and_error_limits_gives_only_our_line(tmp_path):
+    """100 MP lies between Pillow's DecompressionBombWarning (~89 MP) and its error (~179 MP): one BadDataError,
+    no warning printed beside it."""
+    import warnings
+
+    big = tmp_path / "big.ppm"
+    big.write_bytes(b"P6\n10000 10000\n255\n" + b"\0" * 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for read in (image_io.check_header, image_io.decode_rgb):
+            with pytest.raises(BadDataError, match="10000x10000 = 100,000,000 pixels"):
+                read(str(big))

@@ -135,7 +135,7 @@ def _uss(pid: int) -> int:
 
 def bench_memory(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
     """e. RSS of the main process and USS of the workers while the training loader runs over its items repeated
-    3x, after the first batch, 1x and 3x (3x as a ratio of 1x); the loader's items/s; peak RSS."""
+    3x, after the first batch, 1x and 3x (3x as a ratio of 1x); the loader's items/s."""
     n = min(opts["memory_records"] or len(dm.train_set), len(dm.train_set))
     # the project's loader settings (workers, prefetch, pinning, collate), in order: the class-balancing
     # sampler draws indices of the real training split, not of this list

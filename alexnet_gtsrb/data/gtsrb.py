@@ -2,7 +2,7 @@
 
 A record is one image: its path, label, track (``"CC_TTTTT"``, None for test images), the sign's ROI box
 in the coordinates of the annotation, and the width and height the annotation declares. Indexing decodes no
-pixels; :func:`verify_records` decodes every image once, as the dataset will (seconds for GTSRB's tiny files).
+pixels; :func:`verify_records` reads every image's header, or decodes every image once as the dataset will.
 """
 
 from __future__ import annotations

@@ -297,13 +297,13 @@ def download_gtsrb(
             stale.unlink()
         for archive in todo:
             _install(archive, fetcher, root_path, progress, timeout)
+        problems = layout_problems(root_path, parts)
     except OSError as exc:  # anything the steps above did not already turn into a message
         raise _os_error(exc, "installing GTSRB", root_path) from exc
     finally:
         for folder in reversed(created):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if it stayed empty
-    problems = layout_problems(root_path, parts)
     if problems:
         raise DownloadError(
             f"archives unpacked into {root_path} but the GTSRB layout is incomplete: {'; '.join(problems)}. "
