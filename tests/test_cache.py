@@ -148,7 +148,7 @@ def test_image_size_roi_and_file_changes_make_new_keys(synthetic_copy, tmp_path,
 
 def test_interrupted_build_is_rebuilt(synthetic_root, tmp_path, builds, monkeypatch):
     # 1) killed mid-build by an exception: no file that could look complete remains
-    real = cache_mod._load_cropped
+    real = cache_mod.load_cropped
     count = {"n": 0}
 
     def dying(record, roi):
@@ -157,11 +157,11 @@ def test_interrupted_build_is_rebuilt(synthetic_root, tmp_path, builds, monkeypa
             raise KeyboardInterrupt
         return real(record, roi)
 
-    monkeypatch.setattr(cache_mod, "_load_cropped", dying)
+    monkeypatch.setattr(cache_mod, "load_cropped", dying)
     with pytest.raises(KeyboardInterrupt):
         ready(make_dm(synthetic_root, tmp_path))
     assert not npy_files(tmp_path) and not list(tmp_path.glob("*.json")) and not list(tmp_path.glob(".*.tmp"))
-    monkeypatch.setattr(cache_mod, "_load_cropped", real)
+    monkeypatch.setattr(cache_mod, "load_cropped", real)
 
     # 2) killed hard (SIGKILL): a leftover temp file and no sidecar -> rebuilt, leftovers removed
     dm = ready(make_dm(synthetic_root, tmp_path))

@@ -45,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_gtsrb.data.gtsrb import Record
-from alexnet_gtsrb.data.io import decode_rgb, file_sha256, roi_crop
+from alexnet_gtsrb.data.gtsrb import Record, load_cropped
+from alexnet_gtsrb.data.io import file_sha256
 from alexnet_gtsrb.data.transforms import cache_pipeline
 from alexnet_gtsrb.errors import BadDataError, BadFileError, ConfigError, UserError
 from alexnet_gtsrb.utils import files
@@ -231,14 +231,6 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _load_cropped(r: Record, roi: bool) -> np.ndarray:
-    """Decode and ROI-crop exactly as the uncached dataset does."""
-    image = decode_rgb(r.path)
-    if roi and r.roi is not None:
-        image = roi_crop(image, r.roi, (r.width, r.height))
-    return image
-
-
 def _fill(array: np.ndarray, records: Sequence[Record], load: Any, block_rows: int) -> str:
     """Write ``load(record)`` into each row of ``array``; returns the SHA-256 of the array. Finished blocks of rows
     are hashed in a second thread while the next ones decode."""
@@ -288,7 +280,7 @@ def build_cache(
     meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the new file
     with atomic_path(npy) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        digest = _fill(array, records, lambda r: resize(image=_load_cropped(r, roi))["image"], block_rows)
+        digest = _fill(array, records, lambda r: resize(image=load_cropped(r, roi))["image"], block_rows)
         array.flush()
         del array
     build_s = time.perf_counter() - t0

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from alexnet_gtsrb.data.gtsrb import Record
-from alexnet_gtsrb.data.io import decode_rgb, roi_crop
+from alexnet_gtsrb.data.gtsrb import Record, load_cropped
 from alexnet_gtsrb.data.transforms import flip_remap
 
 if TYPE_CHECKING:
@@ -50,12 +49,8 @@ class GTSRBDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, int]:
         """Decode, ROI-crop, augment; returns the uint8 image and the (possibly remapped) label."""
         r = self.records[index]
-        if self.cache is not None:
-            image = self.cache.image(self._rows[index])  # already cropped (if roi) and resized
-        else:
-            image = decode_rgb(r.path)
-            if self.roi and r.roi is not None:
-                image = roi_crop(image, r.roi, (r.width, r.height))
+        # the cache's rows are already cropped (if roi) and resized
+        image = self.cache.image(self._rows[index]) if self.cache is not None else load_cropped(r, self.roi)
         label = r.label
         if self.flip:
             image, label = flip_remap(image, label, self._generators()[0])

@@ -16,8 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+import numpy as np
+
 from alexnet_gtsrb.data.classes import NUM_CLASSES
-from alexnet_gtsrb.data.io import check_header, decode_rgb
+from alexnet_gtsrb.data.io import check_header, decode_rgb, roi_crop
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
 from alexnet_gtsrb.utils.files import open_regular_file
 
@@ -361,6 +363,13 @@ def index_gtsrb(data_dir: str | os.PathLike, layout: str = "auto", need_train: b
     if not train and need_train:
         raise BadDataError(f"{root}: no training images found. {GET_DATA_HELP}")
     return GTSRBIndex(root=root, layout=layout, train=tuple(train), test=tuple(test))
+
+
+def load_cropped(r: Record, roi: bool) -> np.ndarray:
+    """The record's image decoded (uint8 RGB) and, with ``roi``, cropped to its annotated sign box: what the
+    dataset reads per item without a cache and what the image cache stores before resizing."""
+    image = decode_rgb(r.path)
+    return roi_crop(image, r.roi, (r.width, r.height)) if roi and r.roi is not None else image
 
 
 def verify_records(records: Sequence[Record], decode: bool = False) -> list[tuple[Record, str]]:
