@@ -533,7 +533,7 @@ def test_measure_train_throughput_runs_and_keeps_weights():
 def test_a_checkpoint_of_the_old_paper_classifier_order_is_refused_in_one_line(tmp_path):
     """Dropout before FC6/FC7 (FC6, FC7 and their BatchNorms at classifier.1/3/5/7): named, not converted."""
     from alexnet_gtsrb.checkpoints import CheckpointError, check_fits
-    from alexnet_gtsrb.models.compat import old_layout_problem
+    from alexnet_gtsrb.models.alexnet import old_layout_problem
 
     holder = torch.nn.Module()  # checkpoints hold the classifier's state: the network under "net."
     holder.net = AlexNet(num_classes=43, image_size=67, variant="paper", batch_norm=True, lrn=False)
@@ -572,7 +572,7 @@ def test_a_seed_checkpoint_without_the_conv3_conv4_dropouts_is_refused_in_one_li
 
     from alexnet_gtsrb.checkpoints import CheckpointError
     from alexnet_gtsrb.inference import load_classifier
-    from alexnet_gtsrb.models.compat import old_layout_problem as seed_layout_problem
+    from alexnet_gtsrb.models.alexnet import old_layout_problem as seed_layout_problem
 
     cfg = compose_cfg(["model=alexnet_seed", "data.image_size=67"])
     module = instantiate(cfg.model, _recursive_=False)

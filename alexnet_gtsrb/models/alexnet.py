@@ -1,7 +1,7 @@
 """AlexNet in three documented variants (paper, Keras "seed" script, torchvision) with exact, tested shapes.
 
-"AlexNet" means different networks in different places: each variant is spelled out layer by layer so that
-parameter counts, feature-map sizes and checkpoints are reproducible and comparable.
+"AlexNet" means different networks in different places: each variant's layers are listed here and built
+exactly, so that parameter counts, feature-map sizes and checkpoints are reproducible and comparable.
 
 ``paper``  Krizhevsky, Sutskever & Hinton (2012). Convs 96-256-384-384-256 (conv1 11x11/4 pad 0, conv2 5x5
     pad 2, conv3-5 3x3 pad 1); conv2/conv4/conv5 split into ``groups`` (the two GPU "towers"), conv3 and the
@@ -31,15 +31,15 @@ parameter counts, feature-map sizes and checkpoints are reproducible and compara
         Conv(256, 3x3, same)             ReLU BN MaxPool(3, 2) Dropout
         Flatten  Dense(4096) ReLU BN Dropout  Dense(4096) ReLU BN Dropout  Dense(classes)
 
-    Feature indices: conv1-conv5 at 0, 5, 10, 14, 18 (checkpoints of a layout without the conv3/conv4
-    dropouts do not fit). The script's printed ``model.summary()`` (26 layers, dropout_1 ... dropout_7; 10
-    classes: 30,029,898 trainable + 19,136 non-trainable = 30,049,034; conv1 35x35, flatten 2304) is that of
-    a 147-150 px input (150 -> 35 -> 17 -> 17 -> 8 -> 8 -> 3, flatten 256*3*3 = 2304) although the script's
-    text says 227. No groups, no LRN. BatchNorm uses Keras' defaults (eps=1e-3, momentum 0.99 == torch
-    momentum 0.01). ``conv_dropout`` is the conv-block dropout and ``dropout`` the FC dropout (the script used
-    0.5 for both; set them in the config). The final softmax is left to the loss (the model returns logits).
-    At 227 px and 43 classes (flatten 9216) it has 58,476,651 trainable parameters (weights, biases, BN
-    gamma/beta) plus 19,136 BN running statistics: 58,495,787 Keras-style.
+    Feature indices: conv1-conv5 at 0, 5, 10, 14, 18 (see :func:`old_layout_problem`). The script's printed
+    ``model.summary()`` (26 layers, dropout_1 ... dropout_7; 10 classes: 30,029,898 trainable + 19,136
+    non-trainable = 30,049,034; conv1 35x35, flatten 2304) is that of a 147-150 px input (150 -> 35 -> 17 -> 17
+    -> 8 -> 8 -> 3, flatten 256*3*3 = 2304) although the script's text says 227. No groups, no LRN. BatchNorm
+    uses Keras' defaults (eps=1e-3, momentum 0.99 == torch momentum 0.01). ``conv_dropout`` is the conv-block
+    dropout and ``dropout`` the FC dropout (the script used 0.5 for both; set them in the config). The final
+    softmax is left to the loss (the model returns logits). At 227 px and 43 classes (flatten 9216) it has
+    58,476,651 trainable parameters (weights, biases, BN gamma/beta) plus 19,136 BN running statistics:
+    58,495,787 Keras-style.
 
 ``torchvision``  ``torchvision.models.alexnet`` (the "one weird trick" single-tower layout): convs
     64-192-384-256-256, AdaptiveAvgPool2d(6x6), dropout on the inputs of FC6/FC7 (torchvision's order, kept);
@@ -52,21 +52,20 @@ below 1x1. Works with channels_last and bf16 autocast.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from alexnet_gtsrb.models.lrn import LRN
-from alexnet_gtsrb.models.shapes import min_image_size, spatial_trace
 
-__all__ = ["VARIANTS", "INITS", "LRN_IMPLS", "VARIANT_REQUIRED", "AlexNet"]
+__all__ = ["VARIANTS", "INITS", "LRN_IMPLS", "VARIANT_REQUIRED", "AlexNet", "old_layout_problem", "min_image_size"]
 
 VARIANTS = ("paper", "seed", "torchvision")
 INITS = ("paper", "kaiming", "keras", "torch")
 LRN_IMPLS = ("fast", "torch")
-GROUPS = (1, 2)
+GROUPS = (1, 2)  # every channel count of conv2/4/5 is even, so both group counts divide them
 # Bounds that keep a network (and so a crafted checkpoint's hyper-parameters) from asking for tens of GB:
 # at 512 px the paper network's FC6 already holds 236M weights.
 MAX_IMAGE_SIZE = 512
@@ -80,9 +79,13 @@ VARIANT_REQUIRED: dict[str, dict[str, Any]] = {
 }
 
 _LRN_ARGS: dict[str, Any] = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+_KERAS_BN: dict[str, Any] = {"eps": 1e-3, "momentum": 0.01}
+_Layer = TypeVar("_Layer", nn.Conv2d, nn.Linear)
+_Norm = Callable[[int], nn.Module]  # a BatchNorm slot of so many channels
+_Slot = Callable[[], nn.Module]  # an optional layer (LRN, pooling, dropout) after a conv's BatchNorm slot
 
 
-def _bias_one(layer: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:
+def _bias_one(layer: _Layer) -> _Layer:
     """Marks a layer whose bias the paper init sets to 1. Paper section 5: "We initialized the neuron biases in
     the second, fourth, and fifth convolutional layers, as well as in the fully-connected hidden layers, with
     the constant 1" (to give the ReLUs positive inputs early); the mark is a plain attribute, not state."""
@@ -90,7 +93,26 @@ def _bias_one(layer: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:
     return layer
 
 
-_KERAS_BN: dict[str, Any] = {"eps": 1e-3, "momentum": 0.01}
+def spatial_trace(features: nn.Sequential, image_size: int) -> list[int] | None:
+    """Spatial size after each layer of ``features`` for a square input (from the conv/pool arithmetic, no
+    forward pass), or None if one drops below 1."""
+    size, trace = image_size, []
+    for layer in features:
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):  # int or square-tuple settings, floor mode
+            k, s, p, d = (
+                int(v if isinstance(v, int) else v[0])
+                for v in (layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+            )
+            size = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        if size < 1:
+            return None
+        trace.append(size)
+    return trace
+
+
+def min_image_size(features: nn.Sequential) -> int:
+    """Smallest square input for which no feature map of ``features`` drops below 1x1."""
+    return next(size for size in range(1, MAX_IMAGE_SIZE + 1) if spatial_trace(features, size) is not None)
 
 
 class AlexNet(nn.Module):
@@ -117,23 +139,24 @@ class AlexNet(nn.Module):
         conv1: Sequence[int] = (11, 4),
     ) -> None:
         super().__init__()
-        self._validate(num_classes, image_size, variant, groups, lrn, batch_norm, dropout, conv_dropout, init, lrn_impl)
+        _validate(locals())
         self.conv1_shape = _check_conv1(conv1, variant, batch_norm)
-        self.variant = variant
-        self.num_classes = int(num_classes)
-        self.image_size = int(image_size)
-        self.groups = int(groups)
-        self.lrn_impl = lrn_impl
+        self.variant, self.lrn_impl = variant, lrn_impl
+        self.num_classes, self.image_size, self.groups = int(num_classes), int(image_size), int(groups)
 
+        bn_args = _KERAS_BN if variant == "seed" else {}
+        bn: _Norm = lambda c: nn.BatchNorm2d(c, **bn_args) if batch_norm else nn.Identity()
+        drop: _Slot = lambda: nn.Dropout(conv_dropout) if conv_dropout > 0 else nn.Identity()
+        pool: _Slot = lambda: nn.MaxPool2d(3, 2)
         if variant == "torchvision":
-            self.features = self._torchvision_features()
-            self.avgpool: nn.Module = nn.AdaptiveAvgPool2d((6, 6))
-        elif variant == "seed":
-            self.features = self._seed_features(conv_dropout)
-            self.avgpool = nn.Identity()
-        else:
-            self.features = self._paper_features(self.groups, lrn, lrn_impl, batch_norm, conv_dropout, self.conv1_shape)
-            self.avgpool = nn.Identity()
+            self.features = _torchvision_features()
+        elif variant == "seed":  # the origin script: every conv block ends in Dropout, conv3 and conv4 included
+            self.features = _features((11, 4), 1, bn, [[pool, drop], [pool, drop], [drop], [drop], [pool, drop]])
+        else:  # conv1-conv5 at 0, 6, 12, 15, 18: LRN and pooling after conv1 and conv2, pooling after conv5
+            norm: _Slot = lambda: _lrn(lrn, lrn_impl)
+            tails = [[norm, pool, drop], [norm, pool, drop], [], [], [pool, drop]]
+            self.features = _features(self.conv1_shape, self.groups, bn, tails)
+        self.avgpool: nn.Module = nn.AdaptiveAvgPool2d((6, 6)) if variant == "torchvision" else nn.Identity()
         self.flatten = nn.Flatten(1)
 
         trace = spatial_trace(self.features, self.image_size)
@@ -147,183 +170,10 @@ class AlexNet(nn.Module):
         self.feature_shape: tuple[int, int, int] = (last_channels, side, side)
         self.flat_features = last_channels * side * side
 
-        if variant == "torchvision":
-            self.classifier = self._torchvision_classifier(dropout, num_classes)
-        elif variant == "seed":
-            self.classifier = self._seed_classifier(dropout, num_classes)
-        else:
-            self.classifier = self._paper_classifier(dropout, batch_norm, num_classes)
+        bn1: _Slot = lambda: nn.BatchNorm1d(4096, **bn_args) if batch_norm else nn.Identity()
+        self.classifier = _classifier(self.flat_features, dropout, num_classes, bn1, variant == "torchvision")
         self.reset_parameters(init)
 
-    # ------------------------------------------------------------------ validation
-    @staticmethod
-    def _validate(
-        num_classes: int,
-        image_size: int,
-        variant: str,
-        groups: int,
-        lrn: bool,
-        batch_norm: bool,
-        dropout: float,
-        conv_dropout: float,
-        init: str,
-        lrn_impl: str,
-    ) -> None:
-        # every channel count of conv2/4/5 is even, so both group counts divide them
-        choices = {"variant": VARIANTS, "init": INITS, "lrn_impl": LRN_IMPLS, "groups": GROUPS}
-        for key, value in {"variant": variant, "init": init, "lrn_impl": lrn_impl, "groups": groups}.items():
-            if value not in choices[key]:
-                raise ValueError(f"model.net.{key}={value!r} is unknown: allowed values are {list(choices[key])}")
-        if not 1 <= int(num_classes) <= MAX_CLASSES:
-            raise ValueError(f"model.net.num_classes must lie in 1..{MAX_CLASSES}, got {num_classes}")
-        if not 1 <= int(image_size) <= MAX_IMAGE_SIZE:
-            raise ValueError(f"model.net.image_size must lie in 1..{MAX_IMAGE_SIZE}, got {image_size}")
-        for name, p in (("dropout", dropout), ("conv_dropout", conv_dropout)):
-            if not 0.0 <= float(p) < 1.0:
-                raise ValueError(f"model.net.{name} must be in [0, 1), got {p}")
-        actual = {
-            "groups": groups,
-            "lrn": bool(lrn),
-            "batch_norm": bool(batch_norm),
-            "conv_dropout": float(conv_dropout),
-        }
-        for key, required in VARIANT_REQUIRED[variant].items():
-            if actual[key] != required:
-                raise ValueError(
-                    f"model.net.{key}={actual[key]!r} is not supported by the {variant} AlexNet: it requires "
-                    f"{key}={required!r} (set model.net.{key}={str(required).lower()} for this variant)"
-                )
-
-    # ------------------------------------------------------------------ builders
-    @staticmethod
-    def _lrn(enabled: bool, impl: str) -> nn.Module:
-        if not enabled:
-            return nn.Identity()
-        return LRN(**_LRN_ARGS) if impl == "fast" else nn.LocalResponseNorm(**_LRN_ARGS)
-
-    @staticmethod
-    def _maybe(enabled: bool, factory: Any, *args: Any, **kwargs: Any) -> nn.Module:
-        return factory(*args, **kwargs) if enabled else nn.Identity()
-
-    def _paper_features(
-        self, groups: int, lrn: bool, lrn_impl: str, batch_norm: bool, conv_dropout: float, conv1: tuple[int, int]
-    ) -> nn.Sequential:
-        bn = lambda c: self._maybe(batch_norm, nn.BatchNorm2d, c)
-        drop = lambda: self._maybe(conv_dropout > 0, nn.Dropout, conv_dropout)
-        return nn.Sequential(
-            nn.Conv2d(3, 96, conv1[0], stride=conv1[1], padding=0),  # 0 conv1 (the paper's 11x11/4 by default)
-            nn.ReLU(inplace=True),
-            bn(96),
-            self._lrn(lrn, lrn_impl),
-            nn.MaxPool2d(3, 2),
-            drop(),
-            _bias_one(nn.Conv2d(96, 256, 5, padding=2, groups=groups)),  # 6 conv2
-            nn.ReLU(inplace=True),
-            bn(256),
-            self._lrn(lrn, lrn_impl),
-            nn.MaxPool2d(3, 2),
-            drop(),
-            nn.Conv2d(256, 384, 3, padding=1),  # 12 conv3 (sees both towers)
-            nn.ReLU(inplace=True),
-            bn(384),
-            _bias_one(nn.Conv2d(384, 384, 3, padding=1, groups=groups)),  # 15 conv4
-            nn.ReLU(inplace=True),
-            bn(384),
-            _bias_one(nn.Conv2d(384, 256, 3, padding=1, groups=groups)),  # 18 conv5
-            nn.ReLU(inplace=True),
-            bn(256),
-            nn.MaxPool2d(3, 2),
-            drop(),
-        )
-
-    def _paper_classifier(self, dropout: float, batch_norm: bool, num_classes: int) -> nn.Sequential:
-        # Caffe bvlc_alexnet train_val.prototxt: fc6 relu6 drop6 fc7 relu7 drop7 fc8 (dropout on the outputs).
-        return nn.Sequential(
-            _bias_one(nn.Linear(self.flat_features, 4096)),  # 0 FC6
-            nn.ReLU(inplace=True),
-            self._maybe(batch_norm, nn.BatchNorm1d, 4096),
-            nn.Dropout(dropout),
-            _bias_one(nn.Linear(4096, 4096)),  # 4 FC7
-            nn.ReLU(inplace=True),
-            self._maybe(batch_norm, nn.BatchNorm1d, 4096),
-            nn.Dropout(dropout),
-            nn.Linear(4096, num_classes),  # 8 FC8
-        )
-
-    def _seed_features(self, conv_dropout: float) -> nn.Sequential:
-        # The origin script's Sequential: every conv block ends in Dropout, conv3 and conv4 included.
-        bn = lambda c: nn.BatchNorm2d(c, **_KERAS_BN)
-        drop = lambda: self._maybe(conv_dropout > 0, nn.Dropout, conv_dropout)
-        return nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4, padding=0),  # 0 conv1, 'valid'
-            nn.ReLU(inplace=True),
-            bn(96),
-            nn.MaxPool2d(3, 2),
-            drop(),
-            _bias_one(nn.Conv2d(96, 256, 5, padding=2)),  # 5 conv2, 'same'
-            nn.ReLU(inplace=True),
-            bn(256),
-            nn.MaxPool2d(3, 2),
-            drop(),
-            nn.Conv2d(256, 384, 3, padding=1),  # 10 conv3
-            nn.ReLU(inplace=True),
-            bn(384),
-            drop(),
-            _bias_one(nn.Conv2d(384, 384, 3, padding=1)),  # 14 conv4
-            nn.ReLU(inplace=True),
-            bn(384),
-            drop(),
-            _bias_one(nn.Conv2d(384, 256, 3, padding=1)),  # 18 conv5
-            nn.ReLU(inplace=True),
-            bn(256),
-            nn.MaxPool2d(3, 2),
-            drop(),
-        )
-
-    def _seed_classifier(self, dropout: float, num_classes: int) -> nn.Sequential:
-        return nn.Sequential(
-            _bias_one(nn.Linear(self.flat_features, 4096)),
-            nn.ReLU(inplace=True),
-            nn.BatchNorm1d(4096, **_KERAS_BN),
-            nn.Dropout(dropout),
-            _bias_one(nn.Linear(4096, 4096)),
-            nn.ReLU(inplace=True),
-            nn.BatchNorm1d(4096, **_KERAS_BN),
-            nn.Dropout(dropout),
-            nn.Linear(4096, num_classes),
-        )
-
-    @staticmethod
-    def _torchvision_features() -> nn.Sequential:
-        # Indices must match torchvision.models.AlexNet exactly (checkpoint compatibility).
-        return nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            _bias_one(nn.Conv2d(64, 192, kernel_size=5, padding=2)),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            _bias_one(nn.Conv2d(384, 256, kernel_size=3, padding=1)),
-            nn.ReLU(inplace=True),
-            _bias_one(nn.Conv2d(256, 256, kernel_size=3, padding=1)),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-        )
-
-    def _torchvision_classifier(self, dropout: float, num_classes: int) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Dropout(p=dropout),
-            _bias_one(nn.Linear(self.flat_features, 4096)),
-            nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout),
-            _bias_one(nn.Linear(4096, 4096)),
-            nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
-        )
-
-    # ------------------------------------------------------------------ init
     @torch.no_grad()
     def reset_parameters(self, init: str = "paper") -> None:
         """(Re-)initialise weights.
@@ -335,33 +185,25 @@ class AlexNet(nn.Module):
         """
         if init not in INITS:
             raise ValueError(f"model.net.init={init!r} is unknown: allowed values are {list(INITS)}")
-        convs = self.conv_layers()
-        linears = [m for m in self.classifier if isinstance(m, nn.Linear)]
         for module in self.modules():
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 module.reset_parameters()
-        layers: list[nn.Conv2d | nn.Linear] = [*convs, *linears]
-        if init == "torch":
-            for layer in layers:
-                layer.reset_parameters()
-            return
+        layers: list[nn.Conv2d | nn.Linear] = [*self.conv_layers()]
+        layers += [m for m in self.classifier if isinstance(m, nn.Linear)]
         for m in layers:
             bias = m.bias
             assert bias is not None  # every AlexNet conv and FC layer has a bias
-            if init == "paper":
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.constant_(bias, 1.0 if getattr(m, "paper_bias_one", False) else 0.0)
-            elif init == "kaiming":
-                if m is linears[-1]:
-                    nn.init.normal_(m.weight, 0.0, 0.01)
-                else:
-                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(bias)
-            else:  # keras
+            if init == "torch":
+                m.reset_parameters()
+            elif init == "keras":
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(bias)
+            elif init == "kaiming" and m is not layers[-1]:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            else:  # paper, and kaiming's last layer
+                nn.init.normal_(m.weight, 0.0, 0.01)
+            if init != "torch":
+                nn.init.constant_(bias, 1.0 if init == "paper" and getattr(m, "paper_bias_one", False) else 0.0)
 
-    # ------------------------------------------------------------------ API
     def conv_layers(self) -> list[nn.Conv2d]:
         """The five convolutions in order (conv1 ... conv5)."""
         return [m for m in self.features if isinstance(m, nn.Conv2d)]
@@ -377,13 +219,55 @@ class AlexNet(nn.Module):
         return self.conv_layers()[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        x = self.avgpool(x)
-        x = self.flatten(x)
-        return self.classifier(x)
+        return self.classifier(self.flatten(self.avgpool(self.features(x))))
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, image_size={self.image_size}, num_classes={self.num_classes}"
+
+
+def _validate(args: dict[str, Any]) -> None:
+    """One-line ValueErrors for the constructor's ``args`` (its ``locals()``) that no variant takes."""
+    for key, allowed in (("variant", VARIANTS), ("init", INITS), ("lrn_impl", LRN_IMPLS), ("groups", GROUPS)):
+        if args[key] not in allowed:
+            raise ValueError(f"model.net.{key}={args[key]!r} is unknown: allowed values are {list(allowed)}")
+    for key, top in (("num_classes", MAX_CLASSES), ("image_size", MAX_IMAGE_SIZE)):
+        if not 1 <= int(args[key]) <= top:
+            raise ValueError(f"model.net.{key} must lie in 1..{top}, got {args[key]}")
+    for key in ("dropout", "conv_dropout"):
+        if not 0.0 <= float(args[key]) < 1.0:
+            raise ValueError(f"model.net.{key} must be in [0, 1), got {args[key]}")
+    variant = args["variant"]
+    for key, required in VARIANT_REQUIRED[variant].items():
+        value = type(required)(args[key])
+        if value != required:
+            raise ValueError(
+                f"model.net.{key}={value!r} is not supported by the {variant} AlexNet: it requires "
+                f"{key}={required!r} (set model.net.{key}={str(required).lower()} for this variant)"
+            )
+
+
+def old_layout_problem(state_dict: Mapping[str, Any], prefix: str = "net.") -> str | None:
+    """One line naming an earlier ``paper`` or ``seed`` layout in a checkpoint's ``state_dict``, or None.
+
+    Both were changed to match their sources; no published result depends on either, so neither is converted.
+    ``paper``: Dropout once sat on the *inputs* of FC6/FC7 (torchvision's order; the paper and Caffe's
+    ``bvlc_alexnet`` put it on their outputs): FC6's weight at ``classifier.1``, nothing at ``classifier.0``.
+    ``seed``: the origin script's Dropout after conv3 and conv4 was missing, so conv4 sat at ``features.13``
+    (today conv3's Dropout slot in seed, a ReLU in paper): a 4-D weight there.
+    """
+    fc6_old, fc6_new = f"{prefix}classifier.1.weight", f"{prefix}classifier.0.weight"
+    if getattr(state_dict.get(fc6_old), "ndim", 0) == 2 and fc6_new not in state_dict:
+        return (
+            "a paper-layout network with dropout before FC6/FC7 (FC6 at classifier.1), an earlier layout this "
+            "version does not load; train it again"
+        )
+    if getattr(state_dict.get(f"{prefix}features.13.weight"), "ndim", 0) == 4:
+        return (
+            "a seed network without Dropout after conv3 and conv4 (conv4 at features.13); the origin script has a "
+            "Dropout after every conv block and this version cannot load the older layout: train it again with "
+            "model=alexnet_seed"
+        )
+    return None
 
 
 def _check_conv1(conv1: Sequence[int], variant: str, batch_norm: bool) -> tuple[int, int]:
@@ -395,3 +279,54 @@ def _check_conv1(conv1: Sequence[int], variant: str, batch_norm: bool) -> tuple[
     if shape != (11, 4) and not (variant == "paper" and batch_norm):
         raise ValueError(f"model.net.conv1={list(shape)} adapts conv1 to small images: only model=alexnet_bn takes it")
     return shape[0], shape[1]
+
+
+def _lrn(enabled: bool, impl: str) -> nn.Module:
+    """The paper's LRN (fast or torch's), or the Identity of its slot."""
+    return (LRN if impl == "fast" else nn.LocalResponseNorm)(**_LRN_ARGS) if enabled else nn.Identity()
+
+
+def _features(conv1: tuple[int, int], groups: int, bn: _Norm, tails: list[list[_Slot]]) -> nn.Sequential:
+    """conv1-conv5 (paper and seed), each followed by ReLU, its BatchNorm slot and the layers of its ``tails``."""
+    convs = [
+        nn.Conv2d(3, 96, conv1[0], stride=conv1[1], padding=0),  # conv1 ('valid'; the paper's 11x11/4 by default)
+        _bias_one(nn.Conv2d(96, 256, 5, padding=2, groups=groups)),  # conv2 ('same')
+        nn.Conv2d(256, 384, 3, padding=1),  # conv3 (sees both towers)
+        _bias_one(nn.Conv2d(384, 384, 3, padding=1, groups=groups)),  # conv4
+        _bias_one(nn.Conv2d(384, 256, 3, padding=1, groups=groups)),  # conv5
+    ]
+    blocks = [
+        [conv, nn.ReLU(inplace=True), bn(conv.out_channels), *(f() for f in tail)]
+        for conv, tail in zip(convs, tails, strict=True)
+    ]
+    return nn.Sequential(*(layer for block in blocks for layer in block))
+
+
+def _classifier(flat: int, dropout: float, num_classes: int, bn: _Slot, torchvision: bool) -> nn.Sequential:
+    """FC6, FC7 (biases marked 1), FC8. paper and seed: dropout on FC6/FC7's outputs (Caffe bvlc_alexnet
+    train_val.prototxt: fc6 relu6 drop6 fc7 relu7 drop7 fc8; the seed script's Dense ReLU BN Dropout), FC6/FC7/FC8
+    at 0/4/8; torchvision: on their inputs (Dropout FC6 ReLU Dropout FC7 ReLU FC8), at 1/4/6."""
+    layers: list[nn.Module] = []
+    for fc in (_bias_one(nn.Linear(flat, 4096)), _bias_one(nn.Linear(4096, 4096))):
+        drop = nn.Dropout(dropout)
+        layers += [drop, fc, nn.ReLU(inplace=True)] if torchvision else [fc, nn.ReLU(inplace=True), bn(), drop]
+    return nn.Sequential(*layers, nn.Linear(4096, num_classes))
+
+
+def _torchvision_features() -> nn.Sequential:
+    # Indices must match torchvision.models.AlexNet exactly (checkpoint compatibility).
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        _bias_one(nn.Conv2d(64, 192, kernel_size=5, padding=2)),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        _bias_one(nn.Conv2d(384, 256, kernel_size=3, padding=1)),
+        nn.ReLU(inplace=True),
+        _bias_one(nn.Conv2d(256, 256, kernel_size=3, padding=1)),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )

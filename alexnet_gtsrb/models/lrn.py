@@ -13,8 +13,7 @@ implementation:
   recomputed in the backward pass, which is cheaper than writing and re-reading a full-size tensor);
 * on CPU works through the batch in cache-sized chunks with small reusable scratch buffers, so every
   intermediate stays in cache and the only full-size allocations are the output and the input gradient;
-  the chunks are shared among ``torch.get_num_threads()`` worker threads that each run single-threaded
-  ops (no OpenMP barrier per small op, which stalls badly when the cores are shared with other jobs).
+  the chunks are shared among ``torch.get_num_threads()`` single-threaded workers (``_SingleThreadedPool``).
 
 Formulas (``n = size``; window as in torch):
 
@@ -35,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -49,49 +48,34 @@ __all__ = ["LRN", "local_response_norm", "lrn_composite"]
 _CPU_CHUNK_ELEMS = 1 << 18
 
 
-def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
-    """Autocast off inside the kernel (we choose dtypes ourselves); a no-op where autocast does not exist."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def _empty_like_layout(ref: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
     """Uninitialised tensor shaped like ``ref`` with ``channels`` channels, in ``ref``'s memory format."""
-    shape = (ref.shape[0], channels, *ref.shape[2:])
-    if ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous():
-        return torch.empty(shape, dtype=dtype, device=ref.device, memory_format=torch.channels_last)
-    if ref.dim() == 5 and ref.is_contiguous(memory_format=torch.channels_last_3d) and not ref.is_contiguous():
-        return torch.empty(shape, dtype=dtype, device=ref.device, memory_format=torch.channels_last_3d)
-    return torch.empty(shape, dtype=dtype, device=ref.device)
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(ref.dim(), torch.contiguous_format)
+    if ref.is_contiguous() or not ref.is_contiguous(memory_format=fmt):
+        fmt = torch.contiguous_format
+    return torch.empty((ref.shape[0], channels, *ref.shape[2:]), dtype=dtype, device=ref.device, memory_format=fmt)
 
 
-def _chunks(x: torch.Tensor) -> Iterator[tuple[slice, ...]]:
+def _chunks(x: torch.Tensor) -> list[tuple[slice, ...]]:
     """Index tuples covering ``x`` in cache-sized pieces (batch slices, or dim-2 rows of big samples)."""
     if x.device.type != "cpu" or x.numel() <= _CPU_CHUNK_ELEMS:
-        yield (slice(None),)
-        return
+        return [(slice(None),)]
     n, per_sample = x.shape[0], x[0].numel()
     if per_sample <= 4 * _CPU_CHUNK_ELEMS:
         step = max(1, _CPU_CHUNK_ELEMS // per_sample)
-        for i in range(0, n, step):
-            yield (slice(i, i + step),)
-        return
+        return [(slice(i, i + step),) for i in range(0, n, step)]
     rows = x.shape[2]
     step = max(1, _CPU_CHUNK_ELEMS // (per_sample // rows))
-    for i in range(n):
-        for r in range(0, rows, step):
-            yield (slice(i, i + 1), slice(None), slice(r, r + step))
+    return [(slice(i, i + 1), slice(None), slice(r, r + step)) for i in range(n) for r in range(0, rows, step)]
 
 
 def _scratch_view(buf: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The leading part of scratch buffer ``buf`` matching ``like``'s shape except for the channel dim."""
-    idx = tuple(slice(0, d) for d in like.shape)
-    return buf[(idx[0], slice(None), *idx[2:])]
+    return buf[(slice(0, like.shape[0]), slice(None), *(slice(0, d) for d in like.shape[2:]))]
 
 
 def _window_sum_into(padded: torch.Tensor, size: int, channels: int, out: torch.Tensor) -> torch.Tensor:
@@ -118,20 +102,24 @@ def _inv_pow_(s: torch.Tensor, beta: float, out: torch.Tensor) -> torch.Tensor:
 
 
 class _Scratch:
-    """Per-call scratch buffers sized for the largest chunk, reused for every chunk."""
+    """Per-call scratch buffers sized for the largest chunk ``first`` (a group may start with a short chunk),
+    reused for every chunk."""
 
-    def __init__(self, first_chunk: torch.Tensor, size: int, k: float, dtype: torch.dtype) -> None:
-        channels = first_chunk.shape[1]
+    def __init__(
+        self, x: torch.Tensor, chunks: list[tuple[slice, ...]], size: int, k: float, dtype: torch.dtype
+    ) -> None:
+        self.first = first = max((x[idx] for idx in chunks), key=lambda t: t.numel())
+        channels = first.shape[1]
         self.lo, self.hi = size // 2, (size - 1) // 2
         # Padded squares: P[c + lo] = k/n + alpha/n * x_c**2 and k/n in the pad slots, so that every window of
         # n slots sums to exactly s_c = k + alpha/n * sum(x**2), edge windows included.
-        self.sq = _empty_like_layout(first_chunk, channels + size - 1, dtype)
+        self.sq = _empty_like_layout(first, channels + size - 1, dtype)
         if self.lo:
             self.sq.narrow(1, 0, self.lo).fill_(k / size)
         if self.hi:
             self.sq.narrow(1, self.lo + channels, self.hi).fill_(k / size)
-        self.s = _empty_like_layout(first_chunk, channels, dtype)
-        self.k_n = torch.tensor(k / size, dtype=dtype, device=first_chunk.device)
+        self.s = _empty_like_layout(first, channels, dtype)
+        self.k_n = torch.tensor(k / size, dtype=dtype, device=first.device)
 
     def norm(self, xc: torch.Tensor, size: int, alpha: float) -> torch.Tensor:
         """``s = k + alpha/n * window_sum(x**2)`` for chunk ``xc`` (returned as a view of scratch memory)."""
@@ -146,25 +134,19 @@ class _Scratch:
         return _window_sum_into(padded, size, channels, _scratch_view(self.s, xc))
 
 
-def _largest(x: torch.Tensor, chunks: list[tuple[slice, ...]]) -> torch.Tensor:
-    """The biggest chunk of ``x``: scratch buffers are sized for it (a group may start with a short chunk)."""
-    return max((x[idx] for idx in chunks), key=lambda t: t.numel())
-
-
 def _forward_chunks(
     x: torch.Tensor, y: torch.Tensor, chunks: list[tuple[slice, ...]], hp: tuple[int, float, float, float]
 ) -> None:
-    """``y[idx] = x[idx] * s**-beta`` for each chunk, with scratch buffers private to this call."""
+    """``y[idx] = x[idx] * s**-beta`` for each chunk, with scratch buffers private to this call (grad mode is off
+    here: inside ``autograd.Function`` and in the worker threads)."""
     size, alpha, beta, k = hp
-    with torch.no_grad():
-        first = _largest(x, chunks)
-        scratch = _Scratch(first, size, k, _compute_dtype(x.dtype))
-        for idx in chunks:
-            xc = x[idx]
-            s = scratch.norm(xc, size, alpha)
-            # p = s**-beta overwrites the squares' centre (no longer needed), then y = x * p.
-            p = _inv_pow_(s, beta, out=_scratch_view(scratch.sq, xc).narrow(1, scratch.lo, xc.shape[1]))
-            torch.mul(xc, p, out=y[idx])
+    scratch = _Scratch(x, chunks, size, k, _compute_dtype(x.dtype))
+    for idx in chunks:
+        xc = x[idx]
+        s = scratch.norm(xc, size, alpha)
+        # p = s**-beta overwrites the squares' centre (no longer needed), then y = x * p.
+        p = _inv_pow_(s, beta, out=_scratch_view(scratch.sq, xc).narrow(1, scratch.lo, xc.shape[1]))
+        torch.mul(xc, p, out=y[idx])
 
 
 def _backward_chunks(
@@ -178,33 +160,32 @@ def _backward_chunks(
     size, alpha, beta, k = hp
     coef = -2.0 * alpha * beta / size
     cdt = _compute_dtype(x.dtype)
-    with torch.no_grad():
-        first = _largest(x, chunks)
-        scratch = _Scratch(first, size, k, cdt)
-        channels = first.shape[1]
-        lo, hi = scratch.lo, scratch.hi
-        # T[c + hi] = g_c * x_c * s_c**(-beta-1), zero padded; its window sum is sum_{c: j in W(c)} T_c.
-        tbuf = _empty_like_layout(first, channels + size - 1, cdt)
-        if hi:
-            tbuf.narrow(1, 0, hi).zero_()
-        if lo:
-            tbuf.narrow(1, hi + channels, lo).zero_()
-        pbuf = _empty_like_layout(first, channels, cdt)
-        for idx in chunks:
-            xc, gc = x[idx], grad[idx]
-            s = scratch.norm(xc, size, alpha)
-            p = _inv_pow_(s, beta, out=_scratch_view(pbuf, xc))
-            padded = _scratch_view(tbuf, xc)
-            t = torch.div(p, s, out=padded.narrow(1, hi, channels))  # s**(-beta-1), compute dtype
-            t.mul_(gc).mul_(xc)
-            w = _window_sum_into(padded, size, channels, s)  # s is no longer needed: reuse it
-            if dx.dtype == cdt:
-                out = dx[idx]
-                torch.mul(gc, p, out=out)
-                out.addcmul_(w, xc, value=coef)
-            else:  # accumulate in the compute dtype, round once
-                p.mul_(gc).addcmul_(w, xc, value=coef)
-                dx[idx].copy_(p)
+    scratch = _Scratch(x, chunks, size, k, cdt)
+    first = scratch.first
+    channels = first.shape[1]
+    lo, hi = scratch.lo, scratch.hi
+    # T[c + hi] = g_c * x_c * s_c**(-beta-1), zero padded; its window sum is sum_{c: j in W(c)} T_c.
+    tbuf = _empty_like_layout(first, channels + size - 1, cdt)
+    if hi:
+        tbuf.narrow(1, 0, hi).zero_()
+    if lo:
+        tbuf.narrow(1, hi + channels, lo).zero_()
+    pbuf = _empty_like_layout(first, channels, cdt)
+    for idx in chunks:
+        xc, gc = x[idx], grad[idx]
+        s = scratch.norm(xc, size, alpha)
+        p = _inv_pow_(s, beta, out=_scratch_view(pbuf, xc))
+        padded = _scratch_view(tbuf, xc)
+        t = torch.div(p, s, out=padded.narrow(1, hi, channels))  # s**(-beta-1), compute dtype
+        t.mul_(gc).mul_(xc)
+        w = _window_sum_into(padded, size, channels, s)  # s is no longer needed: reuse it
+        if dx.dtype == cdt:
+            out = dx[idx]
+            torch.mul(gc, p, out=out)
+            out.addcmul_(w, xc, value=coef)
+        else:  # accumulate in the compute dtype, round once
+            p.mul_(gc).addcmul_(w, xc, value=coef)
+            dx[idx].copy_(p)
 
 
 class _SingleThreadedPool:
@@ -217,8 +198,7 @@ class _SingleThreadedPool:
     """
 
     def __init__(self, workers: int) -> None:
-        self.pid = os.getpid()
-        self.workers = workers
+        self.pid, self.workers = os.getpid(), workers
         main_threads = torch.get_num_threads()
         started = threading.Barrier(workers + 1)
 
@@ -240,12 +220,15 @@ _POOL_LOCK = threading.Lock()
 
 
 def _run_chunks(x: torch.Tensor, work: Callable[[list[tuple[slice, ...]]], None]) -> None:
-    """Run ``work`` over the chunks of ``x``, split across ``torch.get_num_threads()`` workers on CPU."""
+    """Run ``work`` over the chunks of ``x``, split across ``torch.get_num_threads()`` workers on CPU, autocast
+    off (we choose dtypes ourselves; autocast is thread-local, so never on in the workers)."""
     global _POOL
-    chunks = list(_chunks(x))
+    chunks = _chunks(x)
     workers = min(torch.get_num_threads(), len(chunks)) if x.device.type == "cpu" else 1
     if workers <= 1:
-        work(chunks)
+        autocast = torch.amp.is_autocast_available(x.device.type)  # not on every device type (meta)
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            work(chunks)
         return
     with _POOL_LOCK:
         if _POOL is None or _POOL.pid != os.getpid() or _POOL.workers < workers:
@@ -274,8 +257,7 @@ class _LRNFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
         hp = (size, alpha, beta, k)
         y = torch.empty_like(x)
-        with _no_autocast(x.device.type):
-            _run_chunks(x, lambda chunks: _forward_chunks(x, y, chunks, hp))
+        _run_chunks(x, lambda chunks: _forward_chunks(x, y, chunks, hp))
         ctx.save_for_backward(x)
         ctx.hparams = hp
         return y
@@ -285,8 +267,7 @@ class _LRNFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
         dx = torch.empty_like(x)
-        with _no_autocast(x.device.type):
-            _run_chunks(x, lambda chunks: _backward_chunks(x, grad, dx, chunks, ctx.hparams))
+        _run_chunks(x, lambda chunks: _backward_chunks(x, grad, dx, chunks, ctx.hparams))
         return dx, None, None, None, None
 
 
@@ -316,8 +297,6 @@ def local_response_norm(
     if x.numel() == 0:
         return x.clone()
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        # Graph capture (Inductor, TorchScript tracing, ONNX export) must see plain ops: traced, the chunked
-        # kernel would be one opaque Python op that cannot be saved or exported.
         return lrn_composite(x, size, alpha, beta, k)
     return _LRNFunction.apply(x, size, alpha, beta, k)
 
@@ -336,10 +315,7 @@ class LRN(nn.Module):
             raise ValueError(f"LRN size must be >= 1, got {size}")
         if k <= 0:
             raise ValueError(f"LRN k must be > 0, got {k}")
-        self.size = int(size)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.k = float(k)
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return local_response_norm(x, self.size, self.alpha, self.beta, self.k)

@@ -1,11 +1,9 @@
 """ImageNet weights for the ``torchvision`` variant: ``model.pretrained=imagenet`` or ``=/path/to/weights.pth``.
 
-``imagenet`` goes through torchvision's weights API (``AlexNet_Weights.IMAGENET1K_V1``), which downloads the file
-into ``$TORCH_HOME/hub/checkpoints`` on first use and reads it from there afterwards; without internet, the
-message names the file to fetch elsewhere and the local-file option. A local file is read as plain tensors
-(``weights_only=True``). Every tensor of the backbone and of FC6/FC7 is copied; the 1000-class head
-(``classifier.6``) is left as initialised for the run's classes. Applied once, when a run starts from scratch
-(``train.py``); a resumed run or a loaded checkpoint already holds its weights.
+``imagenet`` goes through torchvision's weights API (``AlexNet_Weights.IMAGENET1K_V1``, downloaded once into
+``$TORCH_HOME/hub/checkpoints``; offline, the message names the file to fetch and the local-file option); a local
+file is read as plain tensors (``weights_only=True``). The backbone and FC6/FC7 are copied, the 1000-class head
+(``classifier.6``) is left as initialised. Applied once, when a run starts from scratch (``train.py``).
 """
 
 from __future__ import annotations

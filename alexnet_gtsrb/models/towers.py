@@ -3,9 +3,8 @@
 Why: grouped convolution (``AlexNet(variant="paper", groups=2)``) reproduces the paper's *connectivity*; the
 paper also *placed* the two halves on two GTX 580 GPUs. :class:`AlexNetTowers` is the same network written
 the way it was run, so that ``tower_devices=["cuda:0", "cuda:1"]`` puts one tower on each GPU. It is
-numerically the grouped network: :func:`grouped_to_towers` / :func:`towers_to_grouped` map state_dicts both
-ways, and tests check outputs and gradients agree to 1e-10 (float64, CPU, inputs at the paper's 0-255 scale
-where LRN matters), LRN and BatchNorm on and off, and each LRN stage against torch's LRN over all channels.
+numerically the grouped network (outputs and gradients to 1e-10 in float64, tests/test_towers.py):
+:func:`grouped_to_towers` / :func:`towers_to_grouped` map state_dicts both ways.
 
 Per tower (t = 0, 1), with the cross-tower points marked ``<->``::
 
@@ -21,9 +20,8 @@ Per tower (t = 0, 1), with the cross-tower points marked ``<->``::
     FC8 (classes) on both FC7 halves, on the first tower's device
 
 FC6 and FC7 are split into halves of 2048 units as in the paper (each GPU held half of each FC layer, every
-half seeing the whole previous layer); FC8 is small and sits on the first device. Flattening tower 0's pool5
-then tower 1's gives exactly the grouped net's channel-major flatten, so the halves are row slices of the
-grouped FC weights.
+half seeing the whole previous layer). Flattening tower 0's pool5 then tower 1's gives exactly the grouped
+net's channel-major flatten, so the halves are row slices of the grouped FC weights.
 
 LRN: the project's grouped net normalises across all 96 (conv1) and 256 (conv2) channels, so the window of a
 channel next to the tower boundary (47/48, 127/128) reaches two channels of the other tower. In the paper each
@@ -45,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet_gtsrb.models.alexnet import AlexNet
+from alexnet_gtsrb.models.alexnet import AlexNet, _lrn
 
 __all__ = ["AlexNetTowers", "grouped_to_towers", "towers_to_grouped", "TOWER_LAYERS"]
 
@@ -99,10 +97,6 @@ class _Tower(nn.Module):
         self.drop = nn.Dropout(dropout)
 
 
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 class AlexNetTowers(nn.Module):
     """The paper AlexNet (groups=2) as two towers; arguments as :class:`AlexNet`'s plus ``tower_devices``."""
 
@@ -120,12 +114,11 @@ class AlexNetTowers(nn.Module):
     ) -> None:
         super().__init__()
         self.tower_devices = _check_devices(tower_devices)  # checked first: nothing is built for a bad value
-        # The grouped net validates the arguments, gives the shapes and the initialisation; its weights are
-        # copied into the towers and it is dropped.
+        # The grouped net validates the arguments and gives the shapes and the initialisation (then is dropped).
         grouped = AlexNet(num_classes, image_size, "paper", 2, lrn, batch_norm, dropout, conv_dropout, init, lrn_impl)
         self.num_classes, self.image_size = grouped.num_classes, grouped.image_size
         self.feature_shape, self.flat_features = grouped.feature_shape, grouped.flat_features
-        self.lrn: nn.Module = AlexNet._lrn(lrn, lrn_impl)
+        self.lrn = _lrn(lrn, lrn_impl)
         self.halo = 2 if lrn else 0  # size // 2 channels on each side of the LRN window
         self.towers = nn.ModuleList(_Tower(self.flat_features, batch_norm, dropout, conv_dropout) for _ in range(2))
         self.fc8 = nn.Linear(4096, self.num_classes)
@@ -162,8 +155,7 @@ class AlexNetTowers(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         towers: list[_Tower] = [t for t in self.towers if isinstance(t, _Tower)]
-        t0, t1 = towers
-        devices = [_device(t0), _device(t1)]
+        devices = [next(t.parameters()).device for t in towers]
         a = [t.bn1(t.relu(t.conv1(x.to(d)))) for t, d in zip(towers, devices, strict=True)]
         a = [t.conv_drop(t.pool(y)) for t, y in zip(towers, self._lrn_pair(a, devices), strict=True)]
         a = [t.bn2(t.relu(t.conv2(y))) for t, y in zip(towers, a, strict=True)]
@@ -173,8 +165,7 @@ class AlexNetTowers(nn.Module):
         a = [t.conv_drop(t.pool(t.bn5(t.relu5(t.conv5(y))))).flatten(1) for t, y in zip(towers, a, strict=True)]
         h = [t.drop(t.bn6(t.relu(t.fc6(y)))) for t, y in zip(towers, self._both(a, devices), strict=True)]
         h = [t.drop(t.bn7(t.relu(t.fc7(y)))) for t, y in zip(towers, self._both(h, devices), strict=True)]
-        out = self.fc8(torch.cat([h[0], h[1].to(devices[0])], dim=1))
-        return out.to(x.device)
+        return self.fc8(torch.cat([h[0], h[1].to(devices[0])], dim=1)).to(x.device)
 
     @staticmethod
     def is_backbone(name: str) -> bool:
@@ -193,7 +184,7 @@ class AlexNetTowers(nn.Module):
 def _check_devices(tower_devices: Sequence[str] | None) -> tuple[str, str] | None:
     if tower_devices is None:
         return None
-    names = [str(d) for d in tower_devices] if not isinstance(tower_devices, str) else []
+    names = [] if isinstance(tower_devices, str) else [str(d) for d in tower_devices]
     try:
         devices = [torch.device(d) for d in names]
     except RuntimeError:
@@ -203,11 +194,10 @@ def _check_devices(tower_devices: Sequence[str] | None) -> tuple[str, str] | Non
             f"model.net.tower_devices={tower_devices!r} must name two devices, e.g. [cuda:0,cuda:1] "
             "(or [cpu,cpu]), or be null to keep both towers where the module is"
         )
-    for d in devices:
-        if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
-            raise ValueError(
-                f"model.net.tower_devices={names}: {d} is not available ({torch.cuda.device_count()} GPU(s) visible)"
-            )
+    visible = torch.cuda.device_count()
+    missing = [d for d in devices if d.type == "cuda" and (d.index or 0) >= visible]
+    if missing:
+        raise ValueError(f"model.net.tower_devices={names}: {missing[0]} is not available ({visible} GPU(s) visible)")
     return names[0], names[1]
 
 
@@ -219,36 +209,29 @@ def grouped_to_towers(state_dict: Mapping[str, torch.Tensor], prefix: str = "") 
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        name = key[len(prefix) :] if key.startswith(prefix) else None
-        module, _, leaf = (name or "").rpartition(".")
-        if name is not None and module in TOWER_LAYERS:
-            parts = [value, value] if leaf in _SHARED else list(value.chunk(2, dim=0))
+        module, _, leaf = key.removeprefix(prefix).rpartition(".") if key.startswith(prefix) else (key, "", "")
+        if module in TOWER_LAYERS:
+            parts = [value, value] if leaf in _SHARED else value.chunk(2, dim=0)
             for t, part in enumerate(parts):
                 out[f"{prefix}towers.{t}.{TOWER_LAYERS[module]}.{leaf}"] = part.clone()
-        elif name is not None and module in _WHOLE:
-            out[f"{prefix}{_WHOLE[module]}.{leaf}"] = value
         else:
-            out[key] = value
+            out[f"{prefix}{_WHOLE[module]}.{leaf}" if module in _WHOLE else key] = value
     return out
 
 
 def towers_to_grouped(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """The inverse of :func:`grouped_to_towers` (tensors gathered on the first tower's device)."""
-    back = {v: k for k, v in TOWER_LAYERS.items()}
-    whole = {v: k for k, v in _WHOLE.items()}
+    back = {v: k for k, v in {**TOWER_LAYERS, **_WHOLE}.items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        name = key[len(prefix) :] if key.startswith(prefix) else ""
-        parts = name.split(".")
+        parts = key.removeprefix(prefix).split(".") if key.startswith(prefix) else []
         if len(parts) == 4 and parts[0] == "towers" and parts[2] in back:
-            if parts[1] == "1":
-                continue  # gathered with tower 0
-            leaf = parts[3]
-            other = state_dict[f"{prefix}towers.1.{parts[2]}.{leaf}"]
-            joined = value if leaf in _SHARED else torch.cat([value, other.to(value.device)], dim=0)
-            out[f"{prefix}{back[parts[2]]}.{leaf}"] = joined
-        elif len(parts) == 2 and parts[0] in whole:
-            out[f"{prefix}{whole[parts[0]]}.{parts[1]}"] = value
+            if parts[1] == "0":  # gathered with tower 1's half
+                other = state_dict[f"{prefix}towers.1.{parts[2]}.{parts[3]}"]
+                joined = value if parts[3] in _SHARED else torch.cat([value, other.to(value.device)], dim=0)
+                out[f"{prefix}{back[parts[2]]}.{parts[3]}"] = joined
+        elif len(parts) == 2 and parts[0] in _WHOLE.values():
+            out[f"{prefix}{back[parts[0]]}.{parts[1]}"] = value
         else:
             out[key] = value
     return out
