@@ -1,15 +1,18 @@
-"""The driver: the header, the chosen sections in order, the table, the JSON."""
+"""The driver: the ``bench:`` options (of ``conf/bench.yaml``), the header, the chosen sections in order, the
+table, the JSON."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import json
+import math
 import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,19 +21,57 @@ import lightning
 import numpy as np
 import torch
 import torchvision
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from alexnet_gtsrb.bench.options import Row, bench_options, device, format_table, ratio
-from alexnet_gtsrb.bench.sections_compute import bench_ceiling, bench_ema, bench_lrn, bench_precision
-from alexnet_gtsrb.bench.sections_data import bench_e2e, bench_memory, bench_pipeline, bench_profile, datamodule
-from alexnet_gtsrb.bench.throughput import usable_cores
-from alexnet_gtsrb.errors import DataNotFoundError
+from alexnet_gtsrb.bench.sections_data import DATA, datamodule
+from alexnet_gtsrb.bench.throughput import COMPUTE, Row, device, ratio, usable_cores
+from alexnet_gtsrb.errors import ConfigError, DataNotFoundError
 
-__all__ = ["run_bench", "run_command"]
+SECTIONS = ("ceiling", "e2e", "pipeline", "lrn", "memory", "precision", "ema", "profile")  # the order they run in
+#: The least value of each integer option; the ``*_batch``/``*_records`` ones may also be null.
+MINIMUM = dict(steps=1, warmup=0, e2e_warmup=1, items=1, lrn_batch=1, memory_records=1, precision_batch=1)
+#: The keys of the ``bench:`` block; their defaults are in conf/bench.yaml.
+OPTIONS = ("sections", *MINIMUM, "out")
 
-COMPUTE = {"ceiling": bench_ceiling, "lrn": bench_lrn, "precision": bench_precision, "ema": bench_ema}
-#: the sections that read data.data_dir: "skipped (no data at ...)" when it holds no GTSRB tree
-DATA = {"e2e": bench_e2e, "pipeline": bench_pipeline, "memory": bench_memory, "profile": bench_profile}
+
+def bench_options(cfg: DictConfig) -> dict[str, Any]:
+    """The ``bench:`` block of the composed config (Hydra already refuses keys it lacks, ``+bench.x`` aside); a
+    bad value is one line naming its key. ``sections`` comes back in the order they run."""
+    block = cfg.get("bench")
+    opts: dict[str, Any] = OmegaConf.to_container(block, resolve=True) if block else {}  # type: ignore[assignment]
+    if unknown := sorted(set(opts) - set(OPTIONS)):
+        raise ConfigError(f"unknown bench option(s) {unknown}; allowed: {', '.join(OPTIONS)}.")
+    for key, low in MINIMUM.items():
+        value = opts.get(key)
+        nullable = key.endswith(("_batch", "_records"))
+        if not (value is None and nullable) and (type(value) is not int or value < low):
+            raise ConfigError(f"bench.{key}={value}: must be an integer >= {low}{' or null' if nullable else ''}.")
+    sections = opts.get("sections") or []
+    sections = [sections] if isinstance(sections, str) else list(sections)
+    if not sections or set(sections) - set(SECTIONS):
+        raise ConfigError(f"bench.sections={sections}: choose from {', '.join(SECTIONS)}.")
+    opts["sections"] = [s for s in SECTIONS if s in sections]
+    return opts
+
+
+def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A plain-text table: section, what, value, unit, ratio, vs (its reference), target (ok/MISSED), note."""
+    body = [("section", "what", "value", "unit", "ratio", "vs", "target", "note")]
+    for r in rows:
+        value, unit = ("", "") if r.value is None else (_fmt(r.value), r.unit)
+        target = f"{r.target} {'ok' if r.met else 'MISSED' if r.met is False else ''}".rstrip() if r.target else ""
+        ratio_ = "" if r.ratio is None else f"{r.ratio:.2f}"
+        body.append((r.section, r.what, value, unit, ratio_, r.reference or "", target, r.note or ""))
+    widths = [max(len(x[i]) for x in body) for i in range(len(body[0]))]
+    cell = lambda i, c: c.rjust(widths[i]) if i in (2, 4) else c.ljust(widths[i])  # numbers right-aligned
+    line = lambda cells: "  ".join(cell(i, c) for i, c in enumerate(cells)).rstrip()
+    return "\n".join([line(body[0]), line(["-" * w for w in widths]), *map(line, body[1:])])
 
 
 def machine_info() -> dict[str, Any]:
@@ -65,17 +106,6 @@ def config_summary(cfg: DictConfig, opts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _e2e_ratio(rows: list[Row]) -> None:
-    """e2e / ceiling (its first row: the bare steps), across sections; then every row's target."""
-    ceiling = next((r.value for r in rows if r.section == "ceiling"), None)
-    for r in rows:
-        if r.reference == "ceiling":
-            r.ratio = ratio(r.value, ceiling)
-            if r.ratio is None and r.value is not None:
-                r.note = f"{r.note}; run the ceiling section for the ratio"
-        r.check()
-
-
 def run_bench(cfg: DictConfig, opts: dict[str, Any], echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the selected sections on a composed config; returns {"machine", "config", "rows"} (rows as dicts)."""
     torch.manual_seed(int(cfg.get("seed") or 0))
@@ -86,10 +116,8 @@ def run_bench(cfg: DictConfig, opts: dict[str, Any], echo: Callable[[str], None]
     echo("bench:   " + ", ".join(f"{k}={v}" for k, v in config["bench"].items()))
     dm, rows = None, []
     if set(DATA) & set(opts["sections"]):
-        try:
+        with contextlib.suppress(DataNotFoundError):
             dm = datamodule(cfg)
-        except DataNotFoundError:
-            dm = None
     for name in opts["sections"]:
         t = time.perf_counter()
         if name in COMPUTE:
@@ -100,7 +128,15 @@ def run_bench(cfg: DictConfig, opts: dict[str, Any], echo: Callable[[str], None]
             rows += DATA[name](cfg, opts, dm)
         gc.collect()
         echo(f"  {name}: done in {time.perf_counter() - t:.1f} s")
-    _e2e_ratio(rows)
+    ceiling = next((r.value for r in rows if r.section == "ceiling"), None)  # its first row: the bare steps
+    for r in rows:
+        if r.reference == "ceiling":
+            r.ratio = ratio(r.value, ceiling)
+            if r.ratio is None and r.value is not None:
+                r.note = f"{r.note}; run the ceiling section for the ratio"
+        if r.ratio is not None and r.target:  # target: ">= 0.90", "<= 1.05", ">= 2x"
+            op, bound = r.target.split()
+            r.met = r.ratio >= float(bound.rstrip("x")) if op == ">=" else r.ratio <= float(bound.rstrip("x"))
     machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     echo(f"\n{format_table(rows)}\nload average at the end: {machine['load_avg_end']}")
     return {"machine": machine, "config": config, "rows": [asdict(r) for r in rows]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import time
 import warnings
 from pathlib import Path
@@ -18,12 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset, Subset
 
-from alexnet_gtsrb.bench.options import Row, device
-from alexnet_gtsrb.bench.sections_compute import ema_callback_config, top_ops
-from alexnet_gtsrb.bench.throughput import SteadyStateTimer, cores_note, timed
+from alexnet_gtsrb.bench.throughput import Row, SteadyStateTimer, cores_note, device, ema_config, timed, top_ops
 from alexnet_gtsrb.data.io import decode_rgb, roi_box, roi_crop
-
-__all__ = ["bench_e2e", "bench_memory", "bench_pipeline", "bench_profile", "datamodule", "fit_batches"]
 
 MIB = 1024 * 1024
 #: Lightning ``fit`` for timing: one device, no validation, checkpointing, logger, progress bar or summary.
@@ -45,7 +40,7 @@ def fit_batches(
     """Lightning ``fit`` of ``batches`` training batches of the configured model on ``dm`` with only ``callbacks``
     (and the configured EMA callback with ``ema``) and no LR scheduler (a plateau one needs validation metrics)."""
     model_cfg: Any = OmegaConf.to_container(cfg.model, resolve=True)
-    ema_cfg = ema_callback_config(cfg) if ema else None
+    ema_cfg = ema_config(cfg) if ema else None
     callbacks = [*([instantiate(ema_cfg)] if ema_cfg is not None else []), *callbacks]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, profiler=profiler, limit_train_batches=batches, **FIT_ONLY)
     with warnings.catch_warnings():
@@ -79,15 +74,9 @@ def bench_pipeline(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
     from torchvision.transforms import v2
 
     ds, n, size = dm.train_set, opts["items"], int(cfg.data.image_size)
-    tf = v2.Compose(
-        [
-            v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-            v2.Resize((size, size)),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.uint8, scale=True),
-        ]
-    )
+    affine = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
+    jitter, to_uint8 = v2.ColorJitter(brightness=0.2, contrast=0.2), v2.ToDtype(torch.uint8, scale=True)
+    tf = v2.Compose([affine, jitter, v2.Resize((size, size)), v2.PILToTensor(), to_uint8])
 
     def reference(i: int) -> torch.Tensor:
         r = ds.records[i]
@@ -117,19 +106,13 @@ def bench_pipeline(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
     ]
 
 
-def _rss() -> int:
-    """Resident bytes of this process (0 without /proc)."""
-    with contextlib.suppress(OSError):
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    return 0
-
-
-def _uss(pid: int) -> int:
-    """Private resident bytes of a process (0 without /proc). A forked worker's RSS counts every page it shares
-    with the main process; its copy-on-write growth (refcounts touching the record list) and leaks show here."""
+def _resident(pid: int | str, *fields: str) -> int:
+    """Resident bytes of a process, the sum of these /proc/PID/smaps_rollup fields (0 without /proc). A forked
+    worker's RSS counts every page it shares with the main process; its copy-on-write growth (refcounts touching
+    the record list) and leaks show in its private (USS) fields."""
     with contextlib.suppress(OSError):
         lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-        return 1024 * sum(int(x.split()[1]) for x in lines if x.startswith(("Private_Clean:", "Private_Dirty:")))
+        return 1024 * sum(int(x.split()[1]) for x in lines if x.startswith(fields))
     return 0
 
 
@@ -146,13 +129,12 @@ def bench_memory(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
         seen += len(batch[0])
         for name, due in (("first batch", True), ("1x", seen >= n), ("3x", seen >= 3 * n)):
             if due and name not in marks:  # read while the workers are alive
-                marks[name] = (seen, _rss(), sum(_uss(p) for p in pids))
+                uss = sum(_resident(p, "Private_Clean:", "Private_Dirty:") for p in pids)
+                marks[name] = (seen, _resident("self", "Rss:"), uss)
     rate = seen / (time.perf_counter() - start)
     del it
-    rows = []
-    for k, who in ((1, "RSS main process"), (2, f"private RSS (USS) of {len(pids)} loader workers, sum")):
-        if k == 2 and not pids:
-            continue
+    rows, workers = [], [(2, f"private RSS (USS) of {len(pids)} loader workers, sum")] if pids else []
+    for k, who in [(1, "RSS main process"), *workers]:
         for name, mark in marks.items():
             rows.append(Row("memory", f"{who}, after {name} ({mark[0]} items)", mark[k] / MIB, "MiB"))
             if name == "3x" and marks["1x"][k]:
@@ -202,17 +184,9 @@ def _op_rows(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
                 prof.stop()
 
     fit_batches(cfg, dm, warmup + steps, [Window()], ema=True)
-    note = f"torch.profiler, main process, {steps} batches"
+    note = f"torch.profiler, main process, {steps} batches, {{}} calls per batch"
     return [
-        Row(
-            "profile",
-            f"op: {op}",
-            us / 1000 / steps,
-            "ms/batch",
-            share,
-            "self CPU",
-            note=f"{note}, {n // steps} calls per batch",
-        )
+        Row("profile", f"op: {op}", us / 1000 / steps, "ms/batch", share, "self CPU", note=note.format(n // steps))
         for op, us, share, n in top_ops(prof, 6)
     ]
 
@@ -256,3 +230,6 @@ def bench_profile(cfg: DictConfig, opts: dict[str, Any], dm: Any) -> list[Row]:
     """h. Where a steady training step's time goes: Lightning's SimpleProfiler hooks and torch.profiler's top
     operators over ``fit`` with the configured EMA, and the per-item and batch pipeline stages."""
     return [*_hook_rows(cfg, opts, dm), *_op_rows(cfg, opts, dm), *_stage_rows(cfg, dm)]
+
+
+DATA = {"e2e": bench_e2e, "pipeline": bench_pipeline, "memory": bench_memory, "profile": bench_profile}

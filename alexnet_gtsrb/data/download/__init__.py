@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import re
 import sys
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,17 +82,12 @@ OFFICIAL_ARCHIVES: tuple[Archive, ...] = (
     # md5: github.com/google-deepmind/dm_nevis, dm_nevis/datasets_storage/handlers/german_tsr.py
     # (german_tsr_dataset.download_urls). torchvision pins no md5 for this file.
     Archive("GTSRB_Final_Training_Images.zip", "f33fd80ac59bff73c82d25ab499e03a3", "train", 276_294_756),
-    # md5: github.com/pytorch/vision, torchvision/datasets/gtsrb.py (GTSRB.download, split="test");
-    # dm_nevis german_tsr.py (above) pins the same value.
+    # md5 of this and the next: github.com/pytorch/vision, torchvision/datasets/gtsrb.py (GTSRB.download,
+    # split="test"); dm_nevis german_tsr.py (above) pins the same values.
     Archive("GTSRB_Final_Test_Images.zip", "c7e4e6327067d32654124b0fe9e82185", "test", 88_978_620),
-    # md5: github.com/pytorch/vision, torchvision/datasets/gtsrb.py (GTSRB.download, split="test");
-    # dm_nevis german_tsr.py (above) pins the same value.
     # GT-final_test.csv sits at the top level of this zip; it belongs next to the test images.
     Archive("GTSRB_Final_Test_GT.zip", "fe31e9c9270bbcd7b84b7f21a9d9d9e5", "test", 99_620, "GTSRB/Final_Test/Images"),
 )
-
-
-# ------------------------------------------------------------------------------------------------ layout
 
 
 def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
@@ -102,30 +98,23 @@ def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
     return tuple(p for p in PARTS if p in parts)
 
 
-def _has_ppm(folder: Path) -> bool:
-    """True if the folder exists and holds at least one .ppm image (stops at the first one)."""
-    return folder.is_dir() and any(p.suffix.lower() == ".ppm" for p in folder.iterdir())
-
-
 def layout_problems(root: str | os.PathLike[str], parts: Sequence[str] = PARTS) -> list[str]:
     """What is missing from the official GTSRB layout under root for the given parts ("train", "test";
     default both). An empty list means those parts are complete."""
     parts = check_parts(parts)
     base, problems = Path(root) / "GTSRB", []
+    has_ppm = lambda folder: folder.is_dir() and any(p.suffix.lower() == ".ppm" for p in folder.iterdir())
     if "train" in parts:
         train = base / "Final_Training" / "Images"
-        missing = [f"{c:05d}" for c in range(NUM_CLASSES) if not _has_ppm(train / f"{c:05d}")]
+        missing = [f"{c:05d}" for c in range(NUM_CLASSES) if not has_ppm(train / f"{c:05d}")]
         problems += [f"{train} lacks images of {len(missing)} classes ({', '.join(missing)})"] if missing else []
     if "test" in parts:
         test = base / "Final_Test" / "Images"
-        if not _has_ppm(test):
+        if not has_ppm(test):
             problems.append(f"no .ppm test images in {test}")
         if not (test / "GT-final_test.csv").is_file():
             problems.append(f"missing {test / 'GT-final_test.csv'} (from GTSRB_Final_Test_GT.zip)")
     return problems
-
-
-# --------------------------------------------------------------------------------------------- transfer
 
 
 def _say(progress: bool, message: str) -> None:
@@ -154,56 +143,47 @@ def _os_error(exc: OSError, doing: str, where: Path) -> DownloadError:
     return DownloadError(f"{doing} failed in {where} ({reason}); move what is in the way or fix its permissions, rerun")
 
 
-class _CappedFile:
+class _CappedFile(io.FileIO):
     """The file pooch's HTTPDownloader streams into, refusing to grow past the archive's cap."""
 
-    def __init__(self, fh: Any, archive: Archive, url: str) -> None:
-        self.fh, self.archive, self.url, self.size = fh, archive, url, 0
+    def __init__(self, path: str, archive: Archive, url: str) -> None:
+        super().__init__(path, "wb")
+        self.archive, self.url = archive, url
 
-    def write(self, chunk: bytes) -> int:
-        self.size += len(chunk)
-        if self.size > self.archive.cap:
+    def write(self, chunk: Any) -> int:
+        if self.tell() + len(chunk) > self.archive.cap:
             raise DownloadError(
                 f"{self.url} sent more than {self.archive.cap:,} bytes, twice the {self.archive.size:,} of "
                 f"{self.archive.filename} plus 1 MiB; the transfer was stopped and nothing kept. Try another --mirror"
             )
-        return int(self.fh.write(chunk))
-
-    def flush(self) -> None:
-        self.fh.flush()
+        return super().write(chunk)
 
 
-@dataclass(frozen=True)
-class _Downloader:
+def _downloader(archive: Archive, progress: bool, timeout: float) -> Callable[[str, str, Any], None]:
     """A pooch downloader: HTTP(S) through pooch.HTTPDownloader with the size cap, then the md5 check, so that
     a wrong archive is refused (and pooch deletes its temporary file) with expected and actual md5 named."""
 
-    archive: Archive
-    progress: bool
-    timeout: float
-
-    def __call__(self, url: str, output_file: str, fetcher: Any) -> None:
+    def download(url: str, output_file: str, fetcher: Any) -> None:
         import requests  # pooch imports it lazily too
 
-        _say(self.progress, f"downloading {url}")
-        http = pooch.HTTPDownloader(progressbar=self.progress, timeout=self.timeout, chunk_size=2**16)
+        _say(progress, f"downloading {url}")
+        http = pooch.HTTPDownloader(progressbar=progress, timeout=timeout, chunk_size=2**16)
         try:
-            with open(output_file, "wb") as fh:
-                http(url, _CappedFile(fh, self.archive, url), fetcher)
+            with _CappedFile(output_file, archive, url) as fh:
+                http(url, fh, fetcher)
         except requests.HTTPError as exc:  # a 4xx will not change on a retry; 5xx and network errors are retried
             if exc.response is not None and exc.response.status_code < 500:
                 raise _network_error(url, exc, Path(output_file).parent) from exc
             raise
-        got, expected = pooch.file_hash(output_file, alg="md5"), self.archive.md5.lower()
+        got, expected = pooch.file_hash(output_file, alg="md5"), archive.md5.lower()
         if got != expected:
-            name = self.archive.filename
+            name = archive.filename
             raise DownloadError(
                 f"checksum mismatch for {name} from {url}: expected md5 {expected}, got {got}; the download was "
                 f"deleted. Rerun, try another --mirror, or give a mirror's own archive its md5 with --md5 {name}=HASH"
             )
 
-
-# ------------------------------------------------------------------------------------------------ unpack
+    return download
 
 
 def _install(archive: Archive, fetcher: pooch.Pooch, root: Path, progress: bool, timeout: float) -> None:
@@ -216,7 +196,7 @@ def _install(archive: Archive, fetcher: pooch.Pooch, root: Path, progress: bool,
     if os.path.lexists(downloads / name) and not (downloads / name).is_file():  # pooch would hash a FIFO forever
         raise DownloadError(f"{downloads / name} is not a regular file; move it aside and rerun")
     try:
-        path = Path(fetcher.fetch(name, downloader=_Downloader(archive, progress, timeout)))
+        path = Path(fetcher.fetch(name, downloader=_downloader(archive, progress, timeout)))
     except requests.RequestException as exc:
         raise _network_error(fetcher.get_url(name), exc, downloads) from exc
     except OSError as exc:
@@ -245,27 +225,6 @@ def _install(archive: Archive, fetcher: pooch.Pooch, root: Path, progress: bool,
         )
 
 
-def resolve_base_url(base_url: str | None = None) -> str:
-    """The mirror (argument, else $GTSRB_MIRROR, else the official server), with a trailing slash."""
-    url = (base_url or os.environ.get(MIRROR_ENV_VAR, "") or DEFAULT_BASE_URL).strip()
-    if not url.startswith(("http://", "https://")):
-        raise DownloadError(
-            f"--mirror must be an http:// or https:// URL, got {url!r}; for local copies of the zips, put them "
-            f"into <root>/{DOWNLOADS_DIR}/ and leave --mirror out"
-        )
-    return url if url.endswith("/") else url + "/"
-
-
-def _todo(root: Path, downloads: Path, archives: Sequence[Archive], parts: Sequence[str]) -> list[Archive]:
-    """The archives of the parts that need work: not those of a complete part, unless one was cut off unpacking."""
-    todo = []
-    for part in parts:
-        mine = [a for a in archives if a.part == part]
-        if layout_problems(root, (part,)) or any((downloads / f"{a.filename}.unpacking").exists() for a in mine):
-            todo += mine
-    return todo
-
-
 def download_gtsrb(
     root: str | os.PathLike[str],
     base_url: str | None = None,
@@ -283,12 +242,19 @@ def download_gtsrb(
     removes the folders the run created if they stayed empty."""
     parts = check_parts(parts)
     root_path = Path(root).expanduser().resolve()
-    base = resolve_base_url(base_url)
-    downloads = root_path / DOWNLOADS_DIR
+    base = (base_url or os.environ.get(MIRROR_ENV_VAR, "") or DEFAULT_BASE_URL).strip()
+    if not base.startswith(("http://", "https://")):
+        raise DownloadError(
+            f"--mirror must be an http:// or https:// URL, got {base!r}; for local copies of the zips, put them "
+            f"into <root>/{DOWNLOADS_DIR}/ and leave --mirror out"
+        )
+    base, downloads = base if base.endswith("/") else base + "/", root_path / DOWNLOADS_DIR
     created = [d for d in (root_path, downloads) if not os.path.lexists(d)]
     pooch.get_logger().setLevel(logging.WARNING)  # our own status lines instead of pooch's
     try:
-        todo = _todo(root_path, downloads, archives, parts)
+        # the archives of the parts that need work: not those of a complete part, unless one was cut off unpacking
+        cut_off = {a.part for a in archives if (downloads / f"{a.filename}.unpacking").exists()}
+        todo = [a for a in archives if a.part in parts and (a.part in cut_off or layout_problems(root_path, (a.part,)))]
         if not todo:
             _say(progress, f"the GTSRB {' and '.join(parts)} layout is already complete in {root_path}")
         registry = {a.filename: f"md5:{a.md5}" for a in todo}

@@ -18,21 +18,19 @@ from alexnet_gtsrb.data import download as dl
 ONLY_CHOICES: dict[str, tuple[str, ...]] = {"all": dl.PARTS, "test": ("test",)}
 
 
-def with_md5s(overrides: Sequence[str]) -> tuple[dl.Archive, ...]:
-    """The official archives with the --md5 FILENAME=HASH overrides applied; ValueError for a bad one."""
-    by_name = {a.filename: a for a in dl.OFFICIAL_ARCHIVES}
-    for item in overrides:
-        name, _, md5 = (s.strip() for s in item.partition("="))
-        if name not in by_name or not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
-            raise ValueError(
-                f"--md5 expects FILENAME=HASH (32 hex digits), FILENAME one of {', '.join(by_name)}; got {item!r}"
-            )
-        by_name[name] = dataclasses.replace(by_name[name], md5=md5.lower())
-    return tuple(by_name.values())
+def _md5(item: str) -> tuple[str, str]:
+    """One --md5 FILENAME=HASH, checked (a bad one is a usage error naming --md5)."""
+    name, _, md5 = (s.strip() for s in item.partition("="))
+    names = [a.filename for a in dl.OFFICIAL_ARCHIVES]
+    if name not in names or not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
+        raise argparse.ArgumentTypeError(
+            f"FILENAME=HASH (32 hex digits), FILENAME one of {', '.join(names)}; got {item!r}"
+        )
+    return name, md5.lower()
 
 
-def _parser() -> argparse.ArgumentParser:
-    """The argument parser (--root defaults to $GTSRB_ROOT)."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: download GTSRB into --root and print the GTSRB_ROOT export line."""
     parser = argparse.ArgumentParser(
         prog="python -m alexnet_gtsrb.data.download",
         description="Download, md5-check and unpack the official GTSRB archives (idempotent; retries network errors).",
@@ -51,30 +49,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"http(s) base URL holding the zips (default: ${dl.MIRROR_ENV_VAR}, else {dl.DEFAULT_BASE_URL}); "
         "they must match the official md5s, or those given with --md5",
     )
-    add(
-        "--md5",
-        action="append",
-        default=[],
-        metavar="FILENAME=HASH",
-        help="a mirror's own md5 of an archive (repeatable)",
-    )
+    md5_help = "a mirror's own md5 of an archive (repeatable)"
+    add("--md5", action="append", default=[], type=_md5, metavar="FILENAME=HASH", help=md5_help)
     add("--no-progress", action="store_true", help="no progress bars or status lines")
     add("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: download GTSRB into --root and print the GTSRB_ROOT export line."""
-    parser = _parser()
     args = parser.parse_args(argv)
     if not args.root:
         parser.error(f"--root is required (or set ${dl.ROOT_ENV_VAR})")
     if not 0 < args.timeout < float("inf"):
         parser.error(f"--timeout must be a positive number of seconds, got {args.timeout}")
-    try:
-        archives = with_md5s(args.md5)
-    except ValueError as exc:
-        parser.error(str(exc))
+    md5s = dict(args.md5)
+    archives = tuple(dataclasses.replace(a, md5=md5s.get(a.filename, a.md5)) for a in dl.OFFICIAL_ARCHIVES)
     try:
         parts, progress = ONLY_CHOICES[args.only], not args.no_progress
         root = dl.download_gtsrb(args.root, args.mirror, archives, progress, args.timeout, parts)

@@ -1,10 +1,7 @@
-"""What each of the 43 signs looks like, as data: a body style (shape, rim, fill) and a glyph, both lists of
-drawing ops run by a :class:`Pen`. Each class is modelled loosely on the real GTSRB class with the same id.
-
-Colours are roles ("black", "red", ...) looked up in one physical sign's palette, so one design serves every
-track of a class. Drawing is anti-aliased, sub-pixel cv2 in normalised coordinates (the template spans [0, 1],
-y down), so the designs do not depend on the template's pixel size.
-"""
+"""What each of the 43 signs looks like (modelled loosely on the real class with the same id), as data: a body
+style (shape, rim, fill) and a glyph, both lists of drawing ops run by a :class:`Pen`. Colours are roles looked up
+in one physical sign's palette, so one design serves every track of a class; coordinates are normalised (the
+template spans [0, 1], y down), so the designs do not depend on the template's pixel size."""
 
 from __future__ import annotations
 
@@ -88,10 +85,8 @@ class Pen:
             previous = shaft[-1]
             step = math.hypot(base[0] - previous[0], base[1] - previous[1])
             if step >= head_left:
-                base = (
-                    base[0] + (previous[0] - base[0]) * head_left / step,
-                    base[1] + (previous[1] - base[1]) * head_left / step,
-                )
+                x = base[0] + (previous[0] - base[0]) * head_left / step
+                base = (x, base[1] + (previous[1] - base[1]) * head_left / step)
                 break
             head_left -= step
             base = shaft.pop()

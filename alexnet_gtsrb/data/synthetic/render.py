@@ -1,7 +1,5 @@
-"""One track's appearance (paint, lighting, scene, camera) and its frames as a camera would see them.
-
-Every random draw comes from the generator passed in, in a fixed order, so output is deterministic per seed.
-"""
+"""One track's appearance (paint, lighting, scene, camera) and its frames as a camera would see them. Every random
+draw comes from the generator passed in, in a fixed order, so output is deterministic per seed."""
 
 from __future__ import annotations
 

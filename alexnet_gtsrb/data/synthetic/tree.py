@@ -4,8 +4,8 @@
     <root>/GTSRB/Final_Test/Images/NNNNN.ppm                   + GT-final_test.csv
     <root>/.synthetic_complete.json                            (parameters; written last)
 
-The tree is built in a temporary sibling folder, the marker written last, and the folder renamed into place,
-so an interrupted run never leaves a tree that looks complete; a tree with the same parameters is reused.
+Built in a temporary sibling folder and renamed into place, so an interrupted run never leaves a tree that looks
+complete; a tree with the same parameters is reused.
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ Item = tuple[str, int, Frame]  # file name, class id, (image, roi)
 def default_synthetic_root(
     train_tracks_per_class: int = 6, frames_per_track: int = 5, test_per_class: int = 5, seed: int = 0
 ) -> Path:
-    """``<cache root>/synthetic/<settings>``: one folder per setting (and format version), so a run generating
-    other settings never replaces the tree a running job reads. The cache root is ``$ALEXNET_GTSRB_CACHE`` or
-    ``~/.cache/alexnet_gtsrb``."""
+    """``<cache root>/synthetic/<settings>-v<format>``: one folder per setting, so a run generating other settings
+    never replaces the tree a running job reads."""
     name = f"tracks{int(train_tracks_per_class)}-frames{int(frames_per_track)}-test{int(test_per_class)}"
     return cache_root() / "synthetic" / f"{name}-seed{int(seed)}-v{FORMAT_VERSION}"
 
@@ -80,19 +79,6 @@ def _test_images(seed: int, per_class: int) -> Iterator[Item]:
         yield f"{i:05d}.ppm", class_id, render_track(rng, class_id, [rng.uniform(MIN_SIGN_SIDE, MAX_SIGN_SIDE)])[0]
 
 
-def _build(out: Path, params: dict[str, int]) -> dict[str, int]:
-    """Write the GTSRB/ tree under out; returns image counts. Every track and test image has its own generator,
-    seeded by (seed, split, class, index), so no image depends on how many others were drawn."""
-    seed, tracks, frames = params["seed"], params["train_tracks_per_class"], params["frames_per_track"]
-    train, test = out / "GTSRB" / "Final_Training" / "Images", out / "GTSRB" / "Final_Test" / "Images"
-    n_train = sum(
-        _write_split(train / f"{c:05d}", f"GT-{c:05d}.csv", _training_images(seed, c, tracks, frames))
-        for c in range(NUM_CLASSES)
-    )
-    n_test = _write_split(test, "GT-final_test.csv", _test_images(seed, params["test_per_class"]))
-    return {"train": n_train, "test": n_test}
-
-
 def _is_complete(root: Path, params: dict[str, int]) -> bool:
     """True when root holds a finished tree made with exactly these parameters by this format."""
     try:
@@ -112,17 +98,6 @@ def _check_replaceable(root: Path) -> None:
             f"{root} is not empty and was not produced by the synthetic generator (no {MARKER_NAME}); "
             "refusing to replace it. Pick another root, or delete the folder yourself."
         )
-
-
-def _cleanup_stale(root: Path) -> None:
-    """Remove leftovers of killed runs next to root: replaced old trees, and temp trees older than an hour."""
-    prefix = glob.escape(f".{root.name}")
-    for old_tree in root.parent.glob(prefix + ".old-*"):
-        shutil.rmtree(old_tree, ignore_errors=True)
-    for temp_tree in root.parent.glob(prefix + ".tmp-*"):
-        with contextlib.suppress(OSError):  # another run may remove it first
-            if time.time() - temp_tree.stat().st_mtime > STALE_TEMP_SECONDS:
-                shutil.rmtree(temp_tree, ignore_errors=True)
 
 
 def _install(tmp: Path, root: Path, params: dict[str, int], overwrite: bool = False) -> bool:
@@ -156,12 +131,8 @@ def generate(
 ) -> Path:
     """Write (or reuse) the synthetic tree under root and return root as an absolute path. overwrite=True
     regenerates a matching tree; a non-empty root that this generator did not make is never replaced."""
-    params = {
-        "train_tracks_per_class": int(train_tracks_per_class),
-        "frames_per_track": int(frames_per_track),
-        "test_per_class": int(test_per_class),
-        "seed": int(seed),
-    }
+    tracks, frames, per_class, seed = (int(v) for v in (train_tracks_per_class, frames_per_track, test_per_class, seed))
+    params = {"train_tracks_per_class": tracks, "frames_per_track": frames, "test_per_class": per_class, "seed": seed}
     for key, value in params.items():
         if value < (minimum := 0 if key == "seed" else 1):
             raise ValueError(f"{key}={value} must be {minimum} or more.")
@@ -170,10 +141,22 @@ def generate(
         return root
     _check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    _cleanup_stale(root)
+    prefix = glob.escape(f".{root.name}")  # leftovers of killed runs: replaced old trees, stale temp trees
+    for old_tree in root.parent.glob(prefix + ".old-*"):
+        shutil.rmtree(old_tree, ignore_errors=True)
+    for temp_tree in root.parent.glob(prefix + ".tmp-*"):
+        with contextlib.suppress(OSError):  # another run may remove it first
+            if time.time() - temp_tree.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(temp_tree, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        counts = _build(tmp, params)
+    try:  # every track and test image has its own generator, seeded by (seed, split, class, index), so no
+        # image depends on how many others were drawn
+        train, test = tmp / "GTSRB" / "Final_Training" / "Images", tmp / "GTSRB" / "Final_Test" / "Images"
+        n_train = sum(
+            _write_split(train / f"{c:05d}", f"GT-{c:05d}.csv", _training_images(seed, c, tracks, frames))
+            for c in range(NUM_CLASSES)
+        )
+        counts = {"train": n_train, "test": _write_split(test, "GT-final_test.csv", _test_images(seed, per_class))}
         os.chmod(tmp, (tmp / "GTSRB").stat().st_mode & 0o777)  # mkdtemp makes 0700; use the umask default
         marker = {"format_version": FORMAT_VERSION, "generator": __package__, "params": params, "counts": counts}
         (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
