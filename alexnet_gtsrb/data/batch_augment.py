@@ -1,18 +1,12 @@
 """Random augmentation applied to whole batches after the transfer to the device.
 
-:class:`PCANoise` is the paper preset's PCA colour noise (``augment.pca=dataset``), added to the float batch
-so that shifts far below one grey level survive (in uint8 they would be rounded away). :class:`BatchAugment`
-is the ``gtsrb`` preset's random augmentation (``data.augment.on_device=true``).
-
-Why ``BatchAugment``: per item, albumentations spends most of its time in per-call overhead on 67 px images,
-and DataLoader workers doing that work take CPU time from the training step on a 2-core machine (docs/performance.md).
-Here the same distributions are drawn per image but applied with a handful of batched tensor operations in
-``GTSRBDataModule.on_after_batch_transfer``, on the training device (a GPU does it nearly for free). The
-workers, or the main process with ``num_workers=0``, then only read the deterministic, cached pre-processing
-(decode, ROI crop, CLAHE, resize: ``data.cache=true``).
-
-``BatchAugment`` draws per image, as the ``gtsrb`` preset (:func:`alexnet_gtsrb.data.transforms.build_transform`)
-does per item:
+:class:`PCANoise` is the paper preset's PCA colour noise (``augment.pca=dataset``), added to the float batch so
+that shifts far below one grey level survive (in uint8 they would be rounded away). :class:`BatchAugment` is the
+``gtsrb`` preset's random augmentation (``data.augment.on_device=true``). Why: per item, albumentations spends
+most of its time in per-call overhead on 67 px images, and workers doing that take CPU time from the training
+step on a 2-core machine (docs/performance.md); here the same distributions, drawn per image, are applied with a
+handful of batched tensor operations on the training device, and the workers only read the deterministic, cached
+pre-processing (``data.cache=true``). Per image, as the per-item ``gtsrb`` preset:
 
 - with probability ``affine_p``: scale ``U(1 - scale, 1 + scale)``, rotation ``U(-rotate, rotate)`` degrees and
   translation ``U(-shift, shift)`` of the image size per axis, bilinear, edge pixels replicated;
@@ -21,10 +15,8 @@ does per item:
 - with probability ``blur_noise_p``, one of (equally likely): a 3x3 Gaussian blur with sigma ``U(0.3, 1.0)``
   (reflected border) or Gaussian noise with standard deviation ``255 * U(0.02, 0.06)`` per pixel and channel.
 
-Two differences from the per-item pipeline: the affine runs on the resized (cached) image, per item it runs at
-the image's own size before the resize; and values are clipped to [0, 255] once at the end (per item, after
-each step, since albumentations returns uint8).
-Random numbers come from torch's generator on the batch's device, which ``seed_everything`` seeds.
+Unlike per item, the affine runs on the resized (cached) image, not before the resize, and values are clipped to
+[0, 255] once at the end, not after each step. The draws come from torch's generator on the batch's device.
 """
 
 from __future__ import annotations
@@ -41,11 +33,9 @@ class PCANoise:
     """Krizhevsky et al. 2012, section 4.1, on a float batch: to every pixel of image ``b`` add
     ``[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T`` with ``p_i``/``l_i`` the eigenvectors/eigenvalues of the training
     set's RGB covariance (pixels in [0, 1], :mod:`alexnet_gtsrb.data.pca`) and ``a_i ~ N(0, sigma)`` drawn once
-    per image (sigma 0.1 in the paper). The shift is ``255 *`` that, in the batch's 0-255 units.
-
-    The sum is not rounded and not clipped: the paper adds the noise to the network's (mean-subtracted) input,
-    and the second and third GTSRB components shift pixels by well under one grey level. The draws come from
-    torch's generator on the batch's device, which ``seed_everything`` seeds.
+    per image (sigma 0.1 in the paper); ``255 *`` that in the batch's 0-255 units. Not rounded, not clipped: the
+    paper adds it to the network's (mean-subtracted) input, and GTSRB's second and third components shift pixels
+    by well under one grey level.
     """
 
     def __init__(self, eigenvalues: Sequence[float], eigenvectors: Sequence[Sequence[float]], sigma: float = 0.1):
@@ -55,26 +45,20 @@ class PCANoise:
         if len(self.eigenvalues) != 3 or len(self.eigenvectors) != 3 or any(len(r) != 3 for r in self.eigenvectors):
             raise ValueError("PCA colour noise needs 3 eigenvalues and 3 RGB eigenvectors")
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(eigenvalues={self.eigenvalues}, sigma={self.sigma})"
-
     def draw(self, n: int, device: torch.device) -> torch.Tensor:
         """``(n, 3)`` draws ``a_i ~ N(0, sigma)``, one row per image."""
         return torch.randn(n, 3, device=device) * self.sigma
-
-    def shifts(self, alphas: torch.Tensor) -> torch.Tensor:
-        """``(n, 3)`` RGB shifts in 0-255 units for draws ``alphas`` ``(n, 3)``: ``255 * sum_i a_i l_i p_i``."""
-        vals = torch.tensor(self.eigenvalues, device=alphas.device, dtype=torch.float32)
-        vecs = torch.tensor(self.eigenvectors, device=alphas.device, dtype=torch.float32)
-        return 255.0 * (alphas.float() * vals) @ vecs
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """float ``(B, 3, H, W)`` in 0-255 units -> the same batch with one colour shift per image (a new tensor)."""
         if not images.is_floating_point() or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) float batch, got {tuple(images.shape)} {images.dtype}")
-        shift = self.shifts(self.draw(images.shape[0], images.device)).to(images.dtype)
-        return images + shift.view(-1, 3, 1, 1)
+        alphas = self.draw(images.shape[0], images.device)
+        vals = torch.tensor(self.eigenvalues, device=images.device, dtype=torch.float32)
+        vecs = torch.tensor(self.eigenvectors, device=images.device, dtype=torch.float32)
+        shift = 255.0 * (alphas.float() * vals) @ vecs  # 255 * sum_i a_i l_i p_i, one RGB row per image
+        return images + shift.to(images.dtype).view(-1, 3, 1, 1)
 
 
 # the per-item pipeline's fixed constants (alexnet_gtsrb/data/transforms.py, preset gtsrb)
@@ -95,10 +79,6 @@ class BatchAugment:
         self.brightness = float(p.get("brightness", 0.2))
         self.contrast = float(p.get("contrast", 0.2))
         self.blur_noise_p = float(p.get("blur_noise_p", 0.3))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({fields})"
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,32 +1,18 @@
 """Optional uint8 image cache (``data.cache=true``): decode + ROI crop (+ CLAHE) + resize once, then read a memmap.
 
-Why: GTSRB files are tiny, but at 227 px decoding, cropping and up-scaling every image every epoch can
-become the data-loading bottleneck. The cache holds the ROI-cropped image already resized to the size the
-augmentation pipeline starts from (the preset's ``cache_side``), so the pipeline's first resize is a no-op and
-the dataset only copies one ``(H, W, 3)`` slice per item. When ``data.augment.clahe`` is on, the cached pixels
-are already CLAHE-equalised (at the image's own size, before the resize, as uncached) and the datasets built
-on the cache leave that step out: it was the dearest per-item step left.
+Why: at 227 px, decoding, cropping and up-scaling GTSRB's tiny files every epoch can bottleneck data loading.
+Each ROI-cropped image is stored resized to where the preset's pipeline starts (``cache_side``: its first resize
+is then a no-op) and, with ``data.augment.clahe``, CLAHE-equalised (at its own size, as uncached), the dearest
+per-item step. ONE ``(N, S, S, 3)`` ``.npy`` per (record list, ROI flag, size) and a JSON sidecar, named by a hash
+of the settings and every record's path, annotation, size, mtime and SHA-256 (a copy can keep a replaced file's
+size and mtime, not its digest), in ``data.cache_dir`` (default ``<cache root>/images``); never deleted
+automatically.
 
-Layout: ONE ``.npy`` file of shape ``(N, S, S, 3)`` uint8 per (record list, ROI flag, size), row ``i`` holding
-record ``i`` of the list it was built from, next to a JSON sidecar ``<name>.json``. The name carries a hash of
-the settings and of the record list (paths, annotations, file sizes, mtimes and SHA-256 digests: a copy can
-keep a replaced file's size and mtime, not its digest), so editing an image, the image size or
-``data.roi_crop`` selects a new file. The folder is ``data.cache_dir``; by default
-``$ALEXNET_GTSRB_CACHE/images``, else ``~/.cache/alexnet_gtsrb/images`` (the synthetic demo data lives next
-to it). Old files are never deleted automatically: remove the folder to reclaim the space.
-
-Crash safety: the array is written to a temporary file beside it and renamed into place, then the sidecar
-is written (also via a temporary file); a cache counts as complete only when both exist and agree, so an interrupted
-build is simply rebuilt. Builds run in ``setup`` on every rank under an exclusive file lock: the first rank
-builds, the others wait and then open the finished file read-only.
-
-Integrity: the sidecar holds a SHA-256 of the array (over digests of blocks of rows, which threads hash in
-parallel), made while building and checked on every open (one read of the file, a fraction of a build): a
-changed file logs one warning and is rebuilt, never served. Workers map the file later; they refuse one whose
-device, inode, size, mtime or ctime differ from the checked file's. The sidecar is not signed.
-
-Memory: workers receive only the file path and shape; each opens the memmap lazily on first use, so pages
-come from the shared page cache and nothing large is pickled.
+Crash safety: the array is written to a temporary file and renamed into place, then the sidecar; a cache counts
+only when both exist and agree. Every rank builds in ``setup`` under an exclusive file lock: the first builds,
+the others open the finished file. Integrity: the sidecar (not signed) holds a SHA-256 of the array, checked on
+every open (a changed file logs one warning and is rebuilt, never served); workers map the file lazily and refuse
+one whose device, inode, size, mtime or ctime differ from the checked file's.
 """
 
 from __future__ import annotations
@@ -38,8 +24,8 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,19 +53,10 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(
-    records: Sequence[Record],
-    size: int,
-    roi: bool,
-    fit: str = "square",
-    clahe: tuple[float, int] | None = None,
+    records: Sequence[Record], size: int, roi: bool, fit: str = "square", clahe: tuple[float, int] | None = None
 ) -> str:
-    """File stem for a cache: readable settings plus a hash of the settings and the record list.
-
-    Each record contributes its path, annotation (ROI and declared size, which decide the crop), the file's
-    size and mtime, and a SHA-256 of its bytes, so a replaced image invalidates the cache even when the copy
-    kept its size and mtime. A missing file stamps as (-1, -1), a file the decoder would refuse (missing,
-    not a regular file, too large) is not read; the build then reports it.
-    """
+    """File stem for a cache: readable settings plus a hash of the settings and of each record's path, annotation,
+    file size, mtime and SHA-256. A file the decoder would refuse is not read; the build then names it."""
     h = hashlib.sha256()
     settings: dict[str, Any] = {"version": CACHE_VERSION, "size": int(size), "roi": bool(roi)}
     if fit != "square":  # keys of square caches leave fit out, as before it was a setting
@@ -109,15 +86,26 @@ def _stamp(path: Path) -> Stamp:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-class CacheReader:
-    """Read-only access to one cache file; opens the memmap lazily so it pickles as a path and a shape. A file
-    unlike ``stamp`` (the one whose digest was checked) is refused with a UserError."""
+@dataclass
+class ImageCache:
+    """A complete cache: its file, the row of each record it serves and how it came to be. It maps the file lazily
+    and refuses one unlike ``stamp`` (the file whose digest was checked) with a UserError."""
 
-    def __init__(self, path: Path, shape: tuple[int, int, int, int], stamp: Stamp | None = None) -> None:
-        self.path = Path(path)
-        self.shape = tuple(shape)
-        self.stamp = stamp
-        self._array: np.ndarray | None = None
+    path: Path
+    shape: tuple[int, int, int, int]
+    built: bool = False  # True when this call built the file, False when it reused it
+    build_s: float = 0.0
+    _rows: dict[str, int] = field(default_factory=dict, repr=False)
+    stamp: Stamp | None = None
+    _array: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def row(self, path: str) -> int:
+        """Row of the image of ``path``; KeyError for a record the cache was not built from."""
+        return self._rows[path]
+
+    def reader(self) -> ImageCache:
+        """A copy without the rows, small to pickle into DataLoader workers (each maps the file itself)."""
+        return replace(self, _rows={}, _array=None)
 
     def image(self, row: int) -> np.ndarray:
         """A writable copy of cached image ``row`` (the memmap view itself is read-only)."""
@@ -132,29 +120,7 @@ class CacheReader:
         return np.array(self._array[row], copy=True)
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_array"] = None  # each worker maps the file itself
-        return state
-
-
-@dataclass
-class ImageCache:
-    """A complete cache: its file, the row of each record it serves and how it came to be."""
-
-    path: Path
-    shape: tuple[int, int, int, int]
-    built: bool = False  # True when this call built the file, False when it reused it
-    build_s: float = 0.0
-    _rows: dict[str, int] = field(default_factory=dict, repr=False)
-    stamp: Stamp | None = None  # the file whose digest was checked (see CacheReader)
-
-    def row(self, path: str) -> int:
-        """Row of the image of ``path``; KeyError for a record the cache was not built from."""
-        return self._rows[path]
-
-    def reader(self) -> CacheReader:
-        """A lightweight, picklable reader for datasets and DataLoader workers."""
-        return CacheReader(self.path, self.shape, self.stamp)
+        return {**self.__dict__, "_array": None}
 
     @property
     def nbytes(self) -> int:
@@ -166,33 +132,22 @@ def _paths(stem: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
 
 
-def _block_rows(shape: tuple[int, ...]) -> int:
-    """Rows per digest block: about ``_DIGEST_BLOCK_BYTES`` of uint8 pixels."""
-    return max(1, _DIGEST_BLOCK_BYTES // max(1, int(np.prod(shape[1:], dtype=np.int64))))
-
-
-def _block_sha256(block: np.ndarray) -> bytes:
-    return hashlib.sha256(np.ascontiguousarray(block).data).digest()
-
-
-def _combined(block_digests: Sequence[bytes]) -> str:
-    """The array's digest: SHA-256 over its blocks' SHA-256 digests, in row order."""
-    return hashlib.sha256(b"".join(block_digests)).hexdigest()
-
-
 def _array_sha256(array: np.ndarray, block_rows: int) -> str:
-    """The digest :func:`build_cache` stores, recomputed from the file, its blocks hashed in parallel."""
+    """SHA-256 over the SHA-256 digests of blocks of ``block_rows`` rows, in row order (hashed in parallel)."""
+
+    def digest(block: np.ndarray) -> bytes:
+        return hashlib.sha256(np.ascontiguousarray(block).data).digest()
+
     blocks = [array[i : i + block_rows] for i in range(0, len(array), block_rows)]
     with ThreadPoolExecutor(max(1, min(_DIGEST_THREADS, os.cpu_count() or 1, len(blocks)))) as pool:
-        return _combined(list(pool.map(_block_sha256, blocks)))
+        return hashlib.sha256(b"".join(pool.map(digest, blocks))).hexdigest()
 
 
 def _load_complete(
     stem: Path, key: str, shape: tuple[int, int, int, int], warn: bool = True
 ) -> tuple[dict, Stamp] | None:
     """The sidecar of a complete cache and the stamp of its checked array, or None if either file is missing,
-    unreadable or disagrees, including an array whose bytes no longer match the sidecar's digest (``warn``:
-    say so in one line, as that means the file was changed after it was built)."""
+    unreadable or disagrees (``warn``: say so in one line when the array no longer matches its digest)."""
     npy, meta_path = _paths(stem)
     try:
         meta = json.loads(files.read_text_file(meta_path, "image cache sidecar"))
@@ -224,31 +179,8 @@ def _locked(lock_path: Path) -> Iterator[None]:
         yield
         return
     with files.open_lock_file(lock_path, "the image cache's lock file", "Remove it.") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _fill(array: np.ndarray, records: Sequence[Record], load: Any, block_rows: int) -> str:
-    """Write ``load(record)`` into each row of ``array``; returns the SHA-256 of the array. Finished blocks of rows
-    are hashed in a second thread while the next ones decode."""
-    n, blocks = len(records), list[Future[bytes]]()
-    t0 = last = time.perf_counter()
-    with ThreadPoolExecutor(1) as hasher:
-        for i, r in enumerate(records):
-            try:
-                array[i] = load(r)
-            except BadDataError as e:  # the records were verified: this file changed since
-                raise BadDataError(f"{e} (found while building the image cache)") from None
-            if (i + 1) % block_rows == 0 or i + 1 == n:
-                blocks.append(hasher.submit(_block_sha256, array[i - i % block_rows : i + 1]))
-            now = time.perf_counter()
-            if now - last >= _PROGRESS_EVERY_S:
-                last = now
-                log.info("  image cache: %d/%d images (%.0f img/s)", i + 1, n, (i + 1) / (now - t0))
-        return _combined([b.result() for b in blocks])
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def build_cache(
@@ -260,11 +192,8 @@ def build_cache(
     fit: str = "square",
     clahe: tuple[float, int] | None = None,
 ) -> dict:
-    """Decode, crop, (with ``clahe``) equalise and resize every record into ``<stem>.npy``; write ``<stem>.json``
-    last. Returns the sidecar. CLAHE runs before the resize, at the image's own size, as in the uncached pipeline.
-
-    Call under the cache's lock. A bad image raises BadDataError naming the file. Any failure removes the temp file.
-    """
+    """Decode, crop, (with ``clahe``) equalise and resize every record into ``<stem>.npy``, then write the sidecar
+    ``<stem>.json``; returns it. Call under the cache's lock; a bad image raises BadDataError naming it."""
     npy, meta_path = _paths(stem)
     n, s = len(records), int(size)
     shape = (n, s, s, 3)
@@ -275,12 +204,20 @@ def build_cache(
     require_free_space(stem.parent, need, what, "point data.cache_dir elsewhere or set data.cache=false", ConfigError)
     resize = cache_pipeline(clahe, fit, s)
     log.info("Building image cache: %d images at %dx%d px (%.2f GB) -> %s", n, s, s, need / 1e9, npy)
-    t0 = time.perf_counter()
-    block_rows = _block_rows(shape)
+    t0 = last = time.perf_counter()
+    block_rows = max(1, _DIGEST_BLOCK_BYTES // (s * s * 3))  # rows per digest block
     meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the new file
     with atomic_path(npy) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        digest = _fill(array, records, lambda r: resize(image=load_cropped(r, roi))["image"], block_rows)
+        for i, r in enumerate(records):
+            try:
+                array[i] = resize(image=load_cropped(r, roi))["image"]
+            except BadDataError as e:  # the records were verified: this file changed since
+                raise BadDataError(f"{e} (found while building the image cache)") from None
+            if time.perf_counter() - last >= _PROGRESS_EVERY_S:
+                last = time.perf_counter()
+                log.info("  image cache: %d/%d images (%.0f img/s)", i + 1, n, (i + 1) / (last - t0))
+        digest = _array_sha256(array, block_rows)
         array.flush()
         del array
     build_s = time.perf_counter() - t0
@@ -310,10 +247,8 @@ def open_or_build(
     fit: str = "square",
     clahe: tuple[float, int] | None = None,
 ) -> ImageCache:
-    """The complete cache for ``records`` (verified: see :func:`~alexnet_gtsrb.data.gtsrb.verify_records`) at
-    ``size`` px, building it first if needed (once, under a lock).
-
-    ``clahe``: ``(clip, tile)`` to store CLAHE-equalised pixels (the datasets then skip their CLAHE step)."""
+    """The complete cache for verified ``records`` at ``size`` px, built first if needed (once, under a lock);
+    ``clahe``: ``(clip, tile)`` to store CLAHE-equalised pixels."""
     folder = files.cache_folder(cache_dir, default_cache_dir())  # created; one line naming it if it cannot be
     records = tuple(records)
     key = cache_key(records, size, roi, fit, clahe)

@@ -42,18 +42,6 @@ TEST_VIEWS = (1, 10)  # the test after training: the centre view, or the paper's
 ON_BAD_IMAGE = ("error", "skip")  # what verifying the index does with an unreadable image
 
 
-def _check_number(name: str, value: Any, kind: type, minimum: float) -> None:
-    """ConfigError naming ``data.<name>`` unless ``value`` is a ``kind`` (int or float) >= ``minimum``."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok or value < minimum:
-        what = "an integer" if kind is int else "a number"
-        raise ConfigError(
-            f"data.{name}={value!r} must be {what} >= {minimum:g} (set it on the command line: data.{name}=...)."
-        )
-
-
 def _set_up(dataset: GTSRBDataset | None) -> GTSRBDataset:
     """``dataset``, which exists once ``setup()`` has run."""
     if dataset is None:
@@ -66,10 +54,22 @@ def _check_settings(hp: Mapping[str, Any]) -> None:
     checkpoint's saved settings)."""
     if hp["on_bad_image"] not in ON_BAD_IMAGE:
         raise ConfigError(f"data.on_bad_image={hp['on_bad_image']!r}; allowed: {', '.join(ON_BAD_IMAGE)}.")
-    for key, kind, low in (("batch_size", int, 1), ("num_workers", int, 0), ("image_size", int, 1),
-                           ("num_classes", int, 1), ("split_seed", int, 0), ("val_fraction", float, 0.0),
-                           ("class_balance", float, 0.0)):  # fmt: skip
-        _check_number(key, hp[key], kind, low)
+    for key, kind, low in (
+        ("batch_size", int, 1),
+        ("num_workers", int, 0),
+        ("image_size", int, 1),
+        ("num_classes", int, 1),
+        ("split_seed", int, 0),
+        ("val_fraction", float, 0.0),
+        ("class_balance", float, 0.0),
+    ):
+        value = hp[key]
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or (kind is int and not float(value).is_integer()) or value < low:
+            what = "an integer" if kind is int else "a number"
+            raise ConfigError(
+                f"data.{key}={value!r} must be {what} >= {low:g} (set it on the command line: data.{key}=...)."
+            )
     if not 0.0 <= float(hp["class_balance"]) <= 1.0:
         raise ConfigError(
             f"data.class_balance={hp['class_balance']} must lie in [0, 1]: 0 draws classes as often as they occur, "
@@ -82,10 +82,8 @@ def _check_settings(hp: Mapping[str, Any]) -> None:
 class GTSRBDataModule(LightningDataModule):
     """GTSRB train/val (track-aware split of the training images) and test (the official test images).
 
-    Items are decoded per sample in DataLoader workers and stay uint8 until ``on_after_batch_transfer``
-    normalises the batch on the device it trains on. With ``cache=True`` the training and test images are
-    decoded, ROI-cropped and resized once into memory-mapped uint8 files under ``cache_dir`` (see
-    :mod:`alexnet_gtsrb.data.cache`), built in ``setup`` and reused by later runs.
+    Items are decoded in DataLoader workers (or read from the image cache, :mod:`alexnet_gtsrb.data.cache`) and
+    stay uint8 until ``on_after_batch_transfer`` normalises the batch on the device it trains on.
     """
 
     @property
@@ -129,14 +127,13 @@ class GTSRBDataModule(LightningDataModule):
         _check_settings(self.hparams)
         self.augment = dict(augment or {"preset": "none"})
         self.preset = get_preset(self.augment)
-        self.batch_augment: BatchAugment | None = None
-        if self.augment.get("on_device", False):
-            if not self.preset.batch_augment:
-                raise ConfigError(
-                    f"data.augment.on_device=true runs a preset's augmentation on whole batches; preset "
-                    f"{self.preset.name!r} augments per item. Set data.augment.on_device=false (or augment=gtsrb)."
-                )
-            self.batch_augment = BatchAugment(self.augment)
+        on_device = self.augment.get("on_device", False)
+        if on_device and not self.preset.batch_augment:
+            raise ConfigError(
+                f"data.augment.on_device=true runs a preset's augmentation on whole batches; preset "
+                f"{self.preset.name!r} augments per item. Set data.augment.on_device=false (or augment=gtsrb)."
+            )
+        self.batch_augment = BatchAugment(self.augment) if on_device else None
         self.sampler_seed = torch.initial_seed() % 2**63  # seed_everything(seed) ran first: the seed itself
         self.index: GTSRBIndex | None = None
         self.train_set: GTSRBDataset | None = None
@@ -167,6 +164,8 @@ class GTSRBDataModule(LightningDataModule):
         detect_layout(hp.data_dir, hp.layout)
 
     def _checked_index(self, need_train: bool = True) -> GTSRBIndex:
+        """The index, checked against data.num_classes, each image's header read (under data.on_bad_image=skip:
+        each image decoded, and the bad ones left out)."""
         hp = self.hparams
         index = index_gtsrb(hp.data_dir, hp.layout, need_train=need_train)
         labels = {r.label for r in index.train}
@@ -176,26 +175,24 @@ class GTSRBDataModule(LightningDataModule):
                 f"images carry {len(labels)} distinct labels (max {max(labels)}). Set data.num_classes={len(labels)} "
                 "or point data.data_dir at a complete GTSRB tree."
             )
-        if hp.verify or hp.on_bad_image == "skip":  # skip leaves out what verifying finds
-            index = self._verified(index)
-        return index
-
-    def _verified(self, index: GTSRBIndex) -> GTSRBIndex:
-        """``index`` once each image's header was read (under ``data.on_bad_image=skip``: each image decoded):
-        bad ones left out under skip (one warning line), else the first one named in a BadDataError."""
+        if not hp.verify and hp.on_bad_image != "skip":  # skip leaves out what verifying finds
+            return index
         t0 = time.perf_counter()
-        bad = verify_records(index.train + index.test, decode=self.hparams.on_bad_image == "skip")
+        bad = verify_records(index.train + index.test, decode=hp.on_bad_image == "skip")
         log.info("Verified %d images in %.1f s", len(index.train) + len(index.test), time.perf_counter() - t0)
         if not bad:
             return index
-        if self.hparams.on_bad_image != "skip":
+        if hp.on_bad_image != "skip":
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise BadDataError(f"{bad[0][1]}{more} Or set data.on_bad_image=skip to leave bad files out.")
         paths = [r.path for r, _ in bad]
         log.warning(
             "data.on_bad_image=skip: leaving out %d unreadable image(s): %s%s (first problem: %s)",
-            len(bad), ", ".join(paths[:3]), ", ..." if len(bad) > 3 else "", bad[0][1],
-        )  # fmt: skip
+            len(bad),
+            ", ".join(paths[:3]),
+            ", ..." if len(bad) > 3 else "",
+            bad[0][1],
+        )
         drop = set(paths)
         train, test = (tuple(r for r in part if r.path not in drop) for part in (index.train, index.test))
         return GTSRBIndex(index.root, index.layout, train, test)
@@ -216,17 +213,12 @@ class GTSRBDataModule(LightningDataModule):
         train_cache, test_cache = self.caches.get("train"), self.caches.get("test")
         # the training-set colour statistics only where the training pipeline is used (not validate/test)
         tf_params = self._transform_params()
-        if self._dataset_pca() and stage in (None, "fit"):
-            self._training_set_pca(
-                train,
-                GTSRBDataset(train, view_source(hp.image_size, tf_params), cache=train_cache, **common),
-            )
+        if preset.dataset_pca(self.augment) and stage in (None, "fit"):
+            pixels = GTSRBDataset(train, view_source(hp.image_size, tf_params), cache=train_cache, **common)
+            self._training_set_pca(index.root, train, pixels)
         eval_tf = build_transform(preset.name, hp.image_size, train=False, params=tf_params)
         # on_device: the random part runs on whole batches after the transfer; items get the deterministic part
-        if self.batch_augment:
-            train_tf = eval_tf
-        else:
-            train_tf = build_transform(preset.name, hp.image_size, train=True, params=tf_params)
+        train_tf = eval_tf if self.batch_augment else build_transform(preset.name, hp.image_size, True, tf_params)
         if hp.cache and preset.cache_is_eval:  # cached rows are the evaluation pipeline's output: nothing left to do
             eval_tf = None
             train_tf = None if self.batch_augment else train_tf
@@ -239,14 +231,13 @@ class GTSRBDataModule(LightningDataModule):
             f"({hp.split} split, {tracks}) / {len(self.index.test)} test images"
         )
 
-    def _training_set_pca(self, train: Sequence[Record], pixels: GTSRBDataset) -> None:
+    def _training_set_pca(self, root: Path, train: Sequence[Record], pixels: GTSRBDataset) -> None:
         """The paper's PCA statistics of the training split's pixels (cached per root + split), logged."""
         hp = self.hparams
 
         def images() -> Iterator[np.ndarray]:
             log.info("PCA colour statistics: reading the %d training-split images once...", len(pixels))
-            for i in range(len(pixels)):
-                yield pixels.load(i)[0]
+            return (pixels.load(i)[0] for i in range(len(pixels)))
 
         settings = {
             "pipeline": f"{self.preset.name} view source",
@@ -256,13 +247,12 @@ class GTSRBDataModule(LightningDataModule):
             "clahe": [self.augment.get(k) for k in ("clahe", "clahe_clip", "clahe_tile")],
             "split": [hp.split, hp.val_fraction, hp.split_seed],
         }
-        root = self.index.root if self.index is not None else hp.data_dir
-        paths = [r.path for r in train]
         pca_dir = Path(hp.cache_dir) / "pca" if hp.cache_dir else None
-        self.pca, self.pca_file = cached_rgb_pca(root, "train", settings, paths, images, cache_dir=pca_dir)
-        stats = self.pca
-        sigma = float(self.augment.get("pca_alpha", 0.1))
-        self.pca_noise = PCANoise(stats.eigenvalues, stats.eigenvectors, sigma=sigma)
+        paths = [r.path for r in train]
+        self.pca, self.pca_file = stats, _ = cached_rgb_pca(root, "train", settings, paths, images, cache_dir=pca_dir)
+        self.pca_noise = PCANoise(
+            stats.eigenvalues, stats.eigenvectors, sigma=float(self.augment.get("pca_alpha", 0.1))
+        )
         log.info(
             "PCA colour statistics of the training split (%d images, pixels in [0, 1]; %s): eigenvalues %s, "
             "eigenvectors (rows) %s",
@@ -281,10 +271,6 @@ class GTSRBDataModule(LightningDataModule):
             if out_dir.is_dir():
                 (out_dir / "pca.json").write_text(json.dumps(stats.to_json(), indent=2) + "\n")
 
-    def _dataset_pca(self) -> bool:
-        """Training adds the paper's PCA colour noise (the training split's statistics): the paper preset's default."""
-        return self.preset.dataset_pca(self.augment)
-
     def use_test_views(self, views: int) -> None:
         """``1``: the evaluation pipeline; ``10``: the image the test step cuts 5 crops and flips from."""
         if views not in TEST_VIEWS:
@@ -295,25 +281,21 @@ class GTSRBDataModule(LightningDataModule):
             self.test_set.transform = self._test_transform(eval_tf)
 
     def _test_transform(self, eval_tf: Pipeline | None) -> Pipeline | None:
-        if self.test_views == 1:
-            return eval_tf
-        return view_source(self.hparams.image_size, self._transform_params())
+        return eval_tf if self.test_views == 1 else view_source(self.hparams.image_size, self._transform_params())
 
     def _transform_params(self) -> dict[str, Any]:
         """``data.augment`` for the per-item pipelines: without CLAHE when the image cache already applied it."""
-        if self.hparams.cache and clahe_settings(self.augment) is not None:
-            return {**self.augment, "clahe": False}
-        return dict(self.augment)
+        cached_clahe = self.hparams.cache and clahe_settings(self.augment) is not None
+        return {**self.augment, "clahe": False} if cached_clahe else dict(self.augment)
 
     def class_counts(self) -> Counter:
         """Training-split images per class (for reports and class weighting)."""
         return Counter(r.label for r in _set_up(self.train_set).records)
 
     def train_sampler(self) -> RunSampler:
-        """The training order (:mod:`.sampling`): a permutation per epoch, or with ``class_balance`` = a > 0 each
-        image drawn with weight count(class) ** -a, with replacement, ``len(train)`` draws per epoch (a class then
-        appears in proportion to count ** (1 - a); a = 1: all equally often). A function of the seed and the
-        trainer's position, so a resumed run continues the order; under DDP Lightning wraps it per rank."""
+        """The training order (:mod:`.sampling`): a permutation per epoch, or with ``class_balance`` = a > 0
+        ``len(train)`` draws with replacement, each image weighted count(class) ** -a (a class then appears in
+        proportion to count ** (1 - a); a = 1: all equally often)."""
         records = _set_up(self.train_set).records
         alpha, weights = float(self.hparams.class_balance), None
         if alpha != 0.0:
@@ -338,6 +320,7 @@ class GTSRBDataModule(LightningDataModule):
         hp = self.hparams
         pin = torch.cuda.is_available() if hp.pin_memory == "auto" else bool(hp.pin_memory)
         workers = int(hp.num_workers)
+        rank = self.trainer.global_rank if self.trainer else 0
         return DataLoader(
             dataset,
             batch_size=int(hp.batch_size),
@@ -348,9 +331,7 @@ class GTSRBDataModule(LightningDataModule):
             pin_memory=pin,
             persistent_workers=bool(hp.persistent_workers) and workers > 0,
             prefetch_factor=4 if workers > 0 else None,
-            worker_init_fn=functools.partial(worker_init, rank=self.trainer.global_rank if self.trainer else 0)
-            if workers > 0
-            else None,
+            worker_init_fn=functools.partial(worker_init, rank=rank) if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -363,19 +344,17 @@ class GTSRBDataModule(LightningDataModule):
         return self._loader(_set_up(self.test_set), train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 (B, H, W, 3) on the device -> normalised float (B, 3, H, W); labels pass.
-
-        A training batch is augmented here first with ``data.augment.on_device`` (the gtsrb preset) and gets
-        the paper's PCA colour noise with ``augment.pca=dataset`` (the paper preset), both in float
-        (:mod:`.batch_augment`)."""
+        """uint8 (B, H, W, 3) on the device -> normalised float (B, 3, H, W); labels pass. A training batch first
+        gets ``data.augment.on_device``'s augmentation or ``augment.pca=dataset``'s colour noise, in float."""
         images, labels = batch
         hp = self.hparams
-        if self.trainer is not None and self.trainer.training and (self.batch_augment or self._dataset_pca()):
-            if self.batch_augment is not None:
-                floats = self.batch_augment.floats(images)
-            elif self.pca_noise is not None:
-                floats = self.pca_noise(images.permute(0, 3, 1, 2).float())
-            else:
+        training = self.trainer is not None and self.trainer.training
+        if training and self.batch_augment is not None:
+            floats = self.batch_augment.floats(images)
+        elif training and self.preset.dataset_pca(self.augment):
+            if self.pca_noise is None:
                 raise RuntimeError("augment.pca=dataset: training needs setup('fit'), which computes the statistics.")
-            return normalize_float255(floats, hp.mean, hp.std, hp.channels_last), labels
-        return normalize_uint8(images, hp.mean, hp.std, hp.channels_last), labels
+            floats = self.pca_noise(images.permute(0, 3, 1, 2).float())
+        else:
+            return normalize_uint8(images, hp.mean, hp.std, hp.channels_last), labels
+        return normalize_float255(floats, hp.mean, hp.std, hp.channels_last), labels

@@ -18,12 +18,9 @@ if TYPE_CHECKING:
 
 
 class GTSRBDataset(Dataset):
-    """Records -> (uint8 HxWx3 tensor, label). ``records`` stays public so a split can be audited.
-
-    With an ``ImageCache`` (``data.cache=true``) an item starts from the cached, already ROI-cropped and
-    resized image instead of decode + crop; the flip and the transform are the same. Only the cache's path
-    and one row index per record are kept, so the dataset pickles small into DataLoader workers.
-    """
+    """Records -> (uint8 HxWx3 tensor, label); ``records`` stays public so a split can be audited. With an
+    ``ImageCache`` an item starts from its cached (cropped, resized) row; only the cache's path and one row index
+    per record are kept, so the dataset pickles small into DataLoader workers."""
 
     def __init__(
         self,
@@ -60,10 +57,9 @@ class GTSRBDataset(Dataset):
         return image, label
 
     def _generators(self) -> tuple[np.random.Generator, random.Random]:
-        """One numpy and one Python generator per process, shared by the flip and every albumentations op
-        (which otherwise keep their own, seeded from OS entropy); first seeded from torch's seed, which
-        ``seed_everything(workers=True)`` sets per worker, and reseeded per item by :meth:`__getitem__` when the
-        sampler sends a seed with the index."""
+        """One numpy and one Python generator per process, shared by the flip and every albumentations op (which
+        otherwise seed their own from OS entropy); seeded from torch's per-worker seed, reseeded per item by
+        :meth:`__getitem__` when the sampler sends a seed."""
         if self._rng is None or self._py_random is None:
             seed = torch.initial_seed() % 2**32
             self._rng, self._py_random = np.random.Generator(np.random.PCG64(seed)), random.Random(seed)
@@ -76,8 +72,7 @@ class GTSRBDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """``item`` is an index, or (index, seed) from :class:`~alexnet_gtsrb.data.sampling.RunSampler`: then the
-        augmentation of this item depends on that seed only (not on the worker or what it drew before). A file that
-        became unreadable after the index was verified raises BadDataError naming it."""
+        item's augmentation depends on that seed only, not on the worker or what it drew before."""
         if isinstance(item, tuple):
             index, seed = item
             rng, py_random = self._generators()

@@ -12,7 +12,7 @@ import csv
 import io
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -62,16 +62,6 @@ class GTSRBIndex:
     test: tuple[Record, ...]
 
 
-def _candidates(data_dir: Path) -> list[Path]:
-    """The folder itself and the parents a user may have pointed at one level too deep or too shallow."""
-    out = [data_dir]
-    if data_dir.name.lower() == "gtsrb":
-        out.append(data_dir.parent)
-        if data_dir.parent.name.lower() == "gtsrb":
-            out.append(data_dir.parent.parent)
-    return out
-
-
 def detect_layout(data_dir: str | os.PathLike, layout: str = "auto") -> tuple[Path, str]:
     """Return (root, layout) for a data dir; root is the folder the layout's paths are relative to."""
     if layout not in LAYOUTS:
@@ -91,7 +81,10 @@ def detect_layout(data_dir: str | os.PathLike, layout: str = "auto") -> tuple[Pa
         "kaggle": lambda r: (r / "Train.csv").is_file() and (r / "Train").is_dir(),
     }
     wanted = list(checks) if layout == "auto" else [layout]
-    for root in _candidates(data_dir):
+    candidates = [data_dir]  # and the parents a user may have pointed one or two "gtsrb" levels too deep at
+    while candidates[-1].name.lower() == "gtsrb" and len(candidates) < 3:
+        candidates.append(candidates[-1].parent)
+    for root in candidates:
         for name in wanted:
             if checks[name](root):
                 return root, name
@@ -140,11 +133,8 @@ def _decoded(path: Path) -> str:
 def _read_csv(
     path: Path, delimiter: str, required: Sequence[str] = (), expected: str = OFFICIAL_HEADER
 ) -> list[tuple[int, dict]]:
-    """Rows of an annotation CSV with their line numbers, rejecting a bad header and wrong column counts.
-
-    The header must hold every ``required`` column, and all of :data:`BOX_COLUMNS` if it holds any; column
-    names must be unique. Every problem is a BadDataError naming the file (and line, or byte offset).
-    """
+    """Rows of an annotation CSV with their line numbers. The header must hold every ``required`` column, all of
+    :data:`BOX_COLUMNS` if any, no name twice, and every row its width; else BadDataError naming file and line."""
     reader = csv.reader(io.StringIO(_decoded(path), newline=""), delimiter=delimiter, skipinitialspace=True)
     rows: list[tuple[int, dict]] = []
     try:
@@ -196,43 +186,27 @@ def _annotated(row: dict, where: str) -> tuple[tuple[int, int, int, int] | None,
     return (x1, y1, x2, y2), w, h
 
 
-def _plain_name(row: dict, where: str, folder: Path) -> str:
-    """The row's Filename, which must name a file directly inside ``folder`` (no path, no ``..``)."""
+def _plain_name(row: dict, where: str, folder: Path) -> tuple[str, str]:
+    """(name, path) of the row's Filename, which must name a file directly inside ``folder`` (no path, no ``..``)."""
     name = row["Filename"].strip()
     if not name or name in (".", "..") or any(c in name for c in "/\\\0") or PurePath(name).name != name:
         raise BadDataError(
             f"{where}: Filename {name[:100]!r} is not a plain file name; annotations may only name files "
             f"inside their folder ({folder}). Fix the row."
         )
-    return name
+    return name, str(folder / name)
 
 
-def _inside(rel: str, where: str, root: Path) -> str:
-    """A Kaggle ``Path`` normalised; it must stay inside the data root (no absolute path, no escaping ``..``)."""
+def _inside(row: dict, where: str, root: Path) -> tuple[str, str]:
+    """(normalised, joined) Kaggle ``Path``; it must stay inside the data root (not absolute, no escaping ``..``)."""
+    rel = row["Path"].strip()
     norm = os.path.normpath(rel) if rel and "\0" not in rel else ""
     if not norm or PurePath(rel).anchor or norm in (".", os.pardir) or norm.startswith(os.pardir + os.sep):
         raise BadDataError(
             f"{where}: Path {rel[:100]!r} resolves outside the data root {root}; annotations may only name "
             "files inside it. Fix the row."
         )
-    return norm
-
-
-def _once(key: str, line_no: int, seen: dict[str, int], csv_path: Path) -> None:
-    """Record ``key`` as seen on ``line_no``; BadDataError naming both lines if it was listed before."""
-    if key in seen:
-        raise BadDataError(
-            f"{csv_path}: {key} is listed twice, on lines {seen[key]} and {line_no}; "
-            "it would count twice. Remove one of the rows."
-        )
-    seen[key] = line_no
-
-
-def _label(row: dict, where: str) -> int:
-    label = _int(row, "ClassId", where)
-    if not 0 <= label < NUM_CLASSES:
-        raise BadDataError(f"{where}: ClassId {label} is outside 0..{NUM_CLASSES - 1}. Fix the row.")
-    return label
+    return norm, str(root / rel)
 
 
 def _track_of(filename: str, label: int) -> str | None:
@@ -252,25 +226,37 @@ def _listed(folder: Path, filenames: Iterable[str], csv_path: Path) -> None:
 
 
 def _csv_records(
-    rows: list[tuple[int, dict]], csv_path: Path, folder: Path, folder_label: int | None, tracks: bool
+    rows: list[tuple[int, dict]],
+    csv_path: Path,
+    base: Path,
+    resolve: Callable[[dict, str, Path], tuple[str, str]],
+    folder_label: int | None = None,
+    tracks: bool = True,
 ) -> list[Record]:
-    """Records of an official-layout CSV's rows: plain file names inside ``folder``, each listed once, labels in
-    range (and equal to ``folder_label`` when given), ROIs inside the declared size; tracks from the names."""
+    """Records of an annotation CSV's rows: each file (``resolve``d inside ``base``) listed once, labels in range
+    (and ``folder_label`` when given), ROIs inside the declared size; with ``tracks``, tracks from the names."""
     records: list[Record] = []
     seen: dict[str, int] = {}
     for line_no, row in rows:
         where = f"{csv_path}:{line_no}"
-        name = _plain_name(row, where, folder)
-        _once(name, line_no, seen, csv_path)
-        label = _label(row, where)
+        key, path = resolve(row, where, base)
+        if key in seen:
+            raise BadDataError(
+                f"{csv_path}: {key} is listed twice, on lines {seen[key]} and {line_no}; "
+                "it would count twice. Remove one of the rows."
+            )
+        seen[key] = line_no
+        label = _int(row, "ClassId", where)
+        if not 0 <= label < NUM_CLASSES:
+            raise BadDataError(f"{where}: ClassId {label} is outside 0..{NUM_CLASSES - 1}. Fix the row.")
         if folder_label is not None and label != folder_label:
             raise BadDataError(f"{where}: ClassId {label} in the folder of class {folder_label}.")
         roi, w, h = _annotated(row, where)
-        records.append(Record(str(folder / name), label, _track_of(name, label) if tracks else None, roi, w, h))
+        records.append(Record(path, label, _track_of(Path(path).name, label) if tracks else None, roi, w, h))
     return records
 
 
-def _official_train(images: Path, strict_folder_label: bool = True) -> list[Record]:
+def _official_train(images: Path) -> list[Record]:
     class_dirs = sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise BadDataError(f"{images}: no class folders (expected 00000 ... 00042). {GET_DATA_HELP}")
@@ -284,7 +270,7 @@ def _official_train(images: Path, strict_folder_label: bool = True) -> list[Reco
             rows = _read_csv(csv_path, ";", ("Filename", "ClassId"))
             if not rows:
                 raise BadDataError(f"{csv_path}: no rows; class folder {d.name} would be empty.")
-            listed = _csv_records(rows, csv_path, d, folder_label if strict_folder_label else None, tracks=True)
+            listed = _csv_records(rows, csv_path, d, _plain_name, folder_label)
             records += listed
             _listed(d, {Path(r.path).name for r in listed}, csv_path)
         else:
@@ -303,7 +289,7 @@ def _official_test(images: Path, gt_csv: Path) -> list[Record]:
     rows = _read_csv(gt_csv, ";", ("Filename", "ClassId"))
     if not rows:
         raise BadDataError(f"no test images listed in {gt_csv} (it holds no rows). {_RESTORE_TEST_GT}")
-    return _csv_records(rows, gt_csv, images, None, tracks=False)
+    return _csv_records(rows, gt_csv, images, _plain_name, tracks=False)
 
 
 def _kaggle(root: Path, csv_name: str, test: bool) -> list[Record]:
@@ -314,20 +300,7 @@ def _kaggle(root: Path, csv_name: str, test: bool) -> list[Record]:
     rows = _read_csv(csv_path, ",", ("Path", "ClassId"), KAGGLE_HEADER)
     if not rows and test:
         raise BadDataError(f"no test images listed in {csv_path} (it holds no rows). Restore it from the archive.")
-    records = []
-    seen: dict[str, int] = {}
-    for line_no, row in rows:
-        where = f"{csv_path}:{line_no}"
-        rel = row["Path"].strip()
-        _once(_inside(rel, where, root), line_no, seen, csv_path)
-        label = _label(row, where)
-        roi, w, h = _annotated(row, where)
-        track = None
-        if not test:
-            m = _TRACK_NAME.match(Path(rel).name)
-            track = f"{label:02d}_{int(m.group(2)):05d}" if m else None
-        records.append(Record(str(root / rel), label, track, roi, w, h))
-    return records
+    return _csv_records(rows, csv_path, root, _inside, tracks=not test)
 
 
 def index_gtsrb(data_dir: str | os.PathLike, layout: str = "auto", need_train: bool = True) -> GTSRBIndex:
@@ -366,16 +339,14 @@ def index_gtsrb(data_dir: str | os.PathLike, layout: str = "auto", need_train: b
 
 
 def load_cropped(r: Record, roi: bool) -> np.ndarray:
-    """The record's image decoded (uint8 RGB) and, with ``roi``, cropped to its annotated sign box: what the
-    dataset reads per item without a cache and what the image cache stores before resizing."""
+    """The record's image decoded (uint8 RGB) and, with ``roi``, cropped to its annotated sign box."""
     image = decode_rgb(r.path)
     return roi_crop(image, r.roi, (r.width, r.height)) if roi and r.roi is not None else image
 
 
 def verify_records(records: Sequence[Record], decode: bool = False) -> list[tuple[Record, str]]:
-    """(record, problem) for every image whose file or header is refused (empty when all are fine); with
-    ``decode`` every file is decoded once, as the dataset decodes it, so a corrupt body is found too (seconds
-    for GTSRB's 25,500 files) before training starts, not in a batch."""
+    """(record, problem) for every image whose file or header is refused; with ``decode`` each file is decoded
+    once, so a corrupt body is found before training starts, not in a batch (seconds for GTSRB's 25,500)."""
     bad = []
     for r in records:
         try:

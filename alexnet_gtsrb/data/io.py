@@ -1,13 +1,9 @@
 """Reading images: decode a file to uint8 RGB, crop the annotated sign box, hash a file's bytes.
 
-Used by the dataset (per item), the index's verification, the image cache (once per image) and ``predict``, so
-every path reads, refuses and crops an image the same way.
-
-Hostile files are refused by name before they cost memory: a pipe, device or folder, or a file over
-:data:`MAX_FILE_BYTES`, is never read (type and size come from ``fstat`` of the opened file:
-:func:`alexnet_gtsrb.utils.files.open_regular_file`), and an image whose header declares more than
-:data:`MAX_PIXELS` pixels is never decoded. Pillow reads the header lazily (any format it knows, without
-decoding pixels); a file it cannot identify is refused, so OpenCV only decodes images whose size was checked.
+Shared by the dataset, the index's verification, the image cache and ``predict``, so every path reads, refuses and
+crops an image the same way. Hostile files are refused by name before they cost memory: a pipe, device or folder,
+or a file over :data:`MAX_FILE_BYTES` (type and size from ``fstat`` of the opened file), is never read, and an image
+whose header (read lazily by Pillow, any format it knows) declares over :data:`MAX_PIXELS` is never decoded.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ MAX_PIXELS = 25_000_000
 #: No image format needs more than 8 bytes a pixel (uncompressed 16-bit RGBA), so a larger file is not an image
 #: within :data:`MAX_PIXELS`; it is refused unread instead of being read into memory whole.
 MAX_FILE_BYTES = 8 * MAX_PIXELS
-_DIGEST_CHUNK_BYTES = 1024**2  # read size of file_sha256: whole GTSRB images, bounded memory for others
 
 
 def _open(path: str) -> BinaryIO:
@@ -51,19 +46,13 @@ def _unreadable(path: str, e: OSError) -> BadDataError:
 
 
 def file_sha256(path: str) -> str:
-    """SHA-256 (hex) of a regular file's bytes, read in chunks; the same refusals as :func:`decode_rgb`.
-
-    The image cache keys on it: ``cp -p``, ``rsync -a`` and unzip keep a file's size and mtime across
-    other content, but not its digest.
-    """
-    h = hashlib.sha256()
+    """SHA-256 (hex) of a regular file's bytes, with :func:`decode_rgb`'s refusals. The image cache keys on it:
+    ``cp -p``, ``rsync -a`` and unzip keep a file's size and mtime across other content, not its digest."""
     with _open(path) as f:
         try:
-            while chunk := f.read(_DIGEST_CHUNK_BYTES):
-                h.update(chunk)
+            return hashlib.sha256(f.read()).hexdigest()  # at most MAX_FILE_BYTES, as decode_rgb reads
         except OSError as e:
             raise _unreadable(path, e) from None
-    return h.hexdigest()
 
 
 def _check_declared_size(source: BinaryIO, path: str) -> None:
@@ -121,11 +110,8 @@ def check_header(path: str) -> None:
 def roi_box(
     roi: Sequence[int], actual: tuple[int, int], declared: tuple[int | None, int | None]
 ) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom), exclusive, of an inclusive ROI scaled from the declared to the actual size.
-
-    When the file on disk is a rescaled copy (as in some redistributed subsets), the annotation's box is
-    scaled to the real image size; the box is clamped to the image and never empty.
-    """
+    """(left, top, right, bottom), exclusive, of an inclusive ROI scaled from the declared size to the actual one
+    (some redistributed subsets hold rescaled copies), clamped to the image and never empty."""
     w, h = actual
     dw, dh = declared
     sx = w / dw if dw else 1.0

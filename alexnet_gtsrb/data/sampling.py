@@ -1,17 +1,13 @@
 """The training order as a function of the run's seed and its position, so a resumed run continues it; the
 DataLoader workers' set-up (:func:`worker_init`).
 
-A shuffling sampler that draws from torch's global generator replays epoch 1's order after a resume (the seed is
-set again, nothing of the generator's state is saved), and Lightning restarts an interrupted epoch's loader from
-its first batch. Here epoch ``e`` draws its order (a permutation, or class-balanced draws with replacement) and
-one augmentation seed per position from a generator seeded with ``(seed, e)``; where the run stands is read
-from the trainer's restored ``global_step`` each time the loader starts, so a run resumed at an epoch boundary
-or mid-epoch yields the same (index, seed) pairs in the same order as one that never stopped. The dataset
-reseeds its augmentation from the pair's seed (:class:`~alexnet_gtsrb.data.dataset.GTSRBDataset`), so neither
-the number of workers nor a restart changes what an image becomes.
-
-Under DDP Lightning wraps this sampler and hands each rank its share; a mid-epoch resume there starts the
-interrupted epoch's order from its beginning (the wrapper has no offset), an epoch-boundary resume is exact.
+Why: a sampler drawing from torch's global generator replays epoch 1's order after a resume, and Lightning
+restarts an interrupted epoch's loader from its first batch. Here epoch ``e`` draws its order and one augmentation
+seed per position from a generator seeded with ``(seed, e)``, and the position is read from the trainer's restored
+``global_step`` whenever the loader starts, so a resumed run yields the same (index, seed) pairs as one that never
+stopped; the dataset reseeds its augmentation from the pair's seed, so neither the number of workers nor a restart
+changes what an image becomes. Under DDP (Lightning wraps the sampler per rank) a mid-epoch resume restarts the
+interrupted epoch's order from its beginning; an epoch-boundary resume is exact.
 """
 
 from __future__ import annotations
@@ -31,11 +27,8 @@ Position = Callable[[], tuple[int, int]]  # -> (epoch, samples of that epoch alr
 
 
 class RunSampler(Sampler[tuple[int, int]]):
-    """Yields ``(index, augmentation seed)`` for the rest of the current epoch's order.
-
-    ``weights`` (one per sample) draws ``len(weights)`` indices with replacement in proportion to them (class
-    balancing); without them each epoch is a permutation.
-    """
+    """Yields ``(index, augmentation seed)`` for the rest of the current epoch's order: a permutation, or with
+    ``weights`` (one per sample) as many draws with replacement in proportion to them (class balancing)."""
 
     def __init__(self, size: int, seed: int, position: Position, weights: Sequence[float] | None = None) -> None:
         self.size = int(size)
@@ -65,16 +58,12 @@ class RunSampler(Sampler[tuple[int, int]]):
 def batches_per_epoch(loader_batches: int, limit: int | float) -> int:
     """Training batches per epoch under ``trainer.limit_train_batches`` (Lightning's own rule: an int caps the
     count, a float is a fraction rounded down)."""
-    if isinstance(limit, int):
-        return min(loader_batches, limit)
-    return int(loader_batches * limit)
+    return min(loader_batches, limit) if isinstance(limit, int) else int(loader_batches * limit)
 
 
 def trainer_position(trainer, loader_batches: int, batch_size: int, distributed: bool) -> tuple[int, int]:
-    """(epoch, samples already trained on in it) from the trainer's ``global_step``, which a resume restores.
-
-    Each epoch takes ``ceil(batches / accumulate_grad_batches)`` optimizer steps. Under DDP the offset is 0 (see
-    the module docstring)."""
+    """(epoch, samples already trained on in it) from the trainer's restored ``global_step``; each epoch takes
+    ``ceil(batches / accumulate_grad_batches)`` optimizer steps. Under DDP the offset is 0."""
     if trainer is None:
         return 0, 0
     batches = batches_per_epoch(loader_batches, trainer.limit_train_batches)
@@ -89,13 +78,10 @@ def trainer_position(trainer, loader_batches: int, batch_size: int, distributed:
 def worker_init(worker_id: int, rank: int = 0) -> None:
     """DataLoader worker set-up: ignore Ctrl+C, return freed image buffers to the OS, seed like Lightning.
 
-    - SIGINT is ignored in workers: a Ctrl+C in the terminal reaches the whole process group, and the main
-      process (``GracefulStop``) needs its workers alive to finish the step and save a checkpoint.
-    - glibc's malloc raises its mmap threshold as it sees large frees, after which decoded/resized image
-      buffers come from the heap and are never returned: each worker's private memory then creeps up by
-      hundreds of MB. A fixed 128 KiB threshold keeps those buffers mmap-backed (freed on release).
-    - Lightning seeds workers only when a loader has no ``worker_init_fn``, so do its seeding here
-      (``seed_everything(workers=True)`` sets ``PL_SEED_WORKERS``).
+    A Ctrl+C reaches the whole process group, and the main process (``GracefulStop``) needs its workers alive to
+    finish the step and save a checkpoint. glibc's malloc raises its mmap threshold as it sees large frees, after
+    which image buffers come from the heap and are never returned (each worker creeps up by hundreds of MB); a
+    fixed 128 KiB threshold keeps them mmap-backed. Lightning seeds workers only without a ``worker_init_fn``.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune

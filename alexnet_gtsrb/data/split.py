@@ -75,7 +75,7 @@ def random_split(
     train: list[Record] = []
     val: list[Record] = []
     for label in sorted(by_class):
-        items = list(by_class[label])
+        items = by_class[label]
         rng.shuffle(items)
         n_val = min(len(items) - 1, max(1, round(val_fraction * len(items))))
         val += items[:n_val]
@@ -87,8 +87,6 @@ def split_records(
     records: Sequence[Record], how: str = "track", val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[Record], list[Record]]:
     """Dispatch on ``data.split``."""
-    if how == "track":
-        return track_split(records, val_fraction, seed)
-    if how == "random":
-        return random_split(records, val_fraction, seed)
-    raise ConfigError(f"data.split={how!r} is not a known split; allowed: {', '.join(SPLITS)}.")
+    if how not in SPLITS:
+        raise ConfigError(f"data.split={how!r} is not a known split; allowed: {', '.join(SPLITS)}.")
+    return (track_split if how == "track" else random_split)(records, val_fraction, seed)

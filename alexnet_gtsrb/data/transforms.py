@@ -1,11 +1,8 @@
 """Image pipelines: albumentations presets, the label-aware flip and normalisation, uint8 until the last step.
 
-The only module of the data pipeline that imports albumentations (``Pipeline`` is its composed type): the
-DataModule, the image cache and the test views ask for pipelines here, so a move to another library is this
-module. (The robustness corruptions use albumentations' own corruption ops, separately.)
-
-Normalisation (uint8 -> float, mean/std) is the last step and runs on the batch after it reaches the
-device (:func:`normalize_uint8`), so workers, pinned memory and the host-to-device copy move 4x fewer bytes.
+The data pipeline's only albumentations import (``Pipeline`` is its composed type), so a move to another library
+is this module. Normalisation runs on the batch once it is on the device (:func:`normalize_uint8`), so workers,
+pinned memory and the host-to-device copy move 4x fewer bytes.
 """
 
 from __future__ import annotations
@@ -38,10 +35,8 @@ _MIRROR = {a: b for a, b in MIRROR_PAIRS} | {b: a for a, b in MIRROR_PAIRS}
 
 
 def clahe_settings(params: Mapping[str, Any]) -> tuple[float, int] | None:
-    """``(clip limit, tile grid side)`` of the CLAHE step that ``params`` (``data.augment``) asks for, or None
-    (also for ``preset: none``, the origin script's resize-only pipeline, which has no CLAHE step). A value that
-    cannot work is a ConfigError naming it, here where every pipeline (train's start-up check, the image cache,
-    a checkpoint's settings) reads them."""
+    """``(clip limit, tile grid side)`` of the CLAHE step ``params`` (``data.augment``) asks for, or None (also for
+    preset ``none``, which has none); a value that cannot work is a ConfigError naming it."""
     clahe = params.get("clahe", False)
     if not isinstance(clahe, bool | None):
         raise ConfigError(f"augment.clahe={clahe!r} must be true or false.")
@@ -71,15 +66,21 @@ def paper_big(image_size: int) -> int:
     return round(int(image_size) * 256 / 227)
 
 
+def _fit(fit: str, size: int) -> list[A.BasicTransform]:
+    """``shorter_side``: shorter side to ``size``, centre crop to a square; ``square``: a plain resize."""
+    if fit == "shorter_side":
+        return [A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR), A.CenterCrop(size, size)]
+    return [A.Resize(size, size, interpolation=cv2.INTER_LINEAR)]
+
+
 def _paper_square(s: int, p: Mapping[str, Any]) -> list[A.BasicTransform]:
     """The paper's 256x256 image (scaled by ``image_size``/227): shorter side to 256, centre 256 crop
     (Krizhevsky et al. 2012, section 2). Crops of ``image_size`` are cut from it."""
-    big = paper_big(s)
-    return [A.SmallestMaxSize(max_size=big, interpolation=cv2.INTER_LINEAR), A.CenterCrop(big, big)]
+    return _fit("shorter_side", paper_big(s))
 
 
 def _resize(s: int, p: Mapping[str, Any]) -> list[A.BasicTransform]:
-    return [A.Resize(s, s, interpolation=cv2.INTER_LINEAR)]
+    return _fit("square", s)
 
 
 def _gtsrb_train(s: int, p: Mapping[str, Any]) -> list[A.BasicTransform]:
@@ -105,16 +106,13 @@ def _gtsrb_train(s: int, p: Mapping[str, Any]) -> list[A.BasicTransform]:
 
 
 def _pca_noise(params: Mapping[str, Any]) -> list[A.BasicTransform]:
-    """The per-item colour-noise step of the paper preset's training pipeline: albumentations' FancyPCA for
-    ``augment.pca=per_image``; none for ``augment.pca=dataset``, whose noise (the paper's, with the training
-    set's statistics) is added to the float batch on the device (:class:`alexnet_gtsrb.data.batch_augment.PCANoise`,
-    applied by the DataModule), where shifts below one grey level are not rounded away."""
+    """The paper preset's per-item colour noise: FancyPCA for ``augment.pca=per_image``; none for ``dataset``, whose
+    noise is added to the float batch on the device (:class:`~alexnet_gtsrb.data.batch_augment.PCANoise`), where
+    shifts below one grey level are not rounded away."""
     mode = params.get("pca", "dataset")
     if mode not in PCA_MODES:
         raise ConfigError(f"augment.pca={mode!r}; allowed: {', '.join(PCA_MODES)}.")
-    if mode == "per_image":
-        return [A.FancyPCA(alpha=float(params.get("pca_alpha", 0.1)), p=1.0)]
-    return []
+    return [A.FancyPCA(alpha=float(params.get("pca_alpha", 0.1)), p=1.0)] if mode == "per_image" else []
 
 
 Ops = Callable[[int, Mapping[str, Any]], list[A.BasicTransform]]
@@ -122,19 +120,15 @@ Ops = Callable[[int, Mapping[str, Any]], list[A.BasicTransform]]
 
 @dataclass(frozen=True)
 class Preset:
-    """An augmentation preset (``data.augment.preset=<name>``): everything the data pipeline asks about one.
-    The DataModule, the image cache, the test views and the colour statistics read these fields, never the
-    preset's name; :func:`register_preset` adds one (docs/extending.md).
+    """An augmentation preset (``data.augment.preset=<name>``): all the data pipeline asks about one, never its name;
+    :func:`register_preset` adds one (docs/extending.md).
 
     ``train`` / ``evaluate``: ``(image_size, data.augment) -> albumentations ops`` from the decoded (or cached)
-    uint8 image to ``image_size`` x ``image_size``, after the CLAHE step, which a preset with ``clahe=True``
-    gets first. ``cache_side`` / ``cache_fit``: the side the image cache stores and how it gets there
-    (``square``: a plain resize; ``shorter_side``: shorter side to it, centre crop), i.e. where ``train`` and
-    ``evaluate`` start. ``cache_is_eval``: the cached image already is the evaluation image (``evaluate`` is
-    then skipped on cached rows). ``view_source``: the image the 10 test views are cut from (None: the
-    evaluation image padded with replicated borders). ``batch_augment``: ``train``'s random part also runs on
-    whole batches on the device (``data.augment.on_device=true``). ``dataset_pca``: whether training needs
-    the training split's colour PCA (the paper's colour noise), given ``data.augment``.
+    uint8 image to ``image_size`` squared, after the CLAHE step (first, with ``clahe=True``). ``cache_side`` /
+    ``cache_fit``: the side the image cache stores and how (``square``: a resize; ``shorter_side``: shorter side,
+    centre crop). ``cache_is_eval``: cached rows already are the evaluation image. ``view_source``: the image the
+    10 test views are cut from (None: the evaluation image, padded). ``batch_augment``: ``train``'s random part
+    can run on the device (``data.augment.on_device``). ``dataset_pca``: training needs the split's colour PCA.
     """
 
     name: str
@@ -187,14 +181,8 @@ register_preset(
 
 
 def build_transform(preset: str, image_size: int, train: bool, params: Mapping[str, Any] | None = None) -> A.Compose:
-    """A preset's training or evaluation pipeline: uint8 RGB HxWx3 in, uint8 ``image_size``^2 out.
-
-    ``none``: resize (no CLAHE). ``gtsrb``: optional CLAHE, small affine, brightness/contrast, blur or noise,
-    then one resize. ``paper``: optional CLAHE, shorter side to 256/227 of the size and centre crop to a
-    square, then for training a random crop (and FancyPCA with ``augment.pca=per_image``; the paper's own
-    PCA noise is added on the device), otherwise the centre crop. No preset flips blindly: see ``flip_remap``
-    for the label-aware flip.
-    """
+    """A preset's training or evaluation pipeline: uint8 RGB HxWx3 in, uint8 ``image_size``^2 out (no preset flips
+    blindly: see :func:`flip_remap`)."""
     p = dict(params or {})
     chosen = get_preset(preset)
     ops = (chosen.train if train else chosen.evaluate)(int(image_size), p)
@@ -202,20 +190,12 @@ def build_transform(preset: str, image_size: int, train: bool, params: Mapping[s
 
 
 def view_source(image_size: int, params: Mapping[str, Any]) -> Pipeline:
-    """The image the 5 crops of the 10 test views (:mod:`alexnet_gtsrb.evaluation.views`) are cut from, with the
-    sign at the size the preset trains on: the preset's own ``view_source`` after CLAHE, else its evaluation
-    image padded with replicated borders to the paper preset's larger side (256/227 of the size).
-
-    * ``paper``: its evaluation pipeline without the final centre crop (CLAHE if set, shorter side to 256/227
-      of the size, centre square): it trains on random crops of that same image, so every view shows the sign
-      at the training scale (Krizhevsky et al. 2012, section 4.1).
-    * ``gtsrb`` and ``none`` train on the whole (ROI) image resized to ``image_size``: the centre view is then
-      exactly the one-view evaluation image and each corner view is it shifted by half the padding (4-5 px at
-      67 px, 14-15 px at 227 px: 6-7.5% of the side), the sign keeping its training size; the ``gtsrb``
-      preset trains with shifts of up to 10% and the same replicated borders (``none`` without shifts).
-
-    ``params`` is ``data.augment`` as the per-item pipelines see it (without CLAHE where the image cache has
-    already applied it)."""
+    """The image the 10 test views (:mod:`alexnet_gtsrb.evaluation.views`) are cut from, the sign at its training
+    size: the preset's ``view_source`` after CLAHE, else its evaluation image padded (replicated borders) to
+    :func:`paper_big`. ``paper`` trains on random crops of its square, so every view shows the sign at the
+    training scale (Krizhevsky et al. 2012, section 4.1); for ``gtsrb``/``none`` the centre view is the one-view
+    image and each corner view it shifted by half the padding (6-7.5% of the side; ``gtsrb`` trains with shifts
+    of up to 10% and the same borders)."""
     chosen, s = get_preset(params), int(image_size)
     if chosen.view_source is not None:
         return A.Compose([*_clahe(params, chosen), *chosen.view_source(s, params)])
@@ -225,21 +205,13 @@ def view_source(image_size: int, params: Mapping[str, Any]) -> Pipeline:
 
 
 def cache_pipeline(clahe: tuple[float, int] | None, fit: str, size: int) -> Pipeline:
-    """What the image cache stores: optional CLAHE, then the same first resize as the presets, so a preset's own
-    resize is a no-op on cached images. ``fit``: ``shorter_side`` (shorter side to ``size``, centre crop: the paper
-    preset's first steps) or ``square`` (a plain resize)."""
-    if fit == "shorter_side":
-        resize = [A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR), A.CenterCrop(size, size)]
-    else:
-        resize = [A.Resize(size, size, interpolation=cv2.INTER_LINEAR)]
-    return A.Compose([*clahe_ops(clahe), *resize])
+    """What the image cache stores: optional CLAHE, then the presets' own first resize (a no-op on cached rows)."""
+    return A.Compose([*clahe_ops(clahe), *_fit(fit, size)])
 
 
 def flip_remap(image: np.ndarray, label: int, rng: np.random.Generator, p: float = 0.5) -> tuple[np.ndarray, int]:
-    """Label-aware horizontal flip: flips flip-invariant classes, and mirror pairs with swapped labels.
-
-    Other classes (digits, one-sided arrows without a twin) are never flipped.
-    """
+    """Label-aware horizontal flip: flip-invariant classes flip, mirror pairs flip with swapped labels, others
+    (digits, one-sided arrows without a twin) never."""
     if (label in FLIP_INVARIANT or label in _MIRROR) and rng.random() < p:
         return np.ascontiguousarray(image[:, ::-1]), _MIRROR.get(label, label)
     return image, label
@@ -251,10 +223,7 @@ def normalize_uint8(
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, normalised by per-channel mean/std given in [0, 1] units."""
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected a (B, H, W, 3) uint8 batch, got {tuple(x.shape)} {x.dtype}")
-    m, inv = _mean_inv_std(mean, std, x.device)
-    y = (x.float() - m) * inv  # still (B, H, W, 3)
-    y = y.permute(0, 3, 1, 2)  # a channels_last view of NCHW
-    return y if channels_last else y.contiguous()
+    return normalize_float255(x.permute(0, 3, 1, 2).float(), mean, std, channels_last)
 
 
 def normalize_float255(
@@ -263,25 +232,18 @@ def normalize_float255(
     """(B, 3, H, W) float in [0, 255] (a batch augmented on the device) -> normalised, as :func:`normalize_uint8`."""
     if not x.is_floating_point() or x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) float batch, got {tuple(x.shape)} {x.dtype}")
-    m, inv = _mean_inv_std(mean, std, x.device)
-    y = (x - m.view(1, 3, 1, 1)) * inv.view(1, 3, 1, 1)
+    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    inv = 1.0 / (torch.tensor(std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+    y = (x - m) * inv
     return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def check_mean_std(mean: Any, std: Any) -> tuple[list[float], list[float]]:
-    """``(mean, std)`` as float lists when each is 3 numbers (R, G, B, in [0, 1] pixel units), every mean in
-    [0, 1] and every std in [:data:`MIN_STD`, 1]; else a ConfigError naming the key. A zero std divides by
-    zero and made every probability NaN; another length failed inside the first batch."""
+    """``(mean, std)`` as float lists when each is 3 numbers (R, G, B), means in [0, 1], stds in [:data:`MIN_STD`, 1];
+    else a ConfigError naming the key (a zero std made every probability NaN, another length failed in a batch)."""
     for key, values, low in (("mean", mean, 0.0), ("std", std, MIN_STD)):
         ok = isinstance(values, Sequence) and not isinstance(values, str) and len(values) == 3
         ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= 1.0 for v in values)
         if not ok:
             raise ConfigError(f"{key}={values!r} must be 3 numbers (R, G, B) from {low:g} to 1, in [0, 1] pixel units.")
     return [float(v) for v in mean], [float(v) for v in std]
-
-
-def _mean_inv_std(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Per-channel mean and 1/std in uint8 units (255 x the [0, 1] values)."""
-    m = torch.tensor(mean, device=device, dtype=torch.float32) * 255.0
-    inv = 1.0 / (torch.tensor(std, device=device, dtype=torch.float32) * 255.0)
-    return m, inv
