@@ -32,15 +32,12 @@ from alexnet_gtsrb.errors import UserError
 NETWORKS = {"alexnet_gtsrb.models.alexnet.AlexNet", "alexnet_gtsrb.models.towers.AlexNetTowers"}
 #: The project's schedule factories a checkpoint may build.
 SCHEDULES = frozenset({"alexnet_gtsrb.schedules.warmup_cosine"})
-ROLES = ("net", "optimizer", "scheduler")
 #: How deep a checkpoint's containers may nest (this project's nest under 10 levels; far below recursion limits).
 MAX_DEPTH = 64
 #: How many values a walk visits at most: a pickle can share one container many times over, so a few bytes can
 #: describe 2**60 values (this project's checkpoints hold a few thousand).
 MAX_VALUES = 1_000_000
-_OPTIM = "torch.optim."
 T = TypeVar("T")
-_SCHED = "torch.optim.lr_scheduler."
 
 
 class UnsafeCheckpointError(UserError):
@@ -58,47 +55,47 @@ def register_network(builder: T) -> T:
     return builder
 
 
-def _is_optimizer(target: str) -> bool:
-    name = target[len(_OPTIM) :] if target.startswith(_OPTIM) else ""
-    obj = getattr(torch.optim, name, None) if name and "." not in name else None
-    return inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)
-
-
-def _is_scheduler(target: str) -> bool:
-    if target in SCHEDULES:
-        return True
-    name = target[len(_SCHED) :] if target.startswith(_SCHED) else ""
-    obj = getattr(torch.optim.lr_scheduler, name, None) if name and "." not in name else None
-    bases = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+def _class_in(target: str, module: Any, bases: Any) -> bool:
+    """True when ``target`` is ``<module>.<Name>`` for a class directly in ``module`` that subclasses ``bases``."""
+    name = target.removeprefix(f"{module.__name__}.")
+    obj = getattr(module, name, None) if name != target and "." not in name else None
     return inspect.isclass(obj) and issubclass(obj, bases)
 
 
-_KINDS = {"net": lambda t: t in NETWORKS, "optimizer": _is_optimizer, "scheduler": _is_scheduler}
+_SCHEDULER_BASES = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+#: role -> (may ``_target_`` be built in it, what the role may name, as the refusal says).
+_ROLES = {
+    "net": (lambda t: t in NETWORKS, "the project's networks and those registered with register_network"),
+    "optimizer": (lambda t: _class_in(t, torch.optim, torch.optim.Optimizer), "torch.optim optimizers"),
+    "scheduler": (
+        lambda t: t in SCHEDULES or _class_in(t, torch.optim.lr_scheduler, _SCHEDULER_BASES),
+        "torch.optim.lr_scheduler schedulers and the project's schedules",
+    ),
+}
 
 
 def allowed_target(target: str, role: str | None = None) -> bool:
     """True when ``target`` may be built in ``role`` (``net``/``optimizer``/``scheduler``; None: in any role)."""
-    roles = [role] if role else list(ROLES)
-    return any(_KINDS[r](str(target)) for r in roles)
+    return any(_ROLES[r][0](str(target)) for r in ([role] if role else _ROLES))
 
 
-def walk(value: Any, where: str, key: str = "") -> Iterator[tuple[str, Any]]:
+def walk(value: Any, where: str) -> Iterator[tuple[str, Any]]:
     """(dotted key, value) for ``value`` and everything nested in it, depth first, without recursion; a
     container nested deeper than :data:`MAX_DEPTH` (or one that contains itself) and more than
     :data:`MAX_VALUES` values in all are refused, naming the key."""
-    stack: list[tuple[str, Any, int]] = [(key, value, 0)]
+    stack: list[tuple[str, Any, int]] = [("", value, 0)]
     for count in range(MAX_VALUES + 1):
         if not stack:
             return
         if count == MAX_VALUES:
-            raise _refuse(where, f"more than {MAX_VALUES} values in {key or 'the checkpoint'}")
+            raise _refuse(where, f"more than {MAX_VALUES} values")
         path, item, depth = stack.pop()
         yield path, item
         if not isinstance(item, Mapping | list | tuple):
             continue
         if depth >= MAX_DEPTH:
-            shown = path if len(path) <= 80 else f"{path[:80]}..."
-            raise _refuse(where, f"{shown or 'the top level'} nests deeper than {MAX_DEPTH} levels")
+            shown = (f"{path[:80]}..." if len(path) > 80 else path) or "the top level"
+            raise _refuse(where, f"{shown} nests deeper than {MAX_DEPTH} levels")
         if isinstance(item, Mapping):
             children = [(f"{path}.{k}" if path else str(k), v) for k, v in item.items()]
         else:
@@ -112,35 +109,27 @@ def _refuse(where: str, what: str) -> UnsafeCheckpointError:
     )
 
 
-def check_config(config: Any, where: str, allow_top_target: str | None = None, key: str = "") -> None:
-    """Refuse any ``_target_`` in ``config`` (except, with ``allow_top_target`` = a role, the top-level one if
-    it is of that role's kind) and any interpolation, naming the key and the value."""
-    for path, value in walk(config, where, key):
+def check_config(config: Any, where: str, roles: bool = False) -> None:
+    """Refuse any ``_target_`` in ``config`` (except, with ``roles``, the one at the top of its ``net``,
+    ``optimizer`` or ``scheduler`` if it is of that role's kind) and any interpolation, naming the key and value."""
+    for path, value in walk(config, where):
         if isinstance(value, Mapping) and "_target_" in value:
             target = str(value["_target_"])
-            role = allow_top_target if path == key else None
+            role = path if roles and path in _ROLES else None
             if role is None or not allowed_target(target, role):
-                allowed = f" (a {role} config may name: {_ALLOWED[role]})" if role else ""
+                allowed = f" (a {role} config may name: {_ROLES[role][1]})" if role else ""
                 raise _refuse(where, f"{path + '.' if path else ''}_target_={target!r} may not be built{allowed}")
         elif isinstance(value, str) and "${" in value:
             raise _refuse(where, f"{path} holds an interpolation ({value[:60]!r}); saved configs are plain values")
-
-
-_ALLOWED = {
-    "net": "the project's networks and those registered with register_network",
-    "optimizer": "torch.optim optimizers",
-    "scheduler": "torch.optim.lr_scheduler schedulers and the project's schedules",
-}
 
 
 def check_model_configs(hyper_parameters: Mapping[str, Any], where: str) -> None:
     """The whole check for a model's hyper-parameters: ``net``/``optimizer``/``scheduler`` each a config of its
     own kind (the scheduler may be empty), every other setting plain data."""
     for name, value in hyper_parameters.items():
-        role = name if name in ROLES else None
-        required = role is not None and not (role == "scheduler" and not value)
-        if required and (not isinstance(value, Mapping) or "_target_" not in value):
-            raise _refuse(where, f"{name} must be a config with a _target_, got {type(value).__name__}")
-        if role == "net" and value.get("_partial_") not in (None, False):
-            raise _refuse(where, f"net._partial_={value['_partial_']!r}: the network config must build the network")
-        check_config(value, where, allow_top_target=role, key=str(name))
+        if name in _ROLES and (name != "scheduler" or value):
+            if not isinstance(value, Mapping) or "_target_" not in value:
+                raise _refuse(where, f"{name} must be a config with a _target_, got {type(value).__name__}")
+            if name == "net" and value.get("_partial_") not in (None, False):
+                raise _refuse(where, f"net._partial_={value['_partial_']!r}: the network config must build the network")
+    check_config(hyper_parameters, where, roles=True)

@@ -9,12 +9,12 @@ files get one line naming the file. Every tensor's storage must hold the shape i
 with a 100000x100000 shape, and the first operation on it would allocate 40 GB. :func:`check_fits` (shapes only)
 and then :func:`check_finite` name the tensor that does not fit the model or holds NaN/inf.
 
-Every checkpoint (best, last, step-interval, on signal) goes through :class:`AtomicCheckpointIO`: a
-temporary file in the target folder, fsync, rename over the old one, so a crash or SIGKILL at any moment
-leaves either the old complete file or the new complete one. Lightning's default writer stages the bytes in
-the system temp folder and *moves* them, which is a copy (not atomic) when that folder is on another file
-system. The writer turns "no space left on device" into one line naming the folder, and deletes only regular
-files, never recursively (the callback side of that guarantee is :mod:`alexnet_gtsrb.callbacks.checkpoint`).
+Every checkpoint (best, last, step-interval, on signal) goes through :class:`AtomicCheckpointIO`: a temporary
+file in the target folder, fsync, rename over the old one, so a crash or SIGKILL at any moment leaves either the
+old complete file or the new complete one. Lightning's default writer stages the bytes in the system temp folder
+and *moves* them, which is a copy (not atomic) when that folder is on another file system. A full disk is one
+line naming the folder; only regular files are deleted, never recursively (the callback side of that guarantee
+is :mod:`alexnet_gtsrb.callbacks.checkpoint`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from alexnet_gtsrb.allowlist import UnsafeCheckpointError, check_config, check_model_configs, walk
 from alexnet_gtsrb.errors import UserError
-from alexnet_gtsrb.models.compat import old_layout_problem
+from alexnet_gtsrb.models.alexnet import old_layout_problem
 from alexnet_gtsrb.utils.files import MAX_CHECKPOINT_BYTES, atomic_write, check_regular_file
 
 
@@ -51,7 +50,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         with atomic_write(path) as f:
             torch.save(obj, f)
     except (OSError, RuntimeError) as exc:
-        if not _disk_full(exc):
+        text = str(exc)
+        full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text
+        if not (full or ("inline_container" in text and "unexpected pos" in text)):
             raise
         raise CheckpointError(
             f"no space left on the device of {Path(path).parent} while writing {Path(path).name}: the previous "
@@ -60,62 +61,52 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         ) from None
 
 
-def _disk_full(exc: BaseException) -> bool:
-    """True for the errors a full disk raises through ``torch.save``."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc)
-    return "No space left on device" in text or ("inline_container" in text and "unexpected pos" in text)
+def _local(path: _PATH) -> Path | None:
+    """``path`` as a local Path, or None for a remote URL (which keeps Lightning's way)."""
+    text = str(path)
+    return None if "://" in text and not text.startswith("file://") else Path(text.removeprefix("file://"))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint writer, made atomic for local paths (remote URLs keep Lightning's way)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        fs = get_filesystem(path)
-        if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-            super().save_checkpoint(checkpoint, path)
-            return
-        atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
+        local = _local(path)
+        if local is None or storage_options is not None:  # Lightning's writer refuses storage_options
+            super().save_checkpoint(checkpoint, path, storage_options)
+        else:
+            atomic_torch_save(checkpoint, local)
 
     def remove_checkpoint(self, path: _PATH) -> None:
         """Delete one checkpoint file: a local path is unlinked only when it is a regular file (Lightning's
         writer removes recursively, so a directory named by a hostile checkpoint's callback state would go)."""
-        local = Path(str(path).removeprefix("file://"))
-        if "://" in str(path) and not str(path).startswith("file://"):
+        local = _local(path)
+        if local is None:
             super().remove_checkpoint(path)
         elif local.is_file() and not local.is_symlink():
             local.unlink()
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path | None = None) -> str | None:
-    """The checkpoint file to load or resume from.
-
-    - a ``.ckpt`` file: itself;
-    - a run folder: the newest ``last*.ckpt`` under it;
-    - ``last``: the newest ``last*.ckpt`` under ``run_dir`` (this run's output folder, i.e. the folder named by
-      ``hydra.run.dir=...``), so the run continues in place.
-    """
+    """The checkpoint file to load or resume from: a ``.ckpt`` file is itself, a folder gives the newest
+    ``last*.ckpt`` under it, and ``last`` the newest ``last*.ckpt`` under ``run_dir`` (this run's output folder,
+    the one ``hydra.run.dir=...`` names), so the run continues in place."""
     if ckpt_path in (None, "", "null"):
         return None
-    if str(ckpt_path) == "last":
-        if run_dir is None:
-            raise UserError("ckpt_path=last needs the run folder: add hydra.run.dir=<the run folder to continue>.")
-        found = _newest_last(Path(run_dir))
-        if found is None:
-            raise UserError(
-                f"ckpt_path=last: no last.ckpt under {run_dir}. Name the run folder to continue with "
-                "hydra.run.dir=<folder>, or pass ckpt_path=<file.ckpt>."
-            )
-        return str(found)
-    path = Path(str(ckpt_path)).expanduser()
-    if path.is_dir():
-        found = _newest_last(path)
-        if found is None:
-            raise UserError(f"ckpt_path={ckpt_path}: no last.ckpt under this folder.")
-        return str(found)
+    last = str(ckpt_path) == "last"
+    if last and run_dir is None:
+        raise UserError("ckpt_path=last needs the run folder: add hydra.run.dir=<the run folder to continue>.")
+    path = Path(str(run_dir if last else ckpt_path)).expanduser()
+    if last or path.is_dir():
+        found = sorted(path.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if path.is_dir() else []
+        if found:
+            return str(found[-1])
+        raise UserError(
+            f"ckpt_path=last: no last.ckpt under {run_dir}. Name the run folder to continue with "
+            "hydra.run.dir=<folder>, or pass ckpt_path=<file.ckpt>."
+            if last
+            else f"ckpt_path={ckpt_path}: no last.ckpt under this folder."
+        )
     if not path.exists():
         raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
     return str(check_checkpoint_file(path))
@@ -124,24 +115,11 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path | None = None) 
 def check_checkpoint_file(path: str | Path) -> Path:
     """``path`` once it is a regular file within :data:`MAX_CHECKPOINT_BYTES` (a named pipe would make
     ``torch.load`` wait forever); one-line :class:`CheckpointError` naming it otherwise."""
+    fix = "Pass ckpt_path=<a .ckpt file written by training>."
     try:
-        return check_regular_file(
-            path,
-            "checkpoint",
-            MAX_CHECKPOINT_BYTES,
-            "Pass ckpt_path=<a .ckpt file written by training>.",
-            CheckpointError,
-        )
+        return check_regular_file(path, "checkpoint", MAX_CHECKPOINT_BYTES, fix, CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file.") from None
-
-
-def _newest_last(folder: Path) -> Path | None:
-    """The most recently written ``last*.ckpt`` under ``folder`` (None when there is none)."""
-    if not folder.is_dir():
-        return None
-    found = sorted(folder.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -187,35 +165,26 @@ def check_contents(raw: Any, path: str | Path) -> dict[str, Any]:
 
 
 def check_tensors(raw: Mapping[str, Any], path: str | Path) -> None:
-    """Refuse a checkpoint holding a tensor whose storage is smaller than the shape it declares, or that is not
-    a plain dense tensor, naming it; only the declared shape, strides and storage size are read. Also bounds
-    the nesting of everything in the file (:func:`alexnet_gtsrb.allowlist.walk`)."""
-    for key, value in walk(raw, str(path)):
-        if isinstance(value, torch.Tensor) and (problem := _storage_problem(value)):
-            raise CheckpointError(
-                f"{path}: tensor {key!r} {problem}; refused before reading it (a damaged or crafted file)."
+    """Refuse a checkpoint holding a tensor that is not a plain dense tensor, or whose elements (``storage_offset``
+    + the element count, times the element size) do not fit its storage (zero or overlapping strides repeating
+    one element over a huge shape), naming it; only the declared shape, strides and storage size are read
+    (``torch.load`` itself refuses negative strides and a strided extent past the storage). Also bounds the
+    nesting of everything in the file (:func:`alexnet_gtsrb.allowlist.walk`)."""
+    for key, t in walk(raw, str(path)):
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.layout != torch.strided or t.is_quantized:
+            problem = f"is a {t.layout} tensor, which this project never writes"
+        elif (need := (t.storage_offset() + t.numel()) * t.element_size()) > t.untyped_storage().nbytes():
+            problem = (
+                f"declares shape {tuple(t.shape)} (strides {t.stride()}, offset {t.storage_offset()}), {need} bytes, "
+                f"over a storage of {t.untyped_storage().nbytes()} bytes"
             )
-
-
-def _storage_problem(t: torch.Tensor) -> str | None:
-    """What is wrong with ``t``'s layout, or None: its bytes (``storage_offset`` + the larger of the strided
-    extent and the element count, times the element size) must lie inside its storage, so no view repeats one
-    element over a huge shape (zero or overlapping strides) and no operation reads past the storage."""
-    if t.layout != torch.strided or t.is_quantized:
-        return f"is a {t.layout} tensor, which this project never writes"
-    if t.numel() == 0:
-        return None
-    if any(s < 0 for s in t.stride()):
-        return f"has negative strides {t.stride()}"
-    extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
-    need = (t.storage_offset() + max(extent, t.numel())) * t.element_size()
-    have = t.untyped_storage().nbytes()
-    if need > have:
-        return (
-            f"declares shape {tuple(t.shape)} (strides {t.stride()}, offset {t.storage_offset()}), {need} bytes, "
-            f"over a storage of {have} bytes"
+        else:
+            continue
+        raise CheckpointError(
+            f"{path}: tensor {key!r} {problem}; refused before reading it (a damaged or crafted file)."
         )
-    return None
 
 
 def check_finite(state_dict: Mapping[str, Any], path: str | Path) -> None:
@@ -225,38 +194,30 @@ def check_finite(state_dict: Mapping[str, Any], path: str | Path) -> None:
     for name, value in state_dict.items():
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             continue
-        if not torch.isfinite(value).all():
-            bad = "NaN/inf values"
-        elif str(name).endswith("running_var") and bool((value < 0).any()):
+        bad = "NaN/inf values" if not torch.isfinite(value).all() else None
+        if bad is None and str(name).endswith("running_var") and bool((value < 0).any()):
             bad = "a negative BatchNorm variance"
-        else:
-            continue
-        raise CheckpointError(
-            f"{path}: tensor {name!r} holds {bad}; refused (predictions from it would be garbage). "
-            "Use an earlier checkpoint of the run."
-        )
+        if bad:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds {bad}; refused (predictions from it would be garbage). "
+                "Use an earlier checkpoint of the run."
+            )
 
 
 def check_fits(state_dict: Mapping[str, Any], model: torch.nn.Module, path: str | Path) -> None:
     """Refuse a checkpoint whose weights do not fit ``model`` (missing/unexpected keys, other shapes)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
+    if missing and (old_layout := old_layout_problem(state_dict)):
+        raise CheckpointError(f"{path}: {old_layout}.")
     unexpected = [k for k in state_dict if k not in expected]
     wrong = [
         f"{k} {tuple(v.shape)} vs the model's {tuple(expected[k].shape)}"
         for k, v in state_dict.items()
         if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(expected[k].shape)
     ]
-    old_layout = old_layout_problem(state_dict) if missing else None
-    if old_layout is not None:
-        raise CheckpointError(f"{path}: {old_layout}.")
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensor(s), e.g. {missing[0]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
-    if wrong:
-        problems.append(f"{len(wrong)} of another shape, e.g. {wrong[0]}")
+    found = [(missing, "missing tensor(s)"), (unexpected, "unexpected tensor(s)"), (wrong, "of another shape")]
+    problems = [f"{len(keys)} {what}, e.g. {keys[0]}" for keys, what in found if keys]
     if problems:
         raise CheckpointError(
             f"{path}: its weights do not fit this model ({'; '.join(problems)}). Resume with the overrides the "

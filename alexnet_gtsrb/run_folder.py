@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from alexnet_gtsrb.errors import BadFileError, ConfigError, UserError
 from alexnet_gtsrb.utils.files import MAX_EVENTS_BYTES, check_regular_file, open_lock_file, read_text_file
@@ -48,36 +48,29 @@ def claim_run_folder(run_dir: str | os.PathLike[str] | None, resuming: bool) -> 
         return
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks, the checks below still run
-        fcntl = None  # type: ignore[assignment]
     fix = "Remove it, or name another folder (leave hydra.run.dir unset)."
-    handle = open_lock_file(folder / LOCK_NAME, "the run folder's lock file", fix)  # held for the whole run
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "unknown"
-                raise UserError(
-                    f"{folder} is in use by another training run (pid {owner}): every run needs a folder of its "
-                    "own. Leave hydra.run.dir unset (a new timestamped folder) or name another one."
-                ) from None
+    with open_lock_file(folder / LOCK_NAME, "the run folder's lock file", fix) as handle:  # held for the whole run
+        try:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - Windows: no advisory locks, the check below still runs
+            pass
+        except BlockingIOError:
+            raise UserError(
+                f"{folder} is in use by another training run (pid {handle.read().strip() or 'unknown'}): every run "
+                "needs a folder of its own. Leave hydra.run.dir unset (a new timestamped folder) or name another one."
+            ) from None
         existing = folder / "checkpoints" / "last.ckpt"
         if not resuming and existing.is_file():
             raise UserError(
                 f"{folder} already holds a run ({existing.relative_to(folder)}): continue it with ckpt_path=last, "
                 "or start a new run in another folder (leave hydra.run.dir unset)."
             )
-        handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
         yield
-    finally:
-        handle.close()  # releases the lock
 
 
 # -- reading a run folder back --------------------------------------------------------------------------------
@@ -90,9 +83,7 @@ def read_events(event_dir: Path, recursive: bool = False) -> tuple[dict[str, lis
 
     scalars: dict[str, list] = {}
     images: dict[str, list] = {}
-    pattern = "events.out.tfevents.*"
-    files = Path(event_dir).rglob(pattern) if recursive else Path(event_dir).glob(pattern)
-    for f in sorted(files):
+    for f in sorted((Path(event_dir).rglob if recursive else Path(event_dir).glob)("events.out.tfevents.*")):
         check_regular_file(f, "TensorBoard event file", MAX_EVENTS_BYTES, _RUN_FILE_FIX)
         acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
         acc.Reload()
@@ -101,14 +92,6 @@ def read_events(event_dir: Path, recursive: bool = False) -> tuple[dict[str, lis
         for tag in acc.Tags()["images"]:
             images.setdefault(tag, []).extend(acc.Images(tag))
     return scalars, images
-
-
-class Scalar(NamedTuple):
-    """One logged value, shaped like TensorBoard's ``ScalarEvent`` (what :func:`epoch_table` reads)."""
-
-    wall_time: float  # NaN where the file has no time column
-    step: int
-    value: float
 
 
 def _version_key(path: Path) -> tuple[int, str]:
@@ -120,45 +103,40 @@ def _version_key(path: Path) -> tuple[int, str]:
 _CSV_FIX = "Training writes whole step numbers and times there: restore the file or remove it (or pass another run)."
 
 
-def _csv_step(cell: str | None, path: Path, line: int) -> int:
-    """A ``metrics.csv`` step: a whole number >= 0 (an empty cell is 0); anything else names the file and line
-    (``int(float("nan"))`` and ``int(float("1e400"))`` raise, ``-3`` or ``2.5`` would misplace the value)."""
+def _csv_number(row: dict[str | Any, Any], column: str, path: Path, line: int) -> float:
+    """A ``metrics.csv`` step (a whole number >= 0; an empty cell is 0) or wall time (seconds; NaN when empty,
+    and left out of the minutes when not finite); anything else names the file and line (``int(float("nan"))``
+    and ``int(float("1e400"))`` raise, a step of ``-3`` or ``2.5`` would misplace the value)."""
+    cell, step = row.get(column), column == "step"
     try:
-        value = float(cell or 0)
+        value = float(cell or (0 if step else "nan"))
     except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value.is_integer() and value >= 0):
-        raise BadFileError(f"{path}: line {line}: step {cell!r} is not a step number (a whole number >= 0). {_CSV_FIX}")
-    return int(value)
+        value = None
+    if value is None or (step and not (math.isfinite(value) and value.is_integer() and value >= 0)):
+        what = "a step number (a whole number >= 0)" if step else "a number of seconds"
+        raise BadFileError(f"{path}: line {line}: {column} {cell!r} is not {what}. {_CSV_FIX}")
+    return value
 
 
-def _csv_time(cell: str | None, path: Path, line: int) -> float:
-    """A ``metrics.csv`` wall time in seconds (NaN when empty, and left out of the minutes when not finite)."""
-    try:
-        return float(cell or "nan")
-    except ValueError:
-        raise BadFileError(f"{path}: line {line}: {CSV_TIME} {cell!r} is not a number of seconds. {_CSV_FIX}") from None
-
-
-def read_metrics_csv(csv_dir: Path) -> dict[str, list[Scalar]]:
+def read_metrics_csv(csv_dir: Path) -> dict[str, list]:
     """Scalars of every ``metrics.csv`` under ``csv_dir`` (CSVLogger writes one ``version_N`` folder per start of
     a run: a resumed run adds one), in the order they were written; shaped like :func:`read_events`' scalars.
 
     Every column but ``step`` (and ``wall_time``, :class:`TimedCSVLogger`'s) is a tag; an empty cell is no value.
     """
-    scalars: dict[str, list[Scalar]] = {}
+    from tensorboard.backend.event_processing.event_accumulator import ScalarEvent
+
+    scalars: dict[str, list] = {}
     for path in sorted(Path(csv_dir).rglob("metrics.csv"), key=_version_key):
-        text = read_text_file(path, "metrics.csv", fix=_RUN_FILE_FIX)
-        with io.StringIO(text, newline="") as f:
-            reader = csv.DictReader(f)
-            for row in reader:
-                step = _csv_step(row.get("step"), path, reader.line_num)
-                wall_time = _csv_time(row.get(CSV_TIME), path, reader.line_num)
-                for tag, cell in row.items():
-                    if tag in ("step", CSV_TIME) or tag is None or cell in (None, ""):
-                        continue
-                    with contextlib.suppress(ValueError):  # a value that is not a number is not a scalar
-                        scalars.setdefault(tag, []).append(Scalar(wall_time, step, float(cell)))
+        reader = csv.DictReader(io.StringIO(read_text_file(path, "metrics.csv", fix=_RUN_FILE_FIX), newline=""))
+        for row in reader:
+            step = int(_csv_number(row, "step", path, reader.line_num))
+            wall_time = _csv_number(row, CSV_TIME, path, reader.line_num)
+            for tag, cell in row.items():
+                if tag in ("step", CSV_TIME) or tag is None or cell in (None, ""):
+                    continue
+                with contextlib.suppress(ValueError):  # a value that is not a number is not a scalar
+                    scalars.setdefault(tag, []).append(ScalarEvent(wall_time, step, float(cell)))
     return scalars
 
 
@@ -196,7 +174,7 @@ def epoch_table(scalars: dict[str, list]) -> list[dict[str, Any]]:
     return [rows[k] for k in sorted(rows)]
 
 
-_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", None: "null"}
 
 
 def read_metrics_json(run_dir: Path) -> dict[str, Any] | None:
@@ -205,30 +183,34 @@ def read_metrics_json(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / "metrics.json"
     if not path.exists():
         return None
-    text = read_text_file(path, "metrics.json", fix=_RUN_FILE_FIX)
     try:
-        data = json.loads(text)
+        data = json.loads(read_text_file(path, "metrics.json", fix=_RUN_FILE_FIX))
     except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         what = f"invalid JSON ({str(exc).splitlines()[0][:120] or type(exc).__name__})"
     else:
         if isinstance(data, dict):
             return data
-        what = "null" if data is None else _JSON_KINDS.get(type(data), type(data).__name__)
+        what = _JSON_KINDS[None if data is None else type(data)]  # all that json.loads returns besides dict
     raise BadFileError(
         f"{path}: metrics.json must be a JSON object (training and evaluate write one); it holds {what}. "
         "Restore the file or remove it (or pass another run folder)."
     )
 
 
+def _last(run_dir: Path) -> Path | None:
+    """``checkpoints/last.ckpt`` if anything is there: a pipe or folder there is refused by name when read."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if last.exists() else None
+
+
 def best_checkpoint(run_dir: Path) -> Path | None:
     """metrics.json's best checkpoint if it is still there, else the newest epoch_*.ckpt, else last.ckpt."""
     run_dir = Path(run_dir)
     named = (read_metrics_json(run_dir) or {}).get("best_checkpoint")
-    if isinstance(named, str) and named and Path(named).is_file():
+    if isinstance(named, str) and Path(named).is_file():  # Path("") is the current folder, not a file
         return Path(named)
     found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"), key=lambda p: p.stat().st_mtime)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return found[-1] if found else (last if last.exists() else None)  # a pipe there is refused when read
+    return found[-1] if found else _last(run_dir)
 
 
 def check_test_ckpt(rule: Any) -> str:
@@ -244,23 +226,13 @@ def run_test_ckpt(run_dir: Path) -> str:
     else the default (``last``)."""
     run_dir = Path(run_dir)
     rule = (read_metrics_json(run_dir) or {}).get("test_ckpt")
-    if rule is not None:
-        return check_test_ckpt(rule)
     config = run_dir / ".hydra" / "config.yaml"
-    if config.exists():
+    if rule is None and config.exists():
         from omegaconf import DictConfig, OmegaConf
 
         loaded = OmegaConf.load(io.StringIO(read_text_file(config, "run config", fix=_RUN_FILE_FIX)))
         rule = loaded.get("test_ckpt") if isinstance(loaded, DictConfig) else None
-        if rule is not None:
-            return check_test_ckpt(rule)
-    return DEFAULT_TEST_CKPT
-
-
-def is_run_folder(path: Path) -> bool:
-    """A training run's folder (checkpoints/, metrics.json or .hydra/ inside), not just a folder of checkpoints."""
-    path = Path(path)
-    return (path / "checkpoints").is_dir() or (path / "metrics.json").is_file() or (path / ".hydra").is_dir()
+    return DEFAULT_TEST_CKPT if rule is None else check_test_ckpt(rule)
 
 
 def rule_checkpoint(run_dir: Path, rule: str | None = None) -> tuple[Path | None, str]:
@@ -268,10 +240,7 @@ def rule_checkpoint(run_dir: Path, rule: str | None = None) -> tuple[Path | None
     (:func:`run_test_ckpt`). ``last``: checkpoints/last.ckpt; ``best``: :func:`best_checkpoint`."""
     run_dir = Path(run_dir)
     rule = check_test_ckpt(rule) if rule is not None else run_test_ckpt(run_dir)
-    if rule == "best":
-        return best_checkpoint(run_dir), rule
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return (last if last.exists() else None), rule  # a pipe or folder there is refused by name when it is read
+    return (best_checkpoint(run_dir) if rule == "best" else _last(run_dir)), rule
 
 
 def checkpoint_for(ckpt_path: str | os.PathLike[str] | None) -> tuple[str | None, str]:
@@ -282,18 +251,16 @@ def checkpoint_for(ckpt_path: str | os.PathLike[str] | None) -> tuple[str | None
     """
     from alexnet_gtsrb.checkpoints import resolve_ckpt_path
 
-    if ckpt_path not in (None, "", "null") and Path(str(ckpt_path)).expanduser().is_dir():
-        folder = Path(str(ckpt_path)).expanduser()
-        if is_run_folder(folder):
-            found, rule = rule_checkpoint(folder)
-            if found is None:
-                raise UserError(
-                    f"ckpt_path={ckpt_path}: the run's checkpoint rule test_ckpt={rule} finds no checkpoint "
-                    f"({TEST_CKPT_RULES[rule]}); pass ckpt_path=<file.ckpt>."
-                )
-            return str(found), f"the run folder's test_ckpt={rule}: {TEST_CKPT_RULES[rule]}"
+    path = Path(str(ckpt_path)).expanduser()
+    run_folder = (path / "checkpoints").is_dir() or (path / "metrics.json").is_file() or (path / ".hydra").is_dir()
+    if ckpt_path not in (None, "", "null") and run_folder:  # not just a folder of checkpoints
+        found, rule = rule_checkpoint(path)
+        if found is None:
+            raise UserError(
+                f"ckpt_path={ckpt_path}: the run's checkpoint rule test_ckpt={rule} finds no checkpoint "
+                f"({TEST_CKPT_RULES[rule]}); pass ckpt_path=<file.ckpt>."
+            )
+        return str(found), f"the run folder's test_ckpt={rule}: {TEST_CKPT_RULES[rule]}"
     resolved = resolve_ckpt_path(None if ckpt_path is None else str(ckpt_path))
-    if resolved is None:
-        return None, ""
-    how = "the file named" if Path(str(ckpt_path)).expanduser().is_file() else "the newest last*.ckpt under the folder"
-    return resolved, how
+    how = "the file named" if path.is_file() else "the newest last*.ckpt under the folder"
+    return resolved, how if resolved else ""

@@ -1,15 +1,13 @@
 """Lightning's ModelCheckpoint, with the paths it reads back from a checkpoint treated as data.
 
-A resumed checkpoint restores the callback's state: ``best_model_path``, ``kth_best_model_path``,
-``last_model_path`` and the keys of ``best_k_models``. Lightning later deletes files it finds there (the old best
-when a better one is written, the previous ``last``) through ``fs.rm(path, recursive=True)``, and its own
-"is this file mine" test uses ``Path.absolute()``, which keeps ``..``. A shared run folder whose checkpoint names
-``<run>/checkpoints/../../victim`` would then delete a file or a whole directory outside the run.
-
-:class:`RunCheckpoint` closes both ends: on restore, a path that does not resolve inside this callback's own
-folder is dropped with one warning line (as are scores that are not one-element float tensors, and a state
-that is not a mapping at all); on delete, only a regular file that resolves inside that folder is
-removed, with ``os.unlink`` (never a directory, never recursively, never through a link pointing elsewhere).
+A resumed checkpoint restores the callback's ``best_model_path``, ``kth_best_model_path``, ``last_model_path``
+and the keys of ``best_k_models``; Lightning later deletes files it finds there (the old best, the previous
+``last``) with ``fs.rm(path, recursive=True)``, and its "is this file mine" test uses ``Path.absolute()``, which
+keeps ``..``. A checkpoint naming ``<run>/checkpoints/../../victim`` would then delete a file or a whole
+directory outside the run. :class:`RunCheckpoint` closes both ends: on restore, a path that does not resolve
+inside its own folder is dropped with one warning line (as are scores that are not one-element float tensors,
+and a state that is not a mapping); on delete, only a regular file that resolves inside that folder is removed,
+with ``os.unlink`` (never a directory, never recursively, never through a link pointing elsewhere).
 """
 
 from __future__ import annotations
@@ -33,8 +31,7 @@ _KEYS = (*_PATH_KEYS, "monitor", "best_model_score", "current_score", "dirpath",
 def inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
     """True when ``path``, with links and ``..`` resolved, lies strictly inside ``folder`` (also resolved)."""
     try:
-        target = Path(path).resolve()
-        root = Path(folder).resolve()
+        target, root = Path(path).resolve(), Path(folder).resolve()
     except (OSError, RuntimeError, ValueError):  # a link loop, a NUL byte
         return False
     return target != root and target.is_relative_to(root)
@@ -66,11 +63,10 @@ class RunCheckpoint(ModelCheckpoint):
         if not trainer.is_global_zero:
             return
         path = Path(filepath)
-        if not self.dirpath or path.is_symlink() or not path.is_file() or not inside(path, self.dirpath):
-            if path.exists() or path.is_symlink():
-                log.warning("not deleting %s: only regular files inside %s are removed.", filepath, self.dirpath)
-            return
-        path.unlink()
+        if self.dirpath and path.is_file() and not path.is_symlink() and inside(path, self.dirpath):
+            path.unlink()
+        elif path.exists() or path.is_symlink():
+            log.warning("not deleting %s: only regular files inside %s are removed.", filepath, self.dirpath)
 
 
 def _score(value: Any) -> bool:
@@ -91,23 +87,19 @@ def _clean_state(state_dict: Any, dirpath: str) -> tuple[dict[str, Any], list[st
         clean["dirpath"] = dirpath
     for key in _PATH_KEYS:
         value = clean.get(key)
-        if not isinstance(value, str) or (value and not inside(value, dirpath)):
-            if value:
-                dropped.append(f"{key}={str(value)[:80]}")
-            clean[key] = ""
-    best_k = clean.get("best_k_models")
-    if best_k is not None:
-        kept = {}
-        for path, score in best_k.items() if isinstance(best_k, Mapping) else []:
-            if isinstance(path, str) and _score(score) and inside(path, dirpath):
-                kept[path] = score
-            else:
-                dropped.append(f"best_k_models[{str(path)[:80]!r}]")
+        keep = isinstance(value, str) and (not value or inside(value, dirpath))
+        if not keep and value is not None:
+            dropped.append(f"{key}={str(value)[:80]}")
+        clean[key] = value if keep else ""
+    if (best_k := clean.get("best_k_models")) is not None:
         if not isinstance(best_k, Mapping):
             dropped.append("best_k_models (not a mapping)")
+            best_k = {}
+        kept = {p: s for p, s in best_k.items() if isinstance(p, str) and _score(s) and inside(p, dirpath)}
+        dropped += [f"best_k_models[{str(p)[:80]!r}]" for p in best_k if p not in kept]
         clean["best_k_models"] = kept
     for key in ("best_model_score", "kth_value", "current_score"):
-        if key in clean and clean[key] is not None and not _score(clean[key]):
+        if clean.get(key) is not None and not _score(clean[key]):
             dropped.append(f"{key} (not a one-element float tensor)")
             del clean[key]  # the callback keeps its own starting value
     if not clean["best_model_path"] or "best_model_score" not in clean:

@@ -28,32 +28,23 @@ def _last_ckpt_path(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
-def _chained_handlers(previous: Any) -> list[Any]:
-    """The callable handlers behind ``previous`` (Lightning composes several into one), less Lightning's
-    SIGTERM notifier (``_SignalConnector._sigterm_notifier_fn``)."""
-    handlers = getattr(previous, "signal_handlers", [previous])
-    return [h for h in handlers if callable(h) and getattr(h, "__name__", "") != "_sigterm_notifier_fn"]
-
-
 class GracefulStop(L.Callback):
     """On SIGTERM/SIGINT: finish the running training step, save ``last.ckpt`` (atomic), exit 128 + signum.
 
-    Lightning 2.6 on one process only reacts to SIGTERM at the end of an epoch (and not at all to SIGINT
-    beyond "attempting graceful shutdown" without a checkpoint), which can be an hour away at 227 px on a
-    CPU. The handlers are installed when training starts and removed when training ends or fails. They chain
-    to the SIGTERM handlers already present except Lightning's notifier: that one makes the epoch loop raise
-    its own ``SIGTERMException`` (a ``SystemExit`` with status 0, no checkpoint) when the signal lands
-    between this callback's check and the loop's, and it forwards the signal to DDP children and broadcasts
-    from inside the handler. Under DDP the ranks agree at each step boundary whether any of them was
-    signalled, so all of them save together. SLURM pre-emption:
-    SLURM sends SIGTERM (after the ``--signal`` warning, if any) before it kills a job, which lands here.
+    Lightning 2.6 on one process only reacts to SIGTERM at the end of an epoch (and to SIGINT not at all beyond
+    "attempting graceful shutdown", without a checkpoint), which can be an hour away at 227 px on a CPU. The
+    handlers live from the start of training to its end or failure and chain to the SIGTERM handlers already
+    present except Lightning's notifier: that one makes the epoch loop raise its own ``SIGTERMException`` (a
+    ``SystemExit`` with status 0, no checkpoint) when the signal lands between this callback's check and the
+    loop's, and it forwards the signal to DDP children and broadcasts from inside the handler. Under DDP the
+    ranks agree at each step boundary whether any of them was signalled, so all of them save together. SLURM
+    sends SIGTERM (after the ``--signal`` warning, if any) before it kills a job, which lands here.
     """
 
     def __init__(self, signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGINT")) -> None:
         self.signals = [signal.Signals[s] if isinstance(s, str) else signal.Signals(s) for s in signals]
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
-        self._chain: dict[signal.Signals, list[Any]] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         sig = signal.Signals(signum)
@@ -66,9 +57,11 @@ class GracefulStop(L.Callback):
                 "(press Ctrl+C again to stop at once without saving)",
                 flush=True,
             )
-        if sig != signal.SIGINT:  # keep other SIGTERM handling (not Lightning's notifier, see above)
-            for handler in self._chain.get(sig, ()):
-                handler(signum, frame)
+        if sig != signal.SIGINT:  # keep other SIGTERM handling, less Lightning's notifier (see above)
+            previous = self._previous.get(sig)
+            for handler in getattr(previous, "signal_handlers", [previous]):  # Lightning composes several into one
+                if callable(handler) and getattr(handler, "__name__", "") != "_sigterm_notifier_fn":
+                    handler(signum, frame)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Install the handlers (after Lightning installed its SIGTERM notifier, which they chain to)."""
@@ -78,10 +71,7 @@ class GracefulStop(L.Callback):
     def _install(self, handler: Any) -> None:
         for sig in self.signals:
             try:
-                previous = signal.getsignal(sig)
-                signal.signal(sig, handler)
-                self._previous[sig] = previous
-                self._chain[sig] = _chained_handlers(previous)
+                self._previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread (e.g. some notebook runners): nothing installed
                 log.debug("cannot install a %s handler outside the main thread", sig.name)
 
@@ -102,37 +92,27 @@ class GracefulStop(L.Callback):
 
         self._install(stop_test)
 
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
+    def _restore(self, *args: Any, **kwargs: Any) -> None:
+        """Put back the handlers that were there before: training or the test ended or failed."""
         for sig, previous in self._previous.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        self._previous, self._chain = {}, {}
+        self._previous = {}
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
+    on_train_end = on_test_end = on_exception = _restore
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore()
-
-    def _stop_requested(self, trainer: L.Trainer) -> bool:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         requested = self.received is not None
         if trainer.world_size > 1:  # any rank signalled -> every rank stops at the same step
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        return requested
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if not self._stop_requested(trainer):
+        if not requested:
             return
         path = _last_ckpt_path(trainer)
         trainer.save_checkpoint(path)
         name = self.received.name if self.received is not None else "a signal on another rank"
-        code = 128 + int(self.received) if self.received is not None else 143
         raise TrainingInterrupted(
             f"stopped by {name} at epoch {trainer.current_epoch}, global step {trainer.global_step}; "
             f"checkpoint saved to {path}. Resume in place with: python -m alexnet_gtsrb.train <same overrides> "
             f"ckpt_path=last hydra.run.dir={path.parent.parent}",
-            exit_code=code,
+            exit_code=128 + int(self.received) if self.received is not None else 143,
         )

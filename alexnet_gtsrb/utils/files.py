@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import stat
-import tempfile
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -48,45 +48,39 @@ def _sentence(path: str | os.PathLike[str], text: str, fix: str) -> str:
     return f"{os.fspath(path)}: {text}" + (f" {fix}" if fix else "")
 
 
+def _open_checked(
+    path: str | os.PathLike[str], flags: int, what: str, max_bytes: int | None, fix: str, error: type[UserError]
+) -> tuple[int, int]:
+    """(descriptor, size) of ``path`` opened with ``flags`` once it is a regular file of at most ``max_bytes``.
+
+    Opened with ``O_NONBLOCK`` so that opening a named pipe returns at once (its type is refused right after);
+    the type and size come from ``fstat`` of the opened file, so they are those of the file that is read.
+    """
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise error(_sentence(path, f"{what} cannot be opened ({getattr(e, 'strerror', None) or e}).", fix)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        problem = f"is not a regular file but {_kind(st.st_mode)}"
+    elif max_bytes is not None and st.st_size > max_bytes:
+        problem = f"of {st.st_size:,} bytes is over the limit of {max_bytes:,}"
+    else:
+        return fd, st.st_size
+    os.close(fd)
+    raise error(_sentence(path, f"{what} {problem}; refused without reading it.", fix))
+
+
 def open_regular_file(
     path: str | os.PathLike[str], what: str, max_bytes: int | None, fix: str = "", error: type[UserError] = BadFileError
 ) -> tuple[int, BinaryIO]:
     """(size, the file opened for binary reading) when ``path`` is a regular file of at most ``max_bytes``
     (None: no cap); otherwise ``error`` in one line naming the file, ``what`` it should be, why, and ``fix``.
-
-    Opened with ``O_NONBLOCK`` so that opening a named pipe returns at once (its type is refused right after);
-    the type and size come from ``fstat`` of the opened file, so they are those of the file that is read.
-    A missing file raises :class:`FileNotFoundError` unchanged: callers say in their own terms what to do.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
-        reason = getattr(e, "strerror", None) or e
-        raise error(_sentence(path, f"{what} cannot be opened ({reason}).", fix)) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = _kind(st.st_mode)
-            raise error(_sentence(path, f"{what} is not a regular file but {kind}; refused without reading it.", fix))
-        if max_bytes is not None and st.st_size > max_bytes:
-            raise error(
-                _sentence(
-                    path,
-                    f"{what} of {st.st_size:,} bytes is over the limit of {max_bytes:,}; refused without reading it.",
-                    fix,
-                )
-            )
-    except OSError as e:
-        os.close(fd)
-        raise error(_sentence(path, f"{what} cannot be read ({e.strerror or e}).", fix)) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    f: BinaryIO = os.fdopen(fd, "rb")  # only now: a folder's descriptor would make fdopen raise
-    return st.st_size, f
+    A missing file raises :class:`FileNotFoundError` unchanged: callers say in their own terms what to do."""
+    fd, size = _open_checked(path, os.O_RDONLY | getattr(os, "O_BINARY", 0), what, max_bytes, fix, error)
+    return size, os.fdopen(fd, "rb")
 
 
 def check_regular_file(
@@ -100,19 +94,8 @@ def check_regular_file(
 
 def open_lock_file(path: str | os.PathLike[str], what: str, fix: str = "") -> IO[str]:
     """``path`` opened (created if missing) for reading and writing as a lock file, or :class:`BadFileError` in one
-    line when something else sits there: opened non-blocking, so a named pipe in its place is refused at once
-    (a blocking open for writing would wait forever for a reader)."""
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as e:
-        raise BadFileError(_sentence(path, f"{what} cannot be opened ({e.strerror or e}).", fix)) from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        kind = _kind(st.st_mode)
-        raise BadFileError(_sentence(path, f"{what} is not a regular file but {kind}; refused.", fix))
-    return os.fdopen(fd, "r+")
+    line when something else sits there (a blocking open of a named pipe for writing would wait for a reader)."""
+    return os.fdopen(_open_checked(path, os.O_RDWR | os.O_CREAT, what, None, fix, BadFileError)[0], "r+")
 
 
 def read_text_file(
@@ -124,13 +107,11 @@ def read_text_file(
 ) -> str:
     """The UTF-8 text of a file :func:`open_regular_file` accepts, read from the file it checked, at most
     ``max_bytes`` (a file that grew past the cap since it was checked is refused too)."""
-    _, f = open_regular_file(path, what, max_bytes, fix, error)
-    try:
-        data = f.read(max_bytes + 1)
-    except OSError as e:
-        raise error(_sentence(path, f"{what} cannot be read ({e.strerror or e}).", fix)) from None
-    finally:
-        f.close()
+    with open_regular_file(path, what, max_bytes, fix, error)[1] as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise error(_sentence(path, f"{what} cannot be read ({e.strerror or e}).", fix)) from None
     if len(data) > max_bytes:
         raise error(_sentence(path, f"{what} grew over the limit of {max_bytes:,} bytes while read; refused.", fix))
     try:
@@ -168,48 +149,36 @@ def cache_folder(cache_dir: str | os.PathLike[str] | None, default: Path, write:
     return folder
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is fsynced and renamed over ``target``.
 
     A crash or an exception at any moment leaves either the old complete file or the new complete one,
-    never a half-written ``target``; the temporary file is removed on failure. The new file gets the
-    mode a plain ``open(..., "w")`` would give (0666 less the umask), not ``mkstemp``'s 0600.
+    never a half-written ``target``; the temporary file is removed on failure.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    open(tmp, "xb").close()  # created as a plain open() creates files: 0666 less the umask
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    with contextlib.suppress(OSError):  # make the rename durable (a no-op where folders cannot be opened)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 @contextlib.contextmanager
 def atomic_write(target: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """``open(target, mode)`` that replaces ``target`` only once everything was written (see :func:`atomic_path`)."""
-    if not mode.startswith("w"):
-        raise ValueError(f"atomic_write opens files for writing, got mode {mode!r}")
     with atomic_path(target) as tmp, open(tmp, mode, **open_kwargs) as f:
         yield f
         f.flush()
@@ -230,23 +199,28 @@ def require_free_space(
         )
 
 
-def table_cell(value: Any, column: str = "") -> str:
-    """A Markdown cell: floats with 4 decimals (1 in columns of seconds, ``*_s``), empty for None, NaN and inf."""
-    if isinstance(value, float):
-        text = "" if not math.isfinite(value) else f"{value:.1f}" if column.endswith("_s") else f"{value:.4f}"
-    else:
-        text = "" if value is None else str(value)
-    return text.replace("|", "\\|")
-
-
 def write_table(
-    rows: Sequence[Mapping[str, Any]], folder: Path, stem: str, title: str = "", footer: Mapping[str, Any] | None = None
+    rows: Sequence[Mapping[str, Any]],
+    folder: Path,
+    stem: str,
+    title: str = "",
+    footer: Mapping[str, Any] | None = None,
+    columns: Sequence[str] = (),
 ) -> None:
     """``<stem>.csv`` (the values; empty cells for None, NaN, inf) and ``<stem>.md`` (``title``, then a Markdown
-    table of the same rows in :func:`table_cell`'s format, then the ``footer`` row) in ``folder``: every table
-    the project writes (per-class results, robustness suites, sweep summaries)."""
-    columns = list(rows[0]) if rows else []
-    missing = lambda v: v is None or (isinstance(v, float) and not math.isfinite(v))  # noqa: E731
+    table of the same rows, floats with 4 decimals (1 in columns of seconds, ``*_s``), then the ``footer`` row) in
+    ``folder``; ``columns`` (default: the first row's keys) also heads an empty table. Every table the project
+    writes (per-class results, robustness suites, sweep summaries)."""
+    columns = list(columns or (rows[0] if rows else []))
+
+    def missing(value: Any) -> bool:
+        return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+    def cell(value: Any, column: str) -> str:
+        if isinstance(value, float) and not missing(value):
+            return f"{value:.1f}" if column.endswith("_s") else f"{value:.4f}"
+        return "" if missing(value) else str(value).replace("|", "\\|")
+
     with open(folder / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -254,5 +228,5 @@ def write_table(
     lines = [title, ""] if title else []
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in [*rows, *([footer] if footer else [])]:
-        lines.append("| " + " | ".join(table_cell(r.get(c), c) for c in columns) + " |")
+        lines.append("| " + " | ".join(cell(r.get(c), c) for c in columns) + " |")
     (folder / f"{stem}.md").write_text("\n".join(lines) + "\n")
