@@ -3,19 +3,12 @@
 Writes the checkpoint's network as ``model.onnx`` (ONNX, legacy TorchScript-based exporter, ``dynamo=False``:
 no onnxscript needed) or ``model.pt`` (TorchScript, traced) into the run folder, or to ``output``.
 
-Interface of the exported model (also stored in the ONNX ``metadata_props`` / the TorchScript extra file
-``metadata.json``):
-
-* input ``input``: float32 ``(batch, 3, S, S)``, RGB, NCHW, ``S`` = the checkpoint's image size, normalised
-  as ``(pixel / 255 - mean) / std`` with the checkpoint's per-channel ``mean``/``std`` (ImageNet's by
-  default); the batch axis is dynamic;
-* output ``logits``: float32 ``(batch, num_classes)``; softmax gives probabilities; class ids index
-  ``class_names`` in the metadata.
-
-Preprocessing before normalisation is the evaluation pipeline of the checkpoint's preset (see
-:func:`alexnet_gtsrb.inference.eval_settings`). The fast LRN switches to plain tensor ops while tracing or
-exporting (see :mod:`alexnet_gtsrb.models.lrn`). With ``check=true`` the export is compared with PyTorch on a
-random batch (onnxruntime for ONNX) and the maximum absolute difference is printed.
+Interface (also in the ONNX ``metadata_props`` / the TorchScript extra file ``metadata.json``): input ``input``,
+float32 ``(batch, 3, S, S)`` RGB, ``S`` the checkpoint's image size, normalised as ``(pixel / 255 - mean) / std``
+with the checkpoint's ``mean``/``std``, after its preset's evaluation pipeline; a dynamic batch axis; output
+``logits``, float32 ``(batch, num_classes)``, class ids indexing ``class_names`` in the metadata. The fast LRN
+switches to plain tensor ops while tracing (:mod:`alexnet_gtsrb.models.lrn`). With ``check=true`` the export is
+compared with PyTorch on a random batch (onnxruntime for ONNX) and the maximum absolute difference printed.
 """
 
 from __future__ import annotations
@@ -25,7 +18,6 @@ from alexnet_gtsrb.utils.early import answer_early
 answer_early("export", "alexnet-gtsrb-export", __name__ == "__main__")  # --help/--version before torch is imported
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +31,6 @@ from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
 from alexnet_gtsrb.utils.files import atomic_path
 from alexnet_gtsrb.utils.optional_deps import require_extra
 from alexnet_gtsrb.utils.wrappers import unwrap_compiled
-
-log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 
@@ -61,15 +51,6 @@ def export_metadata(settings: dict[str, Any], fmt: str) -> dict[str, str]:
         "format": fmt,
         "producer": "alexnet_gtsrb.export",
     }
-
-
-def exportable_net(ckpt_path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(the network in eval mode, contiguous NCHW weights on CPU; the checkpoint's eval settings)."""
-    model, data_hp = load_classifier(ckpt_path, "cpu")
-    settings = eval_settings(model, data_hp)
-    net = unwrap_compiled(model.net)
-    net = net.to(memory_format=torch.contiguous_format).eval()
-    return net, settings
 
 
 def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str], opset: int) -> None:
@@ -126,7 +107,9 @@ def export(cfg: DictConfig) -> Path:
         require_extra("onnx", "export", "format=onnx")
         if cfg.get("check", True):
             require_extra("onnxruntime", "export", "format=onnx check=true")
-    net, settings = exportable_net(cfg.ckpt_path)
+    model, data_hp = load_classifier(cfg.ckpt_path, "cpu")
+    settings = eval_settings(model, data_hp)
+    net = unwrap_compiled(model.net).to(memory_format=torch.contiguous_format).eval()  # contiguous NCHW weights
     out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / FORMATS[fmt]
     out.parent.mkdir(parents=True, exist_ok=True)
     size = settings["image_size"]

@@ -1,11 +1,16 @@
 """Using a trained checkpoint: load it (plain data, ``weights_only=True``), read its evaluation settings, pick
-a device. Shared by ``evaluate``, ``predict``, ``export``, ``report`` and the notebooks.
+a device, and open it for evaluation (:func:`eval_context`). Shared by ``evaluate``, ``robustness``, ``predict``,
+``export``, ``report`` and the notebooks.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,26 +19,21 @@ from hydra.errors import InstantiationException
 from alexnet_gtsrb.checkpoints import CheckpointError, check_finite, check_fits, read_checkpoint
 from alexnet_gtsrb.data.transforms import check_mean_std
 from alexnet_gtsrb.errors import ConfigError, int_setting
+from alexnet_gtsrb.loggers import LoggerGroup
 from alexnet_gtsrb.models.alexnet import MAX_IMAGE_SIZE
 from alexnet_gtsrb.module import GTSRBClassifier
 from alexnet_gtsrb.run_folder import checkpoint_for
+from alexnet_gtsrb.utils.cli import print_rank_zero
+from alexnet_gtsrb.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 
 def load_classifier(ckpt_path: str | None, device: str = "cpu") -> tuple[GTSRBClassifier, dict[str, Any]]:
-    """(model in eval mode on ``device``, the DataModule hyper-parameters saved in the checkpoint or {}).
-
-    Lightning stores the DataModule's hparams next to the model's; they carry the preset, ROI crop and
-    CLAHE settings the model was validated with. The file is read once, as plain data, its configs checked
-    against the allowlist and its tensors' storages against their shapes before the model is built, its weights
-    checked for fitting the model and then for NaN/inf (:func:`alexnet_gtsrb.checkpoints.read_checkpoint`), its
-    settings through the checks a command line gets (:func:`check_saved_settings`); each problem is one line
-    naming the file.
-
-    ``ckpt_path`` is a file, a run folder (the checkpoint its results use: the run's ``test_ckpt`` rule,
-    :func:`alexnet_gtsrb.run_folder.checkpoint_for`) or a folder of checkpoints (its newest ``last*.ckpt``).
-    """
+    """(model in eval mode on ``device``, the DataModule hparams saved beside it: the preset, ROI crop and CLAHE
+    it was validated with, or {}). ``ckpt_path`` is a file, a run folder (its ``test_ckpt`` rule's checkpoint) or
+    a folder of checkpoints (its newest ``last*.ckpt``); the file is read once, as plain data, and every problem
+    (:func:`build_classifier`, :func:`check_saved_settings`) is one line naming it."""
     path, _ = checkpoint_for(ckpt_path)
     if path is None:
         raise ConfigError("ckpt_path is required: ckpt_path=path/to/last.ckpt (or a run folder).")
@@ -41,14 +41,12 @@ def load_classifier(ckpt_path: str | None, device: str = "cpu") -> tuple[GTSRBCl
     model = build_classifier(raw, path)
     data_hp = dict(raw.get("datamodule_hyper_parameters") or {})
     check_saved_settings(model, data_hp, path)
-    model = model.to(device).eval()
-    return model, data_hp
+    return model.to(device).eval(), data_hp
 
 
 def check_saved_settings(model: GTSRBClassifier, data_hp: Mapping[str, Any], path: str) -> None:
-    """One line naming ``path`` unless the checkpoint's evaluation settings pass the checks a command line gets:
-    :func:`eval_settings`' own, then the DataModule's start-up checks (numbers, preset, CLAHE, the training and
-    evaluation pipelines), run by building one from them as train does; nothing is read from disk."""
+    """One line naming ``path`` unless the checkpoint's evaluation settings pass :func:`eval_settings` and the
+    DataModule's start-up checks (built from them as train does; nothing is read from disk)."""
     from alexnet_gtsrb.data.datamodule import GTSRBDataModule
 
     try:
@@ -64,15 +62,15 @@ def check_saved_settings(model: GTSRBClassifier, data_hp: Mapping[str, Any], pat
 
 
 def build_classifier(raw: Mapping[str, Any], path: str) -> GTSRBClassifier:
-    """The model a checkpoint's contents describe (already read by ``read_checkpoint``), its weights loaded:
-    hyper-parameters that build no model, weights that do not fit and NaN/inf weights are one line each. The
-    model is first built on the meta device and the weights' shapes checked against it, so neither a network
-    declared far larger than its weights nor a weight of another shape allocates anything."""
+    """The model a checkpoint's contents describe, its weights loaded: hyper-parameters that build no model,
+    weights that do not fit and NaN/inf weights are one line each. The model is first built on the meta device
+    and the weights' shapes checked against it, so neither a network declared far larger than its weights nor a
+    weight of another shape allocates anything."""
     state = raw["state_dict"]
     try:
-        with torch.device("meta"):  # shapes only: a huge declared network allocates nothing
+        with torch.device("meta"):
             shell = GTSRBClassifier(**raw["hyper_parameters"])
-        check_fits(state, shell, path)  # shapes only; then check_finite reads tensors of the model's shapes
+        check_fits(state, shell, path)
         check_finite(state, path)
         model = GTSRBClassifier(**raw["hyper_parameters"])
     except (TypeError, ValueError, OverflowError, InstantiationException) as exc:
@@ -83,13 +81,9 @@ def build_classifier(raw: Mapping[str, Any], path: str) -> GTSRBClassifier:
 
 
 def eval_settings(model: GTSRBClassifier, data_hp: Mapping[str, Any]) -> dict[str, Any]:
-    """The evaluation pipeline of a checkpoint: image_size, augment (preset + CLAHE), roi_crop, mean, std.
-
-    ``image_size`` is the one the network's classifier head was built for (else the saved DataModule's); the
-    rest comes from the saved DataModule hparams, falling back to the model's mean/std and the defaults. A value
-    that cannot work (a string for a number, a zero std, more classes than the network has outputs) is a
-    ConfigError naming it.
-    """
+    """The evaluation pipeline of a checkpoint: image_size (the network's, else the saved DataModule's), augment
+    (preset + CLAHE), roi_crop (the DataModule's), mean, std, num_classes (the model's); a value that cannot work
+    (a string for a number, a zero std, more classes than outputs) is a ConfigError naming it."""
     hp = model.hparams
     size = getattr(model.net, "image_size", None) or data_hp.get("image_size") or 227
     image_size = int_setting("image_size", size, 1, MAX_IMAGE_SIZE)
@@ -116,9 +110,7 @@ def eval_settings(model: GTSRBClassifier, data_hp: Mapping[str, Any]) -> dict[st
 
 def pick_device(name: str | None = "auto") -> str:
     """``auto`` -> cuda when available, else cpu; ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` when this machine has
-    that device. Anything else (a GPU index past the last, ``meta``, a typo) is a ConfigError naming ``device``
-    and the values allowed here: passed on, it ended in a traceback when the model was moved there.
-    """
+    it; anything else is a ConfigError naming the values allowed (passed on, it ended in a traceback)."""
     if name in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -134,28 +126,65 @@ def pick_device(name: str | None = "auto") -> str:
 
 def _split_defaults() -> dict[str, Any]:
     """GTSRBDataModule's own defaults of the split settings (read from its signature, not copied)."""
-    import inspect
-
     from alexnet_gtsrb.data.datamodule import GTSRBDataModule
 
     params = inspect.signature(GTSRBDataModule.__init__).parameters
     return {key: params[key].default for key in ("val_fraction", "split", "split_seed")}
 
 
-def data_config(data: Any, settings: Mapping[str, Any], data_hp: Mapping[str, Any]) -> Any:
-    """A copy of a ``data`` DictConfig with every key left null filled from the checkpoint: the evaluation
-    pipeline (``settings``: image size, ROI crop, mean/std, classes, augment) and the training run's
-    validation split (``data_hp``: fraction, kind, seed), so a held-out set is the one the run held out."""
+@dataclass
+class EvalContext:
+    """What ``evaluate`` and ``robustness`` work on: the checkpoint's model (eval mode, on ``device``), the file
+    and why it was chosen, its evaluation settings, a DataModule set up with its data settings (a ``data.*`` key
+    given on the command line wins), the image size, the output folder and the ``logger`` group."""
+
+    model: GTSRBClassifier
+    ckpt_path: str
+    chosen_by: str
+    settings: dict[str, Any]
+    datamodule: Any
+    size: int
+    device: str
+    out_dir: Path
+    loggers: LoggerGroup
+
+    def finish(self, metrics: Mapping[str, Any]) -> None:
+        """Close the loggers, then write ``metrics.json`` after every other output, atomically: its presence
+        marks a complete report."""
+        self.loggers.close()
+        with atomic_write(self.out_dir / "metrics.json", "w") as f:
+            f.write(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+
+
+def eval_context(cfg: Any, stage: str) -> EvalContext:
+    """Open ``cfg.ckpt_path`` on ``cfg.device`` with a DataModule set up for ``stage`` (``test``/``validate``), the
+    output folder ``paths.output_dir`` (an earlier ``metrics.json`` there removed) and the loggers of ``logger``."""
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf, open_dict
 
-    out = data.copy()
-    with open_dict(out):
+    device = pick_device(cfg.get("device", "auto"))
+    path, chosen_by = checkpoint_for(cfg.get("ckpt_path"))
+    model, data_hp = load_classifier(path, device)
+    print_rank_zero(f"checkpoint: {path} ({chosen_by})")
+    settings = eval_settings(model, data_hp)
+    data_cfg = cfg.data.copy()  # every key left null: the checkpoint's, and its run's validation split
+    with open_dict(data_cfg):  # (fraction, kind, seed), so that a held-out set is the one the run held out
         for key in ("image_size", "roi_crop", "mean", "std", "num_classes"):
-            if out.get(key) is None:
-                out[key] = settings[key]
+            if data_cfg.get(key) is None:
+                data_cfg[key] = settings[key]
         for key, default in _split_defaults().items():
-            if key in out and out.get(key) is None:
-                out[key] = data_hp.get(key, default)
-        if OmegaConf.is_missing(out, "augment") or out.get("augment") is None:
-            out.augment = dict(settings["augment"])
-    return out
+            if key in data_cfg and data_cfg.get(key) is None:
+                data_cfg[key] = data_hp.get(key, default)
+        if OmegaConf.is_missing(data_cfg, "augment") or data_cfg.get("augment") is None:
+            data_cfg.augment = dict(settings["augment"])
+    size = int(data_cfg.image_size)
+    if size != settings["image_size"]:
+        log.warning("data.image_size=%d differs from the checkpoint's %d.", size, settings["image_size"])
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").unlink(missing_ok=True)
+    datamodule = instantiate(data_cfg, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup(stage)
+    loggers = LoggerGroup(cfg.get("logger"))
+    return EvalContext(model, str(path), chosen_by, settings, datamodule, size, device, out_dir, loggers)

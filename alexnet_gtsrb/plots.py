@@ -44,39 +44,27 @@ def confusion_figure(confmat: torch.Tensor) -> Any:
     """A matplotlib figure of the row-normalised confusion matrix (rows: true class, columns: predicted)."""
     plt = pyplot()
     counts = confmat.float()
-    rows = counts.sum(dim=1, keepdim=True)
-    norm = torch.where(rows > 0, counts / rows.clamp_min(1), torch.zeros_like(counts)).numpy()
+    norm = (counts / counts.sum(dim=1, keepdim=True).clamp_min(1)).numpy()  # a row without images stays 0
     n = norm.shape[0]
     fig, ax = plt.subplots(figsize=(12, 11))
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xticklabels(range(n), fontsize=6)
-    ax.set_yticklabels([f"{c} {class_name(c)[:28]}" for c in range(n)], fontsize=6)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title("Confusion matrix (rows normalised to 1)")
+    ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (rows normalised to 1)")
+    ax.set_xticks(range(n), [str(c) for c in range(n)], fontsize=6)
+    ax.set_yticks(range(n), [f"{c} {class_name(c)[:28]}" for c in range(n)], fontsize=6)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.tight_layout()
     return fig
 
 
 def misclassified_figure(items: list[tuple[np.ndarray, int, int, float]], max_items: int = 64) -> Any:
-    """A grid (up to 8x8) of misclassified images titled with true and predicted names and the probability."""
-    plt = pyplot()
-    cols = 8
-    rows = max(1, (len(items) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.5), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (image, true, pred, prob) in zip(axes.flat, items, strict=False):
-        ax.imshow(image)
-        ax.set_title(f"T: {class_name(true)[:24]}\nP: {class_name(pred)[:24]} ({prob:.2f})", fontsize=6)
-    if not items:
-        axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-    fig.suptitle(f"{len(items)} misclassified test images (first {max_items} at most)")
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return fig
+    """A grid (8 columns) of misclassified images titled with true and predicted names and the probability."""
+    captions = [
+        (image, f"T: {class_name(t)[:24]}\nP: {class_name(p)[:24]} ({prob:.2f})") for image, t, p, prob in items
+    ]
+    title = (
+        f"{len(items)} misclassified test images (first {max_items} at most)" if items else "no misclassified images"
+    )
+    return image_grid_figure([captions[i : i + 8] for i in range(0, len(items), 8)], title=title, scale=2.2)
 
 
 def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
@@ -90,9 +78,7 @@ def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
             points = [(r["epoch"], r[f"{stage}_{metric}"]) for r in rows if f"{stage}_{metric}" in r]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=stage)
-        ax.set_title(f"model {name}" + (f" ({title})" if title else ""))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
+        ax.set(title=f"model {name}" + (f" ({title})" if title else ""), xlabel="epoch", ylabel=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
@@ -129,6 +115,8 @@ def conv1_kernel_grid(net: nn.Module, pad: int = 1, gap: int = 4) -> torch.Tenso
     left block and 48-95 the right block, separated by ``gap`` white columns. Each kernel is min-max
     normalised on its own so that low-contrast kernels stay visible.
     """
+    from torchvision.utils import make_grid
+
     convs = [m for m in unwrap_compiled(net).modules() if isinstance(m, nn.Conv2d)]
     weight = convs[0].weight.detach().float().cpu()
     if weight.shape[1] not in (1, 3):
@@ -138,17 +126,7 @@ def conv1_kernel_grid(net: nn.Module, pad: int = 1, gap: int = 4) -> torch.Tenso
     hi = weight.amax(dim=(1, 2, 3), keepdim=True)
     weight = (weight - lo) / (hi - lo).clamp_min(1e-12)
     n_groups = convs[1].groups if len(convs) > 1 else 1
-    blocks = []
-    for block in weight.chunk(n_groups, dim=0):
-        n, _, kh, kw = block.shape
-        cols = _grid_columns(n)
-        rows = math.ceil(n / cols)
-        img = torch.ones(3, rows * (kh + pad) + pad, cols * (kw + pad) + pad)
-        for i in range(n):
-            r, c = divmod(i, cols)
-            top, left = pad + r * (kh + pad), pad + c * (kw + pad)
-            img[:, top : top + kh, left : left + kw] = block[i]
-        blocks.append(img)
+    blocks = [make_grid(b, nrow=_grid_columns(len(b)), padding=pad, pad_value=1.0) for b in weight.chunk(n_groups)]
     height = max(b.shape[1] for b in blocks)
     parts: list[torch.Tensor] = []
     for i, b in enumerate(blocks):
@@ -194,27 +172,15 @@ def reliability_figure(before: list[dict[str, float]], after: list[dict[str, flo
     ]
     for ax, (bins, caption) in zip(axes, panels, strict=True):
         width = bins[0]["upper"] - bins[0]["lower"]
-        lefts = [b["lower"] for b in bins if b["count"]]
-        accs = [b["accuracy"] for b in bins if b["count"]]
-        confs = [b["confidence"] for b in bins if b["count"]]
+        full = [b for b in bins if b["count"]]
+        lefts, accs = [b["lower"] for b in full], [b["accuracy"] for b in full]
         ax.bar(lefts, accs, width=width, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
-        ax.bar(
-            lefts,
-            [c - a for c, a in zip(confs, accs, strict=True)],
-            bottom=accs,
-            width=width,
-            align="edge",
-            color="red",
-            alpha=0.25,
-            label="gap to confidence",
-        )
+        gaps = [b["confidence"] - b["accuracy"] for b in full]
+        ax.bar(lefts, gaps, bottom=accs, width=width, align="edge", color="red", alpha=0.25, label="gap to confidence")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-        for b in bins:
-            if b["count"]:
-                ax.text(b["lower"] + width / 2, 0.02, str(b["count"]), ha="center", fontsize=5, rotation=90)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence")
+        for b in full:
+            ax.text(b["lower"] + width / 2, 0.02, str(b["count"]), ha="center", fontsize=5, rotation=90)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence")
         ax.set_title(caption, fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
     axes[0].set_ylabel("accuracy")

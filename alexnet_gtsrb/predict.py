@@ -1,19 +1,11 @@
 """Entry point: ``python -m alexnet_gtsrb.predict ckpt_path=PATH images=[a.ppm,b.png] [top_k=3] [format=json]``.
 
-``calibration=<robustness run>/calibration.json`` divides the logits by the temperature fitted there (for this
-checkpoint only: the file records its SHA-256), so the probabilities are calibrated; ``gradcam=true`` writes each
-image's Grad-CAM overlay (top class) into ``<run folder>/gradcam/``.
-
-Prints the top-k classes (id, English name, probability) of each image, as an aligned table or as JSON on
-stdout. ``images`` is a file, a folder (all files under it, sorted) or a list of either. Files that are
-missing, not images, over 25 megapixels (:data:`alexnet_gtsrb.data.io.MAX_PIXELS`) or fail to decode are reported
-by name on stderr and skipped; the exit code is 0 when at least one image was predicted, 2 (one-line message, no
-traceback) when none was.
-
-Preprocessing is the checkpoint's evaluation pipeline (its preset, CLAHE and image size; see
-:func:`alexnet_gtsrb.inference.eval_settings`) applied to the whole image: the GTSRB ROI crop needs the
-annotation's box, which an arbitrary image does not have, so give images that are already cropped around the
-sign (as GTSRB's are, with a ~10% margin) for results comparable to the test accuracy.
+Prints each image's top-k classes (id, name, probability) as a table or JSON. ``images``: a file, a folder (every
+file under it, sorted) or a list of either; files missing, not images, over 25 megapixels or undecodable are
+named on stderr and skipped (exit 2, one line, when none is left). ``calibration=<calibration.json>`` divides
+the logits by the temperature robustness fitted for this very checkpoint (SHA-256); ``gradcam=true`` writes each
+image's Grad-CAM overlay into ``<run folder>/gradcam/``. Preprocessing is the checkpoint's evaluation pipeline on
+the whole image: an arbitrary image has no ROI box, so give images cropped around the sign (as GTSRB's are).
 """
 
 from __future__ import annotations
@@ -48,37 +40,25 @@ FORMATS = ("table", "json")
 
 def expand_paths(images: str | Sequence[str]) -> list[Path]:
     """Files named by ``images``: a path or a list of paths; folders contribute every file under them."""
-    items = [images] if isinstance(images, str | Path) else list(images)
     out: list[Path] = []
-    for item in items:
+    for item in [images] if isinstance(images, str | Path) else images:
         p = Path(str(item)).expanduser()
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file()))
-        else:
-            out.append(p)  # a missing file is reported when it is read
+        out.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])  # missing: said when read
     return out
 
 
-def _report_skip(message: str) -> None:
-    print(f"skipped: {message}", file=sys.stderr, flush=True)
-
-
 def load_images(paths: Iterable[Path], transform: Any) -> tuple[list[Path], list[np.ndarray]]:
-    """Decode and preprocess each file; those that fail are reported on stderr and left out.
-
-    A file too large is skipped unread, one whose header declares too many pixels undecoded (the limits of
-    :func:`alexnet_gtsrb.data.io.decode_rgb`); only the preprocessed images are kept.
-    """
+    """Decode and preprocess each file (those too large are refused unread or undecoded by
+    :func:`alexnet_gtsrb.data.io.decode_rgb`); those that fail are reported on stderr and left out."""
     ok_paths: list[Path] = []
     arrays: list[np.ndarray] = []
     for p in tqdm(list(paths), desc="read", unit="image", disable=None, file=sys.stderr):
-        if not p.exists():
-            _report_skip(f"{p}: no such file.")
-            continue
         try:
+            if not p.exists():
+                raise BadDataError(f"{p}: no such file.")
             image = decode_rgb(str(p))
         except BadDataError as exc:
-            _report_skip(str(exc))
+            print(f"skipped: {exc}", file=sys.stderr, flush=True)
             continue
         arrays.append(np.ascontiguousarray(transform(image=image)["image"]))
         ok_paths.append(p)
@@ -91,14 +71,13 @@ def predict_arrays(
 ) -> torch.Tensor:
     """Softmax probabilities (N, classes) of ``logits / temperature`` for preprocessed uint8 HxWx3 images."""
     probs = []
-    steps = range(0, len(arrays), batch_size)
-    for i in tqdm(steps, desc="predict", unit="batch", disable=None, file=sys.stderr):
+    for i in tqdm(range(0, len(arrays), batch_size), desc="predict", unit="batch", disable=None, file=sys.stderr):
         batch = torch.from_numpy(np.stack(arrays[i : i + batch_size])).to(device)
         probs.append(model(batch).float().div(temperature).softmax(dim=-1).cpu())
     return torch.cat(probs)
 
 
-def _gradcam_folder_error(folder: Path, exc: OSError) -> UserError:
+def _gradcam_error(folder: Path, exc: OSError) -> UserError:
     return UserError(
         f"gradcam=true: cannot write the Grad-CAM overlays into {folder} ({exc.strerror or exc}): free space or "
         "fix the permissions there, or pass paths.output_dir=<a writable folder> (or gradcam=false)."
@@ -116,7 +95,7 @@ def gradcam_folder(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _gradcam_folder_error(folder, exc) from None
+        raise _gradcam_error(folder, exc) from None
     return folder
 
 
@@ -130,12 +109,11 @@ def write_gradcam(model: Any, paths: list[Path], arrays: list[np.ndarray], probs
     from alexnet_gtsrb.evaluation.explanations import gradcam, overlay
     from alexnet_gtsrb.evaluation.pixel_model import PixelModel
 
-    gradcam_folder(folder)
-    pixel_model = PixelModel(model).to(next(model.parameters()).device).eval()
-    device = str(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    pixel_model = PixelModel(model).to(device).eval()
     top = probs.argmax(dim=-1)
     for n, (p, image) in enumerate(zip(paths, arrays, strict=True)):
-        heat = gradcam(pixel_model, image[None], top[n : n + 1], device)[0]
+        heat = gradcam(pixel_model, image[None], top[n : n + 1], str(device))[0]
         png = cv2.imencode(".png", cv2.cvtColor(overlay(image, heat), cv2.COLOR_RGB2BGR))[1].tobytes()
         target = folder / f"{n:04d}_{p.stem}.png"
         try:
@@ -143,22 +121,23 @@ def write_gradcam(model: Any, paths: list[Path], arrays: list[np.ndarray], probs
         except OSError as exc:
             with contextlib.suppress(OSError):
                 target.unlink()  # no truncated PNG left behind
-            raise _gradcam_folder_error(folder, exc) from None
+            raise _gradcam_error(folder, exc) from None
     print(f"Grad-CAM overlays: {folder}", file=sys.stderr, flush=True)
 
 
 def top_k_results(paths: list[Path], probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
     """[{file, top_k: [{rank, class_id, name, prob}, ...]}, ...] in input order."""
-    k = max(1, min(int(k), probs.shape[1]))
-    values, indices = probs.topk(k, dim=-1)
-    results = []
-    for p, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
-        top = [
-            {"rank": r + 1, "class_id": int(c), "name": class_name(int(c)), "prob": float(v)}
-            for r, (v, c) in enumerate(zip(vals, idxs, strict=True))
-        ]
-        results.append({"file": str(p), "top_k": top})
-    return results
+    values, indices = probs.topk(min(k, probs.shape[1]), dim=-1)
+    return [
+        {
+            "file": str(p),
+            "top_k": [
+                {"rank": r + 1, "class_id": int(c), "name": class_name(int(c)), "prob": float(v)}
+                for r, (v, c) in enumerate(zip(vals, idxs, strict=True))
+            ],
+        }
+        for p, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True)
+    ]
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -180,38 +159,39 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     top_k = int_setting("top_k", cfg.get("top_k", 3), 1)  # over the checkpoint's classes: every class
     batch_size = int_setting("batch_size", cfg.get("batch_size", 64), 1)
     device = pick_device(cfg.get("device", "auto"))
+    gradcam_to = Path(cfg.paths.output_dir) / "gradcam"
     if cfg.get("gradcam"):
         require_extra("captum", "robustness", "gradcam=true")
-        gradcam_folder(Path(cfg.paths.output_dir) / "gradcam")
-    images = cfg.images
-    images = list(images) if isinstance(images, ListConfig) else str(images)
+        gradcam_folder(gradcam_to)
+    images = list(cfg.images) if isinstance(cfg.images, ListConfig) else str(cfg.images)
     paths = expand_paths(images)
     if not paths:
         raise UserError(f"images={images}: no files to predict.")
-    model, data_hp = load_classifier(cfg.ckpt_path, device)
+    ckpt_file = checkpoint_for(cfg.ckpt_path)[0]
+    model, data_hp = load_classifier(ckpt_file, device)
     settings = eval_settings(model, data_hp)
     augment = settings["augment"]
-    transform = build_transform(augment.get("preset", "none"), settings["image_size"], train=False, params=augment)
-    ok_paths, arrays = load_images(paths, transform)
+    ok_paths, arrays = load_images(
+        paths, build_transform(augment.get("preset", "none"), settings["image_size"], train=False, params=augment)
+    )
     if not arrays:
         raise UserError(f"none of the {len(paths)} file(s) could be read as an image; nothing was predicted.")
     temperature = 1.0
     if cfg.get("calibration"):
         from alexnet_gtsrb.evaluation.calibration import read_temperature
 
-        temperature = read_temperature(cfg.calibration, str(checkpoint_for(cfg.ckpt_path)[0]))
+        temperature = read_temperature(cfg.calibration, str(ckpt_file))
     probs = predict_arrays(model, arrays, batch_size, device, temperature)
     if not bool(torch.isfinite(probs).all()):  # finite weights can still overflow the logits
         bad = int((~torch.isfinite(probs)).any(dim=-1).sum())
         raise UserError(
-            f"{checkpoint_for(cfg.ckpt_path)[0]}: the network's outputs are not finite (NaN or inf) for {bad} of "
-            f"{len(arrays)} image(s); its weights overflow, so nothing is printed. Use another checkpoint."
+            f"{ckpt_file}: the network's outputs are not finite (NaN or inf) for {bad} of {len(arrays)} image(s); "
+            "its weights overflow, so nothing is printed. Use another checkpoint."
         )
     if cfg.get("gradcam"):
-        write_gradcam(model, ok_paths, arrays, probs, Path(cfg.paths.output_dir) / "gradcam")
+        write_gradcam(model, ok_paths, arrays, probs, gradcam_folder(gradcam_to))
     results = top_k_results(ok_paths, probs, top_k)
-    text = json.dumps(results, indent=2) if fmt == "json" else format_table(results)
-    print(text, flush=True)
+    print(json.dumps(results, indent=2) if fmt == "json" else format_table(results), flush=True)
     return results
 
 

@@ -1,23 +1,14 @@
-"""Entry point: figures of a finished run from its own files.
+"""Entry point: ``python -m alexnet_gtsrb.report RUN_DIR [OUT_DIR]``, figures of a finished run from its own files.
 
-    python -m alexnet_gtsrb.report RUN_DIR [OUT_DIR]
-
-Writes into ``OUT_DIR`` (default ``RUN_DIR/report``):
-
-- ``curves.png``: accuracy and loss per epoch, training against validation (the origin Keras script's two
-  plots), read from the run's ``csv/.../metrics.csv`` (``logger=csv`` or ``logger=many``) where it has one,
-  else from its TensorBoard event files;
-- ``conv1.png``: the 96 conv1 kernels (0-47 | 48-95 for the two groups) of the checkpoint the run's results use
-  (its ``test_ckpt`` rule: by default ``checkpoints/last.ckpt``);
-- ``curves.csv``: the per-epoch numbers behind the curves (epoch, train/val accuracy and loss, lr, wall time).
-
-The confusion matrix and misclassified images come from ``python -m alexnet_gtsrb.evaluate``.
+Writes into ``OUT_DIR`` (default ``RUN_DIR/report``) ``curves.png`` (accuracy and loss per epoch, training against
+validation, as the origin Keras script plots them) and ``curves.csv`` / ``.md`` (the numbers, with lr and minutes),
+read from the run's ``csv/.../metrics.csv`` where it has one, else from its TensorBoard event files; and
+``conv1.png``, the conv1 kernels of the checkpoint its ``test_ckpt`` rule picks (by default ``last.ckpt``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +17,7 @@ from alexnet_gtsrb.inference import load_classifier
 from alexnet_gtsrb.plots import conv1_figure, curves_figure, save_figure
 from alexnet_gtsrb.run_folder import epoch_table, read_scalars, rule_checkpoint
 from alexnet_gtsrb.utils.cli import exit_on_user_error
+from alexnet_gtsrb.utils.files import write_table
 
 CSV_COLUMNS = ["epoch", "train_acc", "val_acc", "train_loss", "val_loss", "lr", "minutes"]
 
@@ -50,12 +42,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     model = load_classifier(str(ckpt))[0] if ckpt is not None else None  # checked before anything is written
     out_dir = Path(out_dir) if out_dir else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {"curves.csv": out_dir / "curves.csv", "curves.png": out_dir / "curves.png"}
-    with written["curves.csv"].open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    save_figure(curves_figure(rows, title=run_dir.name), written["curves.png"])
+    write_table([{c: r.get(c) for c in CSV_COLUMNS} for r in rows], out_dir, "curves")
+    written = {"curves.csv": out_dir / "curves.csv"}
+    written["curves.png"] = save_figure(curves_figure(rows, title=run_dir.name), out_dir / "curves.png")
     if model is not None and ckpt is not None:
         written["conv1.png"] = save_figure(conv1_figure(model.net, title=ckpt.name), out_dir / "conv1.png")
     return written

@@ -103,12 +103,10 @@ def test_sample_grid_logs_a_flipped_mirror_pair_image_with_the_swapped_label(syn
 
 
 def test_evaluate_takes_test_views_as_training_does():
-    from omegaconf import OmegaConf
+    from alexnet_gtsrb.evaluation.views import check_test_views
 
-    from alexnet_gtsrb.evaluate import _ten_views
-
-    assert _ten_views(OmegaConf.create({"test_views": 10}))
-    assert not _ten_views(OmegaConf.create({"test_views": 1}))
+    assert check_test_views(10) == 10
+    assert check_test_views(1) == 1
     for bad in (3, True):
         with pytest.raises(ConfigError, match=r"test_views=.*; allowed: 1 .*10"):
-            _ten_views(OmegaConf.create({"test_views": bad}))
+            check_test_views(bad)

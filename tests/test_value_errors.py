@@ -44,7 +44,8 @@ def _no_model_loaded(monkeypatch, module: str) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before the bad value was refused")
 
-    monkeypatch.setattr(importlib.import_module(f"alexnet_gtsrb.{module}"), "load_classifier", refuse)
+    for name in (f"alexnet_gtsrb.{module}", "alexnet_gtsrb.inference"):  # robustness loads via inference.eval_context
+        monkeypatch.setattr(importlib.import_module(name), "load_classifier", refuse, raising=False)
 
 
 # -- predict ------------------------------------------------------------------------------------------------------

@@ -56,20 +56,6 @@ def cross_entropy_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch
     return F.softplus(torch.logsumexp(others, dim=1))
 
 
-def make_fgsm(model: torch.nn.Module) -> FGSM:
-    """captum's FGSM on ``model``'s logits, maximising cross-entropy, bounded to [0, 1], no gradient threshold."""
-    fgsm = FGSM(model, loss_func=cross_entropy_per_image, lower_bound=0.0, upper_bound=1.0)
-    fgsm.zero_thresh = 0.0
-    return fgsm
-
-
-def make_pgd(model: torch.nn.Module) -> PGD:
-    """captum's PGD on ``model``'s logits, with the same loss and threshold as :func:`make_fgsm` at each step."""
-    pgd = PGD(model, loss_func=cross_entropy_per_image, lower_bound=0.0, upper_bound=1.0)
-    pgd.fgsm.zero_thresh = 0.0  # PGD's steps are its own FGSM's
-    return pgd
-
-
 def check_settings(attacks: Sequence[str], epsilons: Sequence[float], steps: int, step_size: float) -> None:
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
@@ -105,20 +91,14 @@ def attack_batch(
         # captum's PGD hands each step a detached copy, and its FGSM warns that it sets requires_grad itself
         warnings.filterwarnings("ignore", message=".*did not already require gradients.*")
         if attack == "fgsm":
-            return make_fgsm(model).perturb(x, epsilon=epsilon, target=y).detach()
-        return (
-            make_pgd(model)
-            .perturb(
-                x,
-                radius=epsilon,
-                step_size=step_size * epsilon,
-                step_num=steps,
-                target=y,
-                random_start=random_start,
-                norm="Linf",
-            )
-            .detach()
-        )
+            fgsm = FGSM(model, loss_func=cross_entropy_per_image, lower_bound=0.0, upper_bound=1.0)
+            fgsm.zero_thresh = 0.0
+            return fgsm.perturb(x, epsilon=epsilon, target=y).detach()
+        pgd = PGD(model, loss_func=cross_entropy_per_image, lower_bound=0.0, upper_bound=1.0)
+        pgd.fgsm.zero_thresh = 0.0  # PGD's steps are its own FGSM's
+        # radius epsilon, steps of step_size * epsilon, step_num steps, target y
+        adv = pgd.perturb(x, epsilon, step_size * epsilon, steps, y, random_start=random_start, norm="Linf")
+        return adv.detach()
 
 
 def adversarial_table(
@@ -159,9 +139,9 @@ def adversarial_table(
                 correct += int((pred == y).sum())
                 if i == 0 and float(eps) == float(max(epsilons)):
                     examples[attack] = (adv[:k].cpu(), pred[:k].cpu().tolist())
-                if i == 0 and float(eps) == float(max(epsilons)) and "clean_pred" not in examples:
-                    with torch.inference_mode():
-                        examples["clean_pred"] = model(x[:k]).argmax(dim=-1).cpu().tolist()
+                    if "clean_pred" not in examples:
+                        with torch.inference_mode():
+                            examples["clean_pred"] = model(x[:k]).argmax(dim=-1).cpu().tolist()
             accuracy = correct / len(y_all)
             rows.append({"attack": attack, "epsilon_255": float(eps), "correct": correct, "accuracy": accuracy})
             if progress is not None:

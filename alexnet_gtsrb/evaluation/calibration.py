@@ -80,13 +80,14 @@ def reliability_bins(
         upper_ok = conf <= edges[b + 1] if b == n_bins - 1 else conf < edges[b + 1]
         m = (conf >= edges[b]) & upper_ok
         n = int(m.sum())
+        confidence, accuracy = (float(conf[m].mean()), float(correct[m].mean())) if n else (float("nan"),) * 2
         rows.append(
             {
                 "lower": float(edges[b]),
                 "upper": float(edges[b + 1]),
                 "count": n,
-                "confidence": float(conf[m].mean()) if n else float("nan"),
-                "accuracy": float(correct[m].mean()) if n else float("nan"),
+                "confidence": confidence,
+                "accuracy": accuracy,
             }
         )
     return rows
@@ -131,26 +132,19 @@ def write_calibration(path: Path, report: dict[str, Any], ckpt_path: str | Path)
         f.write(json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
-def check_temperature(value: Any, where: str | Path) -> float:
-    """``value`` as a float when it is a number within :data:`TEMPERATURE_RANGE`; ConfigError naming ``where``,
-    the value and the range otherwise."""
-    low, high = TEMPERATURE_RANGE
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ConfigError(
-            f"calibration={where}: temperature {value!r} must be a positive finite number in [{low:g}, {high:g}] "
-            "(the range temperature fitting returns); refused. Fit it again with `python -m alexnet_gtsrb.robustness "
-            "ckpt_path=...`."
-        )
-    return float(value)
-
-
 def read_temperature(path: str | Path, ckpt_path: str | Path) -> float:
     """The temperature stored in a ``calibration.json`` written for this very checkpoint (checked by SHA-256),
     within :data:`TEMPERATURE_RANGE`. The file is read only when it is a regular file of a JSON's size."""
     p = Path(str(path)).expanduser()
     try:
         data = json.loads(read_text_file(p, "calibration file", fix=_CALIBRATION_FIX, error=ConfigError))
-        t = check_temperature(data["temperature"], p)
+        t, (low, high) = data["temperature"], TEMPERATURE_RANGE
+        if isinstance(t, bool) or not isinstance(t, int | float) or not low <= t <= high:
+            raise ConfigError(
+                f"calibration={p}: temperature {t!r} must be a positive finite number in [{low:g}, {high:g}] (the "
+                "range temperature fitting returns); refused. Fit it again with `python -m alexnet_gtsrb.robustness "
+                "ckpt_path=...`."
+            )
         sha = str(data["ckpt_sha256"])
     except FileNotFoundError:
         raise UserError(
@@ -164,4 +158,4 @@ def read_temperature(path: str | Path, ckpt_path: str | Path) -> float:
             f"calibration={p} was fitted for another checkpoint ({data.get('ckpt_path')}); run robustness "
             f"with ckpt_path={ckpt_path} to fit its temperature."
         )
-    return t
+    return float(t)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import albumentations as A
@@ -58,20 +59,11 @@ _FOG = (0.2, 0.35, 0.5, 0.65, 0.8)  # RandomFog fog_coef
 _SNOW = (0.1, 0.2, 0.3, 0.4, 0.5)  # RandomSnow snow_point (fraction of pixels whitened)
 
 
-class _Contrast(A.ImageOnlyTransform):
+def _contrast(img: np.ndarray, c: float, **params: Any) -> np.ndarray:
     """ImageNet-C contrast: blend every channel towards its mean by factor ``c``."""
-
-    def __init__(self, c: float, p: float = 1.0) -> None:
-        super().__init__(p=p)
-        self.c = float(c)
-
-    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
-        x = img.astype(np.float32)
-        means = x.mean(axis=(0, 1), keepdims=True)
-        return np.clip((x - means) * self.c + means, 0, 255).round().astype(np.uint8)
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("c",)
+    x = img.astype(np.float32)
+    means = x.mean(axis=(0, 1), keepdims=True)
+    return np.clip((x - means) * c + means, 0, 255).round().astype(np.uint8)
 
 
 def motion_blur_kernel(radius: int, sigma: float) -> np.ndarray:
@@ -120,9 +112,6 @@ class _MotionBlur(A.ImageOnlyTransform):
     def apply(self, img: np.ndarray, angle: float = 0.0, **params: Any) -> np.ndarray:
         out = motion_blur(img.astype(np.float64), self.radius, self.sigma, angle)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("radius", "sigma", "angle_range")
 
 
 def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -188,9 +177,6 @@ class _Spatter(A.ImageOnlyTransform):
     def apply(self, img: np.ndarray, z: np.ndarray, **params: Any) -> np.ndarray:
         return spatter(img, z, _SPATTER[self.severity - 1])
 
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("severity", "size")
-
 
 def _build(name: str, severity: int, size: int) -> A.BasicTransform:
     i = severity - 1
@@ -210,7 +196,7 @@ def _build(name: str, severity: int, size: int) -> A.BasicTransform:
         v = _BRIGHTNESS[i] * 255.0
         return A.HueSaturationValue(hue_shift_limit=0, sat_shift_limit=0, val_shift_limit=(v, v), p=1.0)
     if name == "contrast":
-        return _Contrast(_CONTRAST[i])
+        return A.Lambda(image=partial(_contrast, c=_CONTRAST[i]), p=1.0)
     if name == "jpeg_compression":
         return A.ImageCompression(quality_range=(_JPEG_QUALITY[i], _JPEG_QUALITY[i]), p=1.0)
     if name == "pixelate":
@@ -282,16 +268,13 @@ def corrupted_inputs(
 ) -> np.ndarray:
     """Network inputs (N, size, size, 3) uint8 under one corruption; ``images`` are decoded, ROI-cropped."""
     corrupt = corruption(name, severity, size, seed)
-    if before_preprocessing:
-        resize = A.Resize(size, size, interpolation=cv2.INTER_LINEAR)
-        steps = [lambda im: resize(image=im)["image"], lambda im: corrupt(image=im)["image"]]
-        steps.append(lambda im: preprocess(image=im)["image"])
-    else:
-        steps = [lambda im: preprocess(image=im)["image"], lambda im: corrupt(image=im)["image"]]
+    resize = A.Resize(size, size, interpolation=cv2.INTER_LINEAR)
     out = []
     for image in images:
-        for step in steps:
-            image = step(image)
+        if before_preprocessing:
+            image = preprocess(image=corrupt(image=resize(image=image)["image"])["image"])["image"]
+        else:
+            image = corrupt(image=preprocess(image=image)["image"])["image"]
         out.append(np.ascontiguousarray(image))
     return np.stack(out)
 
@@ -353,10 +336,7 @@ def example_grid(
     before_preprocessing: bool = False,
 ) -> list[list[np.ndarray]]:
     """One image under every corruption (rows) and severity 0-5 (columns), as the network sees it."""
-    return [
-        [
-            corrupted_inputs([image], name, s, size, preprocess, condition_seed(seed, name, s), before_preprocessing)[0]
-            for s in (0, *SEVERITIES)
-        ]
-        for name in names
-    ]
+    cell = lambda name, s: corrupted_inputs(
+        [image], name, s, size, preprocess, condition_seed(seed, name, s), before_preprocessing
+    )[0]
+    return [[cell(name, s) for s in (0, *SEVERITIES)] for name in names]

@@ -26,25 +26,20 @@ from alexnet_gtsrb.models.towers import AlexNetTowers
 LAYER_DESCRIPTION = "rectified conv5 maps (the ReLU after the last Conv2d, before pool5)"
 
 
-def last_conv(net: nn.Module) -> nn.Conv2d:
-    """The last ``nn.Conv2d`` of a network (conv5 in every AlexNet variant)."""
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError("the network has no Conv2d layer to explain")
-    return convs[-1]
-
-
 def rectified_last_maps(net: nn.Module) -> list[nn.Module]:
     """The module(s) whose outputs are Grad-CAM's ``A^k``: each tower's ``relu5`` in an ``AlexNetTowers``,
-    otherwise the ``nn.ReLU`` that follows the last ``Conv2d`` in its ``nn.Sequential``."""
+    otherwise the ``nn.ReLU`` that follows the last ``Conv2d`` (conv5 in every AlexNet variant) in its
+    ``nn.Sequential``."""
     for module in net.modules():
         if isinstance(module, AlexNetTowers):
             return module.rectified_conv5()
-    conv = last_conv(net)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("the network has no Conv2d layer to explain")
     for module in net.modules():
         children = list(module.children()) if isinstance(module, nn.Sequential) else []
         for i, child in enumerate(children):
-            if child is conv:
+            if child is convs[-1]:
                 after = children[i + 1] if i + 1 < len(children) else None
                 if not isinstance(after, nn.ReLU):
                     raise ValueError(f"the last Conv2d is followed by {type(after).__name__}, not by a ReLU")
@@ -52,17 +47,12 @@ def rectified_last_maps(net: nn.Module) -> list[nn.Module]:
     raise ValueError("the last Conv2d is not inside an nn.Sequential: its ReLU cannot be found")
 
 
-def gradcam(
-    model: nn.Module, inputs: np.ndarray, target: torch.Tensor | None = None, device: str = "cpu"
-) -> np.ndarray:
-    """Grad-CAM maps (N, S, S) in [0, 1] for uint8 network inputs (N, S, S, 3) under ``model`` (a PixelModel);
-    ``target`` defaults to the predicted classes."""
+def gradcam(model: nn.Module, inputs: np.ndarray, target: torch.Tensor, device: str = "cpu") -> np.ndarray:
+    """Grad-CAM maps (N, S, S) in [0, 1] of the classes ``target`` for uint8 network inputs (N, S, S, 3) under
+    ``model`` (a PixelModel)."""
     x = to_pixels(inputs, device)
+    target = target.to(device)
     with torch.enable_grad():
-        if target is None:
-            with torch.no_grad():
-                target = model(x).argmax(dim=-1)
-        target = target.to(device)
         # Per layer: sum_k w_k A^k over that layer's channels (no ReLU yet: the towers' two sums add first).
         parts = [
             LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=False).detach()

@@ -10,6 +10,7 @@ can exceed 1, and it is empty at k = n).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -84,9 +85,7 @@ def describe_test_set(labels: Iterable[int]) -> dict[str, Any]:
     """What an accuracy was measured on, from the test records' class ids: their number, whether that is the
     whole official test set, the images per class when every class present has the same number, and a sentence
     saying whether the number can be compared with published (full-test) results."""
-    counts: dict[int, int] = {}
-    for label in labels:
-        counts[int(label)] = counts.get(int(label), 0) + 1
+    counts = Counter(int(label) for label in labels)
     n = sum(counts.values())
     per_class = next(iter(counts.values())) if counts and len(set(counts.values())) == 1 else None
     full = n == OFFICIAL_TEST_IMAGES

@@ -50,13 +50,10 @@ def raw_test_images(dataset: GTSRBDataset, max_images: int | None = None) -> tup
     ``max_images`` keeps an evenly spaced subset (every class of a sorted test set stays represented).
     """
     n = len(dataset)
-    if max_images is not None and 0 < int(max_images) < n:
-        indices = np.linspace(0, n - 1, int(max_images)).round().astype(int).tolist()
-    else:
-        indices = list(range(n))
+    indices = range(n) if max_images is None or max_images >= n else np.linspace(0, n - 1, max_images).round()
     saved, dataset.transform = dataset.transform, None
     try:
-        items = [dataset.load(i) for i in indices]
+        items = [dataset.load(int(i)) for i in indices]
     finally:
         dataset.transform = saved
     images = [np.ascontiguousarray(img) for img, _ in items]

@@ -9,25 +9,28 @@ from typing import Any
 import torch
 
 from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
+from alexnet_gtsrb.errors import ConfigError
 
 CROPS = 5
 
 
-def _flip_source_index(num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(source class per class for a flipped view, mask of classes that may use the flipped view).
+def check_test_views(views: Any) -> int:
+    """``test_views``: 1 (the centre view) or 10 (5 crops and their label-mapped flips); else a ConfigError."""
+    if views not in (1, 2 * CROPS) or isinstance(views, bool):
+        raise ConfigError(f"test_views={views!r}; allowed: 1 (one centre view), 10 (5 crops + label-mapped flips).")
+    return int(views)
 
-    ``src[c]`` is the class whose flipped-view probability stands for class ``c``: its mirror twin for the
-    mirror pairs, itself for flip-invariant classes; ``mask[c]`` is False for every other class.
-    """
+
+def _flip_source_index(num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``src``, ``mask``): ``src[c]`` is the class whose flipped-view probability stands for class ``c`` (its
+    mirror twin, or itself for a flip-invariant class); ``mask[c]`` is False for every other class."""
     src = torch.arange(num_classes)
     mask = torch.zeros(num_classes, dtype=torch.bool)
     for a, b in MIRROR_PAIRS:
         if a < num_classes and b < num_classes:
             src[a], src[b] = b, a
             mask[a] = mask[b] = True
-    for c in FLIP_INVARIANT:
-        if c < num_classes:
-            mask[c] = True
+    mask[[c for c in FLIP_INVARIANT if c < num_classes]] = True
     return src, mask
 
 
@@ -43,9 +46,8 @@ def five_crops(images: torch.Tensor, size: int) -> list[torch.Tensor]:
     h, w = images.shape[hd], images.shape[wd]
     if h < size or w < size:
         raise ValueError(f"test views: images of {h}x{w} are smaller than the crop size {size}")
-    top, left = (h - size) // 2, (w - size) // 2
-    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
-    return [images.narrow(hd, y, size).narrow(wd, x, size) for y, x in [(top, left), *corners]]
+    corners = [((h - size) // 2, (w - size) // 2), (0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
+    return [images.narrow(hd, y, size).narrow(wd, x, size) for y, x in corners]
 
 
 @torch.inference_mode()
@@ -59,25 +61,18 @@ def ten_view_probabilities(model: Any, images: torch.Tensor, size: int) -> torch
     * mirror-pair classes (19/20, 33/34, 36/37, 38/39): ``q[c] = p'[twin(c)]`` (a flipped "curve left" is a
       "curve right");
     * flip-invariant classes (11, 12, 13, 15, 17, 18, 22, 26, 30, 35): ``q[c] = p'[c]``;
-    * every other class (digits, one-sided signs without a twin): ``q[c] = p[c]``; the flipped view says
-      nothing valid about them;
+    * every other class (digits, one-sided signs without a twin): ``q[c] = p[c]``;
     * ``q`` is renormalised to sum to 1, and the crop's distribution is ``(p + q) / 2``.
 
-    The result is the mean over the 5 crops: ``(B, num_classes)`` probabilities. For a model and an image
-    where only the un-flipped view counts this reduces to the paper's 5-crop average. ``model`` is a
+    The result is the mean over the 5 crops: ``(B, num_classes)`` probabilities. ``model`` is a
     ``GTSRBClassifier`` (``hparams.num_classes``; it accepts uint8 and normalised float batches alike).
     """
-    crops = five_crops(images, size)
     num_classes = int(model.hparams.num_classes)
-    src, mask = _flip_source_index(num_classes)
-    src, mask = src.to(images.device), mask.to(images.device)
+    src, mask = (t.to(images.device) for t in _flip_source_index(num_classes))
     total = torch.zeros(images.shape[0], num_classes, device=images.device)
-    for crop in crops:
+    for crop in five_crops(images, size):
         both = torch.cat([crop, crop.flip(_hw_dims(images)[1])])  # (2B, ...): the crop and its mirror image
-        probs = model(both.contiguous()).float().softmax(dim=-1)
-        p, p_flip = probs.chunk(2)
+        p, p_flip = model(both.contiguous()).float().softmax(dim=-1).chunk(2)
         q = torch.where(mask, p_flip[:, src], p)
-        q = q / q.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-        view = (p + q) / 2
-        total = total + view
-    return total / len(crops)
+        total = total + (p + q / q.sum(dim=-1, keepdim=True).clamp_min(1e-12)) / 2
+    return total / CROPS
