@@ -1,12 +1,8 @@
-"""Extending the project from outside the package: an augmentation preset, a network, and the modules that
-register them (docs/extending.md).
-
-A module of your own registers a preset (:class:`Preset`, :func:`register_preset`) and/or a network builder
-(:func:`register_network`) when it is imported; ``extensions=[your.module]`` on the command line of any entry
-point (train, evaluate, predict, export, robustness) imports it before anything is built. Only importable
-module names are accepted, never paths, and nothing is imported because a checkpoint names it: a checkpoint
-of a registered network loads with the same ``extensions=`` its training run had.
-"""
+"""Extending the project from outside the package (docs/extending.md): a module of your own registers a preset
+(:class:`Preset`, :func:`register_preset`) and/or a network builder (:func:`register_network`) when imported, and
+``extensions=[your.module]`` on any entry point's command line imports it before anything is built. Only module
+names are accepted, never paths, and nothing is imported because a checkpoint names it: a checkpoint of a
+registered network loads with the same ``extensions=`` its training run had."""
 
 from __future__ import annotations
 

@@ -1,16 +1,16 @@
-"""GTSRBClassifier: the LightningModule that trains a network (``model.net``) with cross-entropy.
-
-The network, optimizer and scheduler arrive as Hydra configs and are built here, so the checkpoint's
-hyper-parameters are plain data and ``GTSRBClassifier.load_from_checkpoint(path)`` needs no arguments.
-"""
+"""GTSRBClassifier: the LightningModule that trains a network (``model.net``) with cross-entropy. The network,
+optimizer and scheduler arrive as Hydra configs and are built here, so the checkpoint's hyper-parameters are plain
+data and ``GTSRBClassifier.load_from_checkpoint(path)`` needs no arguments."""
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -22,15 +22,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from alexnet_gtsrb.allowlist import check_model_configs
 from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
 from alexnet_gtsrb.errors import ConfigError, NonFiniteLossError
-from alexnet_gtsrb.utils.rng import restore_rng_states, rng_states
 
 log = logging.getLogger(__name__)
-STAGES = ("train", "val", "test")
-
-
-def _plain(cfg: Any) -> Any:
-    """DictConfig -> plain containers (checkpoints then load with ``weights_only=True``)."""
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
 def _build(group: str, cfg: Mapping[str, Any], arg: Any) -> Any:
@@ -71,7 +64,10 @@ class GTSRBClassifier(LightningModule):
         super().__init__()
         if not float(backbone_lr_scale) > 0:
             raise ConfigError(f"model.backbone_lr_scale={backbone_lr_scale} must be > 0 (1: one learning rate).")
-        configs = {"net": _plain(net), "optimizer": _plain(optimizer), "scheduler": _plain(scheduler)}
+        configs = {  # plain containers: checkpoints then load with weights_only=True
+            k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+            for k, v in (("net", net), ("optimizer", optimizer), ("scheduler", scheduler))
+        }
         check_model_configs(configs, "model config")  # they may come from a checkpoint file: check before building
         self.save_hyperparameters(
             {
@@ -92,7 +88,7 @@ class GTSRBClassifier(LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         # One metric object per stage (keys can't be "train": nn.Module.train exists).
         self.metrics = torch.nn.ModuleDict()
-        for s in STAGES:
+        for s in ("train", "val", "test"):
             self.metrics[f"{s}_acc"] = MulticlassAccuracy(num_classes=int(num_classes), average="micro")
             self.metrics[f"{s}_loss"] = MeanMetric()
         self.val_acc_best: Any = MaxMetric()
@@ -114,7 +110,6 @@ class GTSRBClassifier(LightningModule):
         if self.hparams.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
             self.net = torch.compile(self.net)  # type: ignore[assignment]
 
-    # -- steps ------------------------------------------------------------------------------------------
     def _shared_step(
         self, batch: Any, stage: str, logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -136,16 +131,13 @@ class GTSRBClassifier(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self._shared_step(batch, "train")[0]
-        if not torch.isfinite(loss.detach()):  # one host sync per step; a diverged run must not go on
-            raise NonFiniteLossError(self._divergence_message(float(loss.detach())))
-        return loss
-
-    def _divergence_message(self, value: float) -> str:
+        if torch.isfinite(loss.detach()):  # one host sync per step; a diverged run must not go on
+            return loss
         lrs = sorted({g["lr"] for opt in self.trainer.optimizers for g in opt.param_groups})
-        lr_text = ", ".join(f"{lr:.3g}" for lr in lrs)
-        return (
-            f"training loss is {value} at epoch {self.current_epoch}, global step {self.global_step} "
-            f"(learning rate now {lr_text}; optimizer.lr={self.hparams.optimizer.get('lr')}). The run diverged: "
+        raise NonFiniteLossError(
+            f"training loss is {float(loss.detach())} at epoch {self.current_epoch}, global step {self.global_step} "
+            f"(learning rate now {', '.join(f'{lr:.3g}' for lr in lrs)}; optimizer.lr="
+            f"{self.hparams.optimizer.get('lr')}). The run diverged: "
             "the usual cause is a learning rate too high for this model/batch size (try optimizer.lr 10x lower), "
             "or no normalisation (model=alexnet_bn), or fp16 overflow (trainer.precision=32-true or bf16-mixed); "
             "trainer.gradient_clip_val=1.0 also helps. No checkpoint was written after the loss broke: "
@@ -158,8 +150,7 @@ class GTSRBClassifier(LightningModule):
         return {"loss": loss, "preds": logits.argmax(dim=-1), "target": y}
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        """One view per image, or with ``test_views = 10`` the paper's ten (5 crops of the enlarged test image and
-        their label-mapped flips, softmax averaged: :func:`alexnet_gtsrb.evaluation.views.ten_view_probabilities`)."""
+        """One view per image, or with ``test_views = 10`` the paper's ten (:mod:`alexnet_gtsrb.evaluation.views`)."""
         if self.test_views == 1:
             self._shared_step(batch, "test")
             return
@@ -169,43 +160,33 @@ class GTSRBClassifier(LightningModule):
         self._shared_step(batch, "test", lambda x: ten_view_probabilities(self, x, size).clamp_min(1e-12).log())
 
     def on_train_start(self) -> None:
+        # A resumed one-cycle schedule keeps the first run's length: refuse a run that needs more steps now,
+        # instead of failing with torch's "Tried to step N times" later.
+        needed = self._steps_needed()
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.total_steps < needed:
+                raise ConfigError(
+                    f"scheduler=onecycle: the resumed schedule is {scheduler.total_steps} steps long, but this run "
+                    f"needs {needed} (global step {self.global_step} + the rest of trainer.max_epochs="
+                    f"{self.trainer.max_epochs} at the current batches per epoch). One-cycle keeps its length: resume "
+                    "with the first run's trainer.max_epochs, data.batch_size and trainer.limit_train_batches, or use "
+                    "scheduler=step, plateau or none to train longer."
+                )
         # Sanity-check validation must not count towards the best accuracy; a resumed run keeps its best.
-        self._check_schedule_length()
         self.val_acc_best.reset()
         if self.global_step:  # a resumed run: say where it continues (the restored loop position)
             log.info("training continues at epoch %d, global step %d", self.current_epoch, self.global_step)
-        resumed = self._resumed_val_acc_best
-        if resumed is not None:
-            self.val_acc_best(torch.tensor(resumed, device=self.device))
+        if self._resumed_val_acc_best is not None:
+            self.val_acc_best(torch.tensor(self._resumed_val_acc_best, device=self.device))
             self._resumed_val_acc_best = None
 
-    def _check_schedule_length(self) -> None:
-        """A resumed one-cycle schedule keeps the first run's length: refuse a run that needs more steps now,
-        instead of failing with torch's "Tried to step N times" later."""
-        needed = self._steps_needed()
-        for config in self.trainer.lr_scheduler_configs:
-            total = getattr(config.scheduler, "total_steps", None)
-            if (
-                isinstance(config.scheduler, torch.optim.lr_scheduler.OneCycleLR)
-                and total is not None
-                and total < needed
-            ):
-                raise ConfigError(
-                    f"scheduler=onecycle: the resumed schedule is {total} steps long, but this run needs {needed} "
-                    f"(global step {self.global_step} + the rest of trainer.max_epochs={self.trainer.max_epochs} at "
-                    "the current batches per epoch). One-cycle keeps its length: resume with the first run's "
-                    "trainer.max_epochs, data.batch_size and trainer.limit_train_batches, or use scheduler=step, "
-                    "plateau or none to train longer."
-                )
-
     def _steps_needed(self) -> int:
-        """The optimizer steps this fit will have taken when it ends: the restored global step plus what is left
-        of the current epoch and the remaining epochs at the *current* batches per epoch (a resume may change
-        data.batch_size or trainer.limit_train_batches). Lightning's own estimate assumes a fresh run."""
+        """The optimizer steps this fit will have taken when it ends, at the *current* batches per epoch (a resume
+        may change data.batch_size or trainer.limit_train_batches); Lightning's own estimate assumes a fresh run."""
         t = self.trainer
-        estimate = int(t.estimated_stepping_batches)
         if not self.global_step or t.max_epochs is None or t.max_epochs < 0 or math.isinf(t.num_training_batches):
-            return estimate
+            return int(t.estimated_stepping_batches)
         accumulate = int(t.accumulate_grad_batches)
         per_epoch = math.ceil(t.num_training_batches / accumulate)
         done = t.fit_loop.epoch_loop.batch_progress.current.ready if t.fit_loop.restarting else 0  # mid-epoch
@@ -223,7 +204,7 @@ class GTSRBClassifier(LightningModule):
             )
         if self.val_acc_best.update_called:
             checkpoint["val_acc_best"] = float(self.val_acc_best.compute())
-        checkpoint["rng_states"] = rng_states()  # a resumed run continues the random draws (dropout, batch aug.)
+        checkpoint["rng_states"] = _rng_states()  # a resumed run continues the random draws (dropout, batch aug.)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Remember the stored best accuracy; ``on_train_start`` restores it when fitting resumes."""
@@ -231,7 +212,7 @@ class GTSRBClassifier(LightningModule):
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"  # not load_from_checkpoint/test
         self._resumed_val_acc_best = float(best) if best is not None and fitting else None
         if fitting:
-            restore_rng_states(checkpoint.get("rng_states"), "checkpoint")
+            _restore_rng_states(checkpoint.get("rng_states"))
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -244,7 +225,6 @@ class GTSRBClassifier(LightningModule):
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return self(x).float().softmax(dim=-1)
 
-    # -- optimisation -----------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         """Optimizer and scheduler from their ``_partial_`` configs; ``interval``/``monitor`` are Lightning's."""
         hp = self.hparams
@@ -261,18 +241,15 @@ class GTSRBClassifier(LightningModule):
                     "plateau or none); scheduler=onecycle sets one max_lr for all groups."
                 )
             scheduler_cfg.setdefault("total_steps", int(self.trainer.estimated_stepping_batches))
-            if getattr(self.trainer, "ckpt_path", None) and _one_cycle_problem(scheduler_cfg):
-                # resuming: the checkpoint's schedule replaces this one; only its construction must not fail
-                scheduler_cfg["total_steps"] += 1
-            _check_one_cycle_phases(scheduler_cfg)
+            _check_one_cycle_phases(scheduler_cfg, resuming=bool(getattr(self.trainer, "ckpt_path", None)))
         scheduler = _build("scheduler", scheduler_cfg, optimizer)
         lr_scheduler = {"scheduler": scheduler, "interval": interval, "monitor": monitor}
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """No weight decay on biases and normalisation parameters (1-D tensors), unless asked (paper); with
-        ``backbone_lr_scale`` != 1 the convolutional backbone (the parameters the network's ``is_backbone(name)``
-        names) gets its own groups at ``optimizer.lr x backbone_lr_scale`` (fine-tuning)."""
+        ``backbone_lr_scale`` != 1 the network's ``is_backbone(name)`` parameters get their own groups at
+        ``optimizer.lr x backbone_lr_scale`` (fine-tuning)."""
         hp = self.hparams
         scale = float(hp.get("backbone_lr_scale", 1.0))
         is_backbone = getattr(self.net, "is_backbone", None)
@@ -289,39 +266,68 @@ class GTSRBClassifier(LightningModule):
                 part = "backbone_" if scale != 1.0 and is_backbone(name) else ""  # type: ignore[misc]
                 kind = "all" if hp.decay_bias_and_norm else ("no_decay" if p.ndim <= 1 else "weights")
                 params[part + kind].append(p)
-        groups: list[dict[str, Any]] = []
-        for name, ps in params.items():
-            group: dict[str, Any] = {"params": ps, "name": name}
-            if name.endswith("no_decay"):
-                group["weight_decay"] = 0.0
-            if name.startswith("backbone_"):
-                group["lr"] = float(hp.optimizer["lr"]) * scale
-            groups.append(group)
-        return groups
+        return [
+            {
+                "params": ps,
+                "name": name,
+                **({"weight_decay": 0.0} if name.endswith("no_decay") else {}),
+                **({"lr": float(hp.optimizer["lr"]) * scale} if name.startswith("backbone_") else {}),
+            }
+            for name, ps in params.items()
+        ]
 
 
-def _one_cycle_problem(cfg: Mapping[str, Any]) -> str | None:
-    """Why torch's OneCycleLR cannot run this config (None when it can): it divides by each phase's length in
-    steps, so a phase of zero steps (a warm-up of exactly one step: ``pct_start x total_steps == 1``) fails
-    with ZeroDivisionError when the scheduler is built."""
+def _check_one_cycle_phases(cfg: dict[str, Any], resuming: bool = False) -> None:
+    """One line before training instead of torch's ZeroDivisionError: OneCycleLR divides by each phase's length in
+    steps, so a phase of zero steps (``pct_start x total_steps == 1``) fails when built. ``resuming``: the
+    checkpoint's schedule replaces this one, so a step is added to ``cfg["total_steps"]`` instead."""
     total, pct = int(cfg["total_steps"]), float(cfg.get("pct_start", 0.3))
-    if total < 1:
-        return f"the run has {total} optimizer steps; it needs at least one."
     ends = [pct * total - 1, total - 1]
     if cfg.get("three_phase", False):
         ends = [pct * total - 1, 2 * pct * total - 2, total - 1]
-    starts = [0.0, *ends[:-1]]
-    if any(abs(end - start) < 1e-9 for start, end in zip(starts, ends, strict=True)):
-        return (
-            f"pct_start={pct:g} of {total} optimizer steps leaves a phase of zero steps, which torch's OneCycleLR "
-            "cannot run (division by zero). Change scheduler.pct_start, or the run's length (trainer.max_epochs, "
-            "trainer.limit_train_batches, data.batch_size)."
+    zero_phase = any(abs(end - start) < 1e-9 for start, end in zip([0.0, *ends[:-1]], ends, strict=True))
+    if resuming and (total < 1 or zero_phase):
+        cfg["total_steps"] += 1
+        _check_one_cycle_phases(cfg)
+    elif total < 1:
+        raise ConfigError(f"scheduler=onecycle: the run has {total} optimizer steps; it needs at least one.")
+    elif zero_phase:
+        raise ConfigError(
+            f"scheduler=onecycle: pct_start={pct:g} of {total} optimizer steps leaves a phase of zero steps, which "
+            "torch's OneCycleLR cannot run (division by zero). Change scheduler.pct_start, or the run's length "
+            "(trainer.max_epochs, trainer.limit_train_batches, data.batch_size)."
         )
-    return None
 
 
-def _check_one_cycle_phases(cfg: Mapping[str, Any]) -> None:
-    """One line before training instead of torch's ZeroDivisionError (see :func:`_one_cycle_problem`)."""
-    problem = _one_cycle_problem(cfg)
-    if problem:
-        raise ConfigError(f"scheduler=onecycle: {problem}")
+def _rng_states() -> dict[str, Any]:
+    """The global generators' states as tensors and plain tuples (``weights_only`` loads them), for the checkpoint:
+    torch (CPU, and each CUDA device once CUDA is in use), numpy's legacy global and Python's ``random``. Dropout and
+    the on-device batch augmentation draw from torch's; ``seed_everything`` alone would repeat the first draws."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), gauss],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng_states(states: Any) -> None:
+    """Set the generators from :func:`_rng_states`' output; a missing or malformed entry is left as seeded."""
+    if not isinstance(states, dict):
+        if states is not None:
+            log.warning("checkpoint: rng_states is not a mapping; random generators not restored.")
+        return
+    try:
+        torch.set_rng_state(states["torch"])
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, np.asarray(keys.numpy(), dtype=np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = states["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        why = f"rng_states could not be restored ({type(exc).__name__})"
+        log.warning("checkpoint: %s; random draws differ from an uninterrupted run.", why)

@@ -34,28 +34,23 @@ def _version(name: str) -> str | None:
         return None
 
 
-def provenance(device: str | None = None) -> dict[str, Any]:
+def provenance(device: Any = None) -> dict[str, Any]:
     """The run's provenance: git commit and dirty flag (None when not run from a checkout), versions, command
-    line, host name and device."""
+    line, host name and ``device`` (a torch device, as ``cpu`` or ``cuda:0 (NVIDIA H200)``)."""
+    if device is not None:
+        import torch
+
+        device = torch.device(device)
+        cuda = device.type == "cuda" and torch.cuda.is_available()
+        device = f"{device} ({torch.cuda.get_device_name(device)})" if cuda else str(device)
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {
         "git_commit": commit,
         "git_dirty": bool(status) if status is not None else None,
-        "alexnet_gtsrb": _version("alexnet_gtsrb"),
         "python": platform.python_version(),
-        **{name: _version(name) for name in LIBRARIES},
+        **{name: _version(name) for name in ("alexnet_gtsrb", *LIBRARIES)},
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "host": socket.gethostname(),
         "device": device,
     }
-
-
-def device_name(device: Any) -> str:
-    """``cpu`` or ``cuda:0 (NVIDIA H200)`` for a torch device."""
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)

@@ -1,8 +1,5 @@
-"""Learning-rate schedule factories used by ``conf/scheduler/*.yaml`` (``_partial_: true`` configs).
-
-The LightningModule calls ``instantiate(cfg)(optimizer)``, so every factory here takes the optimizer first
-and its schedule parameters as keywords.
-"""
+"""Learning-rate schedule factories for ``conf/scheduler/*.yaml`` (``_partial_: true`` configs: the LightningModule
+calls ``instantiate(cfg)(optimizer)``, so each takes the optimizer first and its parameters as keywords)."""
 
 from __future__ import annotations
 
@@ -13,11 +10,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 class WarmupCosineFactor:
-    """lr multiplier: linear warm-up from ``start_factor`` to 1 over ``warmup``, then cosine to ``min_factor``.
-
-    A callable object rather than a closure, so ``LambdaLR.state_dict`` stores its parameters and a resumed
-    run continues the same curve.
-    """
+    """lr multiplier: linear warm-up from ``start_factor`` to 1 over ``warmup``, then cosine to ``min_factor``. A
+    callable object, not a closure, so ``LambdaLR.state_dict`` stores its parameters and a resume continues it."""
 
     def __init__(self, warmup: int, total: int, start_factor: float = 0.01, min_factor: float = 0.0) -> None:
         if warmup < 0 or total < 1:
@@ -43,12 +37,8 @@ def warmup_cosine(
     warmup_start_factor: float = 0.01,
     min_lr_factor: float = 0.0,
 ) -> LambdaLR:
-    """Cosine annealing with a linear warm-up, as one ``LambdaLR``.
-
-    Units are scheduler steps: epochs with ``interval: epoch`` (the default config), optimizer steps with
-    ``interval: step`` (then give ``warmup_epochs``/``total_epochs`` in steps). The lr rises linearly from
+    """Cosine annealing with a linear warm-up, as one ``LambdaLR``: the lr rises linearly from
     ``warmup_start_factor * lr`` to ``lr`` over ``warmup_epochs``, then follows a half cosine down to
-    ``min_lr_factor * lr`` at ``total_epochs``, and stays there.
-    """
-    factor = WarmupCosineFactor(warmup_epochs, total_epochs, warmup_start_factor, min_lr_factor)
-    return LambdaLR(optimizer, lr_lambda=factor)
+    ``min_lr_factor * lr`` at ``total_epochs``, and stays there. Units are scheduler steps: epochs with
+    ``interval: epoch`` (the default config), optimizer steps with ``interval: step``."""
+    return LambdaLR(optimizer, WarmupCosineFactor(warmup_epochs, total_epochs, warmup_start_factor, min_lr_factor))

@@ -1,46 +1,16 @@
 """Entry point: ``python -m alexnet_gtsrb.train experiment=baseline`` (Hydra composes conf/train.yaml).
 
-``train(cfg)`` builds the DataModule, the LightningModule, callbacks, loggers and the Trainer from the
-config, fits, tests on the official test images with the checkpoint the config's ``test_ckpt`` rule names,
-writes ``metrics.json`` into the run folder and returns the metrics.
+``train(cfg)`` builds the DataModule, LightningModule, callbacks, loggers and Trainer from the config, fits (or
+resumes: ``ckpt_path=last`` with the first run's ``hydra.run.dir``, or a file), tests on the official test images
+with the checkpoint the ``test_ckpt`` rule names, writes ``metrics.json`` and returns the metrics. Resume, sweeps
+(``main`` returns ``optimized_metric``) and DDP are in docs/workflows.md; ``ALEXNET_GTSRB_DUMP_SHARDS=<dir>`` makes
+each rank write the sample indices it draws in the first epoch to ``<dir>/rank<r>.json`` (a debugging aid).
 
-**Which checkpoint is tested** is fixed in the config before any test result is seen (``test_ckpt``, see
-:data:`alexnet_gtsrb.run_folder.TEST_CKPT_RULES`): ``last`` (the default) is ``checkpoints/last.ckpt``, the
-weights at the end of the last epoch (with ``callbacks=ema`` the EMA average, which the EMA callback stores as
-the checkpoint's ``state_dict``); ``best`` is the epoch with the highest ``val/acc``. The default is ``last``
-because validation accuracy saturates (0.990-0.993 from epoch ~11 on the 4,962 validation images), so "best"
-picks among near-ties by noise, and the recipes' one-cycle schedule anneals to the end. The same file is what
-``metrics.json`` reports (``test_checkpoint``) and what ``evaluate ckpt_path=<run folder>`` scores. test/acc
-is printed and stored with its 95% Wilson interval and a line saying what the test set is.
-
-Research workflows (all outputs of a run live in its Hydra run folder, ``logs/<task_name>/runs/<time>``):
-
-- **Resume a run in place** (same folder, same TensorBoard run, same epoch/step/optimizer/scheduler state
-  and best validation accuracy)::
-
-      python -m alexnet_gtsrb.train experiment=demo \\
-          ckpt_path=last hydra.run.dir=logs/demo/runs/2026-11-28_17-50-00
-
-  ``ckpt_path=last`` takes the newest ``last.ckpt`` under the run folder named by ``hydra.run.dir``.
-  Repeat the first run's overrides (or none that change the model); only ``trainer.max_epochs`` and the like
-  should differ. ``ckpt_path=<file.ckpt>`` also resumes the state, but into a new run folder.
-  ``checkpoints/last.ckpt`` is rewritten after every epoch (``callbacks.last_checkpoint``). The resumed run
-  continues the training order, the augmentation and dropout draws where they stopped, mid-epoch too
-  (:mod:`alexnet_gtsrb.data.sampling`, the generators' states in the checkpoint). The restored
-  scheduler keeps its own horizon: ``step``/``plateau`` extend to a larger ``max_epochs``; ``onecycle`` and
-  ``cosine`` do not (a resume that would step past a one-cycle schedule stops at start, in one line).
-- **DDP on CPU** (two gloo processes; Lightning re-runs this command for rank 1 with the same
-  ``hydra.run.dir``, so both ranks share one run folder; only rank 0 logs and writes files;
-  ``sync_batchnorm`` is switched off on CPU, where torch's SyncBatchNorm does not run)::
-
-      python -m alexnet_gtsrb.train experiment=demo trainer=ddp_cpu trainer.devices=2
-
-  ``data.batch_size`` is per process: the global batch is ``batch_size x devices x num_nodes`` (printed at
-  start and logged as hyper-parameters). ``ALEXNET_GTSRB_DUMP_SHARDS=<dir>`` makes each rank write the sample
-  indices it draws in the first epoch to ``<dir>/rank<r>.json`` (a debugging aid).
-- **Sweeps**: ``python -m alexnet_gtsrb.train -m experiment=demo model.net.lrn=true,false optimizer.lr=1e-3,1e-2``
-  runs one job per sub-folder of ``logs/<task_name>/multiruns/<time>``; ``main`` returns ``optimized_metric``
-  and :class:`alexnet_gtsrb.sweeps.SweepSummary` writes ``summary.csv``/``summary.md`` at the sweep root.
+**Which checkpoint is tested** is fixed in the config before any test result is seen
+(:data:`alexnet_gtsrb.run_folder.TEST_CKPT_RULES`): ``last`` (the default, ``checkpoints/last.ckpt``: with
+``callbacks=ema`` the average) or ``best`` (the highest ``val/acc``). ``last``, because validation accuracy
+saturates (0.990-0.993 from epoch ~11 on the 4,962 validation images), so "best" picks among near-ties by noise,
+and the recipes' one-cycle schedule anneals to the end. test/acc comes with its 95% Wilson interval.
 """
 
 from __future__ import annotations
@@ -59,8 +29,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -70,73 +40,30 @@ from alexnet_gtsrb.callbacks.progress import PlainProgress
 from alexnet_gtsrb.checkpoints import check_checkpoint_file, check_fits, read_checkpoint, resolve_ckpt_path
 from alexnet_gtsrb.errors import ConfigError, NonFiniteLossError
 from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, interval_metrics
+from alexnet_gtsrb.loggers import instantiate_group
 from alexnet_gtsrb.models.pretrained import load_pretrained
-from alexnet_gtsrb.provenance import device_name, provenance
+from alexnet_gtsrb.provenance import provenance
 from alexnet_gtsrb.run_folder import TEST_CKPT_RULES, check_test_ckpt, claim_run_folder
-from alexnet_gtsrb.utils.cli import CONFIG_PATH, exit_on_user_error, print_rank_zero, use_extensions
+from alexnet_gtsrb.utils.cli import exit_on_user_error, hydra_entry_point, print_rank_zero, use_extensions
 from alexnet_gtsrb.utils.files import atomic_write
 from alexnet_gtsrb.utils.wrappers import global_batch_size
 
 log = logging.getLogger(__name__)
-DUMP_SHARDS_ENV = "ALEXNET_GTSRB_DUMP_SHARDS"
 
 
-def _instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a callbacks/logger group that has a ``_target_`` and is not switched off
-    (``enabled: false``, e.g. ``callbacks.early_stopping``)."""
-    if not group:
-        return []
-    built = []
-    for entry in group.values():
-        if not isinstance(entry, DictConfig) or "_target_" not in entry:
-            continue
-        if not entry.get("enabled", True):
-            continue
-        # resolved while still attached to the whole config (interpolations such as ${oc.select:task_name})
-        resolved = OmegaConf.to_container(entry, resolve=True)
-        assert isinstance(resolved, dict)
-        built.append(instantiate({k: v for k, v in resolved.items() if k != "enabled"}))
-    return built
-
-
-def _cpu_sync_batchnorm_off(trainer_cfg: DictConfig) -> dict[str, Any]:
-    """``sync_batchnorm=False`` when training on CPUs: torch's SyncBatchNorm needs GPU tensors.
-
-    ``trainer=ddp_cpu`` asks for it so the config mirrors ``trainer=ddp``; on CPU processes each rank then keeps
-    its own BatchNorm statistics (DDP still broadcasts rank 0's buffers before every training forward).
-    """
-    import torch
-
-    accel = str(trainer_cfg.get("accelerator", "auto"))
-    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
-    if trainer_cfg.get("sync_batchnorm") and on_cpu:
-        log.warning("trainer.sync_batchnorm=true ignored on CPU (SyncBatchNorm runs on GPUs only).")
-        return {"sync_batchnorm": False}
-    return {}
-
-
-def _batch_sizes(cfg: DictConfig, trainer: L.Trainer) -> dict[str, int]:
-    """Per-process and global batch size (data.batch_size is per process)."""
-    per_rank = int(cfg.data.batch_size)
-    return {
-        "batch_size_per_rank": per_rank,
-        "world_size": int(trainer.world_size),
-        "batch_size_global": global_batch_size(per_rank, trainer),
-    }
-
-
-def _write_metrics(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float], extra: dict[str, Any]) -> None:
+def _write_metrics(
+    cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float], extra: dict[str, Any], start: float
+) -> None:
     """``<output_dir>/metrics.json`` with every final metric, the wall time and the checkpoints (rank zero)."""
-    if trainer.global_rank != 0:
-        return
     out_dir = cfg.get("paths", {}).get("output_dir")
-    if not out_dir:
+    if trainer.global_rank != 0 or not out_dir:
         return
     path = Path(str(out_dir)) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+    data = {"metrics": clean, **extra, "wall_time_s": round(time.monotonic() - start, 3)}
     with atomic_write(path, "w") as f:  # never half-written: readers take a present file as complete
-        f.write(json.dumps({"metrics": clean, **extra}, indent=2, sort_keys=True))
+        f.write(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str:
@@ -146,41 +73,27 @@ def _best_checkpoint(trainer: L.Trainer) -> str:
 
 
 def _last_checkpoint(trainer: L.Trainer) -> str:
-    """``<dirpath>/last.ckpt`` of the end-of-epoch checkpoint callback (``callbacks.last_checkpoint``: a
-    ModelCheckpoint named ``last`` without a step interval), else of any callback writing a ``last`` file;
-    "" when there is no such file. Named explicitly: Lightning's ``ckpt_path="last"`` takes whichever
-    ``last*.ckpt`` (``last-vN.ckpt`` included) in any checkpoint callback's folder was modified last."""
+    """``last.ckpt`` of the end-of-epoch checkpoint callback (``callbacks.last_checkpoint``), else of any callback
+    writing one ("" when none): Lightning's ``ckpt_path="last"`` would take the newest ``last*.ckpt`` of any."""
     named = [
         cb
         for cb in trainer.checkpoint_callbacks
         if isinstance(cb, ModelCheckpoint) and cb.dirpath and cb.filename == cb.CHECKPOINT_NAME_LAST
     ]
     named.sort(key=lambda cb: bool(cb._every_n_train_steps))  # the end-of-epoch callback first
-    for cb in named:
-        path = Path(str(cb.dirpath)) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
-        if path.is_file():
-            return str(path)
-    return ""
+    paths = [Path(str(cb.dirpath)) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" for cb in named]
+    return next((str(p) for p in paths if p.is_file()), "")
 
 
-def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, fitted: bool) -> str:
-    """The checkpoint file the ``test_ckpt`` rule names ("" for the weights in memory), printed with the rule.
-
-    ``last`` must hold the end of training: its ``global_step`` is checked against the trainer's (the step
-    interval callback also writes ``last.ckpt``, mid-epoch; the end-of-epoch write comes after it).
-    """
-    rule = check_test_ckpt(cfg.get("test_ckpt", "last"))
-    if not fitted:
-        print_rank_zero("test: the weights in memory (train=false: no checkpoint rule applies)")
-        return ""
+def _test_checkpoint(trainer: L.Trainer, rule: str) -> str:
+    """The checkpoint file the ``test_ckpt`` rule names ("" for the weights in memory), printed with the rule;
+    ``last.ckpt``'s global step is checked against the trainer's (the step checkpoint writes it mid-epoch too)."""
     path = _best_checkpoint(trainer) if rule == "best" else _last_checkpoint(trainer)
     if not path:
         why = "no checkpoint written (fast_dev_run, no validation, or no such checkpoint callback)"
         log.warning("test_ckpt=%s: %s: testing the weights in memory.", rule, why)
         return ""
     if rule == "last":
-        import torch
-
         checked = check_checkpoint_file(path)
         step = torch.load(checked, map_location="cpu", weights_only=True, mmap=True).get("global_step")
         if step != trainer.global_step:
@@ -190,67 +103,28 @@ def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, fitted: bool) -> str:
 
 
 class _TestImageCount(L.Callback):
-    """Counts the test images the test really scored (``trainer.limit_test_batches`` makes it fewer than the test
-    set), summed over DDP ranks: the n of test/acc's interval."""
+    """The test images really scored (fewer with ``trainer.limit_test_batches``), over all ranks: test/acc's n."""
 
-    def __init__(self) -> None:
-        self.images = 0
+    images = 0
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images = 0
 
-    def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *_: Any
-    ) -> None:
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, *_: Any) -> None:
         self.images += int(batch[1].numel())
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import torch
-
         total = trainer.strategy.reduce(torch.tensor(float(self.images), device=pl_module.device), reduce_op="sum")
         self.images = int(round(float(total)))
 
 
-def _test_accuracy(datamodule: Any, counter: _TestImageCount, metrics: dict[str, float]) -> dict[str, Any]:
-    """What the test set is, and test/acc as counts: the images tested and the correct answers,
-    round(test/acc x images)."""
-    records = datamodule.test_set.records
-    return {
-        "test_set": describe_test_set(r.label for r in records),
-        "test_images": counter.images,
-        "test_correct": round(metrics["test/acc"] * counter.images),
-    }
-
-
-def _plain_progress(cfg: DictConfig) -> bool:
-    """``progress``: ``bar`` (Lightning's progress bar), ``plain`` (a log line per epoch), or ``auto``: plain
-    lines when stdout is not a terminal (nohup, SLURM, CI, ``> run.log``), where a bar shows nothing useful."""
-    mode = str(cfg.get("progress", "auto"))
-    if mode not in ("auto", "bar", "plain"):
-        raise ConfigError(f"progress={mode!r}; allowed: auto, bar, plain.")
-    return mode == "plain" or (mode == "auto" and not sys.stdout.isatty())
-
-
-def _resume_from(cfg: DictConfig, model: L.LightningModule) -> str | None:
-    """The checkpoint to resume from (``ckpt_path``), read as plain data and checked against the model first:
-    a truncated, pickled, foreign or mismatched file is one line naming it, not a traceback inside ``fit``."""
-    run_dir = cfg.get("paths", {}).get("output_dir")
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir=run_dir)
-    if ckpt_path:
-        check_fits(read_checkpoint(ckpt_path)["state_dict"], model, ckpt_path)
-        print_rank_zero(f"resuming from {ckpt_path}")
-    return ckpt_path
-
-
-def _use_test_views(cfg: DictConfig, datamodule: Any, model: L.LightningModule) -> None:
-    """``test_views``: 1 (the evaluation pipeline's single view) or 10 (the paper's five crops and their
-    label-mapped flips, softmax averaged, cut from the enlarged test image)."""
+def _use_test_views(cfg: DictConfig, datamodule: Any, model: Any) -> None:
+    """``test_views``: 1 (one centre view) or 10 (the paper's five crops and their label-mapped flips, averaged)."""
     views = cfg.get("test_views", 1)
     if views not in (1, 10) or isinstance(views, bool):
         raise ConfigError(f"test_views={views!r}; allowed: 1 (one centre view), 10 (the paper's 5 crops + flips).")
     datamodule.use_test_views(int(views))
-    model_any: Any = model  # GTSRBClassifier.test_views
-    model_any.test_views = int(views)
+    model.test_views = int(views)  # GTSRBClassifier.test_views
     if views == 10:
         print_rank_zero("test: 10 views per image (centre + 4 corner crops, each with a label-mapped flip)")
 
@@ -259,7 +133,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test as the config says; returns (metrics, objects) for callers and tests."""
     start = time.monotonic()
     use_extensions(cfg)  # presets and networks registered outside the package
-    check_test_ckpt(cfg.get("test_ckpt", "last"))  # a typo stops the run now, not after training
+    rule = check_test_ckpt(cfg.get("test_ckpt", "last"))  # a typo stops the run now, not after training
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
 
@@ -271,32 +145,42 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             f"pretrained: {loaded['tensors']} tensors from {loaded['source']}; "
             f"{', '.join(loaded['head_left'])} initialised for {model.hparams.num_classes} classes"
         )
-    callbacks = _instantiate_group(cfg.get("callbacks"))
-    if os.environ.get(DUMP_SHARDS_ENV):
-        callbacks.append(ShardDump(os.environ[DUMP_SHARDS_ENV]))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if os.environ.get("ALEXNET_GTSRB_DUMP_SHARDS"):
+        callbacks.append(ShardDump(os.environ["ALEXNET_GTSRB_DUMP_SHARDS"]))
     counter = _TestImageCount()
     callbacks.append(counter)
-    plain = _plain_progress(cfg)
+    # progress: bar (Lightning's), plain (a log line per epoch), or auto: plain lines when stdout is not a terminal
+    # (nohup, SLURM, CI, > run.log), where a bar shows nothing useful
+    mode = str(cfg.get("progress", "auto"))
+    if mode not in ("auto", "bar", "plain"):
+        raise ConfigError(f"progress={mode!r}; allowed: auto, bar, plain.")
+    plain = mode == "plain" or (mode == "auto" and not sys.stdout.isatty())
     if plain:
         callbacks.append(PlainProgress(every_n_steps=int(cfg.get("progress_every_n_steps") or 0)))
-    loggers = _instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=loggers or False,
-        **({"enable_progress_bar": False} if plain else {}),
-        **_cpu_sync_batchnorm_off(cfg.trainer),
-    )
+    accel = str(cfg.trainer.get("accelerator", "auto"))
+    switches: dict[str, Any] = {"enable_progress_bar": False} if plain else {}
+    if cfg.trainer.get("sync_batchnorm") and (accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())):
+        # trainer=ddp_cpu mirrors trainer=ddp; torch's SyncBatchNorm needs GPU tensors, so on CPU each rank keeps
+        # its own BatchNorm statistics (DDP still broadcasts rank 0's buffers before every training forward)
+        log.warning("trainer.sync_batchnorm=true ignored on CPU (SyncBatchNorm runs on GPUs only).")
+        switches["sync_batchnorm"] = False
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **switches)
     fitting = bool(cfg.get("train", True))
     run_dir = cfg.get("paths", {}).get("output_dir") if trainer.global_rank == 0 and fitting else None
     with claim_run_folder(run_dir, resuming=bool(cfg.get("ckpt_path"))):
-        metrics = _fit_and_test(cfg, datamodule, model, trainer, start, counter)
+        metrics = _fit_and_test(cfg, datamodule, model, trainer, start, counter, rule)
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 
 def _fit(cfg: DictConfig, datamodule: Any, model: L.LightningModule, trainer: L.Trainer) -> str | None:
-    """Fit, or resume from ``cfg.ckpt_path``; returns the checkpoint resumed from."""
-    ckpt_path = _resume_from(cfg, model)
+    """Fit, or resume from ``cfg.ckpt_path`` (returned), checked against the model first: a truncated, pickled,
+    foreign or mismatched file is one line naming it, not a traceback inside ``fit``."""
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir=cfg.get("paths", {}).get("output_dir"))
+    if ckpt_path:
+        check_fits(read_checkpoint(ckpt_path)["state_dict"], model, ckpt_path)
+        print_rank_zero(f"resuming from {ckpt_path}")
     try:
         with warnings.catch_warnings():
             # the training order continues mid-epoch from the global step (data/sampling.py); Lightning's
@@ -316,82 +200,77 @@ def _fit_and_test(
     trainer: L.Trainer,
     start: float,
     counter: _TestImageCount,
+    rule: str,
 ) -> dict[str, float]:
     """Fit (or resume), write metrics.json, test with the ``test_ckpt`` rule's checkpoint, write it again."""
-    sizes = _batch_sizes(cfg, trainer)
+    fitting, testing = bool(cfg.get("train", True)), bool(cfg.get("test", True))
+    per_rank = int(cfg.data.batch_size)  # data.batch_size is per process
+    global_batch = global_batch_size(per_rank, trainer)
+    sizes = {"batch_size_per_rank": per_rank, "world_size": trainer.world_size, "batch_size_global": global_batch}
     for lg in trainer.loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **sizes})
-    print_rank_zero(
-        f"batch size: {sizes['batch_size_per_rank']} per rank x {sizes['world_size']} rank(s) "
-        f"= {sizes['batch_size_global']} global"
-    )
-    ckpt_path = _fit(cfg, datamodule, model, trainer) if cfg.get("train", True) else None
+    print_rank_zero(f"batch size: {per_rank} per rank x {trainer.world_size} rank(s) = {global_batch} global")
+    ckpt_path = _fit(cfg, datamodule, model, trainer) if fitting else None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    best = _best_checkpoint(trainer)
     extra: dict[str, Any] = {
-        "provenance": provenance(device_name(trainer.strategy.root_device)),
+        "provenance": provenance(trainer.strategy.root_device),
         "epochs": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
-        "best_checkpoint": best or None,
+        "best_checkpoint": _best_checkpoint(trainer) or None,
         "resumed_from": ckpt_path,
+        "test_ckpt": rule,
         **sizes,
     }
-    extra["test_ckpt"] = check_test_ckpt(cfg.get("test_ckpt", "last"))
-    if cfg.get("test", True):
+    if testing:
         # the fit's numbers are on disk before the test starts: an interrupted test loses nothing
-        _write_metrics(cfg, trainer, metrics, {**extra, "wall_time_s": round(time.monotonic() - start, 3)})
-        tested = _test_checkpoint(cfg, trainer, fitted=bool(cfg.get("train", True)))
+        _write_metrics(cfg, trainer, metrics, extra, start)
+        if not fitting:
+            print_rank_zero("test: the weights in memory (train=false: no checkpoint rule applies)")
+        tested = _test_checkpoint(trainer, rule) if fitting else ""
         extra["test_checkpoint"] = tested or None
         _use_test_views(cfg, datamodule, model)
         trainer.test(model, datamodule=datamodule, ckpt_path=tested or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if "val/acc_best" in metrics:
         print_rank_zero(f"val/acc_best: {metrics['val/acc_best']:.4f}")
-    if "test/acc" in metrics and cfg.get("test", True):
-        counts = _test_accuracy(datamodule, counter, metrics)
-        extra.update(counts)
-        if counts["test_images"] > 0:
-            metrics.update(interval_metrics("test/acc", counts["test_correct"], counts["test_images"]))
-            print_rank_zero(f"test set: {counts['test_set']['note']}")
-            if counts["test_images"] != counts["test_set"]["images"]:
-                print_rank_zero(
-                    f"tested: {counts['test_images']} of its {counts['test_set']['images']} images "
-                    "(trainer.limit_test_batches)"
-                )
-            print_rank_zero(f"test/acc: {format_accuracy(counts['test_correct'], counts['test_images'])}")
-    _write_metrics(cfg, trainer, metrics, {**extra, "wall_time_s": round(time.monotonic() - start, 3)})
+    if "test/acc" in metrics and testing:
+        # what the test set is, and test/acc as counts: the images tested and round(test/acc x images) correct
+        images, test_set = counter.images, describe_test_set(r.label for r in datamodule.test_set.records)
+        correct = round(metrics["test/acc"] * images)
+        extra.update(test_set=test_set, test_images=images, test_correct=correct)
+        if images > 0:
+            metrics.update(interval_metrics("test/acc", correct, images))
+            print_rank_zero(f"test set: {test_set['note']}")
+            if images != test_set["images"]:
+                print_rank_zero(f"tested: {images} of its {test_set['images']} images (trainer.limit_test_batches)")
+            print_rank_zero(f"test/acc: {format_accuracy(correct, images)}")
+    _write_metrics(cfg, trainer, metrics, extra, start)
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-@exit_on_user_error
-def hydra_main(cfg: DictConfig) -> float | None:
-    """Compose, train, and return the configured metric for a sweeper."""
+def _objective(cfg: DictConfig) -> float | None:
+    """Train, and return the configured metric (``optimized_metric``) for a sweeper."""
     metrics, _ = train(cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
 
 
-def main() -> None:
-    """``python -m alexnet_gtsrb.train`` and the ``alexnet-gtsrb-train`` console script: first check that the
-    optional extras behind ``hparams_search=optuna`` / ``cluster=slurm`` are installed (one line and exit 2 if
-    not; Hydra's own error names neither), then let Hydra compose and run :func:`hydra_main`."""
-    import sys
+hydra_main = hydra_entry_point("train", _objective)
 
+
+def main() -> None:
+    """``python -m alexnet_gtsrb.train`` / ``alexnet-gtsrb-train``: check the extras behind ``hparams_search=optuna``
+    or ``cluster=slurm`` (one line and exit 2 if missing; Hydra's own error names neither), register the Optuna
+    sweeper (Hydra's scan of ``hydra_plugins`` misses editable installs), run :func:`hydra_main`."""
     from alexnet_gtsrb.utils.optional_deps import require_extras_for_overrides
 
     exit_on_user_error(require_extras_for_overrides)(sys.argv[1:])
-    register_sweeper()
-    hydra_main()
-
-
-def register_sweeper() -> None:
-    """Register the project's Optuna sweeper with Hydra, whose scan of ``hydra_plugins`` misses editable installs."""
     from hydra.core.plugins import Plugins
 
     from hydra_plugins.alexnet_gtsrb_optuna.optuna_sweeper import OptunaSweeper
 
     Plugins.instance().register(OptunaSweeper)
+    hydra_main()
 
 
 if __name__ == "__main__":

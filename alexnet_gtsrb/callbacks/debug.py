@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 
-from alexnet_gtsrb.models.layer_summary import format_summary, summary_rows
+from alexnet_gtsrb.models.summary import format_summary, summary_rows
 from alexnet_gtsrb.utils.wrappers import unwrap_compiled
 
 
@@ -34,9 +34,7 @@ class ShardDump(L.Callback):
         if trainer.current_epoch != 0:
             return
         loader: Any = trainer.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        if loader is None or sampler is None:
-            return
+        sampler = loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(0)  # what the loader iterates this epoch (Lightning sets it too)
         indices = [int(i[0] if isinstance(i, tuple | list) else i) for i in sampler]  # RunSampler: (index, seed)

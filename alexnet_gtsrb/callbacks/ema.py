@@ -1,17 +1,8 @@
-"""An exponential moving average of the weights, on Lightning's ``WeightAveraging`` callback.
-
-Two things differ from Lightning's own ``EMAWeightAveraging``, each for a measured reason:
-
-- The update is torch's foreach ``get_ema_multi_avg_fn``, about 10x faster than ``EMAWeightAveraging``'s
-  per-tensor ``avg_fn`` on CPU (``python -m alexnet_gtsrb.bench bench.sections=[ema]``; numbers in docs/performance.md).
-- A checkpoint loaded outside fitting (``trainer.test(ckpt_path="best")`` after ``fit``) keeps the averaged
-  weights. ``WeightAveraging.on_load_checkpoint`` runs for every stage once ``fit`` has created its averaged
-  model, and it reloads the module from ``current_model_state``: the test after training would then measure
-  the raw weights of the best epoch, not the averaged weights that were validated and selected.
-
-Checkpoints hold the average as ``state_dict`` (what evaluate, predict and export load) and the training
-weights as ``current_model_state``, so ``ckpt_path=last`` resumes both.
-"""
+"""An exponential moving average of the weights on Lightning's ``WeightAveraging``: checkpoints hold the average as
+``state_dict`` (what evaluate, predict and export load) and the training weights as ``current_model_state``. Unlike
+Lightning's ``EMAWeightAveraging``, the update is torch's foreach ``get_ema_multi_avg_fn`` (about 10x faster on
+CPU, docs/performance.md), and a checkpoint loaded outside fitting keeps the average (``WeightAveraging`` would
+reload the raw ``current_model_state``, so the test after training would not measure the validated average)."""
 
 from __future__ import annotations
 
@@ -27,11 +18,8 @@ from alexnet_gtsrb.errors import ConfigError
 
 
 class EMAWeights(WeightAveraging):
-    """Average the weights (and BatchNorm statistics) with ``avg = decay * avg + (1 - decay) * w`` every step.
-
-    Validation, checkpoints and the weights left after training are the average; ``decay`` sets its horizon,
-    about ``1 / (1 - decay)`` optimizer steps.
-    """
+    """Average the weights (and BatchNorm statistics) with ``avg = decay * avg + (1 - decay) * w`` every step;
+    validation, checkpoints and the weights left after training are the average (horizon ~``1 / (1 - decay)``)."""
 
     def __init__(self, decay: float = 0.998) -> None:
         if not 0.0 <= float(decay) < 1.0:
@@ -45,6 +33,5 @@ class EMAWeights(WeightAveraging):
             super().setup(trainer, pl_module, stage)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if trainer.state.fn != TrainerFn.FITTING:
-            return  # evaluating a checkpoint: its state_dict already is the average
-        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        if trainer.state.fn == TrainerFn.FITTING:  # evaluating a checkpoint: its state_dict already is the average
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

@@ -1,10 +1,5 @@
-"""Optional extras (``pip install 'alexnet_gtsrb[hpo]'`` etc.): one clear line when a feature needs a missing one.
-
-The extras are declared in ``pyproject.toml`` (``[project.optional-dependencies]``): ``hpo`` (the Optuna sweeper),
-``slurm`` (the submitit launcher), ``export`` (onnx, onnxruntime), ``mlflow``. Without this check, a missing
-Hydra plugin fails deep inside Hydra's config composition with a message that names neither the plugin nor the
-fix.
-"""
+"""Optional extras (``pyproject.toml``): one clear line when a feature needs a missing one, where a missing Hydra
+plugin would fail deep inside Hydra's config composition, naming neither the plugin nor the fix."""
 
 from __future__ import annotations
 
@@ -14,15 +9,16 @@ from collections.abc import Sequence
 from alexnet_gtsrb.errors import UserError
 
 DISTRIBUTION = "alexnet_gtsrb"
+_SLURM = [("hydra_plugins.hydra_submitit_launcher", "slurm"), ("submitit", "slurm")]
 
 #: Config choices given on the command line that need an extra: (group, option) -> [(import name, extra)].
 CHOICE_EXTRAS: dict[tuple[str, str], list[tuple[str, str]]] = {
     ("hparams_search", "optuna"): [("optuna", "hpo")],
     ("hydra/sweeper", "optuna_study"): [("optuna", "hpo")],
-    ("cluster", "slurm"): [("hydra_plugins.hydra_submitit_launcher", "slurm"), ("submitit", "slurm")],
-    ("hydra/launcher", "submitit_slurm"): [("hydra_plugins.hydra_submitit_launcher", "slurm"), ("submitit", "slurm")],
+    ("cluster", "slurm"): _SLURM,
+    ("hydra/launcher", "submitit_slurm"): _SLURM,
+    ("hydra/launcher", "submitit_local"): _SLURM,
     ("logger", "mlflow"): [("mlflow", "mlflow")],
-    ("hydra/launcher", "submitit_local"): [("hydra_plugins.hydra_submitit_launcher", "slurm"), ("submitit", "slurm")],
 }
 
 
@@ -31,12 +27,9 @@ class MissingExtraError(UserError):
 
 
 def require_extra(import_name: str, extra: str, feature: str) -> None:
-    """Import ``import_name``; if that fails, raise a one-line UserError naming ``feature`` and the ``extra``.
-
-    ``feature`` is what the user asked for, as they wrote it (``format=onnx``, ``hparams_search=optuna``).
-    A module that is there but fails on one of its own imports counts as missing too (a broken install of the
-    extra); the message then names the module that is really missing.
-    """
+    """Import ``import_name``; if that fails, raise a one-line UserError naming ``feature`` (as the user wrote it:
+    ``format=onnx``) and the ``extra``. A module that fails on one of its own imports counts as missing too (a broken
+    install of the extra); the message then names the module that is really missing."""
     try:
         importlib.import_module(import_name)
     except ImportError as exc:
@@ -48,17 +41,13 @@ def require_extra(import_name: str, extra: str, feature: str) -> None:
 
 
 def require_extras_for_overrides(overrides: Sequence[str]) -> None:
-    """Check the extras behind the config choices among Hydra command-line ``overrides`` (``sys.argv[1:]``).
-
-    Runs before Hydra composes anything, so ``hparams_search=optuna`` without the ``hpo`` extra says so instead of
-    failing inside Hydra. Recognises ``group=option``, ``+group=option``, ``++group=option`` and sweeps over
-    options (``cluster=slurm,local``); choices made inside config files are not seen.
-    """
+    """Check the extras behind the config choices among Hydra command-line ``overrides`` (``sys.argv[1:]``), before
+    Hydra composes anything: ``group=option``, ``+group=option``, ``++group=option`` and sweeps over options
+    (``cluster=slurm,local``); choices made inside config files are not seen."""
     for arg in overrides:
         if "=" not in arg or arg.startswith("-"):
             continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+")
+        key, value = arg.lstrip("+").split("=", 1)
         for option in (v.strip() for v in value.split(",")):
             for import_name, extra in CHOICE_EXTRAS.get((key, option), []):
                 require_extra(import_name, extra, f"{key}={option}")
