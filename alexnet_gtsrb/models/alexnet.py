@@ -1,25 +1,25 @@
 """AlexNet in three documented variants (paper, Keras "seed" script, torchvision) with exact, tested shapes.
 
-"AlexNet" means different networks in different places: each variant's layers are listed here and built
-exactly, so that parameter counts, feature-map sizes and checkpoints are reproducible and comparable.
+"AlexNet" means different networks in different places: each variant is listed here and built exactly, so that
+parameter counts, feature-map sizes and checkpoints are reproducible and comparable.
 
-``paper``  Krizhevsky, Sutskever & Hinton (2012). Convs 96-256-384-384-256 (conv1 11x11/4 pad 0, conv2 5x5
-    pad 2, conv3-5 3x3 pad 1); conv2/conv4/conv5 split into ``groups`` (the two GPU "towers"), conv3 and the
-    FC layers see both towers; ReLU -> LRN(5, alpha=1e-4, beta=0.75, k=2) after conv1 and conv2; overlapping
-    MaxPool(3, 2) after both LRNs and after conv5; FC 4096-4096-classes with dropout on the outputs of FC6
-    and FC7 (the paper's "first two fully-connected layers"; Caffe's bvlc_alexnet: fc6 relu6 drop6 fc7 relu7
-    drop7 fc8). Classifier indices: FC6 ``classifier.0``, FC7 ``classifier.4``, FC8 ``classifier.8``.
-    At 227 px: 96x55x55 -> 96x27x27 -> 256x27x27 -> 256x13x13 -> 384x13x13 -> 384x13x13 -> 256x13x13 ->
-    256x6x6 = 9216. 1000 classes: 60,965,224 parameters (62,378,344 with groups=1); 43 classes: 57,044,395.
+``paper``  Krizhevsky, Sutskever & Hinton (2012). Convs 96-256-384-384-256 (conv1 11x11/4 pad 0, conv2 5x5 pad 2,
+    conv3-5 3x3 pad 1); conv2/conv4/conv5 split into ``groups`` (the two GPU "towers"), conv3 and the FC layers
+    see both towers; ReLU -> LRN(5, alpha=1e-4, beta=0.75, k=2) after conv1 and conv2; overlapping MaxPool(3, 2)
+    after both LRNs and after conv5; FC 4096-4096-classes with dropout on the outputs of FC6 and FC7 (the paper's
+    "first two fully-connected layers"; Caffe's bvlc_alexnet: fc6 relu6 drop6 fc7 relu7 drop7 fc8), at
+    ``classifier.0``, ``classifier.4``, ``classifier.8``. At 227 px: 96x55x55 -> 96x27x27 -> 256x27x27 ->
+    256x13x13 -> 384x13x13 -> 384x13x13 -> 256x13x13 -> 256x6x6 = 9216. 1000 classes: 60,965,224 parameters
+    (62,378,344 with groups=1); 43 classes: 57,044,395.
 
-    LRN alpha: the paper prints ``b = a / (k + alpha * sum a^2)^beta`` with alpha un-divided, but its
-    reference code (cuda-convnet), Caffe and ``torch.nn.LocalResponseNorm`` all use ``alpha / n``. We follow
-    cuda-convnet/Caffe/torch (``alpha / n``, n = 5), i.e. the paper's alpha=1e-4 acts as 2e-5 per term.
+    LRN alpha: the paper prints ``b = a / (k + alpha * sum a^2)^beta`` with alpha un-divided, but its reference
+    code (cuda-convnet), Caffe and ``torch.nn.LocalResponseNorm`` all use ``alpha / n``; we follow them (n = 5),
+    i.e. the paper's alpha=1e-4 acts as 2e-5 per term.
 
-    Non-paper options: ``batch_norm=True`` inserts BatchNorm2d after every conv's ReLU (before LRN/pooling)
-    and BatchNorm1d after the FC6 and FC7 ReLUs (before their dropout), as in ``seed``; ``conv_dropout > 0``
-    adds Dropout after pool1, pool2 and pool5; ``conv1=(kernel, stride)`` other than (11, 4), with BatchNorm
-    only (``model=alexnet_bn``), adapts conv1 to small sources.
+    Non-paper options: ``batch_norm=True`` inserts BatchNorm2d after every conv's ReLU (before LRN/pooling) and
+    BatchNorm1d after the FC6 and FC7 ReLUs (before their dropout), as in ``seed``; ``conv_dropout > 0`` adds
+    Dropout after pool1, pool2 and pool5; ``conv1=(kernel, stride)`` other than (11, 4), with BatchNorm only
+    (``model=alexnet_bn``), adapts conv1 to small sources.
 
 ``seed``  The model of the Keras "AlexNet" blog script this project started from, layer for layer as its
     ``Sequential`` (``Conv2D(..., activation='relu')`` is the convolution then ReLU; BatchNormalization follows)::
@@ -33,21 +33,15 @@ exactly, so that parameter counts, feature-map sizes and checkpoints are reprodu
 
     Feature indices: conv1-conv5 at 0, 5, 10, 14, 18 (see :func:`old_layout_problem`). The script's printed
     ``model.summary()`` (26 layers, dropout_1 ... dropout_7; 10 classes: 30,029,898 trainable + 19,136
-    non-trainable = 30,049,034; conv1 35x35, flatten 2304) is that of a 147-150 px input (150 -> 35 -> 17 -> 17
-    -> 8 -> 8 -> 3, flatten 256*3*3 = 2304) although the script's text says 227. No groups, no LRN. BatchNorm
-    uses Keras' defaults (eps=1e-3, momentum 0.99 == torch momentum 0.01). ``conv_dropout`` is the conv-block
-    dropout and ``dropout`` the FC dropout (the script used 0.5 for both; set them in the config). The final
-    softmax is left to the loss (the model returns logits). At 227 px and 43 classes (flatten 9216) it has
-    58,476,651 trainable parameters (weights, biases, BN gamma/beta) plus 19,136 BN running statistics:
-    58,495,787 Keras-style.
+    non-trainable = 30,049,034; conv1 35x35, flatten 2304) is that of a 147-150 px input (150 -> 35 -> 17 -> 17 ->
+    8 -> 8 -> 3, flatten 256*3*3 = 2304) although the script's text says 227. No groups, no LRN; Keras' BatchNorm
+    defaults (eps=1e-3, momentum 0.99 == torch momentum 0.01); ``conv_dropout`` (conv blocks) and ``dropout`` (FC)
+    were both 0.5; the softmax is left to the loss. At 227 px and 43 classes (flatten 9216): 58,476,651 trainable
+    parameters (weights, biases, BN gamma/beta) plus 19,136 BN running statistics, 58,495,787 Keras-style.
 
-``torchvision``  ``torchvision.models.alexnet`` (the "one weird trick" single-tower layout): convs
-    64-192-384-256-256, AdaptiveAvgPool2d(6x6), dropout on the inputs of FC6/FC7 (torchvision's order, kept);
-    61,100,840 parameters for 1000 classes; identical module names and indices, so ``state_dict()`` loads
-    into torchvision and back.
-
-All variants derive the classifier input from ``image_size`` and reject sizes that shrink a feature map
-below 1x1. Works with channels_last and bf16 autocast.
+``torchvision``  ``torchvision.models.alexnet`` (the "one weird trick" single-tower layout): convs 64-192-384-256-256,
+    AdaptiveAvgPool2d(6x6), dropout on the inputs of FC6/FC7 (torchvision's order, kept); 61,100,840 parameters for
+    1000 classes; identical module names and indices, so ``state_dict()`` loads into torchvision and back.
 """
 
 from __future__ import annotations
@@ -60,14 +54,13 @@ from torch import nn
 
 from alexnet_gtsrb.models.lrn import LRN
 
-__all__ = ["VARIANTS", "INITS", "LRN_IMPLS", "VARIANT_REQUIRED", "AlexNet", "old_layout_problem", "min_image_size"]
+__all__ = ["VARIANTS", "INITS", "LRN_IMPLS", "VARIANT_REQUIRED", "AlexNet", "old_layout_problem"]
 
 VARIANTS = ("paper", "seed", "torchvision")
 INITS = ("paper", "kaiming", "keras", "torch")
 LRN_IMPLS = ("fast", "torch")
 GROUPS = (1, 2)  # every channel count of conv2/4/5 is even, so both group counts divide them
-# Bounds that keep a network (and so a crafted checkpoint's hyper-parameters) from asking for tens of GB:
-# at 512 px the paper network's FC6 already holds 236M weights.
+# Bounds keeping a (crafted checkpoint's) network from asking for tens of GB: at 512 px the paper FC6 has 236M weights.
 MAX_IMAGE_SIZE = 512
 MAX_CLASSES = 10_000
 
@@ -94,8 +87,7 @@ def _bias_one(layer: _Layer) -> _Layer:
 
 
 def spatial_trace(features: nn.Sequential, image_size: int) -> list[int] | None:
-    """Spatial size after each layer of ``features`` for a square input (from the conv/pool arithmetic, no
-    forward pass), or None if one drops below 1."""
+    """Spatial size after each layer of ``features`` for a square input (conv/pool arithmetic), or None below 1."""
     size, trace = image_size, []
     for layer in features:
         if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):  # int or square-tuple settings, floor mode
@@ -110,19 +102,11 @@ def spatial_trace(features: nn.Sequential, image_size: int) -> list[int] | None:
     return trace
 
 
-def min_image_size(features: nn.Sequential) -> int:
-    """Smallest square input for which no feature map of ``features`` drops below 1x1."""
-    return next(size for size in range(1, MAX_IMAGE_SIZE + 1) if spatial_trace(features, size) is not None)
-
-
 class AlexNet(nn.Module):
     """AlexNet for ``variant`` in ("paper", "seed", "torchvision"); see the module docstring for each layout.
 
-    Attributes: ``features`` (convs), ``avgpool`` (identity, or adaptive 6x6 for torchvision), ``flatten``,
-    ``classifier`` (FC layers); ``feature_shape`` (C, H, W) before flattening and ``flat_features``.
-    Optional layers (LRN, BatchNorm, conv dropout) that are switched off occupy their slot as ``nn.Identity``
-    so parameter names do not shift when they are toggled.
-    """
+    Switched-off optional layers (LRN, BatchNorm, conv dropout) occupy their slot as ``nn.Identity`` so that
+    parameter names do not shift when toggled; ``feature_shape`` is (C, H, W) before flattening."""
 
     def __init__(
         self,
@@ -139,8 +123,7 @@ class AlexNet(nn.Module):
         conv1: Sequence[int] = (11, 4),
     ) -> None:
         super().__init__()
-        _validate(locals())
-        self.conv1_shape = _check_conv1(conv1, variant, batch_norm)
+        self.conv1_shape = _validate(locals())
         self.variant, self.lrn_impl = variant, lrn_impl
         self.num_classes, self.image_size, self.groups = int(num_classes), int(image_size), int(groups)
 
@@ -148,22 +131,22 @@ class AlexNet(nn.Module):
         bn: _Norm = lambda c: nn.BatchNorm2d(c, **bn_args) if batch_norm else nn.Identity()
         drop: _Slot = lambda: nn.Dropout(conv_dropout) if conv_dropout > 0 else nn.Identity()
         pool: _Slot = lambda: nn.MaxPool2d(3, 2)
-        if variant == "torchvision":
-            self.features = _torchvision_features()
-        elif variant == "seed":  # the origin script: every conv block ends in Dropout, conv3 and conv4 included
-            self.features = _features((11, 4), 1, bn, [[pool, drop], [pool, drop], [drop], [drop], [pool, drop]])
-        else:  # conv1-conv5 at 0, 6, 12, 15, 18: LRN and pooling after conv1 and conv2, pooling after conv5
-            norm: _Slot = lambda: _lrn(lrn, lrn_impl)
-            tails = [[norm, pool, drop], [norm, pool, drop], [], [], [pool, drop]]
-            self.features = _features(self.conv1_shape, self.groups, bn, tails)
+        norm: _Slot = lambda: _lrn(lrn, lrn_impl)
+        tails = {  # conv1-conv5 at 0, 3, 6, 8, 10 (torchvision), 0, 5, 10, 14, 18 (seed), 0, 6, 12, 15, 18 (paper)
+            "torchvision": [[pool], [pool], [], [], [pool]],  # torchvision.models.AlexNet's indices, no BN slots
+            "seed": [[pool, drop], [pool, drop], [drop], [drop], [pool, drop]],  # Dropout after every conv block
+            "paper": [[norm, pool, drop], [norm, pool, drop], [], [], [pool, drop]],  # LRN after conv1 and conv2
+        }[variant]
+        convs = _convs(variant, self.conv1_shape, self.groups)
+        self.features = _features(convs, None if variant == "torchvision" else bn, tails)
         self.avgpool: nn.Module = nn.AdaptiveAvgPool2d((6, 6)) if variant == "torchvision" else nn.Identity()
         self.flatten = nn.Flatten(1)
 
         trace = spatial_trace(self.features, self.image_size)
         if trace is None:
+            minimum = next(n for n in range(1, MAX_IMAGE_SIZE + 1) if spatial_trace(self.features, n) is not None)
             raise ValueError(
-                f"model.net.image_size={image_size} is too small for the {variant} AlexNet: "
-                f"minimum is {min_image_size(self.features)}"
+                f"model.net.image_size={image_size} is too small for the {variant} AlexNet: minimum is {minimum}"
             )
         last_channels = self.conv_layers()[-1].out_channels
         side = 6 if variant == "torchvision" else trace[-1]
@@ -176,13 +159,10 @@ class AlexNet(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, init: str = "paper") -> None:
-        """(Re-)initialise weights.
-
-        ``paper``: every conv/FC weight ~ N(0, 0.01); biases 1 in the layers the builders mark (conv2, conv4,
-        conv5, FC6, FC7), 0 elsewhere. ``kaiming``: He-normal (fan_in, ReLU gain) weights, zero
-        biases, the last layer N(0, 0.01). ``keras``: Glorot-uniform weights and zero biases (Keras defaults,
-        the seed script's init). ``torch``: PyTorch's default layer init. BatchNorm: weight 1, bias 0.
-        """
+        """(Re-)initialise weights. ``paper``: every conv/FC weight ~ N(0, 0.01); biases 1 in the layers the builders
+        mark (conv2, conv4, conv5, FC6, FC7), 0 elsewhere. ``kaiming``: He-normal (fan_in, ReLU gain) weights, zero
+        biases, the last layer N(0, 0.01). ``keras``: Glorot-uniform weights and zero biases (Keras defaults, the
+        seed script's init). ``torch``: PyTorch's default layer init. BatchNorm: weight 1, bias 0."""
         if init not in INITS:
             raise ValueError(f"model.net.init={init!r} is unknown: allowed values are {list(INITS)}")
         for module in self.modules():
@@ -191,8 +171,7 @@ class AlexNet(nn.Module):
         layers: list[nn.Conv2d | nn.Linear] = [*self.conv_layers()]
         layers += [m for m in self.classifier if isinstance(m, nn.Linear)]
         for m in layers:
-            bias = m.bias
-            assert bias is not None  # every AlexNet conv and FC layer has a bias
+            assert m.bias is not None  # every AlexNet conv and FC layer has a bias
             if init == "torch":
                 m.reset_parameters()
             elif init == "keras":
@@ -202,7 +181,7 @@ class AlexNet(nn.Module):
             else:  # paper, and kaiming's last layer
                 nn.init.normal_(m.weight, 0.0, 0.01)
             if init != "torch":
-                nn.init.constant_(bias, 1.0 if init == "paper" and getattr(m, "paper_bias_one", False) else 0.0)
+                nn.init.constant_(m.bias, 1.0 if init == "paper" and getattr(m, "paper_bias_one", False) else 0.0)
 
     def conv_layers(self) -> list[nn.Conv2d]:
         """The five convolutions in order (conv1 ... conv5)."""
@@ -225,8 +204,10 @@ class AlexNet(nn.Module):
         return f"variant={self.variant!r}, image_size={self.image_size}, num_classes={self.num_classes}"
 
 
-def _validate(args: dict[str, Any]) -> None:
-    """One-line ValueErrors for the constructor's ``args`` (its ``locals()``) that no variant takes."""
+def _validate(args: dict[str, Any]) -> tuple[int, int]:
+    """One-line ValueErrors for the constructor's ``args`` (its ``locals()``) that no variant takes; returns conv1's
+    (kernel, stride): the paper's (11, 4), or kernel 3-11 and stride 1-4 as a GTSRB adaptation to small sources in
+    ``model=alexnet_bn`` only (``paper``, ``seed`` and ``torchvision`` stay exact)."""
     for key, allowed in (("variant", VARIANTS), ("init", INITS), ("lrn_impl", LRN_IMPLS), ("groups", GROUPS)):
         if args[key] not in allowed:
             raise ValueError(f"model.net.{key}={args[key]!r} is unknown: allowed values are {list(allowed)}")
@@ -244,16 +225,22 @@ def _validate(args: dict[str, Any]) -> None:
                 f"model.net.{key}={value!r} is not supported by the {variant} AlexNet: it requires "
                 f"{key}={required!r} (set model.net.{key}={str(required).lower()} for this variant)"
             )
+    conv1 = args["conv1"]
+    shape = tuple(int(v) for v in conv1 if isinstance(v, int)) if isinstance(conv1, Sequence) else ()
+    if len(shape) != 2 or len(conv1) != 2 or not (3 <= shape[0] <= 11 and 1 <= shape[1] <= min(4, shape[0])):
+        raise ValueError(f"model.net.conv1={conv1!r} must be [kernel, stride] with kernel 3-11, stride 1-4")
+    if shape != (11, 4) and not (variant == "paper" and args["batch_norm"]):
+        raise ValueError(f"model.net.conv1={list(shape)} adapts conv1 to small images: only model=alexnet_bn takes it")
+    return shape[0], shape[1]
 
 
 def old_layout_problem(state_dict: Mapping[str, Any], prefix: str = "net.") -> str | None:
     """One line naming an earlier ``paper`` or ``seed`` layout in a checkpoint's ``state_dict``, or None.
 
-    Both were changed to match their sources; no published result depends on either, so neither is converted.
-    ``paper``: Dropout once sat on the *inputs* of FC6/FC7 (torchvision's order; the paper and Caffe's
-    ``bvlc_alexnet`` put it on their outputs): FC6's weight at ``classifier.1``, nothing at ``classifier.0``.
-    ``seed``: the origin script's Dropout after conv3 and conv4 was missing, so conv4 sat at ``features.13``
-    (today conv3's Dropout slot in seed, a ReLU in paper): a 4-D weight there.
+    Both were changed to match their sources (no published result depends on either, so neither is converted):
+    ``paper`` had Dropout on the *inputs* of FC6/FC7 (the paper and Caffe's ``bvlc_alexnet`` put it on their
+    outputs), FC6 at ``classifier.1``; ``seed`` lacked the origin script's Dropout after conv3 and conv4, conv4
+    at ``features.13`` (today conv3's Dropout slot in seed, a ReLU in paper).
     """
     fc6_old, fc6_new = f"{prefix}classifier.1.weight", f"{prefix}classifier.0.weight"
     if getattr(state_dict.get(fc6_old), "ndim", 0) == 2 and fc6_new not in state_dict:
@@ -270,63 +257,44 @@ def old_layout_problem(state_dict: Mapping[str, Any], prefix: str = "net.") -> s
     return None
 
 
-def _check_conv1(conv1: Sequence[int], variant: str, batch_norm: bool) -> tuple[int, int]:
-    """(kernel, stride) of conv1: the paper's (11, 4), or kernel 3-11 and stride 1-4 as a GTSRB adaptation to
-    small sources in ``model=alexnet_bn`` only (``paper``, ``seed`` and ``torchvision`` stay exact)."""
-    shape = tuple(int(v) for v in conv1 if isinstance(v, int)) if isinstance(conv1, Sequence) else ()
-    if len(shape) != 2 or len(conv1) != 2 or not (3 <= shape[0] <= 11 and 1 <= shape[1] <= min(4, shape[0])):
-        raise ValueError(f"model.net.conv1={conv1!r} must be [kernel, stride] with kernel 3-11, stride 1-4")
-    if shape != (11, 4) and not (variant == "paper" and batch_norm):
-        raise ValueError(f"model.net.conv1={list(shape)} adapts conv1 to small images: only model=alexnet_bn takes it")
-    return shape[0], shape[1]
-
-
 def _lrn(enabled: bool, impl: str) -> nn.Module:
     """The paper's LRN (fast or torch's), or the Identity of its slot."""
     return (LRN if impl == "fast" else nn.LocalResponseNorm)(**_LRN_ARGS) if enabled else nn.Identity()
 
 
-def _features(conv1: tuple[int, int], groups: int, bn: _Norm, tails: list[list[_Slot]]) -> nn.Sequential:
-    """conv1-conv5 (paper and seed), each followed by ReLU, its BatchNorm slot and the layers of its ``tails``."""
-    convs = [
+def _convs(variant: str, conv1: tuple[int, int], groups: int) -> list[nn.Conv2d]:
+    """conv1-conv5 of ``variant`` (torchvision's exactly as torchvision.models.AlexNet's)."""
+    if variant == "torchvision":
+        return [
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            _bias_one(nn.Conv2d(64, 192, kernel_size=5, padding=2)),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            _bias_one(nn.Conv2d(384, 256, kernel_size=3, padding=1)),
+            _bias_one(nn.Conv2d(256, 256, kernel_size=3, padding=1)),
+        ]
+    return [
         nn.Conv2d(3, 96, conv1[0], stride=conv1[1], padding=0),  # conv1 ('valid'; the paper's 11x11/4 by default)
         _bias_one(nn.Conv2d(96, 256, 5, padding=2, groups=groups)),  # conv2 ('same')
         nn.Conv2d(256, 384, 3, padding=1),  # conv3 (sees both towers)
         _bias_one(nn.Conv2d(384, 384, 3, padding=1, groups=groups)),  # conv4
         _bias_one(nn.Conv2d(384, 256, 3, padding=1, groups=groups)),  # conv5
     ]
+
+
+def _features(convs: list[nn.Conv2d], bn: _Norm | None, tails: list[list[_Slot]]) -> nn.Sequential:
+    """Each conv followed by ReLU, its BatchNorm slot (unless ``bn`` is None) and the layers of its ``tails``."""
     blocks = [
-        [conv, nn.ReLU(inplace=True), bn(conv.out_channels), *(f() for f in tail)]
+        [conv, nn.ReLU(inplace=True), *([bn(conv.out_channels)] if bn else []), *(f() for f in tail)]
         for conv, tail in zip(convs, tails, strict=True)
     ]
     return nn.Sequential(*(layer for block in blocks for layer in block))
 
 
 def _classifier(flat: int, dropout: float, num_classes: int, bn: _Slot, torchvision: bool) -> nn.Sequential:
-    """FC6, FC7 (biases marked 1), FC8. paper and seed: dropout on FC6/FC7's outputs (Caffe bvlc_alexnet
-    train_val.prototxt: fc6 relu6 drop6 fc7 relu7 drop7 fc8; the seed script's Dense ReLU BN Dropout), FC6/FC7/FC8
-    at 0/4/8; torchvision: on their inputs (Dropout FC6 ReLU Dropout FC7 ReLU FC8), at 1/4/6."""
+    """FC6, FC7 (biases marked 1), FC8 with dropout on FC6/FC7's outputs (paper and seed; Caffe bvlc_alexnet
+    train_val.prototxt), FC6/FC7/FC8 at 0/4/8, or on their inputs (torchvision), at 1/4/6."""
     layers: list[nn.Module] = []
     for fc in (_bias_one(nn.Linear(flat, 4096)), _bias_one(nn.Linear(4096, 4096))):
         drop = nn.Dropout(dropout)
         layers += [drop, fc, nn.ReLU(inplace=True)] if torchvision else [fc, nn.ReLU(inplace=True), bn(), drop]
     return nn.Sequential(*layers, nn.Linear(4096, num_classes))
-
-
-def _torchvision_features() -> nn.Sequential:
-    # Indices must match torchvision.models.AlexNet exactly (checkpoint compatibility).
-    return nn.Sequential(
-        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        _bias_one(nn.Conv2d(64, 192, kernel_size=5, padding=2)),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(192, 384, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
-        _bias_one(nn.Conv2d(384, 256, kernel_size=3, padding=1)),
-        nn.ReLU(inplace=True),
-        _bias_one(nn.Conv2d(256, 256, kernel_size=3, padding=1)),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-    )

@@ -1,19 +1,13 @@
 """Fast local response normalisation: same maths as ``torch.nn.LocalResponseNorm``, far cheaper on CPU.
 
-Why: ``torch.nn.LocalResponseNorm`` builds the cross-channel window sum with ``avg_pool3d`` on a padded,
-unsqueezed copy, uses ``pow`` and lets autograd differentiate that chain (about 7 full-size temporaries in
-the forward pass, more in the backward); on CPU two such layers roughly halve the paper model's training
-throughput (docs/models.md "Fast LRN" has the measured numbers; ``bench.sections=[lrn]`` measures them). This
-implementation:
-
-* computes the window sum as ``size - 1`` shifted adds over a channel-padded buffer (works for NCHW and
-  channels_last alike, no matmul, no pooling op);
-* computes ``s ** -0.75`` as ``rsqrt(s * sqrt(s))`` (``pow`` is several times slower on CPU);
-* uses a closed-form backward instead of an autograd chain, and saves only the input for it (``s`` is
-  recomputed in the backward pass, which is cheaper than writing and re-reading a full-size tensor);
-* on CPU works through the batch in cache-sized chunks with small reusable scratch buffers, so every
-  intermediate stays in cache and the only full-size allocations are the output and the input gradient;
-  the chunks are shared among ``torch.get_num_threads()`` single-threaded workers (``_SingleThreadedPool``).
+Why: ``torch.nn.LocalResponseNorm`` builds the window sum with ``avg_pool3d`` on a padded, unsqueezed copy, uses
+``pow`` and lets autograd differentiate that chain (about 7 full-size temporaries forward, more backward); on CPU
+two such layers roughly halve the paper model's training throughput (docs/models.md "Fast LRN";
+``bench.sections=[lrn]``). Here: the window sum is ``size - 1`` shifted adds over a channel-padded buffer (NCHW
+and channels_last alike); ``s ** -0.75`` is ``rsqrt(s * sqrt(s))`` (``pow`` is several times slower on CPU); the
+backward is closed-form and saves only the input (recomputing ``s`` is cheaper than storing it); on CPU the batch
+goes in cache-sized chunks through small reusable scratch buffers (the only full-size allocations are the output
+and the input gradient), shared among ``torch.get_num_threads()`` single-threaded workers.
 
 Formulas (``n = size``; window as in torch):
 
@@ -21,12 +15,10 @@ Formulas (``n = size``; window as in torch):
     y_c  = x_c * s_c**-beta
     dx_j = g_j * s_j**-beta - (2 * alpha * beta / n) * x_j * sum_{c : j in W(c)} g_c * x_c * s_c**(-beta-1)
 
-Under ``torch.compile`` the same maths is expressed as plain tensor ops (``lrn_composite``) for Inductor to
-fuse, since the chunked eager kernel is opaque to it; TorchScript tracing and ONNX export use that path too
-(traced, the kernel is one opaque Python op that ``torch.jit.save`` and the ONNX exporter cannot serialise).
-
-Half/bfloat16 inputs are computed in float32 internally (``s`` is ``2 + tiny`` and would be quantised away in
-bf16) and results are returned in the input dtype; float32/float64 inputs are computed in their own dtype.
+Under ``torch.compile``, TorchScript tracing and ONNX export the same maths runs as plain tensor ops
+(``lrn_composite``): Inductor can fuse them, while the eager kernel is one opaque Python op that it cannot see into
+and ``torch.jit.save`` and the ONNX exporter cannot serialise. Half/bfloat16 inputs are computed in float32 (``s``
+is ``2 + tiny`` and would be quantised away in bf16) and returned in their dtype.
 """
 
 from __future__ import annotations
@@ -34,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -46,6 +37,8 @@ __all__ = ["LRN", "local_response_norm", "lrn_composite"]
 # (input, output, three scratch buffers) in L2/L3 cache. Whole samples are used up to 4x this size (one
 # AlexNet conv1 sample is 96x55x55 = 290k elements); only bigger samples are split along dim 2.
 _CPU_CHUNK_ELEMS = 1 << 18
+_Chunks = list[tuple[slice, ...]]  # index tuples into a tensor, one per chunk
+_HP = tuple[int, float, float, float]  # size, alpha, beta, k
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -60,7 +53,7 @@ def _empty_like_layout(ref: torch.Tensor, channels: int, dtype: torch.dtype) -> 
     return torch.empty((ref.shape[0], channels, *ref.shape[2:]), dtype=dtype, device=ref.device, memory_format=fmt)
 
 
-def _chunks(x: torch.Tensor) -> list[tuple[slice, ...]]:
+def _chunks(x: torch.Tensor) -> _Chunks:
     """Index tuples covering ``x`` in cache-sized pieces (batch slices, or dim-2 rows of big samples)."""
     if x.device.type != "cpu" or x.numel() <= _CPU_CHUNK_ELEMS:
         return [(slice(None),)]
@@ -102,22 +95,17 @@ def _inv_pow_(s: torch.Tensor, beta: float, out: torch.Tensor) -> torch.Tensor:
 
 
 class _Scratch:
-    """Per-call scratch buffers sized for the largest chunk ``first`` (a group may start with a short chunk),
-    reused for every chunk."""
+    """Per-call scratch buffers sized for the largest chunk ``first``, reused for every chunk."""
 
-    def __init__(
-        self, x: torch.Tensor, chunks: list[tuple[slice, ...]], size: int, k: float, dtype: torch.dtype
-    ) -> None:
+    def __init__(self, x: torch.Tensor, chunks: _Chunks, size: int, k: float, dtype: torch.dtype) -> None:
         self.first = first = max((x[idx] for idx in chunks), key=lambda t: t.numel())
         channels = first.shape[1]
         self.lo, self.hi = size // 2, (size - 1) // 2
         # Padded squares: P[c + lo] = k/n + alpha/n * x_c**2 and k/n in the pad slots, so that every window of
         # n slots sums to exactly s_c = k + alpha/n * sum(x**2), edge windows included.
         self.sq = _empty_like_layout(first, channels + size - 1, dtype)
-        if self.lo:
-            self.sq.narrow(1, 0, self.lo).fill_(k / size)
-        if self.hi:
-            self.sq.narrow(1, self.lo + channels, self.hi).fill_(k / size)
+        self.sq.narrow(1, 0, self.lo).fill_(k / size)
+        self.sq.narrow(1, self.lo + channels, self.hi).fill_(k / size)
         self.s = _empty_like_layout(first, channels, dtype)
         self.k_n = torch.tensor(k / size, dtype=dtype, device=first.device)
 
@@ -134,67 +122,44 @@ class _Scratch:
         return _window_sum_into(padded, size, channels, _scratch_view(self.s, xc))
 
 
-def _forward_chunks(
-    x: torch.Tensor, y: torch.Tensor, chunks: list[tuple[slice, ...]], hp: tuple[int, float, float, float]
-) -> None:
-    """``y[idx] = x[idx] * s**-beta`` for each chunk, with scratch buffers private to this call (grad mode is off
-    here: inside ``autograd.Function`` and in the worker threads)."""
+def _lrn_chunks(x: torch.Tensor, out: torch.Tensor, chunks: _Chunks, hp: _HP, grad: torch.Tensor | None) -> None:
+    """For each chunk, with p = s**-beta: ``out = x p`` (forward, ``grad`` None) or the input gradient ``out = g p -
+    (2 alpha beta / n) x * window^T(g x s**(-beta-1))``, with scratch buffers private to this call (grad mode is
+    off here: inside ``autograd.Function`` and in the worker threads)."""
     size, alpha, beta, k = hp
-    scratch = _Scratch(x, chunks, size, k, _compute_dtype(x.dtype))
+    cdt = _compute_dtype(x.dtype)
+    scratch = _Scratch(x, chunks, size, k, cdt)
+    channels, lo, hi = scratch.first.shape[1], scratch.lo, scratch.hi
+    if grad is not None:  # T[c + hi] = g_c x_c s_c**(-beta-1), zero padded: its window sum is sum_{c: j in W(c)} T_c
+        tbuf = _empty_like_layout(scratch.first, channels + size - 1, cdt)
+        tbuf.narrow(1, 0, hi).zero_()
+        tbuf.narrow(1, hi + channels, lo).zero_()
+        pbuf = _empty_like_layout(scratch.first, channels, cdt)
     for idx in chunks:
         xc = x[idx]
         s = scratch.norm(xc, size, alpha)
-        # p = s**-beta overwrites the squares' centre (no longer needed), then y = x * p.
-        p = _inv_pow_(s, beta, out=_scratch_view(scratch.sq, xc).narrow(1, scratch.lo, xc.shape[1]))
-        torch.mul(xc, p, out=y[idx])
-
-
-def _backward_chunks(
-    x: torch.Tensor,
-    grad: torch.Tensor,
-    dx: torch.Tensor,
-    chunks: list[tuple[slice, ...]],
-    hp: tuple[int, float, float, float],
-) -> None:
-    """``dx[idx] = g p - (2 alpha beta / n) x * window^T(g x s**(-beta-1))`` for each chunk (p = s**-beta)."""
-    size, alpha, beta, k = hp
-    coef = -2.0 * alpha * beta / size
-    cdt = _compute_dtype(x.dtype)
-    scratch = _Scratch(x, chunks, size, k, cdt)
-    first = scratch.first
-    channels = first.shape[1]
-    lo, hi = scratch.lo, scratch.hi
-    # T[c + hi] = g_c * x_c * s_c**(-beta-1), zero padded; its window sum is sum_{c: j in W(c)} T_c.
-    tbuf = _empty_like_layout(first, channels + size - 1, cdt)
-    if hi:
-        tbuf.narrow(1, 0, hi).zero_()
-    if lo:
-        tbuf.narrow(1, hi + channels, lo).zero_()
-    pbuf = _empty_like_layout(first, channels, cdt)
-    for idx in chunks:
-        xc, gc = x[idx], grad[idx]
-        s = scratch.norm(xc, size, alpha)
+        if grad is None:  # p = s**-beta overwrites the squares' centre (no longer needed), then out = x p
+            p = _inv_pow_(s, beta, out=_scratch_view(scratch.sq, xc).narrow(1, lo, channels))
+            torch.mul(xc, p, out=out[idx])
+            continue
         p = _inv_pow_(s, beta, out=_scratch_view(pbuf, xc))
-        padded = _scratch_view(tbuf, xc)
+        gc, padded = grad[idx], _scratch_view(tbuf, xc)
         t = torch.div(p, s, out=padded.narrow(1, hi, channels))  # s**(-beta-1), compute dtype
         t.mul_(gc).mul_(xc)
         w = _window_sum_into(padded, size, channels, s)  # s is no longer needed: reuse it
-        if dx.dtype == cdt:
-            out = dx[idx]
-            torch.mul(gc, p, out=out)
-            out.addcmul_(w, xc, value=coef)
+        coef = -2.0 * alpha * beta / size
+        if out.dtype == cdt:
+            torch.mul(gc, p, out=out[idx]).addcmul_(w, xc, value=coef)
         else:  # accumulate in the compute dtype, round once
-            p.mul_(gc).addcmul_(w, xc, value=coef)
-            dx[idx].copy_(p)
+            out[idx].copy_(p.mul_(gc).addcmul_(w, xc, value=coef))
 
 
 class _SingleThreadedPool:
     """Python worker threads whose torch ops each run on one intra-op thread.
 
-    Why: the chunked kernel issues hundreds of small ops per call. Run through OpenMP, every op is a
-    fork/join barrier, and when another process holds one of the cores (a shared 2-core machine) each
-    barrier waits for a scheduler time slice: measured 50-100x slower. Splitting the chunks over plain
-    threads that run their ops serially has no barriers, yet uses all cores when they are free.
+    Why: the chunked kernel issues hundreds of small ops per call; through OpenMP every op is a fork/join barrier,
+    and when another process holds a core (a shared 2-core machine) each barrier waits for a scheduler time slice:
+    measured 50-100x slower. Plain threads running their ops serially have no barriers yet use all free cores.
     """
 
     def __init__(self, workers: int) -> None:
@@ -219,17 +184,19 @@ _POOL: _SingleThreadedPool | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def _run_chunks(x: torch.Tensor, work: Callable[[list[tuple[slice, ...]]], None]) -> None:
-    """Run ``work`` over the chunks of ``x``, split across ``torch.get_num_threads()`` workers on CPU, autocast
-    off (we choose dtypes ourselves; autocast is thread-local, so never on in the workers)."""
+def _run_chunks(x: torch.Tensor, hp: _HP, grad: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_lrn_chunks` of ``x`` (the LRN, or the input gradient for ``grad``) over the chunks of ``x``, split
+    across ``torch.get_num_threads()`` workers on CPU, autocast off (we choose dtypes ourselves; autocast is
+    thread-local, so never on in the workers)."""
     global _POOL
+    out = torch.empty_like(x)
     chunks = _chunks(x)
     workers = min(torch.get_num_threads(), len(chunks)) if x.device.type == "cpu" else 1
     if workers <= 1:
         autocast = torch.amp.is_autocast_available(x.device.type)  # not on every device type (meta)
         with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-            work(chunks)
-        return
+            _lrn_chunks(x, out, chunks, hp, grad)
+        return out
     with _POOL_LOCK:
         if _POOL is None or _POOL.pid != os.getpid() or _POOL.workers < workers:
             if _POOL is not None and _POOL.pid == os.getpid():
@@ -240,14 +207,15 @@ def _run_chunks(x: torch.Tensor, work: Callable[[list[tuple[slice, ...]]], None]
     # inference tensor outside inference mode is an error), and never record autograd there.
     inference = torch.is_inference_mode_enabled()
 
-    def task(group: list[tuple[slice, ...]]) -> None:
+    def task(group: _Chunks) -> None:
         with torch.inference_mode(inference), torch.no_grad():
-            work(group)
+            _lrn_chunks(x, out, group, hp, grad)
 
     bounds = [len(chunks) * i // workers for i in range(workers + 1)]
     futures = [pool.executor.submit(task, chunks[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     for f in futures:
         f.result()
+    return out
 
 
 class _LRNFunction(torch.autograd.Function):
@@ -255,28 +223,22 @@ class _LRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-        hp = (size, alpha, beta, k)
-        y = torch.empty_like(x)
-        _run_chunks(x, lambda chunks: _forward_chunks(x, y, chunks, hp))
+        ctx.hparams = (size, alpha, beta, k)
         ctx.save_for_backward(x)
-        ctx.hparams = hp
-        return y
+        return _run_chunks(x, ctx.hparams)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        dx = torch.empty_like(x)
-        _run_chunks(x, lambda chunks: _backward_chunks(x, grad, dx, chunks, ctx.hparams))
-        return dx, None, None, None, None
+        return _run_chunks(x, ctx.hparams, grad), None, None, None, None
 
 
 def lrn_composite(
     x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
 ) -> torch.Tensor:
     """The same LRN as plain differentiable tensor ops: used under ``torch.compile`` (Inductor fuses it)."""
-    cdt = _compute_dtype(x.dtype)
-    xc = x.to(cdt)
+    xc = x.to(_compute_dtype(x.dtype))
     channels = x.shape[1]
     pad = [0, 0] * (x.dim() - 2) + [size // 2, (size - 1) // 2]
     padded = nn.functional.pad(xc * xc, pad)
@@ -294,8 +256,6 @@ def local_response_norm(
         raise ValueError(f"LRN expects an input of shape (N, C, *) with at least 3 dims, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"LRN expects a floating point input, got {x.dtype}")
-    if x.numel() == 0:
-        return x.clone()
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return lrn_composite(x, size, alpha, beta, k)
     return _LRNFunction.apply(x, size, alpha, beta, k)
@@ -304,9 +264,8 @@ def local_response_norm(
 class LRN(nn.Module):
     """Cross-channel local response normalisation, a fast drop-in for ``torch.nn.LocalResponseNorm``.
 
-    Same arguments and semantics as torch (``alpha`` is divided by ``size``, as in cuda-convnet/Caffe), same
-    outputs and gradients up to float rounding, a fraction of the CPU time. ``k`` must be positive (the
-    backward pass divides by ``s >= k``); AlexNet uses ``k = 2``.
+    Same arguments and semantics as torch (``alpha`` is divided by ``size``), same outputs and gradients up to
+    float rounding. ``k`` must be positive (the backward pass divides by ``s >= k``).
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> None:

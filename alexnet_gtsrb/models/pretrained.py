@@ -1,9 +1,8 @@
 """ImageNet weights for the ``torchvision`` variant: ``model.pretrained=imagenet`` or ``=/path/to/weights.pth``.
 
-``imagenet`` goes through torchvision's weights API (``AlexNet_Weights.IMAGENET1K_V1``, downloaded once into
-``$TORCH_HOME/hub/checkpoints``; offline, the message names the file to fetch and the local-file option); a local
-file is read as plain tensors (``weights_only=True``). The backbone and FC6/FC7 are copied, the 1000-class head
-(``classifier.6``) is left as initialised. Applied once, when a run starts from scratch (``train.py``).
+``imagenet`` goes through torchvision's weights API (``AlexNet_Weights.IMAGENET1K_V1``, cached in
+``$TORCH_HOME/hub/checkpoints``); a local file is read as plain tensors (``weights_only=True``). The backbone and
+FC6/FC7 are copied, the 1000-class head (``classifier.6``) is left as initialised, once, when a run starts.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
 
     weights = AlexNet_Weights.IMAGENET1K_V1
     try:
-        state: dict[str, torch.Tensor] = weights.get_state_dict(progress=False)
+        return weights.get_state_dict(progress=False)
     except OSError as exc:  # urllib's URLError and socket errors are OSErrors
         reason = str(getattr(exc, "reason", exc)).strip()[:160]
         raise UserError(
@@ -36,7 +35,6 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
             f"Without internet, fetch {weights.url} elsewhere and pass model.pretrained=/path/to/"
             f"{weights.url.rsplit('/', 1)[-1]} (or put it in $TORCH_HOME/hub/checkpoints/)."
         ) from None
-    return state
 
 
 def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -59,11 +57,8 @@ def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(net: nn.Module, source: str) -> dict[str, Any]:
-    """Copy ``source``'s weights into ``net`` (the torchvision variant), all but the 1000-class head.
-
-    Returns a summary (source, tensors loaded, head left). A tensor missing or of another shape in the backbone
-    or FC6/FC7, or a non-finite one, stops with its name.
-    """
+    """Copy ``source``'s weights into ``net`` (the torchvision variant), all but the 1000-class head; a tensor
+    missing, of another shape or non-finite stops with its name. Returns (source, tensors loaded, head left)."""
     if getattr(net, "variant", None) != "torchvision":
         raise ConfigError(
             f"model.pretrained={source}: ImageNet weights exist for torchvision's layout only; use "

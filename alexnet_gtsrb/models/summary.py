@@ -2,8 +2,7 @@
 ``python -m alexnet_gtsrb.models.summary [hydra overrides]`` prints it for any model config (``--help``: Hydra's).
 
 Why: the seed Keras script is known only through its printed ``model.summary()``; the same table for our models
-(BatchNorm running statistics counted as non-trainable parameters, as Keras does) makes the reconstruction
-checkable line by line.
+(BatchNorm running statistics counted as non-trainable, as Keras does) makes the reconstruction checkable.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ __all__ = ["SummaryRow", "summary_rows", "format_summary", "main"]
 
 @dataclass(frozen=True)
 class SummaryRow:
-    """One layer: unpacks as ``(layer_name, output_shape, n_params)`` (trainable parameters); ``non_trainable``
-    counts its BatchNorm running mean/variance (and any frozen parameters), as Keras does."""
+    """One layer, unpacking as ``(layer_name, output_shape, n_params)`` (trainable); ``non_trainable`` counts its
+    BatchNorm running mean/variance (and any frozen parameters), as Keras does."""
 
     layer_name: str
     output_shape: tuple[int, ...]
@@ -50,9 +49,8 @@ def _own_counts(module: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def summary_rows(net: nn.Module, image_size: int, in_channels: int = 3) -> list[SummaryRow]:
-    """``(layer_name, output_shape, n_params)`` per leaf module, in call order (``nn.Identity`` skipped), from one
-    eval-mode forward pass of a ``(1, in_channels, image_size, image_size)`` input on the net's device (its
-    train/eval mode restored afterwards). Output shapes exclude the batch dimension."""
+    """A row per leaf module in call order (``nn.Identity`` skipped) from one eval-mode forward pass of a
+    ``(1, in_channels, image_size, image_size)`` input on the net's device; output shapes exclude the batch."""
     rows: list[SummaryRow] = []
     seen: set[int] = set()
 
@@ -85,21 +83,20 @@ def summary_rows(net: nn.Module, image_size: int, in_channels: int = 3) -> list[
 
 
 def format_summary(rows: Sequence[SummaryRow | tuple[str, tuple[int, ...], int]], title: str = "") -> str:
-    """A Keras ``model.summary()``-like table: layer, output shape (CxHxW), Param # (incl. BN statistics), then
-    the total, trainable and non-trainable (BatchNorm running mean/var) counts. Plain 3-tuples are all-trainable."""
-    table = []
+    """A Keras ``model.summary()``-like table (Param # includes BN statistics) with the total, trainable and
+    non-trainable counts. Plain 3-tuples are all-trainable."""
+    heads = ("Layer (type)", "Output shape", "Param #")
+    table = [heads]
     trainable = non_trainable = 0
     for row in rows:
         name, shape, n = row
         nt = getattr(row, "non_trainable", 0)
         trainable, non_trainable = trainable + n, non_trainable + nt
         table.append((name, "x".join(str(d) for d in shape) or "-", f"{n + nt:,}"))
-    heads = ("Layer (type)", "Output shape", "Param #")
-    w_name, w_shape, w_n = (max([len(h), *(len(r[i]) for r in table)]) for i, h in enumerate(heads))
+    w_name, w_shape, w_n = (max(len(r[i]) for r in table) for i in range(3))
     rule = "=" * (w_name + w_shape + w_n + 4)
-    lines = [title] if title else []
-    lines += [f"{heads[0]:<{w_name}}  {heads[1]:<{w_shape}}  {heads[2]:>{w_n}}", rule]
-    lines += [f"{a:<{w_name}}  {b:<{w_shape}}  {c:>{w_n}}" for a, b, c in table]
+    header, *body = [f"{a:<{w_name}}  {b:<{w_shape}}  {c:>{w_n}}" for a, b, c in table]
+    lines = [*([title] if title else []), header, rule, *body]
     lines += [
         rule,
         f"Total params: {trainable + non_trainable:,}",

@@ -2,9 +2,9 @@
 
 Why: grouped convolution (``AlexNet(variant="paper", groups=2)``) reproduces the paper's *connectivity*; the
 paper also *placed* the two halves on two GTX 580 GPUs. :class:`AlexNetTowers` is the same network written
-the way it was run, so that ``tower_devices=["cuda:0", "cuda:1"]`` puts one tower on each GPU. It is
-numerically the grouped network (outputs and gradients to 1e-10 in float64, tests/test_towers.py):
-:func:`grouped_to_towers` / :func:`towers_to_grouped` map state_dicts both ways.
+the way it was run (``tower_devices=["cuda:0", "cuda:1"]`` puts one tower on each GPU), numerically the grouped
+network (outputs and gradients to 1e-10 in float64, tests/test_towers.py); :func:`grouped_to_towers` /
+:func:`towers_to_grouped` map state_dicts both ways.
 
 Per tower (t = 0, 1), with the cross-tower points marked ``<->``::
 
@@ -19,20 +19,12 @@ Per tower (t = 0, 1), with the cross-tower points marked ``<->``::
     FC7 2048 of 4096 on BOTH FC6 halves     <->   ReLU [BN] Dropout
     FC8 (classes) on both FC7 halves, on the first tower's device
 
-FC6 and FC7 are split into halves of 2048 units as in the paper (each GPU held half of each FC layer, every
-half seeing the whole previous layer). Flattening tower 0's pool5 then tower 1's gives exactly the grouped
-net's channel-major flatten, so the halves are row slices of the grouped FC weights.
-
-LRN: the project's grouped net normalises across all 96 (conv1) and 256 (conv2) channels, so the window of a
-channel next to the tower boundary (47/48, 127/128) reaches two channels of the other tower. In the paper each
-GPU normalised its own maps. To be the same network as the grouped one, each tower's LRN here receives a
-halo of ``size // 2`` = 2 boundary channels from the other tower (a small extra cross-device copy); with
-``lrn=False`` there is none.
-
-Device placement: with ``tower_devices`` set, every ``.to()``/``.cuda()``/``.cpu()`` (Lightning moves the
-whole model to its root device) is followed by putting each tower back on its device; tensors move only at
-the marked points, and the logits are returned on the input's device. With ``tower_devices=None`` both towers
-follow the module like any other (one device).
+Flattening tower 0's pool5 then tower 1's gives the grouped net's channel-major flatten, so the FC6/FC7 halves
+(each GPU held half of each FC layer) are row slices of its weights. LRN: the grouped net normalises across all
+96 (256) channels, so the window of a channel at the tower boundary reaches two channels of the other tower (in
+the paper each GPU normalised its own maps); to be the grouped network, each tower's LRN gets a halo of
+``size // 2`` = 2 boundary channels from the other tower. Tower placement survives whole-module moves
+(Lightning's); the logits come back on the input's device.
 """
 
 from __future__ import annotations
@@ -47,22 +39,13 @@ from alexnet_gtsrb.models.alexnet import AlexNet, _lrn
 
 __all__ = ["AlexNetTowers", "grouped_to_towers", "towers_to_grouped", "TOWER_LAYERS"]
 
-#: grouped ``AlexNet`` (paper variant, groups=2) module -> tower module; each splits in two along dim 0.
+#: grouped ``AlexNet`` (paper variant, groups=2) module -> tower module; each splits in two along dim 0: conv1-conv5
+#: at features.0/6/12/15/18 and FC6/FC7 at classifier.0/4, each followed two slots later by its BatchNorm slot.
 TOWER_LAYERS: dict[str, str] = {
-    "features.0": "conv1",
-    "features.2": "bn1",
-    "features.6": "conv2",
-    "features.8": "bn2",
-    "features.12": "conv3",
-    "features.14": "bn3",
-    "features.15": "conv4",
-    "features.17": "bn4",
-    "features.18": "conv5",
-    "features.20": "bn5",
-    "classifier.0": "fc6",
-    "classifier.2": "bn6",
-    "classifier.4": "fc7",
-    "classifier.6": "bn7",
+    f"{seq}.{i + 2 * is_bn}": f"{'bn' if is_bn else kind}{n}"
+    for seq, kind, first, indices in (("features", "conv", 1, (0, 6, 12, 15, 18)), ("classifier", "fc", 6, (0, 4)))
+    for n, i in enumerate(indices, first)
+    for is_bn in (0, 1)
 }
 _BACKBONE = {v for k, v in TOWER_LAYERS.items() if k.startswith("features.")}  # conv1-conv5 and their BNs
 _WHOLE = {"classifier.8": "fc8"}  # not split: on the first tower's device
@@ -76,22 +59,14 @@ class _Tower(nn.Module):
         super().__init__()
         bn2 = lambda c: nn.BatchNorm2d(c) if batch_norm else nn.Identity()
         bn1 = lambda c: nn.BatchNorm1d(c) if batch_norm else nn.Identity()
-        self.conv1 = nn.Conv2d(3, 48, 11, stride=4, padding=0)
-        self.bn1: nn.Module = bn2(48)
-        self.conv2 = nn.Conv2d(48, 128, 5, padding=2)
-        self.bn2 = bn2(128)
-        self.conv3 = nn.Conv2d(256, 192, 3, padding=1)  # sees both towers
-        self.bn3 = bn2(192)
-        self.conv4 = nn.Conv2d(192, 192, 3, padding=1)
-        self.bn4 = bn2(192)
-        self.conv5 = nn.Conv2d(192, 128, 3, padding=1)
-        self.bn5 = bn2(128)
-        self.fc6 = nn.Linear(flat, 2048)  # sees both towers' pool5
-        self.bn6 = bn1(2048)
-        self.fc7 = nn.Linear(4096, 2048)  # sees both FC6 halves
-        self.bn7 = bn1(2048)
-        self.relu = nn.ReLU()
-        self.relu5 = nn.ReLU()  # conv5's own: its output is the tower's half of the rectified maps (Grad-CAM)
+        self.conv1, self.bn1 = nn.Conv2d(3, 48, 11, stride=4, padding=0), bn2(48)
+        self.conv2, self.bn2 = nn.Conv2d(48, 128, 5, padding=2), bn2(128)
+        self.conv3, self.bn3 = nn.Conv2d(256, 192, 3, padding=1), bn2(192)  # sees both towers
+        self.conv4, self.bn4 = nn.Conv2d(192, 192, 3, padding=1), bn2(192)
+        self.conv5, self.bn5 = nn.Conv2d(192, 128, 3, padding=1), bn2(128)
+        self.fc6, self.bn6 = nn.Linear(flat, 2048), bn1(2048)  # sees both towers' pool5
+        self.fc7, self.bn7 = nn.Linear(4096, 2048), bn1(2048)  # sees both FC6 halves
+        self.relu, self.relu5 = nn.ReLU(), nn.ReLU()  # conv5's own: the tower's half of the rectified maps (Grad-CAM)
         self.pool = nn.MaxPool2d(3, 2)
         self.conv_drop: nn.Module = nn.Dropout(conv_dropout) if conv_dropout > 0 else nn.Identity()
         self.drop = nn.Dropout(dropout)
@@ -125,20 +100,17 @@ class AlexNetTowers(nn.Module):
         self.load_state_dict(grouped_to_towers(grouped.state_dict()))
         self._place()
 
-    # -- placement --------------------------------------------------------------------------------------------
     def _place(self) -> None:
-        if self.tower_devices is None:
-            return
-        for tower, device in zip(self.towers, self.tower_devices, strict=True):
-            tower.to(device)
-        self.fc8.to(self.tower_devices[0])
+        if self.tower_devices is not None:
+            for tower, device in zip(self.towers, self.tower_devices, strict=True):
+                tower.to(device)
+            self.fc8.to(self.tower_devices[0])
 
     def _apply(self, fn: Any, recurse: bool = True) -> AlexNetTowers:
         super()._apply(fn, recurse)
         self._place()  # .to()/.cuda() of the whole net keeps each tower on its own device
         return self
 
-    # -- forward ----------------------------------------------------------------------------------------------
     def _lrn_pair(self, a: list[torch.Tensor], devices: list[torch.device]) -> list[torch.Tensor]:
         """Each tower's LRN with a halo of the other tower's boundary channels: exactly the LRN over all channels."""
         if self.halo == 0:
@@ -201,7 +173,6 @@ def _check_devices(tower_devices: Sequence[str] | None) -> tuple[str, str] | Non
     return names[0], names[1]
 
 
-# -- state_dict converters ----------------------------------------------------------------------------------
 def grouped_to_towers(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """A grouped paper ``AlexNet`` state_dict (keys under ``prefix``, e.g. ``"net."``) -> the tower form's.
 
