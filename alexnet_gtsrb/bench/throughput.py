@@ -178,8 +178,7 @@ class SteadyStateTimer(Callback):
 
 # -- the sections that need no data (config and options in, rows out) ----------------------------------------
 def _steps(section: str, what: str, net: Any, batch: int, cfg: DictConfig, opts: dict, **kwargs: Any) -> Row:
-    """A row of ``net``'s bare training img/s on the configured device at the configured image size; precision,
-    memory format and warm-up as configured unless ``kwargs`` (of :func:`train_step`, and ``warmup``) say."""
+    """A row of ``net``'s bare training img/s as configured, unless ``kwargs`` (of :func:`train_step`, warmup) say."""
     warmup = kwargs.pop("warmup", opts["warmup"])
     bf16 = str(cfg.trainer.get("precision", "32-true")).startswith("bf16")
     kwargs = {"bf16": bf16, "channels_last": bool(cfg.model.channels_last), **kwargs}
@@ -195,16 +194,14 @@ def ema_config(cfg: DictConfig) -> DictConfig | None:
 
 
 def top_ops(prof: Any, n: int) -> list[tuple[str, float, float, int]]:
-    """The ``n`` operators of a torch.profiler run with the most self CPU time: (name, self CPU us, share of all
-    self CPU time, calls)."""
+    """The ``n`` operators with the most self CPU time: (name, self CPU us, share of all self CPU time, calls)."""
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     return [(e.key, e.self_cpu_time_total, e.self_cpu_time_total / total, e.count) for e in events[:n]]
 
 
 def bench_ceiling(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:
-    """a. Bare training steps of ``model.net`` on random tensors with the configured optimizer and loss: the most
-    the model can do here; then the same steps each followed by the configured EMA update (if any)."""
+    """a. Bare training steps on random tensors (the most the model can do here), then with the EMA update if any."""
     net, batch = instantiate(cfg.model.net).to(device(cfg)), int(cfg.data.batch_size)
     opt_cfg = cfg.model.get("optimizer") or cfg.get("optimizer")
     name = str(opt_cfg["_target_"]).rsplit(".", 1)[-1] + (" fused" if opt_cfg.get("fused") else "")
@@ -238,8 +235,7 @@ def bench_lrn(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:
 
 
 def bench_precision(cfg: DictConfig, opts: dict[str, Any]) -> list[Row]:
-    """f. The configured network's bare training img/s in fp32 NCHW, fp32 channels_last (the reference), bf16
-    autocast + channels_last and fp32 channels_last under ``torch.compile``; the fp32 and bf16 steps' top ops."""
+    """f. Bare training img/s: fp32 NCHW, fp32 channels_last (the reference), bf16, torch.compile; top ops."""
     from torch.profiler import ProfilerActivity, profile
 
     batch, rows = int(opts["precision_batch"] or cfg.data.batch_size), []

@@ -118,13 +118,11 @@ def layout_problems(root: str | os.PathLike[str], parts: Sequence[str] = PARTS) 
 
 
 def _say(progress: bool, message: str) -> None:
-    """A status line on stderr when progress output is on."""
     if progress:
         print(f"[gtsrb] {message}", file=sys.stderr, flush=True)
 
 
 def _network_error(url: str, exc: Exception, downloads: Path) -> DownloadError:
-    """A requests failure as one line naming the URL and the ways out."""
     response = getattr(exc, "response", None)
     what = f"HTTP {response.status_code} {response.reason}" if response is not None else type(exc).__name__
     return DownloadError(

@@ -36,20 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Download, md5-check and unpack the official GTSRB archives (idempotent; retries network errors).",
     )
     add = parser.add_argument
-    add("--root", default=os.environ.get(dl.ROOT_ENV_VAR) or None, help=f"data root (default: ${dl.ROOT_ENV_VAR})")
-    add(
-        "--only",
-        choices=tuple(ONLY_CHOICES),
-        default="all",
-        help="all (training + test archives, default) or test (the test images and GT-final_test.csv: enough to "
-        "evaluate a checkpoint, without the 263 MB training archive)",
-    )
-    add(
-        "--mirror",
-        help=f"http(s) base URL holding the zips (default: ${dl.MIRROR_ENV_VAR}, else {dl.DEFAULT_BASE_URL}); "
-        "they must match the official md5s, or those given with --md5",
-    )
+    only_help = "all (training + test archives, default) or test (the test images and GT-final_test.csv: enough to "
+    only_help += "evaluate a checkpoint, without the 263 MB training archive)"
+    mirror_help = f"http(s) base URL holding the zips (default: ${dl.MIRROR_ENV_VAR}, else {dl.DEFAULT_BASE_URL}); "
+    mirror_help += "they must match the official md5s, or those given with --md5"
     md5_help = "a mirror's own md5 of an archive (repeatable)"
+    add("--root", default=os.environ.get(dl.ROOT_ENV_VAR) or None, help=f"data root (default: ${dl.ROOT_ENV_VAR})")
+    add("--only", choices=tuple(ONLY_CHOICES), default="all", help=only_help)
+    add("--mirror", help=mirror_help)
     add("--md5", action="append", default=[], type=_md5, metavar="FILENAME=HASH", help=md5_help)
     add("--no-progress", action="store_true", help="no progress bars or status lines")
     add("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")

@@ -28,12 +28,10 @@ def make_preview(root: str | Path, out_png: str | Path, tile: int = 80) -> Path:
         if (frame := cv2.imread(str(files[-1]), cv2.IMREAD_COLOR)) is None:
             raise OSError(f"cv2 could not read {files[-1]}")
         y, x = (class_id // 9) * (tile + 14), (class_id % 9) * tile
-        grid[y + 2 : y + tile - 2, x + 2 : x + tile - 2] = cv2.resize(
-            frame, (tile - 4, tile - 4), interpolation=cv2.INTER_NEAREST
-        )
-        cv2.putText(
-            grid, str(class_id), (x + 4, y + tile + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA
-        )
+        thumbnail = cv2.resize(frame, (tile - 4, tile - 4), interpolation=cv2.INTER_NEAREST)
+        grid[y + 2 : y + tile - 2, x + 2 : x + tile - 2] = thumbnail
+        label_at, font = (x + 4, y + tile + 10), cv2.FONT_HERSHEY_SIMPLEX
+        cv2.putText(grid, str(class_id), label_at, font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     if not cv2.imwrite(str(out_png), grid):
         raise OSError(f"cv2 could not write {out_png}")
     return Path(out_png)
@@ -45,15 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m alexnet_gtsrb.data.synthetic",
         description="Generate a small synthetic GTSRB look-alike in the official archive layout (offline demo).",
     )
-    parser.add_argument(
-        "--root", type=Path, help=f"output folder (default: one per setting under {cache_root()}/synthetic)"
-    )
-    parser.add_argument("--tracks", type=int, default=6, help="training tracks per class (default 6)")
-    parser.add_argument("--frames", type=int, default=5, help="frames per training track (default 5)")
-    parser.add_argument("--test", type=int, default=5, help="test images per class (default 5)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="regenerate even if a matching tree exists")
-    parser.add_argument("--preview", type=Path, help="also save a PNG grid with one image per class")
+    add = parser.add_argument
+    add("--root", type=Path, help=f"output folder (default: one per setting under {cache_root()}/synthetic)")
+    add("--tracks", type=int, default=6, help="training tracks per class (default 6)")
+    add("--frames", type=int, default=5, help="frames per training track (default 5)")
+    add("--test", type=int, default=5, help="test images per class (default 5)")
+    add("--seed", type=int, default=0)
+    add("--overwrite", action="store_true", help="regenerate even if a matching tree exists")
+    add("--preview", type=Path, help="also save a PNG grid with one image per class")
     args = parser.parse_args(argv)
     settings = (args.tracks, args.frames, args.test, args.seed)
     started = time.perf_counter()

@@ -98,38 +98,41 @@ class Pen:
         self.poly(role, [tip, (base[0] - dy * half, base[1] + dx * half), (base[0] + dy * half, base[1] - dx * half)])
 
 
-def regular_polygon(sides: int, radius: float, start_deg: float, centre: Point = (0.5, 0.5)) -> list[Point]:
-    angles = [math.radians(start_deg) + 2 * math.pi * k / sides for k in range(sides)]
-    return [(centre[0] + radius * math.cos(a), centre[1] + radius * math.sin(a)) for a in angles]
-
-
 def arc_points(centre: Point, radius: float, start_deg: float, end_deg: float, count: int) -> list[Point]:
     """Points along a circular arc (degrees; y points down, so angles run clockwise)."""
     angles = [math.radians(a) for a in np.linspace(start_deg, end_deg, count)]
     return [(centre[0] + radius * math.cos(a), centre[1] + radius * math.sin(a)) for a in angles]
 
 
-# fmt: off
+def _polygons(sides: int, start_deg: float, centre: Point, *rims: tuple[str, float]) -> list[Op]:
+    """Concentric regular polygons, outermost first, one per (colour role, circumradius)."""
+    angles = [math.radians(start_deg) + 2 * math.pi * k / sides for k in range(sides)]
+    unit = [(math.cos(a), math.sin(a)) for a in angles]
+    return [("poly", role, [(centre[0] + r * c, centre[1] + r * s) for c, s in unit]) for role, r in rims]
+
+
 _C, _R3 = (0.5, 0.5), 0.98 / math.sqrt(3)  # _R3: circumradius of an equilateral triangle 0.98 wide
 _R8 = 0.49 / math.cos(math.pi / 8)  # an octagon 0.98 wide across its flat sides
+_UP, _DOWN = (0.5, 0.5 + _R3 / 4), (0.5, 0.5 - _R3 / 4)  # centres of the warning and the yield triangle
 #: style -> (glyph area centre, glyph area size, ops; the first op also draws the sign's silhouette)
 BODIES: dict[str, tuple[Point, float, list[Op]]] = {
     "prohibition": (_C, 0.74, [("circle", "red", _C, 0.49), ("circle", "white", _C, 0.39)]),  # red rim
     "end": (_C, 0.8, [("circle", "white", _C, 0.49), ("circle", "grey", _C, 0.475, 0.02)]),  # thin outline
     "no_entry": (_C, 0.9, [("circle", "white", _C, 0.49), ("circle", "red", _C, 0.465)]),
     "mandatory": (_C, 0.8, [("circle", "white", _C, 0.49), ("circle", "blue", _C, 0.465)]),
-    **{style: ((0.5, centre[1] - 0.02), 0.46, [("poly", "red", regular_polygon(3, _R3, start, centre)),
-                                              ("poly", "white", regular_polygon(3, _R3 * 0.63, start, centre))])
-       for style, start, centre in (("warning", -90, (0.5, 0.5 + _R3 / 4)), ("yield", 90, (0.5, 0.5 - _R3 / 4)))},
-    "stop": (_C, 0.9, [("poly", "white", regular_polygon(8, _R8, 22.5)),
-                       ("poly", "red", regular_polygon(8, _R8 * 0.93, 22.5))]),
-    "priority": (_C, 0.5, [("poly", role, regular_polygon(4, radius, 0))
-                           for role, radius in (("white", 0.49), ("black", 0.36), ("yellow", 0.33))]),
+    "warning": ((0.5, _UP[1] - 0.02), 0.46, _polygons(3, -90, _UP, ("red", _R3), ("white", _R3 * 0.63))),
+    "yield": ((0.5, _DOWN[1] - 0.02), 0.46, _polygons(3, 90, _DOWN, ("red", _R3), ("white", _R3 * 0.63))),
+    "stop": (_C, 0.9, _polygons(8, 22.5, _C, ("white", _R8), ("red", _R8 * 0.93))),
+    "priority": (_C, 0.5, _polygons(4, 0, _C, ("white", 0.49), ("black", 0.36), ("yellow", 0.33))),
 }
-# fmt: on
 
 
 # -- glyph parts, in local units (about [-0.5, 0.5]) -------------------------------------------------------------
+def _strokes(width: float, *paths: list[Point]) -> list[Op]:
+    """Black strokes of one width, one per path."""
+    return [("line", "black", path, width) for path in paths]
+
+
 def _car(x: float, role: str, scale: float = 1.0) -> list[Op]:
     """A car seen from behind, centred on x and scaled about (x, 0): cabin, body, wheels."""
     at = lambda dx, dy: (x + dx * scale, dy * scale)
@@ -146,12 +149,9 @@ def _truck(x: float, role: str) -> list[Op]:
 
 def _stripes(count: int, gap: float, width: float) -> list[Op]:
     """Parallel diagonal strokes, upper right to lower left, ending on a circle of radius 0.48: 'end of'."""
-    ops = []
-    for k in range(count):
-        offset = (k - (count - 1) / 2) * gap
-        mid, reach = offset / math.sqrt(2), math.sqrt(max(0.0, 0.48**2 - offset**2)) / math.sqrt(2)
-        ops.append(("line", "black", [(mid + reach, mid - reach), (mid - reach, mid + reach)], width))
-    return ops
+    offsets = [(k - (count - 1) / 2) * gap for k in range(count)]
+    ends = [(o / math.sqrt(2), math.sqrt(max(0.0, 0.48**2 - o**2)) / math.sqrt(2)) for o in offsets]  # mid, reach
+    return _strokes(width, *([(m + r, m - r), (m - r, m + r)] for m, r in ends))
 
 
 def _person(x: float, y: float, scale: float) -> list[Op]:
@@ -194,10 +194,42 @@ _STRAIGHT_OR_TURN = [
 _KEEP = [("arrow", "white", [(-0.27, -0.27), (0.28, 0.28)], 0.14, 0.3)]
 _END = _stripes(4, 0.06, 0.028)
 
-# fmt: off
-_DEER = [(0.22 * math.cos(t) * math.cos(-0.35) - 0.08 * math.sin(t) * math.sin(-0.35),  # an ellipse tilted -0.35 rad
-          0.04 + 0.22 * math.cos(t) * math.sin(-0.35) + 0.08 * math.sin(t) * math.cos(-0.35))
-         for t in np.linspace(0, 2 * math.pi, 20, endpoint=False)]
+
+_CT, _ST = math.cos(-0.35), math.sin(-0.35)
+_DEER = [  # an ellipse tilted -0.35 rad
+    (0.22 * math.cos(t) * _CT - 0.08 * math.sin(t) * _ST, 0.04 + 0.22 * math.cos(t) * _ST + 0.08 * math.sin(t) * _CT)
+    for t in np.linspace(0, 2 * math.pi, 20, endpoint=False)
+]
+_S_BEND = [(-0.08, 0.35), (-0.08, 0.22), (0.0, 0.12), (0.1, 0.02), (0.1, -0.06), (0.02, -0.15), (-0.06, -0.22)]
+_SKIDS = [
+    [(x + 0.05 * math.sin(t * 2 * math.pi), 0.22 + t * 0.14) for t in np.linspace(0, 1, 9)] for x in (-0.12, 0.12)
+]
+_POST = [(-0.04, -0.34), (0.04, -0.34), (0.07, 0.3), (-0.07, 0.3)]
+_MARK = [(-0.055, -0.32), (0.055, -0.32), (0.03, 0.12), (-0.03, 0.12)]
+_CAB = [(0.15, -0.06), (0.29, -0.06), (0.36, 0.02), (0.36, 0.1), (0.15, 0.1)]  # of a lorry in profile
+_WHEELS = [("circle", "black", (x, 0.12), 0.065) for x in (-0.22, 0.24)]
+_LIGHTS = [("circle", role, (0.0, y), 0.075) for y, role in ((-0.23, "red"), (-0.015, "yellow"), (0.2, "green"))]
+_ROUNDABOUT = [("arrow", "white", arc_points((0.0, 0.0), 0.27, a, a - 85, 12), 0.1, 0.16) for a in (-90, 30, 150)]
+_NARROWS = _strokes(0.08, [(-0.14, 0.34), (-0.14, -0.34)], [(0.16, 0.34), (0.16, 0.06), (0.04, -0.1), (0.04, -0.34)])
+_ROAD_WORK = (  # a worker digging: head, trunk, legs, spade; a heap
+    [("circle", "black", (0.08, -0.27), 0.065), *_strokes(0.09, [(0.06, -0.18), (-0.04, 0.06)])]
+    + _strokes(0.07, [(-0.16, 0.32), (-0.04, 0.05), (0.06, 0.32)])
+    + _strokes(0.045, [(0.03, -0.12), (0.2, 0.02), (0.3, 0.22)])
+    + [("poly", "black", [(-0.38, 0.32), (-0.27, 0.16), (-0.17, 0.32)])]
+)
+_BICYCLE = (  # wheels, frame, handlebar, rider
+    [("circle", "black", (x, 0.14), 0.13, 0.04) for x in (-0.2, 0.2)]
+    + _strokes(0.045, [(-0.2, 0.14), (-0.04, -0.06), (0.2, 0.14)], [(-0.04, -0.06), (0.13, -0.06), (0.2, 0.14)])
+    + _strokes(0.04, [(0.13, -0.06), (0.1, -0.16), (0.18, -0.17)])
+    + [("circle", "black", (-0.07, -0.25), 0.055), *_strokes(0.06, [(-0.07, -0.19), (-0.04, -0.06)])]
+)
+_WILD_ANIMAL = (  # a deer: body, neck, head, antlers, legs
+    [("poly", "black", _DEER), *_strokes(0.07, [(0.15, -0.04), (0.24, -0.2)])]
+    + [("poly", "black", [(0.2, -0.24), (0.3, -0.26), (0.36, -0.2), (0.26, -0.17)])]
+    + _strokes(0.03, [(0.22, -0.24), (0.18, -0.36), (0.12, -0.38)], [(0.18, -0.32), (0.24, -0.38)])
+    + _strokes(0.045, [(-0.16, 0.1), (-0.3, 0.22), (-0.36, 0.32)], [(-0.12, 0.12), (-0.2, 0.3)])
+    + _strokes(0.045, [(0.1, 0.0), (0.22, 0.12), (0.3, 0.1)], [(0.08, 0.04), (0.12, 0.24)])
+)
 #: class id -> (body style, glyph ops). Ids follow the real GTSRB classes.
 DESIGNS: tuple[tuple[str, list[Op]], ...] = (
     *(_speed(limit) for limit in ("20", "30", "50", "60", "70", "80")),  # 0-5
@@ -206,51 +238,27 @@ DESIGNS: tuple[tuple[str, list[Op]], ...] = (
     _speed("120"),
     ("prohibition", _car(-0.17, "red") + _car(0.17, "black")),  # no passing
     ("prohibition", _truck(-0.17, "red") + _car(0.18, "black")),  # no passing for trucks
-    ("warning", [("poly", "black", [(-0.04, -0.34), (0.04, -0.34), (0.07, 0.3), (-0.07, 0.3)]),  # right of way
-                 ("rect", "black", -0.24, -0.05, 0.24, 0.02)]),
+    ("warning", [("poly", "black", _POST), ("rect", "black", -0.24, -0.05, 0.24, 0.02)]),  # right of way
     ("priority", []),
     ("yield", []),
     ("stop", [("text", "white", "STOP", 0.82, 0.4)]),
     ("prohibition", []),  # no vehicles
-    ("prohibition", [("rect", "black", -0.36, -0.16, 0.12, 0.1),  # trucks prohibited: a lorry in profile
-                     ("poly", "black", [(0.15, -0.06), (0.29, -0.06), (0.36, 0.02), (0.36, 0.1), (0.15, 0.1)]),
-                     ("circle", "black", (-0.22, 0.12), 0.065), ("circle", "black", (0.24, 0.12), 0.065)]),
+    ("prohibition", [("rect", "black", -0.36, -0.16, 0.12, 0.1), ("poly", "black", _CAB), *_WHEELS]),  # no trucks
     ("no_entry", [("rect", "white", -0.36, -0.085, 0.36, 0.085)]),
-    ("warning", [("poly", "black", [(-0.055, -0.32), (0.055, -0.32), (0.03, 0.12), (-0.03, 0.12)]),  # caution
-                 ("circle", "black", (0.0, 0.24), 0.06)]),
+    ("warning", [("poly", "black", _MARK), ("circle", "black", (0.0, 0.24), 0.06)]),  # caution
     ("warning", _CURVE),
     ("warning", _CURVE),  # mirrored
-    ("warning", [("arrow", "black", [(-0.08, 0.35), (-0.08, 0.22), (0.0, 0.12), (0.1, 0.02), (0.1, -0.06),
-                                     (0.02, -0.15), (-0.06, -0.22), (-0.06, -0.36)], 0.09, 0.17)]),  # double curve
+    ("warning", [("arrow", "black", [*_S_BEND, (-0.06, -0.36)], 0.09, 0.17)]),  # double curve
     ("warning", [("poly", "black", [*_BUMPS, (0.36, 0.3), (-0.36, 0.3)])]),  # bumpy road
-    ("warning", _car(0.0, "black", 0.9) + [  # slippery road: a car and its skid marks
-        ("line", "black", [(x + 0.05 * math.sin(t * 2 * math.pi), 0.22 + t * 0.14) for t in np.linspace(0, 1, 9)], 0.04)
-        for x in (-0.12, 0.12)]),
-    ("warning", [("line", "black", [(-0.14, 0.34), (-0.14, -0.34)], 0.08),  # road narrows
-                 ("line", "black", [(0.16, 0.34), (0.16, 0.06), (0.04, -0.1), (0.04, -0.34)], 0.08)]),
-    ("warning", [("circle", "black", (0.08, -0.27), 0.065), ("line", "black", [(0.06, -0.18), (-0.04, 0.06)], 0.09),
-                 ("line", "black", [(-0.16, 0.32), (-0.04, 0.05), (0.06, 0.32)], 0.07),  # road work
-                 ("line", "black", [(0.03, -0.12), (0.2, 0.02), (0.3, 0.22)], 0.045),
-                 ("poly", "black", [(-0.38, 0.32), (-0.27, 0.16), (-0.17, 0.32)])]),
-    ("warning", [("rect", "black", -0.11, -0.36, 0.11, 0.33)] + [  # traffic signals
-        ("circle", role, (0.0, y), 0.075) for y, role in ((-0.23, "red"), (-0.015, "yellow"), (0.2, "green"))]),
+    ("warning", _car(0.0, "black", 0.9) + _strokes(0.04, *_SKIDS)),  # slippery road: a car and its skid marks
+    ("warning", _NARROWS),  # road narrows
+    ("warning", _ROAD_WORK),  # road work
+    ("warning", [("rect", "black", -0.11, -0.36, 0.11, 0.33), *_LIGHTS]),  # traffic signals
     ("warning", _person(0.0, 0.0, 1.0)),  # pedestrians
     ("warning", _person(-0.13, -0.02, 0.95) + _person(0.16, 0.06, 0.72)),  # children
-    ("warning", [("circle", "black", (x, 0.14), 0.13, 0.04) for x in (-0.2, 0.2)] + [  # bicycles
-        ("line", "black", [(-0.2, 0.14), (-0.04, -0.06), (0.2, 0.14)], 0.045),
-        ("line", "black", [(-0.04, -0.06), (0.13, -0.06), (0.2, 0.14)], 0.045),
-        ("line", "black", [(0.13, -0.06), (0.1, -0.16), (0.18, -0.17)], 0.04),
-        ("circle", "black", (-0.07, -0.25), 0.055), ("line", "black", [(-0.07, -0.19), (-0.04, -0.06)], 0.06)]),
+    ("warning", _BICYCLE),  # bicycles
     ("warning", _snowflake()),  # ice
-    ("warning", [("poly", "black", _DEER),  # wild animals: body, neck, head, antlers, legs
-                 ("line", "black", [(0.15, -0.04), (0.24, -0.2)], 0.07),
-                 ("poly", "black", [(0.2, -0.24), (0.3, -0.26), (0.36, -0.2), (0.26, -0.17)]),
-                 ("line", "black", [(0.22, -0.24), (0.18, -0.36), (0.12, -0.38)], 0.03),
-                 ("line", "black", [(0.18, -0.32), (0.24, -0.38)], 0.03),
-                 ("line", "black", [(-0.16, 0.1), (-0.3, 0.22), (-0.36, 0.32)], 0.045),
-                 ("line", "black", [(-0.12, 0.12), (-0.2, 0.3)], 0.045),
-                 ("line", "black", [(0.1, 0.0), (0.22, 0.12), (0.3, 0.1)], 0.045),
-                 ("line", "black", [(0.08, 0.04), (0.12, 0.24)], 0.045)]),
+    ("warning", _WILD_ANIMAL),  # wild animals
     ("end", _stripes(5, 0.07, 0.03)),  # end of all limits
     ("mandatory", _TURN),
     ("mandatory", _TURN),  # mirrored
@@ -259,12 +267,10 @@ DESIGNS: tuple[tuple[str, list[Op]], ...] = (
     ("mandatory", _STRAIGHT_OR_TURN),  # mirrored
     ("mandatory", _KEEP),
     ("mandatory", _KEEP),  # mirrored
-    ("mandatory", [("arrow", "white", arc_points((0.0, 0.0), 0.27, start, start - 85, 12), 0.1, 0.16)
-                   for start in (-90, 30, 150)]),  # roundabout
+    ("mandatory", _ROUNDABOUT),  # roundabout
     ("end", _car(-0.17, "grey") + _car(0.17, "grey") + _END),
     ("end", _truck(-0.17, "grey") + _car(0.18, "grey") + _END),
 )
-# fmt: on
 MIRRORED = {20, 34, 37, 39}  # left versus right: the glyph of the class before, mirrored
 assert len(DESIGNS) == NUM_CLASSES
 
