@@ -3,10 +3,9 @@
 :class:`PCANoise` is the paper preset's PCA colour noise (``augment.pca=dataset``), added to the float batch so
 that shifts far below one grey level survive (in uint8 they would be rounded away). :class:`BatchAugment` is the
 ``gtsrb`` preset's random augmentation (``data.augment.on_device=true``). Why: per item, albumentations spends
-most of its time in per-call overhead on 67 px images, and workers doing that take CPU time from the training
-step on a 2-core machine (docs/performance.md); here the same distributions, drawn per image, are applied with a
-handful of batched tensor operations on the training device, and the workers only read the deterministic, cached
-pre-processing (``data.cache=true``). Per image, as the per-item ``gtsrb`` preset:
+most of its time in per-call overhead on 67 px images, CPU time taken from the training step on a 2-core machine
+(docs/performance.md); here the same distributions, drawn per image, are a handful of batched tensor operations
+on the training device, and the workers only read the cached pre-processing. Per image, as the per-item preset:
 
 - with probability ``affine_p``: scale ``U(1 - scale, 1 + scale)``, rotation ``U(-rotate, rotate)`` degrees and
   translation ``U(-shift, shift)`` of the image size per axis, bilinear, edge pixels replicated;
@@ -42,8 +41,6 @@ class PCANoise:
         self.eigenvalues = tuple(float(v) for v in eigenvalues)
         self.eigenvectors = tuple(tuple(float(v) for v in row) for row in eigenvectors)  # row i is p_i
         self.sigma = float(sigma)
-        if len(self.eigenvalues) != 3 or len(self.eigenvectors) != 3 or any(len(r) != 3 for r in self.eigenvectors):
-            raise ValueError("PCA colour noise needs 3 eigenvalues and 3 RGB eigenvectors")
 
     def draw(self, n: int, device: torch.device) -> torch.Tensor:
         """``(n, 3)`` draws ``a_i ~ N(0, sigma)``, one row per image."""
@@ -52,19 +49,11 @@ class PCANoise:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """float ``(B, 3, H, W)`` in 0-255 units -> the same batch with one colour shift per image (a new tensor)."""
-        if not images.is_floating_point() or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected a (B, 3, H, W) float batch, got {tuple(images.shape)} {images.dtype}")
         alphas = self.draw(images.shape[0], images.device)
         vals = torch.tensor(self.eigenvalues, device=images.device, dtype=torch.float32)
         vecs = torch.tensor(self.eigenvectors, device=images.device, dtype=torch.float32)
         shift = 255.0 * (alphas.float() * vals) @ vecs  # 255 * sum_i a_i l_i p_i, one RGB row per image
         return images + shift.to(images.dtype).view(-1, 3, 1, 1)
-
-
-# the per-item pipeline's fixed constants (alexnet_gtsrb/data/transforms.py, preset gtsrb)
-BRIGHTNESS_CONTRAST_P = 0.5
-BLUR_SIGMA = (0.3, 1.0)
-NOISE_STD = (0.02, 0.06)  # fraction of 255
 
 
 class BatchAugment:
@@ -93,10 +82,7 @@ class BatchAugment:
         x = images.permute(0, 3, 1, 2).float().contiguous()  # grid_sample is faster on contiguous NCHW
         if x.shape[0] == 0:
             return x
-        x = self._affine(x)
-        x = self._brightness_contrast(x)
-        x = self._blur_or_noise(x)
-        return x.clamp_(0, 255)
+        return self._blur_or_noise(self._brightness_contrast(self._affine(x))).clamp_(0, 255)
 
     def _coin(self, x: torch.Tensor, p: float) -> torch.Tensor:
         """Per image: True where an op with probability ``p`` applies."""
@@ -119,7 +105,7 @@ class BatchAugment:
         # pixel centres in [-1, 1] (align_corners=False); the grid built by broadcasting, not affine_grid's bmm
         gy = ((torch.arange(h, device=dev, dtype=x.dtype) * 2 + 1) / h - 1).view(1, h, 1)
         gx = ((torch.arange(w, device=dev, dtype=x.dtype) * 2 + 1) / w - 1).view(1, 1, w)
-        v = lambda t: t.view(n, 1, 1)  # noqa: E731
+        v = lambda t: t.view(n, 1, 1)
         sx = v(cos) * gx - v(sin) * gy + v(tx)
         sy = v(sin) * gx + v(cos) * gy + v(ty)
         grid = torch.empty(n, h, w, 2, device=dev, dtype=x.dtype)  # where each output pixel samples the input
@@ -130,7 +116,7 @@ class BatchAugment:
         if self.brightness == 0 and self.contrast == 0:
             return x
         n, dev = x.shape[0], x.device
-        on = self._coin(x, BRIGHTNESS_CONTRAST_P).float()
+        on = self._coin(x, 0.5).float()  # the per-item preset's fixed p (transforms.py), as the sigmas and stds below
         alpha = 1.0 + self._uniform(n, -self.contrast, self.contrast, dev) * on
         beta = 255.0 * self._uniform(n, -self.brightness, self.brightness, dev) * on
         return torch.addcmul(beta.view(n, 1, 1, 1), x, alpha.view(n, 1, 1, 1))
@@ -142,9 +128,9 @@ class BatchAugment:
         blur = torch.rand(idx.numel(), device=x.device) < 0.5
         b_idx, n_idx = idx[blur], idx[~blur]
         if b_idx.numel():
-            x[b_idx] = _gaussian_blur3(x[b_idx], self._uniform(b_idx.numel(), *BLUR_SIGMA, x.device))
+            x[b_idx] = _gaussian_blur3(x[b_idx], self._uniform(b_idx.numel(), 0.3, 1.0, x.device))
         if n_idx.numel():
-            std = 255.0 * self._uniform(n_idx.numel(), *NOISE_STD, x.device)
+            std = 255.0 * self._uniform(n_idx.numel(), 0.02, 0.06, x.device)
             sub = x[n_idx].contiguous()  # torch's normal_ is many times slower on a strided tensor
             x[n_idx] = sub + torch.randn(sub.shape, device=x.device) * std.view(-1, 1, 1, 1)
         return x

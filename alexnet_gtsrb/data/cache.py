@@ -1,18 +1,13 @@
 """Optional uint8 image cache (``data.cache=true``): decode + ROI crop (+ CLAHE) + resize once, then read a memmap.
 
 Why: at 227 px, decoding, cropping and up-scaling GTSRB's tiny files every epoch can bottleneck data loading.
-Each ROI-cropped image is stored resized to where the preset's pipeline starts (``cache_side``: its first resize
-is then a no-op) and, with ``data.augment.clahe``, CLAHE-equalised (at its own size, as uncached), the dearest
-per-item step. ONE ``(N, S, S, 3)`` ``.npy`` per (record list, ROI flag, size) and a JSON sidecar, named by a hash
-of the settings and every record's path, annotation, size, mtime and SHA-256 (a copy can keep a replaced file's
-size and mtime, not its digest), in ``data.cache_dir`` (default ``<cache root>/images``); never deleted
-automatically.
-
-Crash safety: the array is written to a temporary file and renamed into place, then the sidecar; a cache counts
-only when both exist and agree. Every rank builds in ``setup`` under an exclusive file lock: the first builds,
-the others open the finished file. Integrity: the sidecar (not signed) holds a SHA-256 of the array, checked on
-every open (a changed file logs one warning and is rebuilt, never served); workers map the file lazily and refuse
-one whose device, inode, size, mtime or ctime differ from the checked file's.
+Each crop is stored at the side the preset's pipeline starts from (``cache_side``: its first resize is then a
+no-op), with ``data.augment.clahe`` CLAHE-equalised at its own size (the dearest per-item step). One
+``(N, S, S, 3)`` ``.npy`` and a JSON sidecar per key (:func:`cache_key`) in ``data.cache_dir`` (default
+``<cache root>/images``), never deleted automatically. The array is renamed into place before the sidecar is
+written, under an exclusive file lock (every rank builds in ``setup``: the first builds, the others reuse). The
+sidecar (not signed) holds the array's SHA-256, checked on every open (a changed file is rebuilt, never served);
+workers map the file lazily and refuse one whose device, inode, size, mtime or ctime changed since the check.
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ import numpy as np
 
 from alexnet_gtsrb.data.gtsrb import Record, load_cropped
 from alexnet_gtsrb.data.io import file_sha256
-from alexnet_gtsrb.data.transforms import cache_pipeline
+from alexnet_gtsrb.data.transforms import Clahe, cache_pipeline
 from alexnet_gtsrb.errors import BadDataError, BadFileError, ConfigError, UserError
 from alexnet_gtsrb.utils import files
 from alexnet_gtsrb.utils.files import atomic_path, atomic_write, cache_root, require_free_space
@@ -52,11 +47,9 @@ def default_cache_dir() -> Path:
     return cache_root() / "images"
 
 
-def cache_key(
-    records: Sequence[Record], size: int, roi: bool, fit: str = "square", clahe: tuple[float, int] | None = None
-) -> str:
+def cache_key(records: Sequence[Record], size: int, roi: bool, fit: str = "square", clahe: Clahe | None = None) -> str:
     """File stem for a cache: readable settings plus a hash of the settings and of each record's path, annotation,
-    file size, mtime and SHA-256. A file the decoder would refuse is not read; the build then names it."""
+    file size, mtime and SHA-256 (a copy can keep a replaced file's size and mtime, not its digest)."""
     h = hashlib.sha256()
     settings: dict[str, Any] = {"version": CACHE_VERSION, "size": int(size), "roi": bool(roi)}
     if fit != "square":  # keys of square caches leave fit out, as before it was a setting
@@ -93,10 +86,9 @@ class ImageCache:
 
     path: Path
     shape: tuple[int, int, int, int]
-    built: bool = False  # True when this call built the file, False when it reused it
-    build_s: float = 0.0
-    _rows: dict[str, int] = field(default_factory=dict, repr=False)
-    stamp: Stamp | None = None
+    built: bool  # True when this call built the file, False when it reused it
+    _rows: dict[str, int] = field(repr=False)
+    stamp: Stamp
     _array: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def row(self, path: str) -> int:
@@ -111,7 +103,7 @@ class ImageCache:
         """A writable copy of cached image ``row`` (the memmap view itself is read-only)."""
         if self._array is None:
             array = np.load(files.check_regular_file(self.path, "image cache file", None), mmap_mode="r")
-            if self.stamp is not None and _stamp(self.path) != self.stamp:
+            if _stamp(self.path) != self.stamp:
                 raise UserError(
                     f"{self.path}: the image cache file changed after its digest was checked; "
                     "not reading it. Run again to check it and rebuild it."
@@ -121,11 +113,6 @@ class ImageCache:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_array": None}
-
-    @property
-    def nbytes(self) -> int:
-        """Size of the cache file on disk, in bytes."""
-        return self.path.stat().st_size
 
 
 def _paths(stem: Path) -> tuple[Path, Path]:
@@ -143,11 +130,9 @@ def _array_sha256(array: np.ndarray, block_rows: int) -> str:
         return hashlib.sha256(b"".join(pool.map(digest, blocks))).hexdigest()
 
 
-def _load_complete(
-    stem: Path, key: str, shape: tuple[int, int, int, int], warn: bool = True
-) -> tuple[dict, Stamp] | None:
-    """The sidecar of a complete cache and the stamp of its checked array, or None if either file is missing,
-    unreadable or disagrees (``warn``: say so in one line when the array no longer matches its digest)."""
+def _load_complete(stem: Path, key: str, shape: tuple[int, int, int, int], warn: bool = True) -> Stamp | None:
+    """The stamp of a complete cache's checked array, or None if the array or its sidecar is missing, unreadable
+    or disagrees (``warn``: say so in one line when the array no longer matches its digest)."""
     npy, meta_path = _paths(stem)
     try:
         meta = json.loads(files.read_text_file(meta_path, "image cache sidecar"))
@@ -165,7 +150,7 @@ def _load_complete(
             if warn:
                 log.warning("Image cache %s does not match its sidecar's digest: rebuilding it", npy)
             return None
-        return meta, before
+        return before
     except (OSError, ValueError, TypeError, BadFileError):  # a pipe or folder in its place: rebuilt
         return None
 
@@ -184,20 +169,14 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 
 def build_cache(
-    records: Sequence[Record],
-    size: int,
-    roi: bool,
-    stem: Path,
-    key: str,
-    fit: str = "square",
-    clahe: tuple[float, int] | None = None,
-) -> dict:
+    records: Sequence[Record], size: int, roi: bool, stem: Path, fit: str = "square", clahe: Clahe | None = None
+) -> Stamp:
     """Decode, crop, (with ``clahe``) equalise and resize every record into ``<stem>.npy``, then write the sidecar
-    ``<stem>.json``; returns it. Call under the cache's lock; a bad image raises BadDataError naming it."""
+    ``<stem>.json`` (its key: ``stem.name``); returns the array's stamp. Call under the lock; a bad image raises
+    BadDataError naming it."""
     npy, meta_path = _paths(stem)
     n, s = len(records), int(size)
-    shape = (n, s, s, 3)
-    need = n * s * s * 3
+    shape, need = (n, s, s, 3), n * s * s * 3
     for stale in stem.parent.glob(f".{npy.name}.*.tmp"):  # leftovers of killed builds (we hold the lock)
         stale.unlink(missing_ok=True)
     what = f"the image cache of {n} images at {s} px (data.cache=true)"
@@ -223,7 +202,7 @@ def build_cache(
     build_s = time.perf_counter() - t0
     meta = {
         "version": CACHE_VERSION,
-        "key": key,
+        "key": stem.name,
         "shape": list(shape),
         "roi": bool(roi),
         "clahe": list(clahe) if clahe is not None else None,
@@ -234,9 +213,8 @@ def build_cache(
     }
     with atomic_write(meta_path, "w") as f:
         f.write(json.dumps(meta, indent=1))
-    size_gb = npy.stat().st_size / 1e9
-    log.info("Built image cache in %.1f s (%.0f img/s, %.2f GB): %s", build_s, n / max(build_s, 1e-9), size_gb, npy)
-    return meta
+    log.info("Built image cache in %.1f s (%.0f img/s, %.2f GB): %s", build_s, n / max(build_s, 1e-9), need / 1e9, npy)
+    return _stamp(npy)
 
 
 def open_or_build(
@@ -245,7 +223,7 @@ def open_or_build(
     roi: bool = True,
     cache_dir: str | os.PathLike | None = None,
     fit: str = "square",
-    clahe: tuple[float, int] | None = None,
+    clahe: Clahe | None = None,
 ) -> ImageCache:
     """The complete cache for verified ``records`` at ``size`` px, built first if needed (once, under a lock);
     ``clahe``: ``(clip, tile)`` to store CLAHE-equalised pixels."""
@@ -255,17 +233,15 @@ def open_or_build(
     stem = folder / key
     npy, shape = _paths(stem)[0], (len(records), int(size), int(size), 3)
     t0 = time.perf_counter()
-    found, built = _load_complete(stem, key, shape), False
-    if found is None:
+    stamp, built = _load_complete(stem, key, shape), False
+    if stamp is None:
         files.cache_folder(cache_dir, default_cache_dir(), write=True)  # building writes: refuse a read-only folder
         with _locked(folder / f"{key}.lock"):
-            found = _load_complete(stem, key, shape, warn=False)  # another rank may have built it meanwhile
-            if found is None:
-                meta = build_cache(records, size, roi, stem, key, fit, clahe)
-                found, built = (meta, _stamp(npy)), True
-    meta, stamp = found
+            stamp = _load_complete(stem, key, shape, warn=False)  # another rank may have built it meanwhile
+            if stamp is None:
+                stamp, built = build_cache(records, size, roi, stem, fit, clahe), True
     if not built:
         checked_s = time.perf_counter() - t0
         log.info("Using image cache %s (%d images at %d px, digest checked in %.1f s)", npy, *shape[:2], checked_s)
     rows = {r.path: i for i, r in enumerate(records)}
-    return ImageCache(npy, shape, built, float(meta.get("build_s", 0.0)), rows, stamp)
+    return ImageCache(npy, shape, built, rows, stamp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -36,9 +37,9 @@ from alexnet_gtsrb.data.transforms import (
     view_source,
 )
 from alexnet_gtsrb.errors import BadDataError, ConfigError, DataNotFoundError
+from alexnet_gtsrb.evaluation.views import check_test_views
 
 log = logging.getLogger(__name__)
-TEST_VIEWS = (1, 10)  # the test after training: the centre view, or the paper's 10 views (5 crops x flips)
 ON_BAD_IMAGE = ("error", "skip")  # what verifying the index does with an unreadable image
 
 
@@ -185,15 +186,11 @@ class GTSRBDataModule(LightningDataModule):
         if hp.on_bad_image != "skip":
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise BadDataError(f"{bad[0][1]}{more} Or set data.on_bad_image=skip to leave bad files out.")
-        paths = [r.path for r, _ in bad]
+        shown = ", ".join(r.path for r, _ in bad[:3]) + (", ..." if len(bad) > 3 else "")
         log.warning(
-            "data.on_bad_image=skip: leaving out %d unreadable image(s): %s%s (first problem: %s)",
-            len(bad),
-            ", ".join(paths[:3]),
-            ", ..." if len(bad) > 3 else "",
-            bad[0][1],
+            f"data.on_bad_image=skip: leaving out {len(bad)} unreadable image(s): {shown} (first problem: {bad[0][1]})"
         )
-        drop = set(paths)
+        drop = {r.path for r, _ in bad}
         train, test = (tuple(r for r in part if r.path not in drop) for part in (index.train, index.test))
         return GTSRBIndex(index.root, index.layout, train, test)
 
@@ -250,32 +247,25 @@ class GTSRBDataModule(LightningDataModule):
         pca_dir = Path(hp.cache_dir) / "pca" if hp.cache_dir else None
         paths = [r.path for r in train]
         self.pca, self.pca_file = stats, _ = cached_rgb_pca(root, "train", settings, paths, images, cache_dir=pca_dir)
-        self.pca_noise = PCANoise(
-            stats.eigenvalues, stats.eigenvectors, sigma=float(self.augment.get("pca_alpha", 0.1))
-        )
+        sigma = float(self.augment.get("pca_alpha", 0.1))
+        self.pca_noise = PCANoise(stats.eigenvalues, stats.eigenvectors, sigma)
+        vectors = [[round(v, 6) for v in row] for row in stats.eigenvectors]
         log.info(
-            "PCA colour statistics of the training split (%d images, pixels in [0, 1]; %s): eigenvalues %s, "
-            "eigenvectors (rows) %s",
-            stats.num_images,
-            self.pca_file,
-            [f"{v:.6g}" for v in stats.eigenvalues],
-            [[round(v, 6) for v in row] for row in stats.eigenvectors],
+            f"PCA colour statistics of the training split ({stats.num_images} images, pixels in [0, 1]; "
+            f"{self.pca_file}): eigenvalues {[f'{v:.6g}' for v in stats.eigenvalues]}, eigenvectors (rows) {vectors}"
         )
         trainer = self.trainer
         if trainer is not None and trainer.is_global_zero:
+            logged = {"data/pca_eigenvalues": list(stats.eigenvalues), "data/pca_file": str(self.pca_file)}
             for lg in trainer.loggers:
-                lg.log_hyperparams(
-                    {"data/pca_eigenvalues": list(stats.eigenvalues), "data/pca_file": str(self.pca_file)}
-                )
+                lg.log_hyperparams(logged)
             out_dir = Path(str(trainer.default_root_dir))
             if out_dir.is_dir():
-                (out_dir / "pca.json").write_text(json.dumps(stats.to_json(), indent=2) + "\n")
+                (out_dir / "pca.json").write_text(json.dumps(dataclasses.asdict(stats), indent=2) + "\n")
 
     def use_test_views(self, views: int) -> None:
         """``1``: the evaluation pipeline; ``10``: the image the test step cuts 5 crops and flips from."""
-        if views not in TEST_VIEWS:
-            raise ConfigError(f"test_views={views!r}; allowed: {', '.join(map(str, TEST_VIEWS))}.")
-        self.test_views = int(views)
+        self.test_views = check_test_views(views)
         if self.test_set is not None:
             eval_tf = build_transform(self.preset.name, self.hparams.image_size, False, self._transform_params())
             self.test_set.transform = self._test_transform(eval_tf)

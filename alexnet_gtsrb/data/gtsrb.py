@@ -1,9 +1,5 @@
-"""Find and parse a GTSRB tree (official, torchvision or Kaggle layout) into a list of records.
-
-A record is one image: its path, label, track (``"CC_TTTTT"``, None for test images), the sign's ROI box
-in the coordinates of the annotation, and the width and height the annotation declares. Indexing decodes no
-pixels; :func:`verify_records` reads every image's header, or decodes every image once as the dataset will.
-"""
+"""Find and parse a GTSRB tree (official, torchvision or Kaggle layout) into records, one per image. Indexing
+decodes no pixels; :func:`verify_records` reads every image's header, or decodes every image once."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ import csv
 import io
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -30,7 +26,6 @@ GET_DATA_HELP = (
     "then point the project at it with `export GTSRB_ROOT=<dir>` or `data.data_dir=<dir>`; "
     "or run `experiment=demo` to train on generated synthetic data."
 )
-_RESTORE_TEST_GT = "Restore it from GTSRB_Final_Test_GT.zip (python -m alexnet_gtsrb.data.download)."
 _TRACK_NAME = re.compile(r"^(?:(\d+)_)?(\d+)_(\d+)\.\w+$")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 #: Annotation CSVs are small (GTSRB's largest, the Kaggle Train.csv, is ~2.5 MB); larger files are not read.
@@ -38,6 +33,8 @@ MAX_CSV_BYTES = 64 * 1024**2
 BOX_COLUMNS = ("Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2")
 OFFICIAL_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
 KAGGLE_HEADER = "Width,Height,Roi.X1,Roi.Y1,Roi.X2,Roi.Y2,ClassId,Path"
+_RESTORE_TEST_GT = "Restore it from GTSRB_Final_Test_GT.zip (python -m alexnet_gtsrb.data.download)."
+Resolve = Callable[[dict, str, Path], tuple[str, str]]  # (row, "file:line", base) -> (key, path) of a CSV row's file
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +43,7 @@ class Record:
 
     path: str
     label: int
-    track: str | None = None
+    track: str | None = None  # "CC_TTTTT" (class, track) from a training file name; None for test images
     roi: tuple[int, int, int, int] | None = None  # x1, y1, x2, y2 (inclusive), annotation coordinates
     width: int | None = None  # size the annotation declares; the file may be a rescaled copy
     height: int | None = None
@@ -74,9 +71,7 @@ def detect_layout(data_dir: str | os.PathLike, layout: str = "auto") -> tuple[Pa
     data_dir = Path(os.path.expanduser(str(data_dir))).resolve()
     checks = {
         # the official layout may hold only the test set (download --only test): enough to evaluate
-        "official": lambda r: any(
-            (r / "GTSRB" / part / "Images").is_dir() for part in ("Final_Training", "Final_Test")
-        ),
+        "official": lambda r: any((r / "GTSRB" / p / "Images").is_dir() for p in ("Final_Training", "Final_Test")),
         "torchvision": lambda r: (r / "gtsrb" / "GTSRB" / "Training").is_dir(),
         "kaggle": lambda r: (r / "Train.csv").is_file() and (r / "Train").is_dir(),
     }
@@ -106,9 +101,10 @@ def _int(row: dict, key: str, where: str) -> int:
 
 def _decoded(path: Path) -> str:
     """The CSV's text; BadDataError naming the file and the absolute byte offset of the first non-UTF-8 byte."""
-    restore = "Restore it from the GTSRB archive."
-    try:
-        _, f = open_regular_file(path, "annotation file", MAX_CSV_BYTES, restore, BadDataError)  # a pipe: refused
+    try:  # a pipe or folder: refused
+        _, f = open_regular_file(
+            path, "annotation file", MAX_CSV_BYTES, "Restore it from the GTSRB archive.", BadDataError
+        )
         with f:
             data = f.read(MAX_CSV_BYTES + 1)
     except OSError as e:
@@ -214,27 +210,12 @@ def _track_of(filename: str, label: int) -> str | None:
     return f"{label:02d}_{int(m.group(2)):05d}" if m else None
 
 
-def _listed(folder: Path, filenames: Iterable[str], csv_path: Path) -> None:
-    """Fail on images present in a folder but absent from its CSV: they would be dropped silently."""
-    on_disk = {p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    extra = sorted(on_disk - set(filenames))
-    if extra:
-        raise BadDataError(
-            f"{csv_path}: {len(extra)} image(s) in {folder} are not listed, e.g. {extra[0]}. "
-            "Add them to the CSV or remove them."
-        )
-
-
 def _csv_records(
-    rows: list[tuple[int, dict]],
-    csv_path: Path,
-    base: Path,
-    resolve: Callable[[dict, str, Path], tuple[str, str]],
-    folder_label: int | None = None,
-    tracks: bool = True,
+    rows: list[tuple[int, dict]], csv_path: Path, base: Path, resolve: Resolve, folder: int | None, tracks: bool = True
 ) -> list[Record]:
     """Records of an annotation CSV's rows: each file (``resolve``d inside ``base``) listed once, labels in range
-    (and ``folder_label`` when given), ROIs inside the declared size; with ``tracks``, tracks from the names."""
+    (and ``folder``, the class folder's label, when given), ROIs inside the declared size; with ``tracks``, tracks
+    from the names."""
     records: list[Record] = []
     seen: dict[str, int] = {}
     for line_no, row in rows:
@@ -249,8 +230,8 @@ def _csv_records(
         label = _int(row, "ClassId", where)
         if not 0 <= label < NUM_CLASSES:
             raise BadDataError(f"{where}: ClassId {label} is outside 0..{NUM_CLASSES - 1}. Fix the row.")
-        if folder_label is not None and label != folder_label:
-            raise BadDataError(f"{where}: ClassId {label} in the folder of class {folder_label}.")
+        if folder is not None and label != folder:
+            raise BadDataError(f"{where}: ClassId {label} in the folder of class {folder}.")
         roi, w, h = _annotated(row, where)
         records.append(Record(path, label, _track_of(Path(path).name, label) if tracks else None, roi, w, h))
     return records
@@ -264,20 +245,24 @@ def _official_train(images: Path) -> list[Record]:
     for d in class_dirs:
         if not d.name.isdigit():
             raise BadDataError(f"{d}: unexpected folder (class folders are named 00000 ... 00042).")
-        folder_label = int(d.name)
-        csv_path = d / f"GT-{d.name}.csv"
-        if csv_path.is_file():
-            rows = _read_csv(csv_path, ";", ("Filename", "ClassId"))
-            if not rows:
-                raise BadDataError(f"{csv_path}: no rows; class folder {d.name} would be empty.")
-            listed = _csv_records(rows, csv_path, d, _plain_name, folder_label)
-            records += listed
-            _listed(d, {Path(r.path).name for r in listed}, csv_path)
-        else:
-            files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        label, csv_path = int(d.name), d / f"GT-{d.name}.csv"
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not csv_path.is_file():
             if not files:
                 raise BadDataError(f"{d}: empty class folder (no images and no GT-{d.name}.csv).")
-            records += [Record(str(p), folder_label, _track_of(p.name, folder_label)) for p in files]
+            records += [Record(str(p), label, _track_of(p.name, label)) for p in files]
+            continue
+        rows = _read_csv(csv_path, ";", ("Filename", "ClassId"))
+        if not rows:
+            raise BadDataError(f"{csv_path}: no rows; class folder {d.name} would be empty.")
+        listed = _csv_records(rows, csv_path, d, _plain_name, label)
+        extra = sorted({p.name for p in files} - {Path(r.path).name for r in listed})  # else dropped silently
+        if extra:
+            raise BadDataError(
+                f"{csv_path}: {len(extra)} image(s) in {d} are not listed, e.g. {extra[0]}. "
+                "Add them to the CSV or remove them."
+            )
+        records += listed
     return records
 
 
@@ -289,7 +274,7 @@ def _official_test(images: Path, gt_csv: Path) -> list[Record]:
     rows = _read_csv(gt_csv, ";", ("Filename", "ClassId"))
     if not rows:
         raise BadDataError(f"no test images listed in {gt_csv} (it holds no rows). {_RESTORE_TEST_GT}")
-    return _csv_records(rows, gt_csv, images, _plain_name, tracks=False)
+    return _csv_records(rows, gt_csv, images, _plain_name, None, tracks=False)
 
 
 def _kaggle(root: Path, csv_name: str, test: bool) -> list[Record]:
@@ -300,7 +285,7 @@ def _kaggle(root: Path, csv_name: str, test: bool) -> list[Record]:
     rows = _read_csv(csv_path, ",", ("Path", "ClassId"), KAGGLE_HEADER)
     if not rows and test:
         raise BadDataError(f"no test images listed in {csv_path} (it holds no rows). Restore it from the archive.")
-    return _csv_records(rows, csv_path, root, _inside, tracks=not test)
+    return _csv_records(rows, csv_path, root, _inside, None, tracks=not test)
 
 
 def index_gtsrb(data_dir: str | os.PathLike, layout: str = "auto", need_train: bool = True) -> GTSRBIndex:

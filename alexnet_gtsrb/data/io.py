@@ -41,18 +41,22 @@ def _open(path: str) -> BinaryIO:
         raise BadDataError(f"{path}: image file is missing (listed, but not on disk).") from None
 
 
-def _unreadable(path: str, e: OSError) -> BadDataError:
-    return BadDataError(f"{path}: image file cannot be read ({e.strerror or e}).")
+def _read(path: str) -> bytes:
+    """The bytes of a file :func:`_open` accepts, at most :data:`MAX_FILE_BYTES`; BadDataError naming it."""
+    with _open(path) as f:
+        try:
+            data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as e:
+            raise BadDataError(f"{path}: image file cannot be read ({e.strerror or e}).") from None
+    if len(data) > MAX_FILE_BYTES:  # grew since it was measured
+        raise BadDataError(f"{path}: image file is over the limit of {MAX_FILE_BYTES:,} bytes; refused.")
+    return data
 
 
 def file_sha256(path: str) -> str:
     """SHA-256 (hex) of a regular file's bytes, with :func:`decode_rgb`'s refusals. The image cache keys on it:
     ``cp -p``, ``rsync -a`` and unzip keep a file's size and mtime across other content, not its digest."""
-    with _open(path) as f:
-        try:
-            return hashlib.sha256(f.read()).hexdigest()  # at most MAX_FILE_BYTES, as decode_rgb reads
-        except OSError as e:
-            raise _unreadable(path, e) from None
+    return hashlib.sha256(_read(path)).hexdigest()
 
 
 def _check_declared_size(source: BinaryIO, path: str) -> None:
@@ -83,13 +87,7 @@ def _check_declared_size(source: BinaryIO, path: str) -> None:
 def decode_rgb(path: str) -> np.ndarray:
     """Read an image file as an HxWx3 uint8 RGB array (OpenCV's decoders); BadDataError naming the file if it
     cannot be read, is over the size limits (checked before decoding) or does not decode."""
-    with _open(path) as f:
-        try:
-            data = f.read(MAX_FILE_BYTES + 1)
-        except OSError as e:
-            raise _unreadable(path, e) from None
-    if len(data) > MAX_FILE_BYTES:  # grew since it was measured
-        raise BadDataError(f"{path}: image file is over the limit of {MAX_FILE_BYTES:,} bytes; refused.")
+    data = _read(path)
     _check_declared_size(io.BytesIO(data), path)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -112,11 +110,8 @@ def roi_box(
 ) -> tuple[int, int, int, int]:
     """(left, top, right, bottom), exclusive, of an inclusive ROI scaled from the declared size to the actual one
     (some redistributed subsets hold rescaled copies), clamped to the image and never empty."""
-    w, h = actual
-    dw, dh = declared
-    sx = w / dw if dw else 1.0
-    sy = h / dh if dh else 1.0
-    x1, y1, x2, y2 = roi
+    (w, h), (dw, dh), (x1, y1, x2, y2) = actual, declared, roi
+    sx, sy = (w / dw if dw else 1.0), (h / dh if dh else 1.0)
     left, top = int(round(x1 * sx)), int(round(y1 * sy))
     right, bottom = int(round((x2 + 1) * sx)), int(round((y2 + 1) * sy))
     left, top = min(max(left, 0), w - 1), min(max(top, 0), h - 1)

@@ -4,9 +4,7 @@ Krizhevsky et al. (2012), section 4.1: "We perform PCA on the set of RGB pixel v
 training set" and add ``[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T`` to every pixel of a training image, ``a_i ~ N(0,
 0.1)`` drawn once per image (:class:`alexnet_gtsrb.data.batch_augment.PCANoise`). Here the pixels are those the
 network's crops are cut from, scaled to [0, 1]; the covariance is the population one (divided by N), from float64
-running sums (memory does not grow with the data set). Cached as JSON per data root, split and pipeline beside
-the data (``<root>/.alexnet_gtsrb/pca/``) or, where that folder is read-only, under ``<cache root>/pca``
-(``<data.cache_dir>/pca`` when set).
+running sums (memory does not grow with the data set).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,9 +37,6 @@ class RGBPCA:
     mean: tuple[float, ...]
     num_pixels: int
     num_images: int
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RGBPCA:
@@ -73,13 +67,7 @@ def rgb_pca(images: Iterable[np.ndarray]) -> RGBPCA:
     vals, vecs = np.clip(vals[order], 0.0, None), vecs[:, order]
     signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), range(3)])  # largest component positive: deterministic
     vecs = vecs * np.where(signs == 0, 1.0, signs)
-    return RGBPCA(
-        tuple(float(v) for v in vals),
-        tuple(tuple(float(v) for v in vecs[:, i]) for i in range(3)),
-        tuple(float(v) for v in mean),
-        n,
-        count,
-    )
+    return RGBPCA(tuple(vals.tolist()), tuple(map(tuple, vecs.T.tolist())), tuple(mean.tolist()), n, count)
 
 
 def cached_rgb_pca(
@@ -91,7 +79,8 @@ def cached_rgb_pca(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[RGBPCA, Path]:
     """(statistics, their file): read from the cache file for this root, split, ``settings`` and image list, or
-    computed from ``images()`` and stored beside the data, else under the cache root."""
+    computed from ``images()`` and stored as JSON beside the data (``<root>/.alexnet_gtsrb/pca/``) or, where that
+    folder is read-only, under ``cache_dir`` (default ``<cache root>/pca``)."""
     where = str(Path(root).resolve())
     blob = json.dumps(
         {"root": where, "split": split, "settings": dict(settings), "paths": list(paths)}, sort_keys=True, default=str
@@ -106,13 +95,8 @@ def cached_rgb_pca(
             except (ValueError, KeyError, TypeError, BadFileError):
                 log.warning("Ignoring unreadable PCA statistics in %s: computing them again.", place)
     stats = rgb_pca(images())
-    text = json.dumps({**stats.to_json(), "root": where, "split": split}, indent=2)
-    try:  # a data folder marked read-only (no write bit) is respected even by root, who could write there anyway
-        marked = not os.stat(root).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
-        read_only = marked or not os.access(root, os.W_OK)
-    except OSError:
-        read_only = True
-    if read_only:
+    text = json.dumps({**asdict(stats), "root": where, "split": split}, indent=2)
+    if not os.stat(root).st_mode & 0o222:  # a folder marked read-only is respected even by root, who could write
         places = places[1:]
     for place in places:
         try:

@@ -17,11 +17,6 @@ from alexnet_gtsrb.errors import BadDataError, ConfigError
 SPLITS = ("track", "random")
 
 
-def _check_fraction(val_fraction: float) -> None:
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise ConfigError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 (e.g. 0.2).")
-
-
 def track_split(
     records: Sequence[Record], val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[Record], list[Record]]:
@@ -29,14 +24,11 @@ def track_split(
 
     Every class with at least two tracks lands on both sides; no track is on both sides.
     """
-    _check_fraction(val_fraction)
     tracks: dict[int, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
     for i, r in enumerate(records):
         # Images without a parseable track name become singleton tracks (never merged with others).
         tracks[r.label][r.track if r.track is not None else f"__image_{i}"].append(r)
-    rng = random.Random(seed)
-    train: list[Record] = []
-    val: list[Record] = []
+    rng, train, val = random.Random(seed), list[Record](), list[Record]()
     for label in sorted(tracks):
         by_track = tracks[label]
         names = sorted(by_track)
@@ -48,8 +40,7 @@ def track_split(
         rng.shuffle(names)
         total = sum(len(by_track[n]) for n in names)
         target = val_fraction * total
-        chosen: list[str] = []
-        count = 0
+        chosen, count = list[str](), 0
         # Take tracks until the next one would overshoot the target more than stopping short does.
         for n in names[:-1]:  # leave at least one track for training
             size = len(by_track[n])
@@ -67,13 +58,10 @@ def random_split(
     records: Sequence[Record], val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[Record], list[Record]]:
     """Image-level stratified split, as in the origin script. Leaks tracks: use only to measure leakage."""
-    _check_fraction(val_fraction)
     by_class: dict[int, list[Record]] = defaultdict(list)
     for r in records:
         by_class[r.label].append(r)
-    rng = random.Random(seed)
-    train: list[Record] = []
-    val: list[Record] = []
+    rng, train, val = random.Random(seed), list[Record](), list[Record]()
     for label in sorted(by_class):
         items = by_class[label]
         rng.shuffle(items)
@@ -86,7 +74,9 @@ def random_split(
 def split_records(
     records: Sequence[Record], how: str = "track", val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[Record], list[Record]]:
-    """Dispatch on ``data.split``."""
+    """Dispatch on ``data.split``; ``val_fraction`` must lie strictly between 0 and 1."""
     if how not in SPLITS:
         raise ConfigError(f"data.split={how!r} is not a known split; allowed: {', '.join(SPLITS)}.")
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ConfigError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 (e.g. 0.2).")
     return (track_split if how == "track" else random_split)(records, val_fraction, seed)

@@ -1,9 +1,5 @@
-"""Image pipelines: albumentations presets, the label-aware flip and normalisation, uint8 until the last step.
-
-The data pipeline's only albumentations import (``Pipeline`` is its composed type), so a move to another library
-is this module. Normalisation runs on the batch once it is on the device (:func:`normalize_uint8`), so workers,
-pinned memory and the host-to-device copy move 4x fewer bytes.
-"""
+"""Image pipelines: albumentations presets (the data pipeline's only albumentations import), the label-aware flip
+and normalisation, uint8 until the batch is on the device, so workers and the copy move 4x fewer bytes."""
 
 from __future__ import annotations
 
@@ -20,6 +16,7 @@ from alexnet_gtsrb.data.classes import FLIP_INVARIANT, MIRROR_PAIRS
 from alexnet_gtsrb.errors import ConfigError, int_setting
 
 Pipeline: TypeAlias = A.Compose  # a per-item pipeline: ``pipeline(image=uint8 HxWx3)["image"]``
+Clahe: TypeAlias = tuple[float, int]  # a CLAHE step's (clip limit, tile grid side)
 PCA_MODES = ("dataset", "per_image")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,7 +31,7 @@ MIN_STD = 1e-3
 _MIRROR = {a: b for a, b in MIRROR_PAIRS} | {b: a for a, b in MIRROR_PAIRS}
 
 
-def clahe_settings(params: Mapping[str, Any]) -> tuple[float, int] | None:
+def clahe_settings(params: Mapping[str, Any]) -> Clahe | None:
     """``(clip limit, tile grid side)`` of the CLAHE step ``params`` (``data.augment``) asks for, or None (also for
     preset ``none``, which has none); a value that cannot work is a ConfigError naming it."""
     clahe = params.get("clahe", False)
@@ -49,16 +46,12 @@ def clahe_settings(params: Mapping[str, Any]) -> tuple[float, int] | None:
     return float(clip), tile
 
 
-def clahe_ops(settings: tuple[float, int] | None) -> list[A.BasicTransform]:
-    """The CLAHE step (an empty list for None): the first step of every preset, and of the image cache."""
+def _clahe(settings: Clahe | None) -> list[A.BasicTransform]:
+    """The CLAHE step (none for None): the first step of every preset, and of the image cache."""
     if settings is None:
         return []
     clip, tile = settings
     return [A.CLAHE(clip_limit=(clip, clip), tile_grid_size=(tile, tile), p=1.0)]
-
-
-def _clahe(params: Mapping[str, Any], preset: Preset) -> list[A.BasicTransform]:
-    return clahe_ops(clahe_settings(params)) if preset.clahe else []
 
 
 def paper_big(image_size: int) -> int:
@@ -186,7 +179,7 @@ def build_transform(preset: str, image_size: int, train: bool, params: Mapping[s
     p = dict(params or {})
     chosen = get_preset(preset)
     ops = (chosen.train if train else chosen.evaluate)(int(image_size), p)
-    return A.Compose([*_clahe(p, chosen), *ops])
+    return A.Compose([*_clahe(clahe_settings(p) if chosen.clahe else None), *ops])
 
 
 def view_source(image_size: int, params: Mapping[str, Any]) -> Pipeline:
@@ -198,15 +191,15 @@ def view_source(image_size: int, params: Mapping[str, Any]) -> Pipeline:
     of up to 10% and the same borders)."""
     chosen, s = get_preset(params), int(image_size)
     if chosen.view_source is not None:
-        return A.Compose([*_clahe(params, chosen), *chosen.view_source(s, params)])
+        return A.Compose([*_clahe(clahe_settings(params) if chosen.clahe else None), *chosen.view_source(s, params)])
     big = paper_big(s)
     pad = A.PadIfNeeded(big, big, position="center", border_mode=cv2.BORDER_REPLICATE, p=1.0)
     return A.Compose([build_transform(chosen.name, s, train=False, params=params), pad])
 
 
-def cache_pipeline(clahe: tuple[float, int] | None, fit: str, size: int) -> Pipeline:
+def cache_pipeline(clahe: Clahe | None, fit: str, size: int) -> Pipeline:
     """What the image cache stores: optional CLAHE, then the presets' own first resize (a no-op on cached rows)."""
-    return A.Compose([*clahe_ops(clahe), *_fit(fit, size)])
+    return A.Compose([*_clahe(clahe), *_fit(fit, size)])
 
 
 def flip_remap(image: np.ndarray, label: int, rng: np.random.Generator, p: float = 0.5) -> tuple[np.ndarray, int]:
@@ -230,8 +223,6 @@ def normalize_float255(
     x: torch.Tensor, mean: Sequence[float], std: Sequence[float], channels_last: bool = False
 ) -> torch.Tensor:
     """(B, 3, H, W) float in [0, 255] (a batch augmented on the device) -> normalised, as :func:`normalize_uint8`."""
-    if not x.is_floating_point() or x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected a (B, 3, H, W) float batch, got {tuple(x.shape)} {x.dtype}")
     m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     inv = 1.0 / (torch.tensor(std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
     y = (x - m) * inv
