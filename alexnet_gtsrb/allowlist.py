@@ -1,21 +1,16 @@
 """What a config read from a checkpoint may build: an allowlist of ``_target_``s, checked before anything is built.
 
-A checkpoint's ``hyper_parameters`` hold the network, optimizer and scheduler as Hydra configs, and
-``torch.load(weights_only=True)`` accepts them because they are plain data. But Hydra instantiates any
-``_target_`` it is given, so a crafted checkpoint could name ``torch.load`` (with a pickle inside) or any
-other callable and run code in ``evaluate``, ``predict``, ``export``, ``report`` or a resumed run. Hence, by
-design rather than by a deny list, the model's three configs may each name one target of their own kind:
-
-- ``net``: one of the project's networks or one registered with :func:`register_network` (:data:`NETWORKS`);
-- ``optimizer``: a class in ``torch.optim`` that subclasses ``torch.optim.Optimizer``;
-- ``scheduler`` (or none): a class in ``torch.optim.lr_scheduler`` that subclasses ``LRScheduler`` or
-  ``ReduceLROnPlateau``, or one of the project's schedule factories (:data:`SCHEDULES`);
-
-and nothing else anywhere: no nested ``_target_`` inside them, none in any other saved setting, and no
-interpolation (``${...}``): a saved config is resolved before it is written, and a resolver such as
-``oc.decode`` could build a new ``_target_`` after the check. The network config builds the network itself, so
-it may not be ``_partial_`` (Hydra would hand back a factory where a module belongs). Nesting deeper than
-:data:`MAX_DEPTH` levels (Python's recursion, and a self-referencing pickle) is refused before any walk.
+A checkpoint's ``hyper_parameters`` hold the network, optimizer and scheduler as Hydra configs, which
+``torch.load(weights_only=True)`` accepts as plain data; but Hydra instantiates any ``_target_``, so a crafted
+checkpoint could name ``torch.load`` (with a pickle inside) or any other callable and run code in ``evaluate``,
+``predict``, ``export``, ``report`` or a resumed run. Hence, by design rather than by a deny list, ``net``,
+``optimizer`` and ``scheduler`` may each name one target of their own kind: one of :data:`NETWORKS` (the project's
+and those :func:`register_network` adds); a ``torch.optim`` optimizer; a ``torch.optim.lr_scheduler`` scheduler or
+one of :data:`SCHEDULES` (or no scheduler). Nothing else anywhere: no nested ``_target_``, none in any other saved
+setting, and no interpolation (``${...}``): a saved config is resolved before it is written, and a resolver such
+as ``oc.decode`` could build a new ``_target_`` after the check. The network config may not be ``_partial_``
+(Hydra would hand back a factory where a module belongs). Nesting deeper than :data:`MAX_DEPTH` levels (Python's
+recursion, and a self-referencing pickle) is refused before any walk.
 """
 
 from __future__ import annotations
@@ -80,15 +75,12 @@ def allowed_target(target: str, role: str | None = None) -> bool:
 
 
 def walk(value: Any, where: str) -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) for ``value`` and everything nested in it, depth first, without recursion; a
-    container nested deeper than :data:`MAX_DEPTH` (or one that contains itself) and more than
-    :data:`MAX_VALUES` values in all are refused, naming the key."""
+    """(dotted key, value) for ``value`` and everything nested in it, depth first, without recursion; nesting deeper
+    than :data:`MAX_DEPTH` (a container holding itself) and over :data:`MAX_VALUES` values are refused, naming it."""
     stack: list[tuple[str, Any, int]] = [("", value, 0)]
-    for count in range(MAX_VALUES + 1):
+    for _ in range(MAX_VALUES):
         if not stack:
             return
-        if count == MAX_VALUES:
-            raise _refuse(where, f"more than {MAX_VALUES} values")
         path, item, depth = stack.pop()
         yield path, item
         if not isinstance(item, Mapping | list | tuple):
@@ -101,6 +93,8 @@ def walk(value: Any, where: str) -> Iterator[tuple[str, Any]]:
         else:
             children = [(f"{path}[{i}]", v) for i, v in enumerate(item)]
         stack.extend((p, v, depth + 1) for p, v in reversed(children))
+    if stack:
+        raise _refuse(where, f"more than {MAX_VALUES} values")
 
 
 def _refuse(where: str, what: str) -> UnsafeCheckpointError:

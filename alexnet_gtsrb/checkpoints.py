@@ -1,20 +1,10 @@
-"""Checkpoint files: where ``ckpt_path`` points (a file, a run folder, ``last``), how they are written, and how
-they are read back safely.
+"""Checkpoint files: where ``ckpt_path`` points, how they are written (atomically) and read back (safely).
 
-Reading (:func:`read_checkpoint`): ``torch.load(weights_only=True)`` only, so a pickled object is refused
-("not a plain-data checkpoint") instead of run; then every config in the hyper-parameters is checked against
-the ``_target_`` allowlist (:mod:`alexnet_gtsrb.allowlist`) before anything is built; truncated and foreign
-files get one line naming the file. Every tensor's storage must hold the shape it declares
-(:func:`check_tensors`), before anything reads a tensor's values: a crafted file can pair a one-element storage
-with a 100000x100000 shape, and the first operation on it would allocate 40 GB. :func:`check_fits` (shapes only)
-and then :func:`check_finite` name the tensor that does not fit the model or holds NaN/inf.
-
-Every checkpoint (best, last, step-interval, on signal) goes through :class:`AtomicCheckpointIO`: a temporary
-file in the target folder, fsync, rename over the old one, so a crash or SIGKILL at any moment leaves either the
-old complete file or the new complete one. Lightning's default writer stages the bytes in the system temp folder
-and *moves* them, which is a copy (not atomic) when that folder is on another file system. A full disk is one
-line naming the folder; only regular files are deleted, never recursively (the callback side of that guarantee
-is :mod:`alexnet_gtsrb.callbacks.checkpoint`).
+Reading (:func:`read_checkpoint`) refuses pickled objects, configs naming a ``_target_`` outside the allowlist
+(:mod:`alexnet_gtsrb.allowlist`) and tensors their storage cannot hold, before anything is built or any tensor's
+values are read. Writing (:class:`AtomicCheckpointIO`) goes through a temporary file in the target folder, fsync
+and rename, so a crash at any moment leaves the old complete file or the new one: Lightning's default writer stages
+the bytes in the system temp folder and *moves* them, a copy when that folder is on another file system.
 """
 
 from __future__ import annotations
@@ -41,11 +31,8 @@ class CheckpointError(UserError):
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file in the same folder, fsync and rename.
-
-    A full disk surfaces from torch as ``OSError(ENOSPC)`` or as a ``RuntimeError`` from its zip writer
-    ("unexpected pos"); both become one line naming the folder (the old file, if any, is intact).
-    """
+    """``torch.save`` to ``path`` atomically. A full disk surfaces from torch as ``OSError(ENOSPC)`` or as a
+    ``RuntimeError`` from its zip writer ("unexpected pos"): one line naming the folder (the old file is intact)."""
     try:
         with atomic_write(path) as f:
             torch.save(obj, f)
@@ -123,14 +110,9 @@ def check_checkpoint_file(path: str | Path) -> Path:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents as plain data, its configs checked against the allowlist; nothing is built.
-
-    One-line :class:`CheckpointError` / :class:`~alexnet_gtsrb.allowlist.UnsafeCheckpointError` (exit 2) for
-    a pickled object, a truncated or foreign file, a pipe, device or oversized file (refused unread), or a
-    config naming a target a checkpoint may not build; also for settings of the wrong kind (a list where a
-    mapping goes), nesting deeper than :data:`~alexnet_gtsrb.allowlist.MAX_DEPTH` and a tensor its storage cannot
-    hold (:func:`check_contents`).
-    """
+    """The checkpoint's contents as plain data, checked by :func:`check_contents`; nothing is built. Loaded with
+    ``weights_only=True``, so a pickled object is refused instead of run; that, a truncated or foreign file, and a
+    pipe, device or oversized file (refused unread) are one line naming the file."""
     check_checkpoint_file(path)
     try:
         raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -149,8 +131,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_contents(raw: Any, path: str | Path) -> dict[str, Any]:
-    """``raw`` (a loaded checkpoint) as a dict once its layout, tensors and configs pass the checks
-    :func:`read_checkpoint` names; nothing is built and no tensor's values are read."""
+    """``raw`` (a loaded checkpoint) as a dict once its layout, tensors and configs (the allowlist) pass. Every
+    tensor must be dense and fit its storage (``storage_offset`` + element count, times element size), judged before
+    any value is read: a crafted file can pair a one-element storage with a 100000x100000 shape (zero or overlapping
+    strides) and make the first operation on it allocate 40 GB (``torch.load`` refuses negative strides itself)."""
     if not isinstance(raw, Mapping) or not isinstance(raw.get("state_dict"), Mapping):
         raise CheckpointError(f"{path}: not a Lightning checkpoint of this project (no state_dict).")
     if not isinstance(raw.get("hyper_parameters"), Mapping):
@@ -158,19 +142,7 @@ def check_contents(raw: Any, path: str | Path) -> dict[str, Any]:
     for key in ("datamodule_hyper_parameters", "callbacks", "loops"):
         if not isinstance(raw.get(key), Mapping | None):
             raise CheckpointError(f"{path}: its {key} is a {type(raw[key]).__name__}, not a mapping; refused.")
-    check_tensors(raw, path)
-    check_model_configs(raw["hyper_parameters"], f"{path}: hyper_parameters")
-    check_config(raw.get("datamodule_hyper_parameters") or {}, f"{path}: datamodule_hyper_parameters")
-    return dict(raw)
-
-
-def check_tensors(raw: Mapping[str, Any], path: str | Path) -> None:
-    """Refuse a checkpoint holding a tensor that is not a plain dense tensor, or whose elements (``storage_offset``
-    + the element count, times the element size) do not fit its storage (zero or overlapping strides repeating
-    one element over a huge shape), naming it; only the declared shape, strides and storage size are read
-    (``torch.load`` itself refuses negative strides and a strided extent past the storage). Also bounds the
-    nesting of everything in the file (:func:`alexnet_gtsrb.allowlist.walk`)."""
-    for key, t in walk(raw, str(path)):
+    for key, t in walk(raw, str(path)):  # also bounds the nesting of everything in the file
         if not isinstance(t, torch.Tensor):
             continue
         if t.layout != torch.strided or t.is_quantized:
@@ -185,6 +157,9 @@ def check_tensors(raw: Mapping[str, Any], path: str | Path) -> None:
         raise CheckpointError(
             f"{path}: tensor {key!r} {problem}; refused before reading it (a damaged or crafted file)."
         )
+    check_model_configs(raw["hyper_parameters"], f"{path}: hyper_parameters")
+    check_config(raw.get("datamodule_hyper_parameters") or {}, f"{path}: datamodule_hyper_parameters")
+    return dict(raw)
 
 
 def check_finite(state_dict: Mapping[str, Any], path: str | Path) -> None:

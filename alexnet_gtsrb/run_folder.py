@@ -1,10 +1,7 @@
 """Run folders: claiming one for a training run, and reading one back (``metrics.csv`` or TensorBoard events, the
-per-epoch table, the checkpoint its results use). The loggers whose stores live in it are in
-:mod:`alexnet_gtsrb.loggers`.
-
-A run folder is what ``python -m alexnet_gtsrb.train`` writes under ``logs/<task_name>/runs/<time>/``:
-``checkpoints/``, ``metrics.json``, ``.hydra/`` and the chosen loggers' stores (``conf/logger/``):
-``tensorboard/`` (events), ``csv/version_N/metrics.csv``; MLflow's store is shared, ``<logs>/mlruns``.
+per-epoch table, the checkpoint its results use). A run folder is what ``python -m alexnet_gtsrb.train`` writes
+under ``logs/<task_name>/runs/<time>/``: ``checkpoints/``, ``metrics.json``, ``.hydra/`` and the stores of the
+loggers (:mod:`alexnet_gtsrb.loggers`): ``tensorboard/``, ``csv/version_N/metrics.csv``; MLflow's is ``<logs>/mlruns``.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ TEST_CKPT_RULES = {
     "last": "the weights at the end of the last epoch, checkpoints/last.ckpt; with callbacks=ema the EMA average",
     "best": "the epoch with the highest val/acc, checkpoints/epoch_NNN.ckpt",
 }
-DEFAULT_TEST_CKPT = "last"
 CSV_TIME = "wall_time"  # the column loggers.TimedCSVLogger adds to metrics.csv: seconds since the epoch
 _RUN_FILE_FIX = "Training writes it as a file: remove or replace it (or pass another run folder)."
 
@@ -38,11 +34,9 @@ _RUN_FILE_FIX = "Training writes it as a file: remove or replace it (or pass ano
 @contextlib.contextmanager
 def claim_run_folder(run_dir: str | os.PathLike[str] | None, resuming: bool) -> Iterator[None]:
     """Hold ``run_dir`` for one training run: refuse a folder another live run holds (an advisory lock in the
-    folder), and a folder that already holds a run's checkpoints unless this run resumes it.
-
-    Two runs started with the same ``hydra.run.dir`` would otherwise both write ``last.ckpt`` and
-    ``metrics.json`` there. Call on global rank zero only (DDP's other ranks share the folder by design).
-    """
+    folder), and one that already holds a run's checkpoints unless this run resumes it. Two runs with the same
+    ``hydra.run.dir`` would otherwise both write ``last.ckpt`` and ``metrics.json`` there. Call on global rank zero
+    only (DDP's other ranks share the folder by design)."""
     if not run_dir:
         yield
         return
@@ -75,10 +69,8 @@ def claim_run_folder(run_dir: str | os.PathLike[str] | None, resuming: bool) -> 
 
 # -- reading a run folder back --------------------------------------------------------------------------------
 def read_events(event_dir: Path, recursive: bool = False) -> tuple[dict[str, list], dict[str, list]]:
-    """Scalars and images of every event file of a TensorBoard run folder (and its sub-folders if
-    ``recursive``), in the order they were written. Each file is checked to be a regular file within
-    :data:`~alexnet_gtsrb.utils.files.MAX_EVENTS_BYTES` first (TensorBoard's reader would wait on a named pipe
-    forever)."""
+    """Scalars and images of every event file in ``event_dir`` (and its sub-folders if ``recursive``), in the order
+    they were written; each file checked first (TensorBoard's reader would wait on a named pipe forever)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     scalars: dict[str, list] = {}
@@ -87,10 +79,9 @@ def read_events(event_dir: Path, recursive: bool = False) -> tuple[dict[str, lis
         check_regular_file(f, "TensorBoard event file", MAX_EVENTS_BYTES, _RUN_FILE_FIX)
         acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
         acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            scalars.setdefault(tag, []).extend(acc.Scalars(tag))
-        for tag in acc.Tags()["images"]:
-            images.setdefault(tag, []).extend(acc.Images(tag))
+        for kind, read, found in (("scalars", acc.Scalars, scalars), ("images", acc.Images, images)):
+            for tag in acc.Tags()[kind]:
+                found.setdefault(tag, []).extend(read(tag))
     return scalars, images
 
 
@@ -100,51 +91,43 @@ def _version_key(path: Path) -> tuple[int, str]:
     return (int(found.group(1)) if found else -1, str(path))
 
 
-_CSV_FIX = "Training writes whole step numbers and times there: restore the file or remove it (or pass another run)."
-
-
-def _csv_number(row: dict[str | Any, Any], column: str, path: Path, line: int) -> float:
-    """A ``metrics.csv`` step (a whole number >= 0; an empty cell is 0) or wall time (seconds; NaN when empty,
-    and left out of the minutes when not finite); anything else names the file and line (``int(float("nan"))``
-    and ``int(float("1e400"))`` raise, a step of ``-3`` or ``2.5`` would misplace the value)."""
+def _csv_number(row: dict[str | Any, Any], column: str, where: str) -> float:
+    """A ``metrics.csv`` step (a whole number >= 0, 0 when empty: ``-3`` or ``2.5`` would misplace the value) or
+    wall time (seconds, NaN when empty); anything else is one line naming the file and line."""
     cell, step = row.get(column), column == "step"
-    try:
+    with contextlib.suppress(ValueError):
         value = float(cell or (0 if step else "nan"))
-    except ValueError:
-        value = None
-    if value is None or (step and not (math.isfinite(value) and value.is_integer() and value >= 0)):
-        what = "a step number (a whole number >= 0)" if step else "a number of seconds"
-        raise BadFileError(f"{path}: line {line}: {column} {cell!r} is not {what}. {_CSV_FIX}")
-    return value
+        if not step or (math.isfinite(value) and value.is_integer() and value >= 0):
+            return value
+    what = "a step number (a whole number >= 0)" if step else "a number of seconds"
+    raise BadFileError(
+        f"{where}: {column} {cell!r} is not {what}. Training writes whole step numbers and times there: restore "
+        "the file or remove it (or pass another run)."
+    )
 
 
 def read_metrics_csv(csv_dir: Path) -> dict[str, list]:
-    """Scalars of every ``metrics.csv`` under ``csv_dir`` (CSVLogger writes one ``version_N`` folder per start of
-    a run: a resumed run adds one), in the order they were written; shaped like :func:`read_events`' scalars.
-
-    Every column but ``step`` (and ``wall_time``, :class:`TimedCSVLogger`'s) is a tag; an empty cell is no value.
-    """
+    """Scalars of every ``metrics.csv`` under ``csv_dir`` (one ``version_N`` folder per start of a run), in the
+    order they were written, shaped like :func:`read_events`'; every column but ``step`` and ``wall_time`` is a tag."""
     from tensorboard.backend.event_processing.event_accumulator import ScalarEvent
 
     scalars: dict[str, list] = {}
     for path in sorted(Path(csv_dir).rglob("metrics.csv"), key=_version_key):
         reader = csv.DictReader(io.StringIO(read_text_file(path, "metrics.csv", fix=_RUN_FILE_FIX), newline=""))
         for row in reader:
-            step = int(_csv_number(row, "step", path, reader.line_num))
-            wall_time = _csv_number(row, CSV_TIME, path, reader.line_num)
+            where = f"{path}: line {reader.line_num}"
+            step, wall_time = int(_csv_number(row, "step", where)), _csv_number(row, CSV_TIME, where)
             for tag, cell in row.items():
-                if tag in ("step", CSV_TIME) or tag is None or cell in (None, ""):
-                    continue
-                with contextlib.suppress(ValueError):  # a value that is not a number is not a scalar
-                    scalars.setdefault(tag, []).append(ScalarEvent(wall_time, step, float(cell)))
+                if tag not in ("step", CSV_TIME, None) and cell:  # None: cells past the header's columns
+                    with contextlib.suppress(ValueError):  # a value that is not a number is not a scalar
+                        scalars.setdefault(tag, []).append(ScalarEvent(wall_time, step, float(cell)))
     return scalars
 
 
 def read_scalars(run_dir: Path) -> tuple[dict[str, list], Path | None]:
     """A run folder's scalars and where they came from: ``csv/`` where the run has a ``metrics.csv`` (CSVLogger),
     else ``tensorboard/`` (its event files); ``({}, None)`` when it has neither."""
-    run_dir = Path(run_dir)
-    csv_dir, tb_dir = run_dir / "csv", run_dir / "tensorboard"
+    csv_dir, tb_dir = Path(run_dir) / "csv", Path(run_dir) / "tensorboard"
     if csv_dir.is_dir() and any(csv_dir.rglob("metrics.csv")):
         return read_metrics_csv(csv_dir), csv_dir
     if tb_dir.is_dir():
@@ -153,14 +136,11 @@ def read_scalars(run_dir: Path) -> tuple[dict[str, list], Path | None]:
 
 
 def epoch_table(scalars: dict[str, list]) -> list[dict[str, Any]]:
-    """One row per epoch: train/val accuracy and loss (epoch-level values), lr and minutes since the start
-    (no minutes where the values carry no wall time). Takes :func:`read_events` or :func:`read_metrics_csv`
-    scalars."""
-    epoch_at: dict[int, int] = {}
-    for e in scalars.get("epoch", []):
-        epoch_at.setdefault(e.step, int(e.value))  # Lightning logs the epoch with every metric
-    times = [e.wall_time for events in scalars.values() for e in events if math.isfinite(e.wall_time)]
-    start = min(times, default=0.0)
+    """One row per epoch of :func:`read_scalars`' scalars: train/val accuracy and loss, lr and minutes since the
+    start (none where the values carry no wall time)."""
+    # Lightning logs the epoch with every metric; the first value logged at a step counts
+    epoch_at = {e.step: int(e.value) for e in reversed(scalars.get("epoch", []))}
+    start = min((e.wall_time for v in scalars.values() for e in v if math.isfinite(e.wall_time)), default=0.0)
     rows: dict[int, dict[str, Any]] = {}
     tags = {"train/acc": "train_acc", "val/acc": "val_acc", "train/loss": "train_loss", "val/loss": "val_loss"}
     lr_tags = sorted(t for t in scalars if t.startswith("lr-"))
@@ -177,14 +157,11 @@ def epoch_table(scalars: dict[str, list]) -> list[dict[str, Any]]:
 _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", None: "null"}
 
 
-def read_metrics_json(run_dir: Path) -> dict[str, Any] | None:
-    """A run folder's ``metrics.json`` (None when it has none); a file that is not a JSON object (invalid JSON,
-    an array, a string, null) is one line naming it: a reader would otherwise fail on ``.get`` or skip it."""
+def read_metrics_json(run_dir: Path) -> dict[str, Any]:
+    """A run folder's ``metrics.json`` ({} when it has none); anything but a JSON object is one line naming it."""
     path = Path(run_dir) / "metrics.json"
-    if not path.exists():
-        return None
     try:
-        data = json.loads(read_text_file(path, "metrics.json", fix=_RUN_FILE_FIX))
+        data = json.loads(read_text_file(path, "metrics.json", fix=_RUN_FILE_FIX)) if path.exists() else {}
     except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         what = f"invalid JSON ({str(exc).splitlines()[0][:120] or type(exc).__name__})"
     else:
@@ -197,22 +174,6 @@ def read_metrics_json(run_dir: Path) -> dict[str, Any] | None:
     )
 
 
-def _last(run_dir: Path) -> Path | None:
-    """``checkpoints/last.ckpt`` if anything is there: a pipe or folder there is refused by name when read."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return last if last.exists() else None
-
-
-def best_checkpoint(run_dir: Path) -> Path | None:
-    """metrics.json's best checkpoint if it is still there, else the newest epoch_*.ckpt, else last.ckpt."""
-    run_dir = Path(run_dir)
-    named = (read_metrics_json(run_dir) or {}).get("best_checkpoint")
-    if isinstance(named, str) and Path(named).is_file():  # Path("") is the current folder, not a file
-        return Path(named)
-    found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else _last(run_dir)
-
-
 def check_test_ckpt(rule: Any) -> str:
     """``rule`` if it names a checkpoint rule (:data:`TEST_CKPT_RULES`), else one line naming the key."""
     if not isinstance(rule, str) or rule not in TEST_CKPT_RULES:
@@ -221,34 +182,34 @@ def check_test_ckpt(rule: Any) -> str:
     return rule
 
 
-def run_test_ckpt(run_dir: Path) -> str:
-    """The checkpoint rule a run folder declared: its metrics.json's ``test_ckpt``, else its ``.hydra/config.yaml``'s,
-    else the default (``last``)."""
+def rule_checkpoint(run_dir: Path) -> tuple[Path | None, str]:
+    """(the checkpoint file a run folder's results use or None, its rule): the rule is metrics.json's
+    ``test_ckpt``, else ``.hydra/config.yaml``'s, else ``last``. ``last``: checkpoints/last.ckpt if anything is
+    there (a pipe or folder is refused by name when read); ``best``: metrics.json's ``best_checkpoint`` if it is
+    still there, else the newest epoch_*.ckpt, else last.ckpt."""
     run_dir = Path(run_dir)
-    rule = (read_metrics_json(run_dir) or {}).get("test_ckpt")
-    config = run_dir / ".hydra" / "config.yaml"
+    metrics = read_metrics_json(run_dir)
+    rule, config = metrics.get("test_ckpt"), run_dir / ".hydra" / "config.yaml"
     if rule is None and config.exists():
         from omegaconf import DictConfig, OmegaConf
 
         loaded = OmegaConf.load(io.StringIO(read_text_file(config, "run config", fix=_RUN_FILE_FIX)))
         rule = loaded.get("test_ckpt") if isinstance(loaded, DictConfig) else None
-    return DEFAULT_TEST_CKPT if rule is None else check_test_ckpt(rule)
-
-
-def rule_checkpoint(run_dir: Path, rule: str | None = None) -> tuple[Path | None, str]:
-    """(the checkpoint file the rule picks in ``run_dir`` or None, the rule): ``rule`` or the run's own
-    (:func:`run_test_ckpt`). ``last``: checkpoints/last.ckpt; ``best``: :func:`best_checkpoint`."""
-    run_dir = Path(run_dir)
-    rule = check_test_ckpt(rule) if rule is not None else run_test_ckpt(run_dir)
-    return (best_checkpoint(run_dir) if rule == "best" else _last(run_dir)), rule
+    rule = check_test_ckpt("last" if rule is None else rule)
+    if rule == "best":
+        named = metrics.get("best_checkpoint")
+        if isinstance(named, str) and Path(named).is_file():  # Path("") is the current folder, not a file
+            return Path(named), rule
+        found = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1], rule
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return (last if last.exists() else None), rule
 
 
 def checkpoint_for(ckpt_path: str | os.PathLike[str] | None) -> tuple[str | None, str]:
-    """(the file to load for ``ckpt_path``, how it was chosen, as printed).
-
-    A run folder gives the checkpoint its results use (`rule_checkpoint` with the run's own rule); a file
-    is itself; any other folder its newest ``last*.ckpt`` (:func:`alexnet_gtsrb.checkpoints.resolve_ckpt_path`).
-    """
+    """(the file to load for ``ckpt_path``, how it was chosen, as printed): a run folder gives the checkpoint its
+    results use (:func:`rule_checkpoint`), anything else :func:`alexnet_gtsrb.checkpoints.resolve_ckpt_path`'s."""
     from alexnet_gtsrb.checkpoints import resolve_ckpt_path
 
     path = Path(str(ckpt_path)).expanduser()

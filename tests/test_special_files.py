@@ -152,16 +152,15 @@ def test_report_refuses_a_pipe_among_the_runs_metrics(tmp_path, store, what):
 
 
 def test_run_folder_readers_refuse_a_pipe_as_metrics_json_or_config(tmp_path):
-    from alexnet_gtsrb.run_folder import best_checkpoint, run_test_ckpt
+    from alexnet_gtsrb.run_folder import rule_checkpoint
 
     fifo = _fifo(tmp_path / "metrics.json")
-    for read in (best_checkpoint, run_test_ckpt):
-        with pytest.raises(UserError, match="metrics.json is not a regular file but a named pipe"):
-            read(tmp_path)
+    with pytest.raises(UserError, match="metrics.json is not a regular file but a named pipe"):
+        rule_checkpoint(tmp_path)
     fifo.unlink()
     _fifo(tmp_path / ".hydra" / "config.yaml")
     with pytest.raises(UserError, match="run config is not a regular file but a named pipe"):
-        run_test_ckpt(tmp_path)
+        rule_checkpoint(tmp_path)
 
 
 def test_pretrained_weights_that_are_a_pipe_are_refused(tmp_path):

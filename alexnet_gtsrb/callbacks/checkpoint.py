@@ -1,13 +1,11 @@
 """Lightning's ModelCheckpoint, with the paths it reads back from a checkpoint treated as data.
 
-A resumed checkpoint restores the callback's ``best_model_path``, ``kth_best_model_path``, ``last_model_path``
-and the keys of ``best_k_models``; Lightning later deletes files it finds there (the old best, the previous
-``last``) with ``fs.rm(path, recursive=True)``, and its "is this file mine" test uses ``Path.absolute()``, which
-keeps ``..``. A checkpoint naming ``<run>/checkpoints/../../victim`` would then delete a file or a whole
-directory outside the run. :class:`RunCheckpoint` closes both ends: on restore, a path that does not resolve
-inside its own folder is dropped with one warning line (as are scores that are not one-element float tensors,
-and a state that is not a mapping); on delete, only a regular file that resolves inside that folder is removed,
-with ``os.unlink`` (never a directory, never recursively, never through a link pointing elsewhere).
+A resumed checkpoint restores the callback's paths (``best_model_path``, ``kth_best_model_path``,
+``last_model_path``, the keys of ``best_k_models``); Lightning later deletes files it finds there with
+``fs.rm(path, recursive=True)``, and its "is this file mine" test uses ``Path.absolute()``, which keeps ``..``: a
+checkpoint naming ``<run>/checkpoints/../../victim`` would delete a file or a whole directory outside the run.
+:class:`RunCheckpoint` restores only paths that resolve inside its own folder (and only well-formed scores), and
+deletes only regular files (not links) inside it, with ``os.unlink``, never recursively.
 """
 
 from __future__ import annotations
@@ -78,10 +76,8 @@ def _clean_state(state_dict: Any, dirpath: str) -> tuple[dict[str, Any], list[st
     """(the restorable part of a ModelCheckpoint state, what was dropped): paths only inside ``dirpath``, scores
     only one-element float tensors (another tensor would make Lightning's comparisons raise or broadcast), and
     ``dirpath`` itself only as a string (it is compared with ``==``)."""
-    if not isinstance(state_dict, Mapping):
-        return {"best_model_path": "", "best_model_score": None}, [f"the whole state (a {type(state_dict).__name__})"]
-    clean = {k: v for k, v in state_dict.items() if k in _KEYS}
-    dropped: list[str] = []
+    dropped = [] if isinstance(state_dict, Mapping) else [f"the whole state (a {type(state_dict).__name__})"]
+    clean = {k: v for k, v in state_dict.items() if k in _KEYS} if not dropped else {}
     if not isinstance(clean.get("dirpath", dirpath), str):
         dropped.append("dirpath (not a string)")
         clean["dirpath"] = dirpath

@@ -1,8 +1,5 @@
 """Signals: :class:`GracefulStop` turns SIGTERM and SIGINT (Ctrl+C) into "finish the current training step,
-save ``last.ckpt``, exit with 128 + signal number". A second Ctrl+C stops at once, without saving. During the
-test that follows training, a signal stops at once (training is over and saved) with the one command that
-re-runs the test from the saved checkpoint.
-"""
+save ``last.ckpt``, exit with 128 + signal number"; during the test after training, into "stop now"."""
 
 from __future__ import annotations
 
@@ -20,25 +17,16 @@ from alexnet_gtsrb.errors import TrainingInterrupted
 log = logging.getLogger(__name__)
 
 
-def _last_ckpt_path(trainer: L.Trainer) -> Path:
-    """Where ``ckpt_path=last`` looks: the ``last`` ModelCheckpoint's file, else ``<root>/checkpoints/last.ckpt``."""
-    for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.filename == "last" and cb.dirpath:
-            return Path(cb.dirpath) / f"last{cb.FILE_EXTENSION}"
-    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
-
-
 class GracefulStop(L.Callback):
     """On SIGTERM/SIGINT: finish the running training step, save ``last.ckpt`` (atomic), exit 128 + signum.
 
     Lightning 2.6 on one process only reacts to SIGTERM at the end of an epoch (and to SIGINT not at all beyond
     "attempting graceful shutdown", without a checkpoint), which can be an hour away at 227 px on a CPU. The
     handlers live from the start of training to its end or failure and chain to the SIGTERM handlers already
-    present except Lightning's notifier: that one makes the epoch loop raise its own ``SIGTERMException`` (a
-    ``SystemExit`` with status 0, no checkpoint) when the signal lands between this callback's check and the
-    loop's, and it forwards the signal to DDP children and broadcasts from inside the handler. Under DDP the
-    ranks agree at each step boundary whether any of them was signalled, so all of them save together. SLURM
-    sends SIGTERM (after the ``--signal`` warning, if any) before it kills a job, which lands here.
+    present except Lightning's notifier: it makes the epoch loop raise ``SIGTERMException`` (``SystemExit`` 0, no
+    checkpoint) when the signal lands between this callback's check and the loop's, and it forwards the signal
+    to DDP children and broadcasts from inside the handler. Under DDP the ranks agree at each step whether any was
+    signalled, so all save together. SLURM sends SIGTERM (after any ``--signal`` warning) before it kills a job.
     """
 
     def __init__(self, signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGINT")) -> None:
@@ -48,8 +36,6 @@ class GracefulStop(L.Callback):
 
     def _handler(self, signum: int, frame: Any) -> None:
         sig = signal.Signals(signum)
-        if self.received is not None and sig == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl+C: stop now, without a checkpoint
         if self.received is None:
             self.received = sig
             print(
@@ -57,6 +43,8 @@ class GracefulStop(L.Callback):
                 "(press Ctrl+C again to stop at once without saving)",
                 flush=True,
             )
+        elif sig == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl+C: stop now, without a checkpoint
         if sig != signal.SIGINT:  # keep other SIGTERM handling, less Lightning's notifier (see above)
             previous = self._previous.get(sig)
             for handler in getattr(previous, "signal_handlers", [previous]):  # Lightning composes several into one
@@ -107,12 +95,15 @@ class GracefulStop(L.Callback):
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if not requested:
             return
-        path = _last_ckpt_path(trainer)
+        path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"  # where ckpt_path=last looks
+        for cb in reversed(trainer.checkpoint_callbacks):  # or the first ``last`` ModelCheckpoint's file
+            if isinstance(cb, ModelCheckpoint) and cb.filename == "last" and cb.dirpath:
+                path = Path(cb.dirpath) / f"last{cb.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
         name = self.received.name if self.received is not None else "a signal on another rank"
         raise TrainingInterrupted(
             f"stopped by {name} at epoch {trainer.current_epoch}, global step {trainer.global_step}; "
             f"checkpoint saved to {path}. Resume in place with: python -m alexnet_gtsrb.train <same overrides> "
             f"ckpt_path=last hydra.run.dir={path.parent.parent}",
-            exit_code=128 + int(self.received) if self.received is not None else 143,
+            exit_code=128 + int(self.received or signal.SIGTERM),  # another rank's signal: SIGTERM (143)
         )

@@ -1,11 +1,7 @@
 """Files: read only regular files of a sane size, write atomically (temp file in the same folder, fsync, rename),
-check free space, find the cache root.
-
-Every file the project reads by name (checkpoints, weight files, ``calibration.json``, ``metrics.json``/``.csv``,
-TensorBoard event files, YAML, markers, annotation CSVs, images) is opened through :func:`open_regular_file`
-first: a named pipe would block the open or the read forever, ``/dev/zero`` would be read until memory runs
-out, and a file far larger than its kind ever is would cost that memory too. Each is refused in one line
-naming the file, before anything is read.
+check free space, find the cache root. Every file the project reads by name goes through :func:`open_regular_file`
+first: a named pipe would block the open or the read forever, ``/dev/zero`` would be read until memory runs out,
+and a file far larger than its kind ever is would cost that memory too; each is refused in one line naming it.
 """
 
 from __future__ import annotations
@@ -23,39 +19,27 @@ from typing import IO, Any, BinaryIO
 
 from alexnet_gtsrb.errors import BadFileError, ConfigError, UserError
 
-CACHE_ENV = "ALEXNET_GTSRB_CACHE"
+StrPath = str | os.PathLike[str]
 #: Checkpoints and weight files: an AlexNet checkpoint with optimizer state and an EMA copy is under 1 GiB.
 MAX_CHECKPOINT_BYTES = 8 * 1024**3
 #: TensorBoard event files: scalars plus the figures the callbacks log each epoch.
 MAX_EVENTS_BYTES = 2 * 1024**3
 #: JSON, YAML and CSV files of a run (metrics, calibration, configs, markers): kilobytes to a few MB.
 MAX_TEXT_BYTES = 64 * 1024**2
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
+#: What a file is, in words, by the type letter of ``stat.filemode``, when it is not a regular file.
+_KINDS = dict(d="a folder", p="a named pipe (FIFO)", c="a character device", b="a block device", s="a socket")
 
 
-def _kind(mode: int, other: str = "another kind of file") -> str:
-    """What a file of ``mode`` is, in words, when it is not a regular file."""
-    return next((name for test, name in _FILE_KINDS if test(mode)), other)
-
-
-def _sentence(path: str | os.PathLike[str], text: str, fix: str) -> str:
+def _sentence(path: StrPath, text: str, fix: str) -> str:
     return f"{os.fspath(path)}: {text}" + (f" {fix}" if fix else "")
 
 
 def _open_checked(
-    path: str | os.PathLike[str], flags: int, what: str, max_bytes: int | None, fix: str, error: type[UserError]
+    path: StrPath, flags: int, what: str, max_bytes: int | None, fix: str, error: type[UserError]
 ) -> tuple[int, int]:
     """(descriptor, size) of ``path`` opened with ``flags`` once it is a regular file of at most ``max_bytes``.
-
-    Opened with ``O_NONBLOCK`` so that opening a named pipe returns at once (its type is refused right after);
-    the type and size come from ``fstat`` of the opened file, so they are those of the file that is read.
-    """
+    ``O_NONBLOCK``: opening a named pipe returns at once (its type is refused right after); the type and size come
+    from ``fstat`` of the opened file, so they are those of the file that is read."""
     try:
         fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
     except FileNotFoundError:
@@ -64,7 +48,7 @@ def _open_checked(
         raise error(_sentence(path, f"{what} cannot be opened ({getattr(e, 'strerror', None) or e}).", fix)) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        problem = f"is not a regular file but {_kind(st.st_mode)}"
+        problem = f"is not a regular file but {_KINDS.get(stat.filemode(st.st_mode)[0], 'another kind of file')}"
     elif max_bytes is not None and st.st_size > max_bytes:
         problem = f"of {st.st_size:,} bytes is over the limit of {max_bytes:,}"
     else:
@@ -74,7 +58,7 @@ def _open_checked(
 
 
 def open_regular_file(
-    path: str | os.PathLike[str], what: str, max_bytes: int | None, fix: str = "", error: type[UserError] = BadFileError
+    path: StrPath, what: str, max_bytes: int | None, fix: str = "", error: type[UserError] = BadFileError
 ) -> tuple[int, BinaryIO]:
     """(size, the file opened for binary reading) when ``path`` is a regular file of at most ``max_bytes``
     (None: no cap); otherwise ``error`` in one line naming the file, ``what`` it should be, why, and ``fix``.
@@ -84,7 +68,7 @@ def open_regular_file(
 
 
 def check_regular_file(
-    path: str | os.PathLike[str], what: str, max_bytes: int | None, fix: str = "", error: type[UserError] = BadFileError
+    path: StrPath, what: str, max_bytes: int | None, fix: str = "", error: type[UserError] = BadFileError
 ) -> Path:
     """``path`` as a Path once :func:`open_regular_file` accepts it, for readers that open it by name themselves
     (``torch.load``, TensorBoard's event reader, ``np.load``)."""
@@ -92,18 +76,14 @@ def check_regular_file(
     return Path(path)
 
 
-def open_lock_file(path: str | os.PathLike[str], what: str, fix: str = "") -> IO[str]:
+def open_lock_file(path: StrPath, what: str, fix: str = "") -> IO[str]:
     """``path`` opened (created if missing) for reading and writing as a lock file, or :class:`BadFileError` in one
     line when something else sits there (a blocking open of a named pipe for writing would wait for a reader)."""
     return os.fdopen(_open_checked(path, os.O_RDWR | os.O_CREAT, what, None, fix, BadFileError)[0], "r+")
 
 
 def read_text_file(
-    path: str | os.PathLike[str],
-    what: str,
-    max_bytes: int = MAX_TEXT_BYTES,
-    fix: str = "",
-    error: type[UserError] = BadFileError,
+    path: StrPath, what: str, max_bytes: int = MAX_TEXT_BYTES, fix: str = "", error: type[UserError] = BadFileError
 ) -> str:
     """The UTF-8 text of a file :func:`open_regular_file` accepts, read from the file it checked, at most
     ``max_bytes`` (a file that grew past the cap since it was checked is refused too)."""
@@ -122,20 +102,19 @@ def read_text_file(
 
 def cache_root() -> Path:
     """Where generated data and caches live: ``$ALEXNET_GTSRB_CACHE``, else ``~/.cache/alexnet_gtsrb``."""
-    base = os.environ.get(CACHE_ENV)
+    base = os.environ.get("ALEXNET_GTSRB_CACHE")
     return Path(base).expanduser() if base else Path.home() / ".cache" / "alexnet_gtsrb"
 
 
-def cache_folder(cache_dir: str | os.PathLike[str] | None, default: Path, write: bool = False) -> Path:
-    """The folder ``data.cache_dir`` names (``default`` when null), created if missing. A ConfigError naming
-    the key and the folder when it is not a folder (``/dev/null``, a file), cannot be created, or, with ``write``
-    (building a cache), is read-only. A mode without write bits counts as read-only for root too, who could write
-    anyway: the folder was marked so on purpose. Reading a complete cache needs no write (a shared cache)."""
+def cache_folder(cache_dir: StrPath | None, default: Path, write: bool = False) -> Path:
+    """The folder ``data.cache_dir`` names (``default`` when null), created if missing; a ConfigError naming the
+    key when it is not a folder, cannot be created, or, with ``write`` (building a cache; reading a complete one
+    needs no write), is read-only. A mode without write bits is read-only for root too: it was set on purpose."""
     folder = Path(os.path.expanduser(str(cache_dir))) if cache_dir else default
     setting = f"data.cache_dir={cache_dir or 'null'}"
     fix = "point data.cache_dir at a writable folder or set data.cache=false"
     if folder.exists() and not folder.is_dir():
-        kind = _kind(folder.stat().st_mode, "a file")
+        kind = _KINDS.get(stat.filemode(folder.stat().st_mode)[0], "a file")
         raise ConfigError(f"{setting}: {folder} is {kind}, not a folder; {fix}.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -150,12 +129,9 @@ def cache_folder(cache_dir: str | os.PathLike[str] | None, default: Path, write:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success it is fsynced and renamed over ``target``.
-
-    A crash or an exception at any moment leaves either the old complete file or the new complete one,
-    never a half-written ``target``; the temporary file is removed on failure.
-    """
+def atomic_path(target: StrPath) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it is fsynced and renamed over ``target``, so a crash
+    or an exception at any moment leaves the old complete file or the new one (the temporary file is removed)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -177,16 +153,14 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_write(target: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_write(target: StrPath, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """``open(target, mode)`` that replaces ``target`` only once everything was written (see :func:`atomic_path`)."""
     with atomic_path(target) as tmp, open(tmp, mode, **open_kwargs) as f:
         yield f
         f.flush()
 
 
-def require_free_space(
-    where: str | os.PathLike[str], needed: int, what: str, fix: str, error: type[UserError] = UserError
-) -> None:
+def require_free_space(where: StrPath, needed: int, what: str, fix: str, error: type[UserError] = UserError) -> None:
     """Raise ``error`` naming ``what``, the sizes and ``fix`` when ``where`` has fewer than ``needed`` bytes free."""
     folder = Path(where)
     while not folder.exists() and folder != folder.parent:  # the nearest existing ancestor
@@ -207,10 +181,9 @@ def write_table(
     footer: Mapping[str, Any] | None = None,
     columns: Sequence[str] = (),
 ) -> None:
-    """``<stem>.csv`` (the values; empty cells for None, NaN, inf) and ``<stem>.md`` (``title``, then a Markdown
-    table of the same rows, floats with 4 decimals (1 in columns of seconds, ``*_s``), then the ``footer`` row) in
-    ``folder``; ``columns`` (default: the first row's keys) also heads an empty table. Every table the project
-    writes (per-class results, robustness suites, sweep summaries)."""
+    """Every table the project writes: ``<stem>.csv`` (the values; empty cells for None, NaN, inf) and ``<stem>.md``
+    (``title``, a Markdown table of the same rows, floats with 4 decimals (1 in ``*_s`` columns of seconds), the
+    ``footer`` row) in ``folder``; ``columns`` (default: the first row's keys) also heads an empty table."""
     columns = list(columns or (rows[0] if rows else []))
 
     def missing(value: Any) -> bool:
