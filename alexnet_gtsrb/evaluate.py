@@ -85,12 +85,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ctx = eval_context(cfg, "test" if split == "test" else "validate")
     models = [ctx.model, *_committee(cfg, ctx)]
     dm = ctx.datamodule
-    dataset = dm.val_set if split == "val" else dm.test_set
+    dataset, loader = (dm.val_set, dm.val_dataloader) if split == "val" else (dm.test_set, dm.test_dataloader)
     if views > 1:  # the dataset yields the image the 10 views are cut from
         dataset.transform = view_source(ctx.size, dm._transform_params())
         print_rank_zero(f"test views: {CROPS} crops (centre + 4 corners) + label-mapped flips")
-    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
-    scores, wrong, labels, preds, confs = _score(models, loader, ctx.device, ctx.size if views > 1 else None)
+    scores, wrong, labels, preds, confs = _score(models, loader(), ctx.device, ctx.size if views > 1 else None)
     cm = scores["confmat"]
     total, correct = int(cm.sum()), int(cm.diag().sum())
     if total == 0:
@@ -100,12 +99,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         test_info["note"] = f"the validation split the run held out ({len(dataset.records):,} training-set images)"
     macro = {name: float(scores[f"{name}_macro"]) for name in SCORES}
     rows = _per_class_rows(scores, cm)
-    write_table(
-        rows,
-        ctx.out_dir,
-        "per_class",
-        footer={"name": "**macro average**", "support": total, "correct": correct, **macro},
-    )
+    footer = {"name": "**macro average**", "support": total, "correct": correct, **macro}
+    write_table(rows, ctx.out_dir, "per_class", footer=footer)
     save_figure(confusion_figure(cm), ctx.out_dir / "confusion_matrix.png")
     save_figure(misclassified_figure(wrong, MAX_MISCLASSIFIED), ctx.out_dir / "misclassified.png")
     errors = [
@@ -194,11 +189,11 @@ def _track_metrics(split: str, tracks: list[str | None], hits: list[bool]) -> di
     """The track-bootstrap interval of the accuracy, where every image has a track (the validation split)."""
     if not tracks or None in tracks:
         return {}
-    counts: dict[str, list[int]] = {}
-    for track, hit in zip(tracks, hits, strict=True):
-        counts.setdefault(str(track), [0, 0])[0] += int(hit)
-        counts[str(track)][1] += 1
-    low, high = track_interval({t: (c, n) for t, (c, n) in counts.items()})
+    counts: dict[str, tuple[int, int]] = {}
+    for track, hit in zip(map(str, tracks), hits, strict=True):
+        c, n = counts.get(track, (0, 0))
+        counts[track] = (c + int(hit), n + 1)
+    low, high = track_interval(counts)
     return {f"{split}/acc_track_ci_low": low, f"{split}/acc_track_ci_high": high, "tracks": len(counts)}
 
 

@@ -53,21 +53,21 @@ def export_metadata(settings: dict[str, Any], fmt: str) -> dict[str, str]:
     }
 
 
+@torch.no_grad()
 def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str], opset: int) -> None:
     """ONNX with a dynamic batch axis (legacy exporter), then the metadata written into ``metadata_props``."""
     import onnx
 
-    with torch.no_grad():
-        torch.onnx.export(
-            net,
-            (example,),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+    torch.onnx.export(
+        net,
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
     proto = onnx.load(str(path))
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -76,25 +76,24 @@ def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, metadat
     onnx.save(proto, str(path))
 
 
+@torch.no_grad()
 def export_torchscript(net: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
     """A traced TorchScript module (works for any batch size: the graph has no batch-dependent branches)."""
-    with torch.no_grad():
-        traced = torch.jit.trace(net, (example,), check_trace=False)
+    traced = torch.jit.trace(net, (example,), check_trace=False)
     torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(metadata)})
 
 
+@torch.no_grad()
 def max_abs_diff(fmt: str, path: Path, net: torch.nn.Module, x: torch.Tensor) -> float:
     """Max |exported(x) - net(x)|: onnxruntime for ONNX, torch.jit.load for TorchScript."""
-    with torch.no_grad():
-        ref = net(x).float()
+    ref = net(x).float()
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         out = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
     else:
-        with torch.no_grad():
-            out = torch.jit.load(str(path))(x).float()
+        out = torch.jit.load(str(path))(x).float()
     return float((out - ref).abs().max())
 
 

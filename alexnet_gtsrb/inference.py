@@ -1,7 +1,5 @@
 """Using a trained checkpoint: load it (plain data, ``weights_only=True``), read its evaluation settings, pick
-a device, and open it for evaluation (:func:`eval_context`). Shared by ``evaluate``, ``robustness``, ``predict``,
-``export``, ``report`` and the notebooks.
-"""
+a device, and open it for evaluation (:func:`eval_context`). Shared by every entry point and the notebooks."""
 
 from __future__ import annotations
 
@@ -51,9 +49,8 @@ def check_saved_settings(model: GTSRBClassifier, data_hp: Mapping[str, Any], pat
 
     try:
         settings = eval_settings(model, data_hp)
-        split = {key: data_hp.get(key, default) for key, default in _split_defaults().items()}
         keys = ("image_size", "num_classes", "roi_crop", "mean", "std", "augment")
-        GTSRBDataModule(**split, **{key: settings[key] for key in keys})
+        GTSRBDataModule(**_saved_split(data_hp), **{key: settings[key] for key in keys})
     except ConfigError as exc:
         raise CheckpointError(f"{path}: its saved settings are refused: {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:  # albumentations' and float()'s own checks
@@ -124,12 +121,13 @@ def pick_device(name: str | None = "auto") -> str:
     )
 
 
-def _split_defaults() -> dict[str, Any]:
-    """GTSRBDataModule's own defaults of the split settings (read from its signature, not copied)."""
+def _saved_split(data_hp: Mapping[str, Any]) -> dict[str, Any]:
+    """The validation split (fraction, kind, seed) a checkpoint's run held out: saved with it, else
+    GTSRBDataModule's own defaults (read from its signature, not copied)."""
     from alexnet_gtsrb.data.datamodule import GTSRBDataModule
 
     params = inspect.signature(GTSRBDataModule.__init__).parameters
-    return {key: params[key].default for key in ("val_fraction", "split", "split_seed")}
+    return {key: data_hp.get(key, params[key].default) for key in ("val_fraction", "split", "split_seed")}
 
 
 @dataclass
@@ -167,16 +165,15 @@ def eval_context(cfg: Any, stage: str) -> EvalContext:
     model, data_hp = load_classifier(path, device)
     print_rank_zero(f"checkpoint: {path} ({chosen_by})")
     settings = eval_settings(model, data_hp)
-    data_cfg = cfg.data.copy()  # every key left null: the checkpoint's, and its run's validation split
-    with open_dict(data_cfg):  # (fraction, kind, seed), so that a held-out set is the one the run held out
-        for key in ("image_size", "roi_crop", "mean", "std", "num_classes"):
-            if data_cfg.get(key) is None:
-                data_cfg[key] = settings[key]
-        for key, default in _split_defaults().items():
-            if key in data_cfg and data_cfg.get(key) is None:
-                data_cfg[key] = data_hp.get(key, default)
-        if OmegaConf.is_missing(data_cfg, "augment") or data_cfg.get("augment") is None:
-            data_cfg.augment = dict(settings["augment"])
+    # every data key left null: the checkpoint's setting, and its run's validation split, so that a held-out set is
+    # the one the run held out
+    data_cfg = cfg.data.copy()
+    saved = {key: settings[key] for key in ("image_size", "roi_crop", "mean", "std", "num_classes", "augment")}
+    saved |= {key: value for key, value in _saved_split(data_hp).items() if key in data_cfg}
+    with open_dict(data_cfg):
+        for key, value in saved.items():
+            if OmegaConf.is_missing(data_cfg, key) or data_cfg.get(key) is None:
+                data_cfg[key] = value
     size = int(data_cfg.image_size)
     if size != settings["image_size"]:
         log.warning("data.image_size=%d differs from the checkpoint's %d.", size, settings["image_size"])

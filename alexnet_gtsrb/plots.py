@@ -1,9 +1,6 @@
-"""Every figure the project draws, and the one way they are saved.
-
-Matplotlib figures (confusion matrix, misclassified grid, training curves, conv1 kernels) for reports and
-TensorBoard, and :func:`conv1_kernel_grid`, the kernels as one image tensor (TensorBoard's ``filters/conv1``).
-Matplotlib runs headless (the Agg backend), so figures work on servers, in CI and under ``nohup``.
-"""
+"""Every figure the project draws (matplotlib, for reports and TensorBoard), the one way they are saved, and
+:func:`conv1_kernel_grid`, the kernels as one image tensor (TensorBoard's ``filters/conv1``). Matplotlib runs
+headless (the Agg backend), so figures work on servers, in CI and under ``nohup``."""
 
 from __future__ import annotations
 
@@ -42,11 +39,10 @@ def save_figure(fig: Any, path: str | Path) -> Path:
 
 def confusion_figure(confmat: torch.Tensor) -> Any:
     """A matplotlib figure of the row-normalised confusion matrix (rows: true class, columns: predicted)."""
-    plt = pyplot()
     counts = confmat.float()
     norm = (counts / counts.sum(dim=1, keepdim=True).clamp_min(1)).numpy()  # a row without images stays 0
     n = norm.shape[0]
-    fig, ax = plt.subplots(figsize=(12, 11))
+    fig, ax = pyplot().subplots(figsize=(12, 11))
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (rows normalised to 1)")
     ax.set_xticks(range(n), [str(c) for c in range(n)], fontsize=6)
@@ -71,8 +67,7 @@ def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
     """Accuracy and loss against epoch, training and validation (matplotlib figure)."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 4))
     for ax, (metric, name) in zip(axes, [("acc", "accuracy"), ("loss", "loss")], strict=True):
         for stage in ("train", "val"):
             points = [(r["epoch"], r[f"{stage}_{metric}"]) for r in rows if f"{stage}_{metric}" in r]
@@ -88,9 +83,8 @@ def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
 
 def conv1_figure(net: nn.Module, title: str = "") -> Any:
     """conv1's kernels as one matplotlib image (two halves for a two-group network)."""
-    plt = pyplot()
     grid = conv1_kernel_grid(net).permute(1, 2, 0).numpy()
-    fig, ax = plt.subplots(figsize=(12, 5))
+    fig, ax = pyplot().subplots(figsize=(12, 5))
     ax.imshow(grid, interpolation="nearest")
     ax.set_title(f"conv1 kernels{f' ({title})' if title else ''}: 0-47 | 48-95")
     ax.axis("off")
@@ -127,23 +121,18 @@ def conv1_kernel_grid(net: nn.Module, pad: int = 1, gap: int = 4) -> torch.Tenso
     weight = (weight - lo) / (hi - lo).clamp_min(1e-12)
     n_groups = convs[1].groups if len(convs) > 1 else 1
     blocks = [make_grid(b, nrow=_grid_columns(len(b)), padding=pad, pad_value=1.0) for b in weight.chunk(n_groups)]
-    height = max(b.shape[1] for b in blocks)
-    parts: list[torch.Tensor] = []
-    for i, b in enumerate(blocks):
-        if i:
-            parts.append(torch.ones(3, height, gap))
-        parts.append(nn.functional.pad(b, (0, 0, 0, height - b.shape[1]), value=1.0))
-    return torch.cat(parts, dim=2)
+    height, last = max(b.shape[1] for b in blocks), len(blocks) - 1
+    pads = [(0, gap if i < last else 0, 0, height - b.shape[1]) for i, b in enumerate(blocks)]
+    return torch.cat([nn.functional.pad(b, p, value=1.0) for b, p in zip(blocks, pads, strict=True)], dim=2)
 
 
 def image_grid_figure(
     cells: list[list[tuple[np.ndarray, str]]], row_labels: list[str] | None = None, title: str = "", scale: float = 1.6
 ) -> Any:
     """A table of images: ``cells[row][col] = (uint8 HxWx3 image, title)``; row labels on the left."""
-    plt = pyplot()
     rows = max(1, len(cells))
     cols = max([1] + [len(r) for r in cells])
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * scale, rows * scale * 1.15), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(cols * scale, rows * scale * 1.15), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r, row in enumerate(cells):
@@ -164,8 +153,7 @@ def image_grid_figure(
 def reliability_figure(before: list[dict[str, float]], after: list[dict[str, float]], summary: dict[str, float]) -> Any:
     """Reliability diagrams (accuracy against confidence per bin, with counts) before and after temperature
     scaling; ``summary`` holds ece, ece_scaled and temperature."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4.4), sharey=True)
     panels = [
         (before, f"before: ECE {summary['ece']:.4f}"),
         (after, f"T = {summary['temperature']:.3f}: ECE {summary['ece_scaled']:.4f}"),

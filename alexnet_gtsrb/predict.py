@@ -127,15 +127,10 @@ def write_gradcam(model: Any, paths: list[Path], arrays: list[np.ndarray], probs
 
 def top_k_results(paths: list[Path], probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
     """[{file, top_k: [{rank, class_id, name, prob}, ...]}, ...] in input order."""
+    top = lambda r, c, v: {"rank": r + 1, "class_id": c, "name": class_name(c), "prob": v}
     values, indices = probs.topk(min(k, probs.shape[1]), dim=-1)
     return [
-        {
-            "file": str(p),
-            "top_k": [
-                {"rank": r + 1, "class_id": int(c), "name": class_name(int(c)), "prob": float(v)}
-                for r, (v, c) in enumerate(zip(vals, idxs, strict=True))
-            ],
-        }
+        {"file": str(p), "top_k": [top(r, c, v) for r, (v, c) in enumerate(zip(vals, idxs, strict=True))]}
         for p, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True)
     ]
 
@@ -170,10 +165,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     ckpt_file = checkpoint_for(cfg.ckpt_path)[0]
     model, data_hp = load_classifier(ckpt_file, device)
     settings = eval_settings(model, data_hp)
-    augment = settings["augment"]
-    ok_paths, arrays = load_images(
-        paths, build_transform(augment.get("preset", "none"), settings["image_size"], train=False, params=augment)
-    )
+    augment, size = settings["augment"], settings["image_size"]
+    ok_paths, arrays = load_images(paths, build_transform(augment.get("preset", "none"), size, False, augment))
     if not arrays:
         raise UserError(f"none of the {len(paths)} file(s) could be read as an image; nothing was predicted.")
     temperature = 1.0
@@ -182,8 +175,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 
         temperature = read_temperature(cfg.calibration, str(ckpt_file))
     probs = predict_arrays(model, arrays, batch_size, device, temperature)
-    if not bool(torch.isfinite(probs).all()):  # finite weights can still overflow the logits
-        bad = int((~torch.isfinite(probs)).any(dim=-1).sum())
+    if bad := int((~torch.isfinite(probs)).any(dim=-1).sum()):  # finite weights can still overflow the logits
         raise UserError(
             f"{ckpt_file}: the network's outputs are not finite (NaN or inf) for {bad} of {len(arrays)} image(s); "
             "its weights overflow, so nothing is printed. Use another checkpoint."

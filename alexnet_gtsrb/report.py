@@ -43,8 +43,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     out_dir = Path(out_dir) if out_dir else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table([{c: r.get(c) for c in CSV_COLUMNS} for r in rows], out_dir, "curves")
-    written = {"curves.csv": out_dir / "curves.csv"}
-    written["curves.png"] = save_figure(curves_figure(rows, title=run_dir.name), out_dir / "curves.png")
+    curves = save_figure(curves_figure(rows, title=run_dir.name), out_dir / "curves.png")
+    written = {"curves.csv": out_dir / "curves.csv", "curves.png": curves}
     if model is not None and ckpt is not None:
         written["conv1.png"] = save_figure(conv1_figure(model.net, title=ckpt.name), out_dir / "conv1.png")
     return written

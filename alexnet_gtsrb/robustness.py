@@ -32,7 +32,7 @@ from alexnet_gtsrb.data.classes import class_name
 from alexnet_gtsrb.errors import ConfigError, UserError, int_setting
 from alexnet_gtsrb.evaluation import calibration, corruptions
 from alexnet_gtsrb.evaluation.intervals import format_accuracy, interval_metrics
-from alexnet_gtsrb.evaluation.pixel_model import PixelModel, from_pixels, logits_of, preprocess_all, raw_test_images
+from alexnet_gtsrb.evaluation.pixel_model import PixelModel, logits_of, preprocess_all, raw_test_images
 from alexnet_gtsrb.inference import EvalContext, eval_context
 from alexnet_gtsrb.plots import image_grid_figure, reliability_figure, save_figure
 from alexnet_gtsrb.utils.cli import hydra_entry_point, print_rank_zero
@@ -65,34 +65,27 @@ def _checked_settings(cfg: DictConfig) -> dict[str, Any]:
     if names and not any(s > 0 for s in severities):  # the mean over severities 1-5 would be NaN
         raise ConfigError(f"corruptions.severities={severities}: include at least one of 1-5 (0 is the clean images).")
     if "adversarial" in suites:
-        int_setting("adversarial.pgd_steps", cfg.adversarial.pgd_steps, 1, MAX_PGD_STEPS)
-        int_setting("adversarial.num_examples", cfg.adversarial.num_examples, 0)
-    if "gradcam" in suites:
-        int_setting("gradcam.num_correct", cfg.gradcam.num_correct, 0)
-        int_setting("gradcam.num_wrong", cfg.gradcam.num_wrong, 0)
-    batch_size = int_setting("batch_size", cfg.batch_size, 1)
-    max_images = int_setting("max_images", cfg.get("max_images"), 1, null="all test images")
-    if "adversarial" in suites:
         from alexnet_gtsrb.evaluation import adversarial
 
         adv = cfg.adversarial
+        int_setting("adversarial.pgd_steps", adv.pgd_steps, 1, MAX_PGD_STEPS)
+        int_setting("adversarial.num_examples", adv.num_examples, 0)
         adversarial.check_settings(_listed(adv.attacks), _listed(adv.epsilons), adv.pgd_steps, adv.pgd_step_size)
+    for key in ("num_correct", "num_wrong") if "gradcam" in suites else ():
+        int_setting(f"gradcam.{key}", cfg.gradcam[key], 0)
+    batch_size = int_setting("batch_size", cfg.batch_size, 1)
+    max_images = int_setting("max_images", cfg.get("max_images"), 1, null="all test images")
     seed = int_setting("seed", cfg.seed, 0)
-    return {
-        "suites": suites,
-        "names": names,
-        "severities": severities,
-        "batch_size": batch_size,
-        "max_images": max_images,
-        "seed": seed,
-    }
+    return dict(
+        suites=suites, names=names, severities=severities, batch_size=batch_size, max_images=max_images, seed=seed
+    )
 
 
 @dataclass
 class Run:
     """What every suite works on: the evaluation context, the config and its checked settings, the checkpoint's
     model on pixels and evaluation pipeline, and the test images (decoded and ROI-cropped; preprocessed), their
-    labels and clean logits."""
+    labels, clean logits and how many of them are right."""
 
     ctx: EvalContext
     cfg: DictConfig
@@ -103,11 +96,7 @@ class Run:
     labels: np.ndarray
     clean: np.ndarray
     logits: torch.Tensor
-
-    @property
-    def correct(self) -> int:
-        """Test images classified correctly without any corruption or attack."""
-        return int((self.logits.argmax(dim=-1) == torch.as_tensor(self.labels)).sum())
+    correct: int
 
     @property
     def clean_acc(self) -> float:
@@ -132,7 +121,8 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"No test image under {ctx.datamodule.index.root}: nothing to evaluate.")
     clean = preprocess_all(raw, preprocess)
     logits = logits_of(pixel_model, clean, checked["batch_size"], ctx.device)
-    run = Run(ctx, cfg, checked, pixel_model, preprocess, raw, labels, clean, logits)
+    correct = int((logits.argmax(dim=-1) == torch.as_tensor(labels)).sum())
+    run = Run(ctx, cfg, checked, pixel_model, preprocess, raw, labels, clean, logits, correct)
     metrics: dict[str, Any] = {
         "ckpt_path": ctx.ckpt_path,
         "data_dir": str(ctx.datamodule.index.root),
@@ -158,46 +148,41 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
 
 
 def corruptions_suite(run: Run) -> dict[str, Any]:
-    """Accuracy per corruption and severity: tables, the example grid, the summary."""
-    ctx, names, severities, seed = run.ctx, run.checked["names"], run.checked["severities"], run.checked["seed"]
+    """Accuracy per corruption and severity, each drawn from its own seed (a row does not depend on the others):
+    tables, the example grid, the summary."""
+    ctx, names, seed = run.ctx, run.checked["names"], run.checked["seed"]
     before = bool(run.cfg.corruptions.before_preprocessing)
-    rows = corruptions.corruption_table(
-        run.pixel_model,
-        run.raw,
-        run.labels,
-        names,
-        severities,
-        ctx.size,
-        run.preprocess,
-        seed,
-        run.checked["batch_size"],
-        ctx.device,
-        before,
-        print_rank_zero,
-    )
-    summary = corruptions.summarize(rows, run.clean_acc)
+
+    def corrupt(images: list[np.ndarray], name: str, severity: int) -> np.ndarray:
+        condition = corruptions.condition_seed(seed, name, severity)
+        return corruptions.corrupted_inputs(images, name, severity, ctx.size, run.preprocess, condition, before)
+
+    y, rows = torch.as_tensor(run.labels), []
+    for name in names:
+        for severity in run.checked["severities"]:
+            pred = logits_of(run.pixel_model, corrupt(run.raw, name, severity), run.checked["batch_size"], ctx.device)
+            correct = int((pred.argmax(dim=-1) == y).sum())
+            rows.append({"corruption": name, "severity": severity, "correct": correct, "accuracy": correct / len(y)})
+            print_rank_zero(f"{name} severity {severity}: {correct / len(y):.4f}")
+            ctx.loggers.scalars({f"corruption/{name}": correct / len(y)}, step=severity)
     write_table(rows, ctx.out_dir, "corruptions", "# Accuracy per corruption and severity")
     matrix: dict[str, dict[str, Any]] = {}
     for r in rows:
         matrix.setdefault(r["corruption"], {"corruption": r["corruption"]})[f"s{r['severity']}"] = r["accuracy"]
-    matrix_rows = [m | {"mean": summary["per_corruption"][m["corruption"]]} for m in matrix.values()]
+    # the mean over severities 1-5, per corruption and of those means, and its drop relative to the clean accuracy
+    hits = {n: [r["accuracy"] for r in rows if r["corruption"] == n and r["severity"] > 0] for n in matrix}
+    per = {n: float(np.mean(accuracies)) for n, accuracies in hits.items()}
+    mean, clean = float(np.mean(list(per.values()))), run.clean_acc
+    drop = (clean - mean) / clean if clean > 0 else float("nan")
+    summary = {"clean_accuracy": clean, "mean_corruption_accuracy": mean, "relative_drop": drop, "per_corruption": per}
+    matrix_rows = [m | {"mean": per[m["corruption"]]} for m in matrix.values()]
     write_table(matrix_rows, ctx.out_dir, "corruption_matrix", "# Accuracy: corruption x severity")
-    grid = corruptions.example_grid(run.raw[0], names, ctx.size, run.preprocess, seed, before)
-    cells = [[(img, f"severity {s}") for s, img in enumerate(row)] for row in grid]
+    severities = (0, *corruptions.SEVERITIES)  # one image as the network sees it, under every severity
+    cells = [[(corrupt(run.raw[:1], name, s)[0], f"severity {s}") for s in severities] for name in names]
     title = f"test image 0 ({class_name(int(run.labels[0]))})"
     run.figure("corruption_examples", lambda: image_grid_figure(cells, list(names), title))
-    for r in rows:
-        ctx.loggers.scalars({f"corruption/{r['corruption']}": r["accuracy"]}, step=int(r["severity"]))
-    ctx.loggers.scalars(
-        {
-            "corruption/mean_accuracy": summary["mean_corruption_accuracy"],
-            "corruption/relative_drop": summary["relative_drop"],
-        }
-    )
-    print_rank_zero(
-        f"mean corruption accuracy {summary['mean_corruption_accuracy']:.4f} "
-        f"(relative drop {summary['relative_drop']:.4f} from clean {run.clean_acc:.4f})"
-    )
+    ctx.loggers.scalars({"corruption/mean_accuracy": mean, "corruption/relative_drop": drop})
+    print_rank_zero(f"mean corruption accuracy {mean:.4f} (relative drop {drop:.4f} from clean {clean:.4f})")
     return {**summary, "before_preprocessing": before, "rows": rows}
 
 
@@ -207,15 +192,16 @@ def adversarial_suite(run: Run) -> dict[str, Any]:
 
     adv, ctx = run.cfg.adversarial, run.ctx
     attacks, epsilons = list(_listed(adv.attacks)), [float(e) for e in _listed(adv.epsilons)]
+    steps, step_size, random_start = int(adv.pgd_steps), float(adv.pgd_step_size), bool(adv.pgd_random_start)
     rows, examples = adversarial.adversarial_table(
         run.pixel_model,
         run.clean,
         run.labels,
         attacks,
         epsilons,
-        int(adv.pgd_steps),
-        float(adv.pgd_step_size),
-        bool(adv.pgd_random_start),
+        steps,
+        step_size,
+        random_start,
         run.checked["seed"],
         run.checked["batch_size"],
         ctx.device,
@@ -227,19 +213,15 @@ def adversarial_suite(run: Run) -> dict[str, Any]:
     cells = [[(img, f"T {int(t)} / P {int(p)}") for img, t, p in pairs]]
     for attack in attacks:
         adv_images, preds = examples[attack]
-        cells.append([(img, f"P {int(p)}") for img, p in zip(from_pixels(adv_images), preds, strict=True)])
+        cells.append([(img, f"P {int(p)}") for img, p in zip(adv_images, preds, strict=True)])
     row_labels = ["clean"] + [f"{a} {examples['epsilon']:g}/255" for a in attacks]
     title = "clean vs adversarial (T: true class, P: predicted)"
     run.figure("adversarial_examples", lambda: image_grid_figure(cells, row_labels, title))
     for r in rows:
         ctx.loggers.scalars({f"adversarial/{r['attack']}": r["accuracy"]}, step=int(round(r["epsilon_255"])))
-    settings = {
-        "pgd_steps": int(adv.pgd_steps),
-        "pgd_step_size": float(adv.pgd_step_size),
-        "pgd_random_start": bool(adv.pgd_random_start),
-        "library": "captum.robust",
-    }
-    return {"rows": rows, **settings, "loss": "per-image cross-entropy on logits (float64), zero_thresh 0"}
+    loss = "per-image cross-entropy on logits (float64), zero_thresh 0"
+    pgd = {"pgd_steps": steps, "pgd_step_size": step_size, "pgd_random_start": random_start}
+    return {"rows": rows, **pgd, "library": "captum.robust", "loss": loss}
 
 
 def calibration_suite(run: Run) -> dict[str, Any]:
@@ -248,9 +230,8 @@ def calibration_suite(run: Run) -> dict[str, Any]:
     val_raw, val_labels = raw_test_images(ctx.datamodule.val_set)
     if not val_raw:
         raise UserError("The validation split is empty: temperature scaling needs it (data.val_fraction > 0).")
-    val_logits = logits_of(
-        run.pixel_model, preprocess_all(val_raw, run.preprocess), run.checked["batch_size"], ctx.device
-    )
+    val_inputs = preprocess_all(val_raw, run.preprocess)
+    val_logits = logits_of(run.pixel_model, val_inputs, run.checked["batch_size"], ctx.device)
     y_val, y_test = torch.as_tensor(val_labels), torch.as_tensor(run.labels)
     report = calibration.calibration_report(val_logits, y_val, run.logits, y_test)
     calibration.write_calibration(ctx.out_dir / "calibration.json", report, ctx.ckpt_path)

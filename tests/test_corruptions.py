@@ -158,7 +158,7 @@ def test_motion_blur_equals_the_numpy_transcription_of_imagemagick(angle):
     imagecorruptions' _motion_blur (transcribed above) to rounding."""
     img = _photo(67, seed=1)
     radius, sigma = 4, 2.4
-    out = corruptions._MotionBlur(radius, sigma, angle_range=(angle, angle))(image=img)["image"]
+    out = corruptions.motion_blur(img, angle, radius, sigma)
     ref = _ref_motion_blur(img.astype(np.float32), radius, sigma, angle)
     assert np.abs(out.astype(float) - ref).max() <= 0.5 + 1e-3
 

@@ -14,8 +14,7 @@ prediction nor the cross-entropy.
 - The loss is per image (``reduction="none"``): captum differentiates the sum of the returned losses, so each
   image gets its own gradient, not one divided by the batch size.
 - It is computed in float64, in a form whose gradient stays exact for confident images
-  (:func:`cross_entropy_per_image`): float32 cross-entropy loses the true logit's term of the gradient once
-  ``1 - p_y`` rounds to 0, and the attack then only raises the other logits.
+  (:func:`cross_entropy_per_image`).
 - captum leaves a pixel unchanged where ``|gradient| <= zero_thresh`` (1e-6 by default). A confident network's
   gradient is that small on most pixels, so the threshold is set to 0: every pixel with a non-zero gradient
   takes a full step, as in the plain sign step ``clip(x + epsilon * sign(grad), 0, 1)``. (captum's untargeted
@@ -119,13 +118,15 @@ def adversarial_table(
     """(rows: attack, epsilon (1/255 units), correct, accuracy; examples for the figure).
 
     ``inputs`` are the network's uint8 input images (N, S, S, 3). Examples: the first ``num_examples`` images,
-    clean and under each attack at the largest epsilon, with predictions.
+    clean and under each attack at the largest epsilon (uint8, as the inputs), with predictions.
     """
     check_settings(attacks, epsilons, steps, step_size)
     y_all = torch.as_tensor(labels)
     rows: list[dict[str, Any]] = []
     k = min(num_examples, len(inputs))
     examples: dict[str, Any] = {"clean": inputs[:k], "labels": labels[:k].tolist(), "epsilon": max(epsilons)}
+    with torch.inference_mode():
+        examples["clean_pred"] = model(to_pixels(inputs[:k], device)).argmax(dim=-1).cpu().tolist()
     for attack in attacks:
         for eps in epsilons:
             torch.manual_seed(seed)  # PGD's random start
@@ -138,10 +139,8 @@ def adversarial_table(
                     pred = model(adv).argmax(dim=-1)
                 correct += int((pred == y).sum())
                 if i == 0 and float(eps) == float(max(epsilons)):
-                    examples[attack] = (adv[:k].cpu(), pred[:k].cpu().tolist())
-                    if "clean_pred" not in examples:
-                        with torch.inference_mode():
-                            examples["clean_pred"] = model(x[:k]).argmax(dim=-1).cpu().tolist()
+                    uint8 = (adv[:k].clamp(0, 1) * 255.0).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+                    examples[attack] = (uint8, pred[:k].cpu().tolist())
             accuracy = correct / len(y_all)
             rows.append({"attack": attack, "epsilon_255": float(eps), "correct": correct, "accuracy": accuracy})
             if progress is not None:

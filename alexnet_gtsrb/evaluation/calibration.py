@@ -77,19 +77,11 @@ def reliability_bins(
     edges = torch.linspace(0, 1, n_bins + 1)
     rows = []
     for b in range(n_bins):
-        upper_ok = conf <= edges[b + 1] if b == n_bins - 1 else conf < edges[b + 1]
-        m = (conf >= edges[b]) & upper_ok
+        m = (conf >= edges[b]) & (conf <= edges[b + 1] if b == n_bins - 1 else conf < edges[b + 1])
         n = int(m.sum())
         confidence, accuracy = (float(conf[m].mean()), float(correct[m].mean())) if n else (float("nan"),) * 2
-        rows.append(
-            {
-                "lower": float(edges[b]),
-                "upper": float(edges[b + 1]),
-                "count": n,
-                "confidence": confidence,
-                "accuracy": accuracy,
-            }
-        )
+        bounds = {"lower": float(edges[b]), "upper": float(edges[b + 1])}
+        rows.append(bounds | {"count": n, "confidence": confidence, "accuracy": accuracy})
     return rows
 
 

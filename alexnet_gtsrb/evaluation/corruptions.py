@@ -26,16 +26,13 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
-import torch
 
 from alexnet_gtsrb.errors import ConfigError
-from alexnet_gtsrb.evaluation.pixel_model import logits_of
 
 SEVERITIES = (1, 2, 3, 4, 5)
 IMAGENET_C_SIZE = 224  # ImageNet-C's image size; blur radii below are given for it
 
-# ImageNet-C constants: github.com/hendrycks/robustness, ImageNet-C/create_c/make_imagenet_c.py (functions of
-# the same names), indexed by severity 1-5.
+# ImageNet-C's constants (see above), indexed by severity 1-5:
 _GAUSS_STD = (0.08, 0.12, 0.18, 0.26, 0.38)  # gaussian_noise: std in [0, 1] units
 _DEFOCUS = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))  # defocus_blur: (disk radius, alias blur)
 _MOTION = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))  # motion_blur: ImageMagick (radius, sigma)
@@ -76,42 +73,34 @@ def motion_blur_kernel(radius: int, sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
-def motion_blur(img: np.ndarray, radius: int, sigma: float, angle: float) -> np.ndarray:
+def motion_blur(img: np.ndarray, angle: float, radius: int, sigma: float) -> np.ndarray:
     """ImageMagick's motion blur: ``out(y, x) = sum_i k_i * img(y + dy_i, x + dx_i)`` with the tap offsets
     ``(dy_i, dx_i) = (ceil(i sin a - 1/2), ceil(i cos a - 1/2))`` along the angle ``a`` (degrees; 0 is the +x
-    direction, y points down) and replicated borders (ImageMagick's default edge virtual pixels). Float result,
-    the shape of ``img``."""
+    direction, y points down) and replicated borders (ImageMagick's default edge virtual pixels), rounded to
+    uint8."""
     h, w = img.shape[:2]
     rows, cols = np.arange(h), np.arange(w)
     sin, cos = math.sin(math.radians(angle)), math.cos(math.radians(angle))
-    out = np.zeros(img.shape, np.float64)
+    x, out = img.astype(np.float64), np.zeros(img.shape, np.float64)
     for i, weight in enumerate(motion_blur_kernel(radius, sigma)):
         dy, dx = math.ceil(i * sin - 0.5), math.ceil(i * cos - 0.5)
-        out += weight * img[np.clip(rows + dy, 0, h - 1)][:, np.clip(cols + dx, 0, w - 1)]
-    return out
+        out += weight * x[np.clip(rows + dy, 0, h - 1)][:, np.clip(cols + dx, 0, w - 1)]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-class _MotionBlur(A.ImageOnlyTransform):
-    """ImageNet-C motion blur: :func:`motion_blur` at an angle drawn uniformly from ``angle_range`` (degrees)."""
+class _Drawn(A.ImageOnlyTransform):
+    """A corruption written here, ``corrupt(image, draw(generator, image shape))``: its random part (motion blur's
+    angle, spatter's noise field) drawn from the transform's seeded generator."""
 
-    def __init__(
-        self,
-        radius: int,
-        sigma: float,
-        angle_range: tuple[float, float] = (-_MOTION_ANGLE, _MOTION_ANGLE),
-        p: float = 1.0,
-    ) -> None:
-        super().__init__(p=p)
-        self.radius = int(radius)
-        self.sigma = float(sigma)
-        self.angle_range = (float(angle_range[0]), float(angle_range[1]))
+    def __init__(self, draw: Callable[[Any, tuple[int, ...]], Any], corrupt: Callable[..., np.ndarray]) -> None:
+        super().__init__(p=1.0)
+        self._draw, self._corrupt = draw, corrupt
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        return {"angle": float(self.random_generator.uniform(*self.angle_range))}
+        return {"drawn": self._draw(self.random_generator, params["shape"])}
 
-    def apply(self, img: np.ndarray, angle: float = 0.0, **params: Any) -> np.ndarray:
-        out = motion_blur(img.astype(np.float64), self.radius, self.sigma, angle)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    def apply(self, img: np.ndarray, drawn: Any = None, **params: Any) -> np.ndarray:
+        return self._corrupt(img, drawn)
 
 
 def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -160,68 +149,40 @@ def spatter(img: np.ndarray, z: np.ndarray, c: Sequence[float]) -> np.ndarray:
     return np.clip(np.rint(np.clip(out, 0, 1) * 255), 0, 255).astype(np.uint8)
 
 
-class _Spatter(A.ImageOnlyTransform):
-    """ImageNet-C spatter (:func:`spatter`): one standard-normal field per image on ImageNet-C's grid
-    (``224 / size`` times the image's sides), drawn from the transform's seeded generator."""
-
-    def __init__(self, severity: int, size: int, p: float = 1.0) -> None:
-        super().__init__(p=p)
-        self.severity = int(severity)
-        self.size = int(size)
-
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        h, w = params["shape"][:2]
-        f = IMAGENET_C_SIZE / self.size
-        return {"z": self.random_generator.standard_normal((max(1, round(h * f)), max(1, round(w * f))))}
-
-    def apply(self, img: np.ndarray, z: np.ndarray, **params: Any) -> np.ndarray:
-        return spatter(img, z, _SPATTER[self.severity - 1])
+def _spatter_field(generator: Any, shape: tuple[int, ...], size: int) -> np.ndarray:
+    """Spatter's standard-normal field on ImageNet-C's grid: ``224 / size`` times the image's sides."""
+    f = IMAGENET_C_SIZE / size
+    return generator.standard_normal((max(1, round(shape[0] * f)), max(1, round(shape[1] * f))))
 
 
-def _build(name: str, severity: int, size: int) -> A.BasicTransform:
-    i = severity - 1
-    scale = size / IMAGENET_C_SIZE
-    if name == "gaussian_noise":
-        return A.GaussNoise(std_range=(_GAUSS_STD[i], _GAUSS_STD[i]), p=1.0)
-    if name == "motion_blur":
-        radius, sigma = _MOTION[i]  # ImageMagick takes a real radius: its kernel width is 2 * ceil(radius) + 1
-        return _MotionBlur(max(1, math.ceil(round(radius * scale, 6))), sigma * scale)
-    if name == "defocus_blur":
-        radius, alias = _DEFOCUS[i]
-        r = max(1, int(round(radius * scale)))
-        return A.Defocus(radius=(r, r), alias_blur=(alias, alias), p=1.0)
-    if name == "fog":
-        return A.RandomFog(fog_coef_range=(_FOG[i], _FOG[i]), alpha_coef=0.08, p=1.0)
-    if name == "brightness":
-        v = _BRIGHTNESS[i] * 255.0
-        return A.HueSaturationValue(hue_shift_limit=0, sat_shift_limit=0, val_shift_limit=(v, v), p=1.0)
-    if name == "contrast":
-        return A.Lambda(image=partial(_contrast, c=_CONTRAST[i]), p=1.0)
-    if name == "jpeg_compression":
-        return A.ImageCompression(quality_range=(_JPEG_QUALITY[i], _JPEG_QUALITY[i]), p=1.0)
-    if name == "pixelate":
-        c = _PIXELATE[i]
-        pair = {"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_NEAREST}
-        return A.Downscale(scale_range=(c, c), interpolation_pair=pair, p=1.0)
-    if name == "snow":
-        return A.RandomSnow(snow_point_range=(_SNOW[i], _SNOW[i]), brightness_coeff=2.5, method="bleach", p=1.0)
-    if name == "spatter":
-        return _Spatter(severity, size)
-    raise ConfigError(f"corruptions: unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}, or all.")
-
-
-CORRUPTIONS = (
-    "gaussian_noise",
-    "motion_blur",
-    "defocus_blur",
-    "fog",
-    "brightness",
-    "contrast",
-    "jpeg_compression",
-    "pixelate",
-    "snow",
-    "spatter",
-)
+#: Per corruption: its albumentations transform at severity index ``i`` (0-4), from ``scale = size / 224`` and the
+#: image ``size``. ImageMagick takes a real motion-blur radius: its kernel width is 2 * ceil(radius) + 1.
+_BUILDERS: dict[str, Callable[[int, float, int], A.BasicTransform]] = {
+    "gaussian_noise": lambda i, scale, size: A.GaussNoise(std_range=(_GAUSS_STD[i], _GAUSS_STD[i]), p=1.0),
+    "motion_blur": lambda i, scale, size: _Drawn(
+        lambda generator, shape: float(generator.uniform(-_MOTION_ANGLE, _MOTION_ANGLE)),
+        partial(motion_blur, radius=max(1, math.ceil(round(_MOTION[i][0] * scale, 6))), sigma=_MOTION[i][1] * scale),
+    ),
+    "defocus_blur": lambda i, scale, size: A.Defocus(
+        radius=(max(1, int(round(_DEFOCUS[i][0] * scale))),) * 2, alias_blur=(_DEFOCUS[i][1],) * 2, p=1.0
+    ),
+    "fog": lambda i, scale, size: A.RandomFog(fog_coef_range=(_FOG[i], _FOG[i]), alpha_coef=0.08, p=1.0),
+    "brightness": lambda i, scale, size: A.HueSaturationValue(
+        hue_shift_limit=0, sat_shift_limit=0, val_shift_limit=(_BRIGHTNESS[i] * 255.0,) * 2, p=1.0
+    ),
+    "contrast": lambda i, scale, size: A.Lambda(image=partial(_contrast, c=_CONTRAST[i]), p=1.0),
+    "jpeg_compression": lambda i, scale, size: A.ImageCompression(quality_range=(_JPEG_QUALITY[i],) * 2, p=1.0),
+    "pixelate": lambda i, scale, size: A.Downscale(
+        scale_range=(_PIXELATE[i], _PIXELATE[i]),
+        interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_NEAREST},
+        p=1.0,
+    ),
+    "snow": lambda i, scale, size: A.RandomSnow(
+        snow_point_range=(_SNOW[i], _SNOW[i]), brightness_coeff=2.5, method="bleach", p=1.0
+    ),
+    "spatter": lambda i, scale, size: _Drawn(partial(_spatter_field, size=size), partial(spatter, c=_SPATTER[i])),
+}
+CORRUPTIONS = tuple(_BUILDERS)
 
 
 def resolve_names(names: str | Sequence[str]) -> list[str]:
@@ -251,8 +212,9 @@ def condition_seed(seed: int, name: str, severity: int) -> int:
 
 def corruption(name: str, severity: int, size: int, seed: int) -> Callable[..., Any]:
     """A seeded albumentations pipeline applying ``name`` at ``severity`` to ``size``-px images (0: identity)."""
-    ops = [] if severity == 0 else [_build(name, severity, size)]
-    pipeline = A.Compose(ops)
+    if name not in _BUILDERS:
+        raise ConfigError(f"corruptions: unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}, or all.")
+    pipeline = A.Compose([] if severity == 0 else [_BUILDERS[name](severity - 1, size / IMAGENET_C_SIZE, size)])
     pipeline.set_random_seed(seed)
     return pipeline
 
@@ -277,66 +239,3 @@ def corrupted_inputs(
             image = corrupt(image=preprocess(image=image)["image"])["image"]
         out.append(np.ascontiguousarray(image))
     return np.stack(out)
-
-
-def corruption_table(
-    model: torch.nn.Module,
-    images: Sequence[np.ndarray],
-    labels: np.ndarray,
-    names: Sequence[str],
-    severities: Sequence[int],
-    size: int,
-    preprocess: Callable[..., Any],
-    seed: int = 0,
-    batch_size: int = 128,
-    device: str = "cpu",
-    before_preprocessing: bool = False,
-    progress: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
-    """One row per (corruption, severity): correct count and accuracy on ``images`` under ``model`` (a
-    PixelModel). Every (corruption, severity) draws from its own seed, so a row does not depend on the others."""
-    y = torch.as_tensor(labels)
-    rows = []
-    for name in names:
-        for severity in severities:
-            inputs = corrupted_inputs(
-                images, name, severity, size, preprocess, condition_seed(seed, name, severity), before_preprocessing
-            )
-            pred = logits_of(model, inputs, batch_size, device).argmax(dim=-1)
-            correct = int((pred == y).sum())
-            rows.append({"corruption": name, "severity": severity, "correct": correct, "accuracy": correct / len(y)})
-            if progress is not None:
-                progress(f"{name} severity {severity}: {correct / len(y):.4f}")
-    return rows
-
-
-def summarize(rows: list[dict[str, Any]], clean_accuracy: float) -> dict[str, Any]:
-    """Mean corruption accuracy over severities >= 1 (per corruption and overall) and the relative drop."""
-    per: dict[str, list[float]] = {}
-    for r in rows:
-        if r["severity"] > 0:
-            per.setdefault(r["corruption"], []).append(r["accuracy"])
-    per_mean = {name: float(np.mean(v)) for name, v in per.items()}
-    mean = float(np.mean(list(per_mean.values()))) if per_mean else float("nan")
-    drop = (clean_accuracy - mean) / clean_accuracy if clean_accuracy > 0 else float("nan")
-    return {
-        "clean_accuracy": clean_accuracy,
-        "mean_corruption_accuracy": mean,
-        "relative_drop": drop,
-        "per_corruption": per_mean,
-    }
-
-
-def example_grid(
-    image: np.ndarray,
-    names: Sequence[str],
-    size: int,
-    preprocess: Callable[..., Any],
-    seed: int = 0,
-    before_preprocessing: bool = False,
-) -> list[list[np.ndarray]]:
-    """One image under every corruption (rows) and severity 0-5 (columns), as the network sees it."""
-    cell = lambda name, s: corrupted_inputs(
-        [image], name, s, size, preprocess, condition_seed(seed, name, s), before_preprocessing
-    )[0]
-    return [[cell(name, s) for s in (0, *SEVERITIES)] for name in names]

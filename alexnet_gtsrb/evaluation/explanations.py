@@ -27,9 +27,8 @@ LAYER_DESCRIPTION = "rectified conv5 maps (the ReLU after the last Conv2d, befor
 
 
 def rectified_last_maps(net: nn.Module) -> list[nn.Module]:
-    """The module(s) whose outputs are Grad-CAM's ``A^k``: each tower's ``relu5`` in an ``AlexNetTowers``,
-    otherwise the ``nn.ReLU`` that follows the last ``Conv2d`` (conv5 in every AlexNet variant) in its
-    ``nn.Sequential``."""
+    """The module(s) whose outputs are Grad-CAM's ``A^k`` (see above): each tower's ``relu5``, or the ReLU after
+    the last ``Conv2d`` (conv5 in every AlexNet variant) in its ``nn.Sequential``."""
     for module in net.modules():
         if isinstance(module, AlexNetTowers):
             return module.rectified_conv5()

@@ -1,10 +1,6 @@
-"""The network as a function of pixels, and the test images as the camera gave them.
-
-Robustness evaluations perturb images *before* the model's normalisation: corruptions act on the decoded
-(ROI-cropped) uint8 image before the checkpoint's own preprocessing (CLAHE, resize), as weather or a camera
-would; adversarial attacks and Grad-CAM act on the network's input pixels in [0, 1], through
-:class:`PixelModel`, which applies the checkpoint's mean/std itself.
-"""
+"""The network as a function of pixels, and the test images as the camera gave them: robustness evaluations
+perturb images *before* the model's normalisation, so attacks and Grad-CAM act on the network's input pixels in
+[0, 1] through :class:`PixelModel`, which applies the checkpoint's mean/std itself."""
 
 from __future__ import annotations
 
@@ -70,12 +66,6 @@ def to_pixels(batch: np.ndarray | torch.Tensor, device: str | torch.device = "cp
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
     t = torch.as_tensor(batch).to(device)
     return t.permute(0, 3, 1, 2).float().div(255.0).contiguous()
-
-
-def from_pixels(x: torch.Tensor) -> np.ndarray:
-    """float (B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3) for figures."""
-    out: np.ndarray = (x.detach().clamp(0, 1) * 255.0).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return out
 
 
 @torch.inference_mode()
