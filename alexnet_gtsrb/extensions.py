@@ -20,11 +20,9 @@ __all__ = ["Preset", "load_extensions", "register_network", "register_preset"]
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
 
 
-def load_extensions(names: Any) -> list[str]:
-    """Import each module named in ``extensions`` (a list of dotted module names); returns the names. A value
-    that is not such a list, or a module that cannot be found, is a ConfigError naming it."""
-    if names is None:
-        return []
+def load_extensions(names: Any) -> None:
+    """Import each module named in ``extensions`` (a list of dotted module names); a value that is not such a
+    list, or a module that cannot be found, is a ConfigError naming it."""
     if isinstance(names, str) or not isinstance(names, Sequence):
         raise ConfigError(f"extensions={names!r} must be a list of module names, e.g. extensions=[my_lab.presets].")
     for name in names:
@@ -38,4 +36,3 @@ def load_extensions(names: Any) -> list[str]:
             raise ConfigError(
                 f"extensions: no module named {name!r}; put its folder on PYTHONPATH (or install it)."
             ) from None
-    return list(names)

@@ -222,6 +222,7 @@ class GTSRBClassifier(LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Class probabilities for ``trainer.predict`` (a batch is images or (images, labels))."""
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return self(x).float().softmax(dim=-1)
 
@@ -232,18 +233,16 @@ class GTSRBClassifier(LightningModule):
         if not hp.scheduler:
             return optimizer
         scheduler_cfg = dict(hp.scheduler)
-        interval = scheduler_cfg.pop("interval", "epoch")
-        monitor = scheduler_cfg.pop("monitor", "val/acc")
+        lr_scheduler = {k: scheduler_cfg.pop(k, v) for k, v in (("interval", "epoch"), ("monitor", "val/acc"))}
         if scheduler_cfg.get("_target_", "").endswith("OneCycleLR"):
-            if float(hp.get("backbone_lr_scale", 1.0)) != 1.0:
+            if hp.backbone_lr_scale != 1.0:
                 raise ConfigError(
                     "model.backbone_lr_scale needs a schedule that scales each group's lr (scheduler=cosine, step, "
                     "plateau or none); scheduler=onecycle sets one max_lr for all groups."
                 )
             scheduler_cfg.setdefault("total_steps", int(self.trainer.estimated_stepping_batches))
             _check_one_cycle_phases(scheduler_cfg, resuming=bool(getattr(self.trainer, "ckpt_path", None)))
-        scheduler = _build("scheduler", scheduler_cfg, optimizer)
-        lr_scheduler = {"scheduler": scheduler, "interval": interval, "monitor": monitor}
+        lr_scheduler["scheduler"] = _build("scheduler", scheduler_cfg, optimizer)
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 
     def _param_groups(self) -> list[dict[str, Any]]:
@@ -251,7 +250,7 @@ class GTSRBClassifier(LightningModule):
         ``backbone_lr_scale`` != 1 the network's ``is_backbone(name)`` parameters get their own groups at
         ``optimizer.lr x backbone_lr_scale`` (fine-tuning)."""
         hp = self.hparams
-        scale = float(hp.get("backbone_lr_scale", 1.0))
+        scale = hp.backbone_lr_scale
         is_backbone = getattr(self.net, "is_backbone", None)
         if scale != 1.0 and not callable(is_backbone):
             raise ConfigError(
@@ -282,9 +281,7 @@ def _check_one_cycle_phases(cfg: dict[str, Any], resuming: bool = False) -> None
     steps, so a phase of zero steps (``pct_start x total_steps == 1``) fails when built. ``resuming``: the
     checkpoint's schedule replaces this one, so a step is added to ``cfg["total_steps"]`` instead."""
     total, pct = int(cfg["total_steps"]), float(cfg.get("pct_start", 0.3))
-    ends = [pct * total - 1, total - 1]
-    if cfg.get("three_phase", False):
-        ends = [pct * total - 1, 2 * pct * total - 2, total - 1]
+    ends = [pct * total - 1, *([2 * pct * total - 2] if cfg.get("three_phase", False) else []), total - 1]
     zero_phase = any(abs(end - start) < 1e-9 for start, end in zip([0.0, *ends[:-1]], ends, strict=True))
     if resuming and (total < 1 or zero_phase):
         cfg["total_steps"] += 1
@@ -316,9 +313,7 @@ def _rng_states() -> dict[str, Any]:
 
 def _restore_rng_states(states: Any) -> None:
     """Set the generators from :func:`_rng_states`' output; a missing or malformed entry is left as seeded."""
-    if not isinstance(states, dict):
-        if states is not None:
-            log.warning("checkpoint: rng_states is not a mapping; random generators not restored.")
+    if states is None:
         return
     try:
         torch.set_rng_state(states["torch"])
@@ -329,5 +324,4 @@ def _restore_rng_states(states: Any) -> None:
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-        why = f"rng_states could not be restored ({type(exc).__name__})"
-        log.warning("checkpoint: %s; random draws differ from an uninterrupted run.", why)
+        log.warning("checkpoint: rng_states not restored (%s); random draws differ from an uninterrupted run.", exc)

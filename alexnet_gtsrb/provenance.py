@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+
 LIBRARIES = ("torch", "torchvision", "lightning", "hydra-core", "albumentations", "torchmetrics", "omegaconf")
 
 
@@ -34,15 +36,9 @@ def _version(name: str) -> str | None:
         return None
 
 
-def provenance(device: Any = None) -> dict[str, Any]:
+def provenance(device: torch.device) -> dict[str, Any]:
     """The run's provenance: git commit and dirty flag (None when not run from a checkout), versions, command
-    line, host name and ``device`` (a torch device, as ``cpu`` or ``cuda:0 (NVIDIA H200)``)."""
-    if device is not None:
-        import torch
-
-        device = torch.device(device)
-        cuda = device.type == "cuda" and torch.cuda.is_available()
-        device = f"{device} ({torch.cuda.get_device_name(device)})" if cuda else str(device)
+    line, host name and ``device`` (as ``cpu`` or ``cuda:0 (NVIDIA H200)``)."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {
@@ -52,5 +48,5 @@ def provenance(device: Any = None) -> dict[str, Any]:
         **{name: _version(name) for name in ("alexnet_gtsrb", *LIBRARIES)},
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "host": socket.gethostname(),
-        "device": device,
+        "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
     }

@@ -55,10 +55,9 @@ class SweepSummary(Callback):
             if not overrides and (job_dir / ".hydra" / "overrides.yaml").is_file():
                 text = read_text_file(job_dir / ".hydra" / "overrides.yaml", "overrides.yaml")
                 overrides = [str(o) for o in OmegaConf.load(io.StringIO(text))]
-            num = seen.get("job")
             rows.append(
                 {
-                    "job": (int(job_dir.name) if job_dir.name.isdigit() else job_dir.name) if num is None else num,
+                    "job": seen.get("job", int(job_dir.name) if job_dir.name.isdigit() else job_dir.name),
                     "overrides": " ".join(overrides or []),
                     **{m: data.get("metrics", {}).get(m) for m in self.metrics},
                     "wall_time_s": data.get("wall_time_s"),

@@ -1,16 +1,12 @@
 """Entry point: ``python -m alexnet_gtsrb.train experiment=baseline`` (Hydra composes conf/train.yaml).
 
-``train(cfg)`` builds the DataModule, LightningModule, callbacks, loggers and Trainer from the config, fits (or
-resumes: ``ckpt_path=last`` with the first run's ``hydra.run.dir``, or a file), tests on the official test images
-with the checkpoint the ``test_ckpt`` rule names, writes ``metrics.json`` and returns the metrics. Resume, sweeps
-(``main`` returns ``optimized_metric``) and DDP are in docs/workflows.md; ``ALEXNET_GTSRB_DUMP_SHARDS=<dir>`` makes
-each rank write the sample indices it draws in the first epoch to ``<dir>/rank<r>.json`` (a debugging aid).
-
-**Which checkpoint is tested** is fixed in the config before any test result is seen
-(:data:`alexnet_gtsrb.run_folder.TEST_CKPT_RULES`): ``last`` (the default, ``checkpoints/last.ckpt``: with
-``callbacks=ema`` the average) or ``best`` (the highest ``val/acc``). ``last``, because validation accuracy
-saturates (0.990-0.993 from epoch ~11 on the 4,962 validation images), so "best" picks among near-ties by noise,
-and the recipes' one-cycle schedule anneals to the end. test/acc comes with its 95% Wilson interval.
+``train(cfg)`` builds the DataModule, LightningModule, callbacks, loggers and Trainer, fits (or resumes:
+docs/workflows.md, with sweeps and DDP), tests with the checkpoint the ``test_ckpt`` rule names, writes
+``metrics.json`` and returns the metrics. ``ALEXNET_GTSRB_DUMP_SHARDS=<dir>``: each rank writes the sample indices it
+draws in the first epoch to ``<dir>/rank<r>.json``. The tested checkpoint is fixed before any test result is seen
+(:data:`alexnet_gtsrb.run_folder.TEST_CKPT_RULES`): ``last`` by default (with ``callbacks=ema`` the average),
+because validation accuracy saturates (0.990-0.993 from epoch ~11 on the 4,962 validation images), so "best" picks
+among near-ties by noise, and the recipes' one-cycle schedule anneals to the end.
 """
 
 from __future__ import annotations
@@ -37,9 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet_gtsrb.callbacks.debug import ShardDump
 from alexnet_gtsrb.callbacks.progress import PlainProgress
-from alexnet_gtsrb.checkpoints import check_checkpoint_file, check_fits, read_checkpoint, resolve_ckpt_path
+from alexnet_gtsrb.checkpoints import check_fits, read_checkpoint, resolve_ckpt_path
 from alexnet_gtsrb.errors import ConfigError, NonFiniteLossError
 from alexnet_gtsrb.evaluation.intervals import describe_test_set, format_accuracy, interval_metrics
+from alexnet_gtsrb.evaluation.views import check_test_views
 from alexnet_gtsrb.loggers import instantiate_group
 from alexnet_gtsrb.models.pretrained import load_pretrained
 from alexnet_gtsrb.provenance import provenance
@@ -72,9 +69,11 @@ def _best_checkpoint(trainer: L.Trainer) -> str:
     return str(callback.best_model_path) if isinstance(callback, ModelCheckpoint) else ""
 
 
-def _last_checkpoint(trainer: L.Trainer) -> str:
-    """``last.ckpt`` of the end-of-epoch checkpoint callback (``callbacks.last_checkpoint``), else of any callback
-    writing one ("" when none): Lightning's ``ckpt_path="last"`` would take the newest ``last*.ckpt`` of any."""
+def _test_checkpoint(trainer: L.Trainer, rule: str) -> str:
+    """The checkpoint file the ``test_ckpt`` rule names ("" for the weights in memory), printed with the rule. For
+    ``last``: ``last.ckpt`` of the end-of-epoch callback (``callbacks.last_checkpoint``), else of any callback writing
+    one (Lightning's ``ckpt_path="last"`` would take the newest ``last*.ckpt`` of any), its global step checked
+    against the trainer's (the step checkpoint writes it mid-epoch too)."""
     named = [
         cb
         for cb in trainer.checkpoint_callbacks
@@ -82,20 +81,13 @@ def _last_checkpoint(trainer: L.Trainer) -> str:
     ]
     named.sort(key=lambda cb: bool(cb._every_n_train_steps))  # the end-of-epoch callback first
     paths = [Path(str(cb.dirpath)) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" for cb in named]
-    return next((str(p) for p in paths if p.is_file()), "")
-
-
-def _test_checkpoint(trainer: L.Trainer, rule: str) -> str:
-    """The checkpoint file the ``test_ckpt`` rule names ("" for the weights in memory), printed with the rule;
-    ``last.ckpt``'s global step is checked against the trainer's (the step checkpoint writes it mid-epoch too)."""
-    path = _best_checkpoint(trainer) if rule == "best" else _last_checkpoint(trainer)
+    path = _best_checkpoint(trainer) if rule == "best" else next((str(p) for p in paths if p.is_file()), "")
     if not path:
         why = "no checkpoint written (fast_dev_run, no validation, or no such checkpoint callback)"
         log.warning("test_ckpt=%s: %s: testing the weights in memory.", rule, why)
         return ""
     if rule == "last":
-        checked = check_checkpoint_file(path)
-        step = torch.load(checked, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+        step = read_checkpoint(path).get("global_step")
         if step != trainer.global_step:
             log.warning("%s is from global step %s, training ended at %d.", path, step, trainer.global_step)
     print_rank_zero(f"test checkpoint: {path} (test_ckpt={rule}: {TEST_CKPT_RULES[rule]})")
@@ -105,10 +97,7 @@ def _test_checkpoint(trainer: L.Trainer, rule: str) -> str:
 class _TestImageCount(L.Callback):
     """The test images really scored (fewer with ``trainer.limit_test_batches``), over all ranks: test/acc's n."""
 
-    images = 0
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.images = 0
+    images = 0  # one test per train() call, each with a new counter
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, *_: Any) -> None:
         self.images += int(batch[1].numel())
@@ -119,12 +108,10 @@ class _TestImageCount(L.Callback):
 
 
 def _use_test_views(cfg: DictConfig, datamodule: Any, model: Any) -> None:
-    """``test_views``: 1 (one centre view) or 10 (the paper's five crops and their label-mapped flips, averaged)."""
-    views = cfg.get("test_views", 1)
-    if views not in (1, 10) or isinstance(views, bool):
-        raise ConfigError(f"test_views={views!r}; allowed: 1 (one centre view), 10 (the paper's 5 crops + flips).")
-    datamodule.use_test_views(int(views))
-    model.test_views = int(views)  # GTSRBClassifier.test_views
+    """``test_views`` (:func:`check_test_views`) for the DataModule and ``GTSRBClassifier.test_views``."""
+    views = check_test_views(cfg.get("test_views", 1))
+    datamodule.use_test_views(views)
+    model.test_views = views
     if views == 10:
         print_rank_zero("test: 10 views per image (centre + 4 corner crops, each with a label-mapped flip)")
 
@@ -146,13 +133,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             f"{', '.join(loaded['head_left'])} initialised for {model.hparams.num_classes} classes"
         )
     callbacks = instantiate_group(cfg.get("callbacks"))
-    if os.environ.get("ALEXNET_GTSRB_DUMP_SHARDS"):
-        callbacks.append(ShardDump(os.environ["ALEXNET_GTSRB_DUMP_SHARDS"]))
-    counter = _TestImageCount()
-    callbacks.append(counter)
-    # progress: bar (Lightning's), plain (a log line per epoch), or auto: plain lines when stdout is not a terminal
-    # (nohup, SLURM, CI, > run.log), where a bar shows nothing useful
-    mode = str(cfg.get("progress", "auto"))
+    if shards := os.environ.get("ALEXNET_GTSRB_DUMP_SHARDS"):
+        callbacks.append(ShardDump(shards))
+    callbacks.append(counter := _TestImageCount())
+    mode = str(cfg.get("progress", "auto"))  # auto: plain lines when stdout is not a terminal (callbacks/progress.py)
     if mode not in ("auto", "bar", "plain"):
         raise ConfigError(f"progress={mode!r}; allowed: auto, bar, plain.")
     plain = mode == "plain" or (mode == "auto" and not sys.stdout.isatty())
@@ -259,8 +243,7 @@ hydra_main = hydra_entry_point("train", _objective)
 
 
 def main() -> None:
-    """``python -m alexnet_gtsrb.train`` / ``alexnet-gtsrb-train``: check the extras behind ``hparams_search=optuna``
-    or ``cluster=slurm`` (one line and exit 2 if missing; Hydra's own error names neither), register the Optuna
+    """``alexnet-gtsrb-train``: check the extras the overrides need (Hydra's own error names none), register the Optuna
     sweeper (Hydra's scan of ``hydra_plugins`` misses editable installs), run :func:`hydra_main`."""
     from alexnet_gtsrb.utils.optional_deps import require_extras_for_overrides
 

@@ -1,6 +1,5 @@
-"""Plain progress lines for logs nobody watches (``nohup``, SLURM, CI: a bar redraws one line with carriage
-returns), through logging to stdout and the run's ``<task_name>.log``; ``train`` uses it with ``progress=plain``,
-or ``progress=auto`` when stdout is not a terminal."""
+"""Plain progress lines, through logging to stdout and ``<task_name>.log``, for logs nobody watches (``nohup``, SLURM,
+CI: a bar redraws one line with carriage returns): ``progress=plain``, or ``auto`` when stdout is not a terminal."""
 
 from __future__ import annotations
 
@@ -32,9 +31,8 @@ class PlainProgress(L.Callback):
 
     def __init__(self, every_n_steps: int = 0) -> None:
         self.every_n_steps = max(0, int(every_n_steps))
-        self._start = self._epoch_start = 0.0
+        self._start = self._epoch_start = self._loss_sum = 0.0
         self._images = self._first_epoch = self._first_step = self._loss_steps = 0
-        self._loss_sum = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.monotonic()
@@ -56,14 +54,10 @@ class PlainProgress(L.Callback):
         if not (self.every_n_steps and step and step % self.every_n_steps == 0 and trainer.is_global_zero):
             return
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        left = None
-        if epochs is not None and not math.isinf(per_epoch):
-            left = per_epoch - done + (epochs - trainer.current_epoch - 1) * per_epoch
-        loss_text = (
-            f"loss {self._loss_sum / self._loss_steps:.4f} ({self._loss_steps} steps)" if self._loss_steps else ""
-        )
+        left = per_epoch * (epochs - trainer.current_epoch) - done if epochs and not math.isinf(per_epoch) else None
+        mean = f"loss {self._loss_sum / self._loss_steps:.4f} ({self._loss_steps} steps)" if self._loss_steps else ""
         head = f"epoch {trainer.current_epoch + 1}/{epochs or '?'} step {done}/{per_epoch}"
-        self._log(trainer, head, loss_text, step - self._first_step, left)
+        self._log(trainer, head, mean, step - self._first_step, left)
         self._loss_sum, self._loss_steps = 0.0, 0
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -13,10 +13,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from alexnet_gtsrb.callbacks.ema import EMAWeights
 from alexnet_gtsrb.data.classes import class_name
-from alexnet_gtsrb.plots import confusion_figure, conv1_kernel_grid
+from alexnet_gtsrb.plots import confusion_figure, conv1_kernel_grid, pyplot
 from alexnet_gtsrb.provenance import provenance
 from alexnet_gtsrb.utils.wrappers import global_batch_size
 
@@ -62,7 +63,6 @@ class Conv1KernelGrid(L.Callback):
     on_train_epoch_end = on_train_start
 
 
-# -- augmented training samples --------------------------------------------------------------------------------
 def denormalize_to_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """The inverse of ``normalize_uint8`` (affine in float32, so rounding gives back the exact values): normalised
     float (B, 3, H, W) -> uint8 (B, 3, H, W); a uint8 (B, H, W, 3) batch is only permuted."""
@@ -74,15 +74,12 @@ def denormalize_to_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[f
 
 
 class TrainSampleGrid(L.Callback):
-    """Logs ``samples/train_augmented``: up to ``max_images`` images of the first training batch of each fit as the
-    network gets them (augmented), and ``samples/train_augmented_labels``: their labels. Taken from the step that
-    trains on it, so nothing extra is loaded and the loop's sampler and RNG are untouched; the DataModule's (else
-    the model's) mean/std turn the normalised batch back into the exact uint8 images."""
+    """Logs ``samples/train_augmented`` (up to ``max_images`` images of each fit's first training batch, augmented) and
+    ``samples/train_augmented_labels``, taken from the step that trains on it: nothing extra is loaded, the sampler
+    and RNG are untouched. The DataModule's (else the model's) mean/std give back the exact uint8 images."""
 
     def __init__(self, max_images: int = 32, nrow: int = 8) -> None:
-        self.max_images = max(1, int(max_images))
-        self.nrow = max(1, int(nrow))
-        self._pending = False
+        self.max_images, self.nrow, self._pending = max(1, int(max_images)), max(1, int(nrow)), False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._pending = True
@@ -98,13 +95,10 @@ class TrainSampleGrid(L.Callback):
             return
         from torchvision.utils import make_grid
 
-        from alexnet_gtsrb.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        mean, std = IMAGENET_MEAN, IMAGENET_STD  # the normalisation the batches went through
-        for owner in (pl_module, getattr(trainer, "datamodule", None)):
-            hp = getattr(owner, "hparams", None) or {}
-            if hp.get("mean") is not None and hp.get("std") is not None:
-                mean, std = hp["mean"], hp["std"]
+        mean, std = pl_module.hparams["mean"], pl_module.hparams["std"]  # the normalisation the batches went through
+        dm_hp = getattr(getattr(trainer, "datamodule", None), "hparams", None) or {}
+        if dm_hp.get("mean") is not None and dm_hp.get("std") is not None:
+            mean, std = dm_hp["mean"], dm_hp["std"]
         with torch.no_grad():
             samples = denormalize_to_uint8(batch[0][: self.max_images].detach(), mean, std).cpu()
             grid = make_grid(samples.float() / 255.0, nrow=self.nrow, padding=2, pad_value=1.0)
@@ -131,8 +125,6 @@ class _ValConfusion(L.Callback):
         self.num_classes = num_classes
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        from torchmetrics.classification import MulticlassConfusionMatrix
-
         n = int(self.num_classes or pl_module.hparams.num_classes)
         self.confmat = MulticlassConfusionMatrix(num_classes=n).to(pl_module.device)  # a fresh one per epoch
 
@@ -155,13 +147,10 @@ class _ValConfusion(L.Callback):
 
 
 class ValConfusionMatrix(_ValConfusion):
-    """Logs ``val/confusion_matrix`` after every validation epoch: the row-normalised matrix drawn by
-    :func:`alexnet_gtsrb.plots.confusion_figure` (rows: true class, columns: predicted), in each MLflow run as
-    ``figures/val_confusion_matrix_step<N>.png``."""
+    """Logs ``val/confusion_matrix`` (:func:`alexnet_gtsrb.plots.confusion_figure`) after every validation epoch, in
+    each MLflow run as ``figures/val_confusion_matrix_step<N>.png``."""
 
     def _log(self, trainer: L.Trainer, cm: torch.Tensor) -> None:
-        import matplotlib.pyplot as plt
-
         tb, runs, step = _tensorboard(trainer), _mlflow_runs(trainer), _log_step(trainer)
         if tb is None and not runs:
             return
@@ -170,7 +159,7 @@ class ValConfusionMatrix(_ValConfusion):
             client.log_figure(run_id, figure, f"figures/val_confusion_matrix_step{step:06d}.png")
         if tb is not None:
             tb.add_figure("val/confusion_matrix", figure, global_step=step, close=False)
-        plt.close(figure)
+        pyplot().close(figure)
 
 
 class ValClassAccuracy(_ValConfusion):
@@ -197,28 +186,21 @@ def _flat_scalars(values: Mapping[str, Any], prefix: str = "") -> dict[str, str 
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             out.update(_flat_scalars(value, f"{name}/"))
-        elif value is None:
-            continue
         elif isinstance(value, bool):
-            out[name] = "true" if value else "false"
+            out[name] = str(value).lower()
         elif isinstance(value, int | float | str):
             out[name] = value
-        elif isinstance(value, Iterable):
-            out[name] = ",".join(str(v) for v in value)
-        else:
-            out[name] = str(value)
+        elif value is not None:
+            out[name] = ",".join(map(str, value)) if isinstance(value, Iterable) else str(value)
     return out
 
 
 def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
     """The run's key settings, from the model's and the DataModule's saved hyper-parameters and the trainer."""
     hp = pl_module.hparams
-    net = hp.get("net") or {}
-    opt = hp.get("optimizer") or {}
-    sched = hp.get("scheduler") or {}
+    net, opt, sched = (hp.get(k) or {} for k in ("net", "optimizer", "scheduler"))
     dm_hp = getattr(getattr(trainer, "datamodule", None), "hparams", None) or {}
-    augment = dm_hp.get("augment") or {}
-    batch = dm_hp.get("batch_size")
+    augment, batch = dm_hp.get("augment") or {}, dm_hp.get("batch_size")
     return {
         **{f"model/{k}": net.get(k) for k in ("variant", "groups", "lrn", "batch_norm", "dropout", "init")},
         **{f"model/{k}": hp.get(k) for k in ("label_smoothing", "channels_last")},

@@ -20,13 +20,13 @@ def config_dir() -> Path:
     raise RuntimeError(f"alexnet_gtsrb's configs are missing: neither {package / 'conf'} nor {package.parent / 'conf'}")
 
 
-def answer_early(config_name: str, script: str, is_main: bool, argv: list[str] | None = None) -> None:
+def answer_early(config_name: str, script: str, is_main: bool) -> None:
     """When the module is the program (``python -m alexnet_gtsrb.<tool>`` or the ``alexnet-gtsrb-<tool>`` script)
     and the command line asks only for it: print the version, or Hydra's help / completion for ``config_name``,
     and exit 0; return otherwise (also when the module is only imported)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    args = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:]
     if not (is_main or Path(sys.argv[0]).name == script) or os.environ.get("ALEXNET_GTSRB_NO_EARLY_HELP"):
         return
     if "--version" in args:

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 from alexnet_gtsrb.errors import UserError
 
-DISTRIBUTION = "alexnet_gtsrb"
 _SLURM = [("hydra_plugins.hydra_submitit_launcher", "slurm"), ("submitit", "slurm")]
 
 #: Config choices given on the command line that need an extra: (group, option) -> [(import name, extra)].
@@ -22,10 +21,6 @@ CHOICE_EXTRAS: dict[tuple[str, str], list[tuple[str, str]]] = {
 }
 
 
-class MissingExtraError(UserError):
-    """A feature was asked for whose optional dependencies are not installed."""
-
-
 def require_extra(import_name: str, extra: str, feature: str) -> None:
     """Import ``import_name``; if that fails, raise a one-line UserError naming ``feature`` (as the user wrote it:
     ``format=onnx``) and the ``extra``. A module that fails on one of its own imports counts as missing too (a broken
@@ -35,9 +30,8 @@ def require_extra(import_name: str, extra: str, feature: str) -> None:
     except ImportError as exc:
         missing = getattr(exc, "name", None)
         detail = f" ({exc})" if missing and missing != import_name and not import_name.startswith(f"{missing}.") else ""
-        raise MissingExtraError(
-            f"{feature} needs the optional '{extra}' extra: pip install '{DISTRIBUTION}[{extra}]'{detail}"
-        ) from None
+        fix = f"pip install 'alexnet_gtsrb[{extra}]'{detail}"
+        raise UserError(f"{feature} needs the optional '{extra}' extra: {fix}") from None
 
 
 def require_extras_for_overrides(overrides: Sequence[str]) -> None:
