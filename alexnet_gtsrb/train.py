@@ -107,9 +107,9 @@ class _TestImageCount(L.Callback):
         self.images = int(round(float(total)))
 
 
-def _use_test_views(cfg: DictConfig, datamodule: Any, model: Any) -> None:
-    """``test_views`` (:func:`check_test_views`) for the DataModule and ``GTSRBClassifier.test_views``."""
-    views = check_test_views(cfg.get("test_views", 1))
+def _use_test_views(views: int, datamodule: Any, model: Any) -> None:
+    """``test_views`` (checked at start by :func:`check_test_views`) for the DataModule and
+    ``GTSRBClassifier.test_views``."""
     datamodule.use_test_views(views)
     model.test_views = views
     if views == 10:
@@ -121,6 +121,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     start = time.monotonic()
     use_extensions(cfg)  # presets and networks registered outside the package
     rule = check_test_ckpt(cfg.get("test_ckpt", "last"))  # a typo stops the run now, not after training
+    views = check_test_views(cfg.get("test_views", 1))  # likewise
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
 
@@ -154,7 +155,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     fitting = bool(cfg.get("train", True))
     run_dir = cfg.get("paths", {}).get("output_dir") if trainer.global_rank == 0 and fitting else None
     with claim_run_folder(run_dir, resuming=bool(cfg.get("ckpt_path"))):
-        metrics = _fit_and_test(cfg, datamodule, model, trainer, start, counter, rule)
+        metrics = _fit_and_test(cfg, datamodule, model, trainer, start, counter, rule, views)
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 
@@ -185,8 +186,10 @@ def _fit_and_test(
     start: float,
     counter: _TestImageCount,
     rule: str,
+    views: int,
 ) -> dict[str, float]:
-    """Fit (or resume), write metrics.json, test with the ``test_ckpt`` rule's checkpoint, write it again."""
+    """Fit (or resume), write metrics.json, test with the ``test_ckpt`` rule's checkpoint on ``views`` views, write
+    it again."""
     fitting, testing = bool(cfg.get("train", True)), bool(cfg.get("test", True))
     per_rank = int(cfg.data.batch_size)  # data.batch_size is per process
     global_batch = global_batch_size(per_rank, trainer)
@@ -212,7 +215,7 @@ def _fit_and_test(
             print_rank_zero("test: the weights in memory (train=false: no checkpoint rule applies)")
         tested = _test_checkpoint(trainer, rule) if fitting else ""
         extra["test_checkpoint"] = tested or None
-        _use_test_views(cfg, datamodule, model)
+        _use_test_views(views, datamodule, model)
         trainer.test(model, datamodule=datamodule, ckpt_path=tested or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if "val/acc_best" in metrics:

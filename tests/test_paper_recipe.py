@@ -45,12 +45,16 @@ def test_ten_view_test_at_the_end_of_training(synthetic_root, tmp_path):
     assert metrics["test/acc"] == pytest.approx(correct / total, abs=1e-6)
 
 
-def test_test_views_must_be_1_or_10(synthetic_root, tmp_path):
-    from alexnet_gtsrb.train import _use_test_views
+def test_test_views_must_be_1_or_10_and_a_typo_stops_the_run_before_training(synthetic_root, tmp_path, monkeypatch):
+    import alexnet_gtsrb.train as train_mod
 
+    def built(*args, **kwargs):
+        raise AssertionError("test_views must be checked before anything is built or trained")
+
+    monkeypatch.setattr(train_mod, "instantiate", built)
     cfg = _cfg([*tiny_overrides(synthetic_root), "test_views=5"], tmp_path)
     with pytest.raises(ConfigError, match=r"test_views=5; allowed: 1 .*10"):
-        _use_test_views(cfg, SimpleNamespace(use_test_views=lambda n: None), SimpleNamespace())
+        train_mod.train(cfg)
 
 
 def test_paper_experiment_flips_label_aware_and_tests_on_ten_views(compose_cfg):
